@@ -1,0 +1,236 @@
+import { assign, enqueueActions, fromCallback, fromPromise, setup, type EventObject } from 'xstate';
+import { runMachine, type ClaimedRun, type RunSettledEvent } from './run.machine.js';
+import type { RunSettlement, SupervisorTiming } from './types.js';
+
+// One host actor per daemon. It claims runs while slots are free and spawns one run actor per claim
+// (system id `run-<number>`); effects (store, signals, wake-ups) are the actors src/daemon provides.
+
+export interface HostInput {
+  host: string;
+  slots: number;
+  idlePollMs: number;
+  /** Exit once nothing is eligible and nothing is running (`runwarden daemon --once`). */
+  once: boolean;
+  maxFailures: number;
+  noRetryExitCodes: number[];
+  timing: SupervisorTiming;
+}
+
+export interface ClaimOutput {
+  run: ClaimedRun | null;
+  /** How long an idle host may sleep before looking again (idle_poll, or sooner for a due retry). */
+  nextPollMs: number;
+}
+
+export type HostEvent =
+  | { type: 'WAKE' } // a run was submitted: look now
+  | { type: 'STOP' } // SIGTERM / SIGINT
+  | { type: 'DISPLACED'; reason: string } // another daemon took over this host's document
+  | RunSettledEvent;
+
+export interface HostOutput {
+  error: string | null;
+}
+
+interface HostContext extends HostInput {
+  running: number[];
+  nextPollMs: number;
+  wakePending: boolean;
+  stopRequested: boolean;
+  error: string | null;
+}
+
+const FATAL_SETTLEMENTS: RunSettlement[] = ['unkillable', 'error'];
+
+export const hostMachine = setup({
+  types: {
+    input: {} as HostInput,
+    context: {} as HostContext,
+    events: {} as HostEvent,
+    output: {} as HostOutput,
+  },
+  actors: {
+    register: fromPromise<void, { host: string }>(async () => undefined),
+    heartbeat: fromCallback<EventObject, { host: string }>(() => undefined),
+    wakeWatcher: fromCallback<EventObject, { host: string }>(() => undefined),
+    claimNext: fromPromise<ClaimOutput, { host: string }>(async ({ input }) => ({
+      run: null,
+      nextPollMs: 0 * input.host.length,
+    })),
+    deregister: fromPromise<void, { host: string }>(async () => undefined),
+    run: runMachine,
+  },
+  delays: {
+    nextPoll: ({ context }) => context.nextPollMs,
+  },
+  guards: {
+    claimedRun: (_, params: { output: ClaimOutput }) => params.output.run !== null,
+    hasFreeSlot: ({ context }) => context.running.length < context.slots,
+    hasRunsActive: ({ context }) => context.running.length > 0,
+    noRunsActive: ({ context }) => context.running.length === 0,
+    stopRequested: ({ context }) => context.stopRequested,
+    wakePending: ({ context }) => context.wakePending,
+    drainedOnce: ({ context }) => context.once && context.running.length === 0,
+    settlementIsFatal: ({ event }) => event.type === 'RUN_SETTLED' && FATAL_SETTLEMENTS.includes(event.settlement),
+  },
+  actions: {
+    spawnRun: enqueueActions(({ enqueue, context }, params: { run: ClaimedRun }) => {
+      const id = `run-${params.run.number}`;
+      enqueue.spawnChild('run', {
+        id,
+        systemId: id,
+        input: {
+          run: params.run,
+          maxFailures: context.maxFailures,
+          noRetryExitCodes: context.noRetryExitCodes,
+          timing: context.timing,
+        },
+      });
+      enqueue.assign({ running: [...context.running, params.run.number] });
+    }),
+    forgetRun: enqueueActions(({ enqueue, context, event }) => {
+      if (event.type !== 'RUN_SETTLED') return;
+      enqueue.stopChild(`run-${event.number}`);
+      enqueue.assign({ running: context.running.filter((n) => n !== event.number) });
+    }),
+    stopRuns: enqueueActions(({ enqueue, context }) => {
+      for (const number of context.running) enqueue.sendTo(`run-${number}`, { type: 'STOP' });
+    }),
+    rememberNextPoll: assign({ nextPollMs: (_, params: { output: ClaimOutput }) => params.output.nextPollMs }),
+    clearWake: assign({ wakePending: false }),
+    noteWake: assign({ wakePending: true }),
+    noteStop: assign({ stopRequested: true }),
+    rememberFatalRun: assign({
+      error: ({ event }) =>
+        event.type === 'RUN_SETTLED'
+          ? (event.error ?? `run ${event.number} ended in ${event.settlement}`)
+          : 'unexpected event',
+    }),
+    rememberDisplaced: assign({ error: ({ event }) => (event.type === 'DISPLACED' ? event.reason : 'displaced') }),
+    rememberError: assign({
+      error: (_, params: { error: unknown }) =>
+        params.error instanceof Error ? params.error.message : String(params.error),
+    }),
+  },
+}).createMachine({
+  id: 'host',
+  context: ({ input }) => ({
+    ...input,
+    running: [],
+    nextPollMs: input.idlePollMs,
+    wakePending: false,
+    stopRequested: false,
+    error: null,
+  }),
+  initial: 'starting',
+  states: {
+    starting: {
+      invoke: {
+        src: 'register',
+        input: ({ context }) => ({ host: context.host }),
+        onDone: 'running',
+        onError: {
+          target: 'failed',
+          actions: { type: 'rememberError', params: ({ event }) => ({ error: event.error }) },
+        },
+      },
+      on: { STOP: { actions: 'noteStop' } },
+    },
+    running: {
+      invoke: [
+        { src: 'heartbeat', input: ({ context }) => ({ host: context.host }) },
+        { src: 'wakeWatcher', input: ({ context }) => ({ host: context.host }) },
+      ],
+      on: {
+        RUN_SETTLED: [
+          { guard: 'settlementIsFatal', target: 'failed', actions: ['forgetRun', 'rememberFatalRun'] },
+          { actions: 'forgetRun' },
+        ],
+        DISPLACED: { target: 'failed', actions: 'rememberDisplaced' },
+      },
+      initial: 'deciding',
+      states: {
+        deciding: {
+          always: [
+            { guard: 'stopRequested', target: '#host.stopping' },
+            { guard: 'hasFreeSlot', target: 'claiming' },
+            { target: 'busy' },
+          ],
+        },
+        claiming: {
+          entry: 'clearWake',
+          invoke: {
+            src: 'claimNext',
+            input: ({ context }) => ({ host: context.host }),
+            onDone: [
+              {
+                guard: { type: 'claimedRun', params: ({ event }) => ({ output: event.output }) },
+                target: 'deciding',
+                actions: { type: 'spawnRun', params: ({ event }) => ({ run: event.output.run! }) },
+              },
+              {
+                target: 'settling',
+                actions: { type: 'rememberNextPoll', params: ({ event }) => ({ output: event.output }) },
+              },
+            ],
+            onError: {
+              target: '#host.failed',
+              actions: { type: 'rememberError', params: ({ event }) => ({ error: event.error }) },
+            },
+          },
+          // A claim in flight must finish, or a run could be claimed with no actor to process it.
+          on: { WAKE: { actions: 'noteWake' }, STOP: { actions: 'noteStop' } },
+        },
+        // Nothing more to claim right now: decide where to wait.
+        settling: {
+          always: [
+            { guard: 'stopRequested', target: '#host.stopping' },
+            { guard: 'wakePending', target: 'claiming' },
+            { guard: 'drainedOnce', target: '#host.stopping' },
+            { guard: 'hasRunsActive', target: 'busy' },
+            { target: 'idle' },
+          ],
+        },
+        idle: {
+          after: { nextPoll: 'claiming' },
+          on: { WAKE: 'claiming', STOP: '#host.stopping' },
+        },
+        busy: {
+          after: { nextPoll: { guard: 'hasFreeSlot', target: 'claiming' } },
+          on: {
+            WAKE: { guard: 'hasFreeSlot', target: 'claiming' },
+            STOP: '#host.stopping',
+            RUN_SETTLED: [
+              { guard: 'settlementIsFatal', target: '#host.failed', actions: ['forgetRun', 'rememberFatalRun'] },
+              { target: 'deciding', actions: 'forgetRun' },
+            ],
+          },
+        },
+      },
+    },
+    stopping: {
+      entry: 'stopRuns',
+      always: { guard: 'noRunsActive', target: 'deregistering' },
+      on: {
+        RUN_SETTLED: [
+          { guard: 'settlementIsFatal', target: 'failed', actions: ['forgetRun', 'rememberFatalRun'] },
+          { actions: 'forgetRun' },
+        ],
+      },
+    },
+    deregistering: {
+      invoke: {
+        src: 'deregister',
+        input: ({ context }) => ({ host: context.host }),
+        onDone: 'stopped',
+        onError: {
+          target: 'failed',
+          actions: { type: 'rememberError', params: ({ event }) => ({ error: event.error }) },
+        },
+      },
+    },
+    stopped: { type: 'final' },
+    failed: { type: 'final' },
+  },
+  output: ({ context }) => ({ error: context.error }),
+});

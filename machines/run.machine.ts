@@ -1,0 +1,345 @@
+import { assign, enqueueActions, fromCallback, fromPromise, sendTo, setup, type EventObject } from 'xstate';
+import { supervisorMachine } from './supervisor.machine.js';
+import type {
+  AttemptFailure,
+  CommandPlan,
+  FencedWriteResult,
+  RunSettlement,
+  SupervisorResult,
+  SupervisorTiming,
+} from './types.js';
+
+// One actor per claimed attempt of a run, spawned by the host. The claim itself (pending → considering)
+// happened in the store before this actor exists; every write the actor causes goes through a fenced
+// effect that reports `ok: false` when the lease token was taken away, and the actor then stops writing.
+
+/** The claimed run as the store returned it; opaque to the chart apart from these fields. */
+export interface ClaimedRun {
+  number: number;
+  token: string;
+  attempt: number;
+  nFailures: number;
+  doc: unknown;
+}
+
+export interface RunInput {
+  run: ClaimedRun;
+  maxFailures: number;
+  noRetryExitCodes: number[];
+  timing: SupervisorTiming;
+}
+
+export type RunEvent =
+  | { type: 'LEASE_LOST' } // from the lease keeper: fail/abandon/cleanup changed the token
+  | { type: 'STOP' } // the host is stopping: terminate and release
+  | { type: 'RETRY'; run: ClaimedRun }; // claimed again after next_retry passed
+
+export interface PreflightOutput extends FencedWriteResult {
+  plan?: CommandPlan;
+}
+
+export interface RunSettledEvent {
+  type: 'RUN_SETTLED';
+  number: number;
+  settlement: RunSettlement;
+  error?: string;
+}
+
+interface RunContext {
+  run: ClaimedRun;
+  maxFailures: number;
+  noRetryExitCodes: number[];
+  timing: SupervisorTiming;
+  plan: CommandPlan | null;
+  failure: AttemptFailure | null;
+  /** Why the command is being terminated, when the run did not end by itself. */
+  interruption: 'lease_lost' | 'stopping' | null;
+  error: string | null;
+}
+
+function describeError(error: unknown): string {
+  return error instanceof Error ? error.message : String(error);
+}
+
+function failureFromResult(result: SupervisorResult, plan: CommandPlan | null): AttemptFailure {
+  const base = {
+    exitCode: result.exitCode ?? undefined,
+    signal: result.signal ?? undefined,
+    durationMs: result.durationMs,
+    errorFile: plan?.errorFile,
+  };
+  switch (result.outcome) {
+    case 'timed_out':
+      return { ...base, kind: 'timed_out', message: 'timed out' };
+    case 'stalled':
+      return { ...base, kind: 'stalled', message: 'stalled: no output' };
+    case 'spawn_failed':
+      return { kind: 'spawn', message: result.error ?? 'the command could not be started' };
+    case 'exited':
+    case 'terminated':
+    case 'unkillable':
+      return {
+        ...base,
+        kind: 'exit',
+        message: result.signal
+          ? `killed by ${result.signal}${result.stderrTail ? `: ${result.stderrTail}` : ''}`
+          : `exit code ${result.exitCode}${result.stderrTail ? `: ${result.stderrTail}` : ''}`,
+      };
+  }
+}
+
+export const runMachine = setup({
+  types: {
+    input: {} as RunInput,
+    context: {} as RunContext,
+    events: {} as RunEvent,
+  },
+  actors: {
+    // All effects below are provided by src/daemon; these defaults only give the chart its types.
+    leaseKeeper: fromCallback<EventObject, { run: ClaimedRun }>(() => undefined),
+    preflight: fromPromise<PreflightOutput, { run: ClaimedRun }>(async () => ({ ok: false })),
+    supervisor: supervisorMachine,
+    registerOutput: fromPromise<FencedWriteResult, { run: ClaimedRun; plan: CommandPlan | null }>(
+      async () => ({ ok: false }),
+    ),
+    recordFailure: fromPromise<FencedWriteResult, { run: ClaimedRun; failure: AttemptFailure }>(
+      async () => ({ ok: false }),
+    ),
+    recordAbandon: fromPromise<
+      FencedWriteResult,
+      { run: ClaimedRun; failure: AttemptFailure; maxFailures: number; noRetry: boolean }
+    >(async () => ({ ok: false })),
+    releaseRun: fromPromise<FencedWriteResult, { run: ClaimedRun }>(async () => ({ ok: false })),
+  },
+  guards: {
+    writeAccepted: (_, params: { output: FencedWriteResult }) => params.output.ok,
+    leaseWasLost: ({ context }) => context.interruption === 'lease_lost',
+    hostIsStopping: ({ context }) => context.interruption === 'stopping',
+    commandUnkillable: (_, params: { output: SupervisorResult }) => params.output.outcome === 'unkillable',
+    commandSucceeded: (_, params: { output: SupervisorResult }) =>
+      params.output.outcome === 'exited' && params.output.exitCode === 0,
+    shouldAbandon: ({ context }) =>
+      context.run.nFailures + 1 >= context.maxFailures ||
+      (context.failure?.exitCode !== undefined && context.noRetryExitCodes.includes(context.failure.exitCode)),
+  },
+  actions: {
+    // Tells the host this actor has nothing more to do. Without a host (unit tests) nobody listens.
+    reportSettled: enqueueActions(({ enqueue, system, context }, params: { settlement: RunSettlement }) => {
+      const host = system.get('host');
+      if (!host) return;
+      const event: RunSettledEvent = {
+        type: 'RUN_SETTLED',
+        number: context.run.number,
+        settlement: params.settlement,
+        ...(context.error ? { error: context.error } : {}),
+      };
+      enqueue.sendTo(host, event);
+    }),
+    rememberPlan: assign({ plan: (_, params: { output: PreflightOutput }) => params.output.plan ?? null }),
+    rememberPreflightFailure: assign({
+      failure: (_, params: { error: unknown }) => ({ kind: 'preflight' as const, message: describeError(params.error) }),
+    }),
+    rememberCommandFailure: assign({
+      failure: ({ context }, params: { output: SupervisorResult }) => failureFromResult(params.output, context.plan),
+    }),
+    rememberOutputFailure: assign({
+      failure: (_, params: { error: unknown }) => ({ kind: 'output' as const, message: describeError(params.error) }),
+    }),
+    rememberError: assign({ error: (_, params: { error: unknown }) => describeError(params.error) }),
+    rememberUnkillable: assign({
+      error: ({ context }, params: { output: SupervisorResult }) =>
+        `run ${context.run.number}: process group ${params.output.pgid ?? '?'} survived SIGKILL`,
+    }),
+    interruptForLostLease: assign({ interruption: 'lease_lost' as const }),
+    interruptForStop: assign({ interruption: 'stopping' as const }),
+    terminateCommand: sendTo('supervisor', { type: 'TERMINATE' }),
+    takeRetry: assign({
+      run: (_, params: { run: ClaimedRun }) => params.run,
+      plan: null,
+      failure: null,
+      interruption: null,
+      error: null,
+    }),
+  },
+}).createMachine({
+  id: 'run',
+  context: ({ input }) => ({
+    run: input.run,
+    maxFailures: input.maxFailures,
+    noRetryExitCodes: input.noRetryExitCodes,
+    timing: input.timing,
+    plan: null,
+    failure: null,
+    interruption: null,
+    error: null,
+  }),
+  initial: 'considering',
+  states: {
+    considering: {
+      invoke: [
+        { src: 'leaseKeeper', input: ({ context }) => ({ run: context.run }) },
+        {
+          src: 'preflight',
+          input: ({ context }) => ({ run: context.run }),
+          onDone: [
+            {
+              guard: { type: 'writeAccepted', params: ({ event }) => ({ output: event.output }) },
+              target: 'busy',
+              actions: { type: 'rememberPlan', params: ({ event }) => ({ output: event.output }) },
+            },
+            { target: 'lost' },
+          ],
+          onError: {
+            target: 'failed',
+            actions: { type: 'rememberPreflightFailure', params: ({ event }) => ({ error: event.error }) },
+          },
+        },
+      ],
+      on: {
+        LEASE_LOST: 'lost',
+        STOP: 'releasing',
+      },
+    },
+    busy: {
+      invoke: { src: 'leaseKeeper', input: ({ context }) => ({ run: context.run }) },
+      initial: 'supervising',
+      states: {
+        supervising: {
+          invoke: {
+            id: 'supervisor',
+            src: 'supervisor',
+            input: ({ context }) => ({ plan: context.plan!, timing: context.timing }),
+            onDone: [
+              { guard: 'leaseWasLost', target: '#run.lost' },
+              { guard: 'hostIsStopping', target: '#run.releasing' },
+              {
+                guard: { type: 'commandUnkillable', params: ({ event }) => ({ output: event.output }) },
+                target: '#run.unkillable',
+                actions: { type: 'rememberUnkillable', params: ({ event }) => ({ output: event.output }) },
+              },
+              {
+                guard: { type: 'commandSucceeded', params: ({ event }) => ({ output: event.output }) },
+                target: 'registering',
+              },
+              {
+                target: '#run.failed',
+                actions: { type: 'rememberCommandFailure', params: ({ event }) => ({ output: event.output }) },
+              },
+            ],
+            onError: {
+              target: '#run.error',
+              actions: { type: 'rememberError', params: ({ event }) => ({ error: event.error }) },
+            },
+          },
+          on: {
+            LEASE_LOST: { actions: ['interruptForLostLease', 'terminateCommand'] },
+            STOP: { actions: ['interruptForStop', 'terminateCommand'] },
+          },
+        },
+        registering: {
+          invoke: {
+            src: 'registerOutput',
+            input: ({ context }) => ({ run: context.run, plan: context.plan }),
+            onDone: [
+              {
+                guard: { type: 'writeAccepted', params: ({ event }) => ({ output: event.output }) },
+                target: '#run.done',
+              },
+              { target: '#run.lost' },
+            ],
+            onError: {
+              target: '#run.failed',
+              actions: { type: 'rememberOutputFailure', params: ({ event }) => ({ error: event.error }) },
+            },
+          },
+          on: { LEASE_LOST: '#run.lost' },
+        },
+      },
+    },
+    failed: {
+      initial: 'deciding',
+      states: {
+        deciding: {
+          always: [{ guard: 'shouldAbandon', target: '#run.abandoned' }, { target: 'recording' }],
+        },
+        recording: {
+          invoke: {
+            src: 'recordFailure',
+            input: ({ context }) => ({ run: context.run, failure: context.failure! }),
+            onDone: [
+              {
+                guard: { type: 'writeAccepted', params: ({ event }) => ({ output: event.output }) },
+                target: 'waitingForRetry',
+              },
+              { target: '#run.lost' },
+            ],
+            onError: {
+              target: '#run.error',
+              actions: { type: 'rememberError', params: ({ event }) => ({ error: event.error }) },
+            },
+          },
+        },
+        // This attempt is over; the run is claimed again once next_retry has passed.
+        waitingForRetry: {
+          entry: { type: 'reportSettled', params: { settlement: 'failed' } },
+          on: {
+            RETRY: {
+              target: '#run.considering',
+              actions: { type: 'takeRetry', params: ({ event }) => ({ run: event.run }) },
+            },
+          },
+        },
+      },
+    },
+    abandoned: {
+      initial: 'recording',
+      states: {
+        recording: {
+          invoke: {
+            src: 'recordAbandon',
+            input: ({ context }) => ({
+              run: context.run,
+              failure: context.failure!,
+              maxFailures: context.maxFailures,
+              noRetry: context.run.nFailures + 1 < context.maxFailures,
+            }),
+            onDone: [
+              {
+                guard: { type: 'writeAccepted', params: ({ event }) => ({ output: event.output }) },
+                target: 'recorded',
+              },
+              { target: '#run.lost' },
+            ],
+            onError: {
+              target: '#run.error',
+              actions: { type: 'rememberError', params: ({ event }) => ({ error: event.error }) },
+            },
+          },
+        },
+        recorded: { type: 'final', entry: { type: 'reportSettled', params: { settlement: 'abandoned' } } },
+      },
+    },
+    releasing: {
+      invoke: {
+        src: 'releaseRun',
+        input: ({ context }) => ({ run: context.run }),
+        onDone: [
+          {
+            guard: { type: 'writeAccepted', params: ({ event }) => ({ output: event.output }) },
+            target: 'released',
+          },
+          { target: 'lost' },
+        ],
+        onError: {
+          target: 'error',
+          actions: { type: 'rememberError', params: ({ event }) => ({ error: event.error }) },
+        },
+      },
+    },
+    done: { type: 'final', entry: { type: 'reportSettled', params: { settlement: 'done' } } },
+    released: { type: 'final', entry: { type: 'reportSettled', params: { settlement: 'released' } } },
+    lost: { type: 'final', entry: { type: 'reportSettled', params: { settlement: 'lost' } } },
+    unkillable: { type: 'final', entry: { type: 'reportSettled', params: { settlement: 'unkillable' } } },
+    error: { type: 'final', entry: { type: 'reportSettled', params: { settlement: 'error' } } },
+  },
+});

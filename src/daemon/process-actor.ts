@@ -1,0 +1,79 @@
+import { fromCallback } from 'xstate';
+import type { ProcessCommand, ProcessEvent } from '../../machines/supervisor.machine.js';
+import type { CommandPlan } from '../../machines/types.js';
+import { SpawnError, spawnCommand, type CommandHandle } from '../process/spawn-command.js';
+import type { DaemonContext } from './context.js';
+
+// The supervisor's `process` actor: owns one attempt's process group. It reports SPAWNED, OUTPUT
+// (throttled) and EXITED, applies SIGNAL, and if the supervisor is stopped abruptly (the run actor left
+// `busy` without waiting) it SIGKILLs the group so nothing outlives its supervisor.
+
+export function processActor(ctx: DaemonContext) {
+  // Enough to keep the stall clock honest without an event per output chunk.
+  const outputThrottleMs = Math.max(10, Math.min(1000, ctx.config.timeouts.max_no_output_time / 10));
+
+  return fromCallback<ProcessCommand, { plan: CommandPlan }>(({ input, sendBack, receive }) => {
+    const { plan } = input;
+    let handle: CommandHandle | undefined;
+    let stopped = false;
+    let exited = false;
+    let pendingSignal: ProcessCommand['signal'] | undefined;
+    let lastOutput = 0;
+    const send = (event: ProcessEvent) => {
+      if (!stopped) sendBack(event);
+    };
+
+    spawnCommand({ argv: plan.argv, cwd: plan.cwd, env: plan.env, logFile: plan.logFile })
+      .then((started) => {
+        handle = started;
+        ctx.liveCommands.add(started);
+        if (stopped) {
+          started.signal('SIGKILL');
+        } else if (pendingSignal) {
+          started.signal(pendingSignal);
+        }
+        void ctx.store
+          .recordProcessGroup(plan.number, plan.token, {
+            pid: started.pid,
+            pgid: started.pgid,
+            ...(started.procStart !== undefined ? { proc_start: started.procStart } : {}),
+          })
+          .catch((error: unknown) =>
+            ctx.logger.error(`run ${plan.number}: could not record process group: ${String(error)}`),
+          );
+        send({ type: 'SPAWNED', pid: started.pid, pgid: started.pgid, procStart: started.procStart });
+        started.onOutput(() => {
+          const now = Date.now();
+          if (now - lastOutput < outputThrottleMs) return;
+          lastOutput = now;
+          send({ type: 'OUTPUT' });
+        });
+        void started.exited.then((exit) => {
+          exited = true;
+          ctx.liveCommands.delete(started);
+          send({
+            type: 'EXITED',
+            exitCode: exit.exitCode,
+            signal: exit.signal,
+            stderrTail: exit.stderrTail,
+            durationMs: exit.durationMs,
+          });
+        });
+      })
+      .catch((error: unknown) => {
+        const message = error instanceof SpawnError || error instanceof Error ? error.message : String(error);
+        send({ type: 'SPAWN_FAILED', error: message });
+      });
+
+    receive((command) => {
+      if (command.type !== 'SIGNAL') return;
+      if (handle) handle.signal(command.signal);
+      else pendingSignal = command.signal;
+    });
+
+    return () => {
+      stopped = true;
+      if (handle && !exited) handle.signal('SIGKILL');
+    };
+  });
+}

@@ -1,0 +1,243 @@
+import { existsSync } from 'node:fs';
+import { mkdir, readdir, readFile, rm } from 'node:fs/promises';
+import { join } from 'node:path';
+import { fromCallback, fromPromise, type EventObject } from 'xstate';
+import type { ClaimedRun, PreflightOutput } from '../../machines/run.machine.js';
+import type { AttemptFailure, CommandPlan, FencedWriteResult } from '../../machines/types.js';
+import { resourcesForAttempt, targetsForAttempt } from '../policy/degradation.js';
+import { commandEnvironment, outputDirName, substituteArgv } from '../policy/placeholders.js';
+import { retryDelay } from '../policy/retry-delay.js';
+import { validateRunDocument } from '../policy/run-validation.js';
+import type { RunDoc } from '../store/types.js';
+import type { DaemonContext } from './context.js';
+import { boundedReason, formatDuration } from './format.js';
+
+// The effects of the run machine: every store write is fenced by the attempt's lease token, and each
+// returns `ok: false` instead of writing when the lease is gone.
+
+function docOf(run: ClaimedRun): RunDoc {
+  return run.doc as RunDoc;
+}
+
+async function hasEntries(dir: string): Promise<boolean> {
+  try {
+    return (await readdir(dir)).length > 0;
+  } catch {
+    return false;
+  }
+}
+
+async function readErrorFile(path: string | undefined): Promise<string | undefined> {
+  if (!path) return undefined;
+  try {
+    const text = (await readFile(path, 'utf8')).trim();
+    return text.length > 0 ? text : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** The reason stored for a failed attempt: the command's own words when it wrote the error file. */
+export async function failureReason(ctx: DaemonContext, failure: AttemptFailure): Promise<string> {
+  const written = await readErrorFile(failure.errorFile);
+  switch (failure.kind) {
+    case 'timed_out':
+      return boundedReason(
+        `timed out after ${formatDuration(ctx.config.timeouts.max_processing_time)}` + (written ? `: ${written}` : ''),
+      );
+    case 'stalled':
+      return boundedReason(
+        `stalled: no output for ${formatDuration(ctx.config.timeouts.max_no_output_time)}` +
+          (written ? `: ${written}` : ''),
+      );
+    case 'exit':
+      return boundedReason(written ?? failure.message);
+    case 'preflight':
+      return boundedReason(`preflight failed: ${failure.message}`);
+    case 'spawn':
+      return boundedReason(`could not start the command: ${failure.message}`);
+    case 'output':
+      return boundedReason(failure.message);
+  }
+}
+
+export function runEffects(ctx: DaemonContext) {
+  const { config, store, logger, clock } = ctx;
+
+  const preflight = fromPromise<PreflightOutput, { run: ClaimedRun }>(async ({ input }) => {
+    const { run } = input;
+    const doc = docOf(run);
+    const problems = validateRunDocument(doc);
+    if (problems.length > 0) throw new Error(`invalid run document: ${problems.join('; ')}`);
+    if (doc.input !== undefined && doc.input !== '' && !existsSync(doc.input)) {
+      throw new Error(`input does not exist: ${doc.input}`);
+    }
+    const targets = targetsForAttempt(
+      config.process.targets,
+      config.process.drop_targets_after,
+      config.process.minimal_targets,
+      run.nFailures,
+    );
+    const resources = resourcesForAttempt(config.process.resources, run.nFailures);
+    const outputDir = join(config.process.output_root, outputDirName(run.number));
+    if (config.process.clean_output) await rm(outputDir, { recursive: true, force: true });
+    await mkdir(outputDir, { recursive: true });
+    const logDir = join(config.process.log_dir, String(run.number));
+    await mkdir(logDir, { recursive: true });
+    const logFile = join(logDir, `attempt-${run.attempt}.log`);
+    const errorFile = join(logDir, `attempt-${run.attempt}.error`);
+    await rm(errorFile, { force: true });
+    const values = {
+      number: run.number,
+      name: doc.name,
+      input: doc.input,
+      output: outputDir,
+      attempt: run.attempt,
+      host: ctx.host,
+      targets,
+      resources,
+      params: doc.params ?? {},
+    };
+    // Throws on an unknown placeholder or a missing params key: the attempt fails with that reason.
+    const argv = substituteArgv(config.process.command, values);
+    const env: Record<string, string> = {};
+    for (const [key, value] of Object.entries(process.env)) if (value !== undefined) env[key] = value;
+    Object.assign(env, config.process.env, commandEnvironment(values, errorFile));
+    const startedAt = clock();
+    const ok = await store.markBusy(
+      run.number,
+      run.token,
+      { started: startedAt, targets, resources },
+      { detail: { argv, targets, resources } },
+    );
+    if (!ok) return { ok: false };
+    logger.info(`run ${run.number} attempt ${run.attempt} started`, { number: run.number });
+    const plan: CommandPlan = {
+      number: run.number,
+      token: run.token,
+      attempt: run.attempt,
+      argv,
+      cwd: config.process.cwd,
+      env,
+      logFile,
+      outputDir,
+      errorFile,
+      targets,
+      resources,
+      startedAt,
+    };
+    return { ok: true, plan };
+  });
+
+  const registerOutput = fromPromise<FencedWriteResult, { run: ClaimedRun; plan: CommandPlan | null }>(
+    async ({ input }) => {
+      const { run, plan } = input;
+      if (!plan) throw new Error('internal: no command plan');
+      if (config.process.require_output && !(await hasEntries(plan.outputDir))) {
+        throw new Error(`output missing: the command exited 0 but ${plan.outputDir} is empty or absent`);
+      }
+      const now = clock();
+      const ok = await store.finishRun(
+        run.number,
+        run.token,
+        { location: plan.outputDir, host: ctx.host, attempt: run.attempt, at: now },
+        { duration_ms: now - plan.startedAt },
+      );
+      if (ok) logger.info(`run ${run.number} done (attempt ${run.attempt})`, { number: run.number });
+      return { ok };
+    },
+  );
+
+  const recordFailure = fromPromise<FencedWriteResult, { run: ClaimedRun; failure: AttemptFailure }>(
+    async ({ input }) => {
+      const { run, failure } = input;
+      const reason = await failureReason(ctx, failure);
+      const nFailures = run.nFailures + 1;
+      const delay = retryDelay(run.nFailures, config.retry, ctx.random);
+      const ok = await store.failRun(
+        run.number,
+        run.token,
+        {
+          reason,
+          n_failures: nFailures,
+          next_retry: clock() + delay,
+          ...(failure.exitCode !== undefined ? { exit_code: failure.exitCode } : {}),
+          ...(failure.signal !== undefined ? { signal: failure.signal } : {}),
+        },
+        {
+          ...(failure.durationMs !== undefined ? { duration_ms: failure.durationMs } : {}),
+          detail: { kind: failure.kind, retry_in_ms: Math.round(delay) },
+        },
+      );
+      if (ok) {
+        const message = `run ${run.number} failed (attempt ${run.attempt}, failure ${nFailures}), retry in ${formatDuration(delay)}: ${reason}`;
+        // A first failure deserves an operator's eye; repeats are expected while it retries.
+        if (nFailures === 1) logger.warn(message, { number: run.number });
+        else logger.info(message, { number: run.number });
+      }
+      return { ok };
+    },
+  );
+
+  const recordAbandon = fromPromise<
+    FencedWriteResult,
+    { run: ClaimedRun; failure: AttemptFailure; maxFailures: number; noRetry: boolean }
+  >(async ({ input }) => {
+    const { run, failure } = input;
+    const last = await failureReason(ctx, failure);
+    const nFailures = run.nFailures + 1;
+    const reason = input.noRetry
+      ? `exit code ${failure.exitCode} is in process.no_retry_exit_codes: ${last}`
+      : `gave up after ${nFailures} failures (max_failures ${input.maxFailures}); last: ${last}`;
+    const ok = await store.abandonRun(
+      run.number,
+      run.token,
+      {
+        reason: boundedReason(reason),
+        n_failures: nFailures,
+        ...(failure.exitCode !== undefined ? { exit_code: failure.exitCode } : {}),
+        ...(failure.signal !== undefined ? { signal: failure.signal } : {}),
+      },
+      {
+        ...(failure.durationMs !== undefined ? { duration_ms: failure.durationMs } : {}),
+        detail: { kind: failure.kind },
+      },
+    );
+    if (ok) logger.error(`run ${run.number} abandoned: ${reason}`, { number: run.number });
+    return { ok };
+  });
+
+  const releaseRun = fromPromise<FencedWriteResult, { run: ClaimedRun }>(async ({ input }) => {
+    const ok = await store.releaseRun(input.run.number, input.run.token, 'host stopped');
+    if (ok) logger.info(`run ${input.run.number} released: host stopped`, { number: input.run.number });
+    return { ok };
+  });
+
+  // Refreshes the lease every check_interval and reports when someone else changed the token.
+  const leaseKeeper = fromCallback<EventObject, { run: ClaimedRun }>(({ input, sendBack }) => {
+    let inFlight = false;
+    let lost = false;
+    const timer = setInterval(() => {
+      if (inFlight || lost) return;
+      inFlight = true;
+      store
+        .heartbeatRun(input.run.number, input.run.token)
+        .then((ok) => {
+          if (!ok && !lost) {
+            lost = true;
+            logger.warn(`run ${input.run.number}: lease lost (changed by an operator or cleanup); stopping it`, {
+              number: input.run.number,
+            });
+            sendBack({ type: 'LEASE_LOST' });
+          }
+        })
+        .catch((error: unknown) => logger.error(`run ${input.run.number}: heartbeat failed: ${String(error)}`))
+        .finally(() => {
+          inFlight = false;
+        });
+    }, config.timeouts.check_interval);
+    return () => clearInterval(timer);
+  });
+
+  return { preflight, registerOutput, recordFailure, recordAbandon, releaseRun, leaseKeeper };
+}

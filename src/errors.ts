@@ -1,0 +1,49 @@
+// Errors a user can cause carry the field or argument they concern and map to exit code 2;
+// everything else is a runtime error (exit 1). See DESIGN §7.
+
+export class UsageError extends Error {
+  readonly exitCode = 2;
+  constructor(message: string, readonly field?: string) {
+    super(message);
+    this.name = 'UsageError';
+  }
+}
+
+/** A configuration value is missing, malformed or contradicts another; `field` is its dotted path. */
+export class ConfigError extends UsageError {
+  constructor(field: string, message: string) {
+    super(`config: ${field}: ${message}`, field);
+    this.name = 'ConfigError';
+  }
+}
+
+export class DuplicateRunError extends UsageError {
+  constructor(readonly number: number) {
+    super(`run ${number} already exists`, 'number');
+    this.name = 'DuplicateRunError';
+  }
+}
+
+export class RunNotFoundError extends Error {
+  readonly exitCode = 1;
+  constructor(readonly number: number) {
+    super(`run ${number} not found`);
+    this.name = 'RunNotFoundError';
+  }
+}
+
+/** The store cannot be opened or reached; the message names where, never a password. */
+export class StoreUnavailableError extends Error {
+  readonly exitCode = 1;
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = 'StoreUnavailableError';
+  }
+}
+
+export function exitCodeOf(error: unknown): number {
+  if (error && typeof error === 'object' && 'exitCode' in error && typeof error.exitCode === 'number') {
+    return error.exitCode;
+  }
+  return 1;
+}

@@ -1,0 +1,117 @@
+import winston from 'winston';
+import Transport from 'winston-transport';
+import type { RunStore } from '../store/run-store.js';
+import type { LogPriority } from '../store/types.js';
+
+// Readable lines on a terminal, JSON lines otherwise (journald, files, pipes). Warnings and above also go
+// to the store's operator log, where every host's operators read them (bootstrax's log collection).
+
+export const LOG_LEVELS = { fatal: 0, error: 1, warn: 2, info: 3, debug: 4 } as const;
+export type LogLevel = keyof typeof LOG_LEVELS;
+
+const PRIORITY_OF: Record<LogLevel, LogPriority> = { debug: 0, info: 1, warn: 2, error: 3, fatal: 4 };
+
+export interface Logger {
+  debug(message: string, meta?: LogMeta): void;
+  info(message: string, meta?: LogMeta): void;
+  warn(message: string, meta?: LogMeta): void;
+  error(message: string, meta?: LogMeta): void;
+  fatal(message: string, meta?: LogMeta): void;
+  /** Resolves once entries already handed to the operator log are written. */
+  flush(): Promise<void>;
+}
+
+export interface LogMeta {
+  number?: number;
+  [key: string]: unknown;
+}
+
+export interface LoggerOptions {
+  level: LogLevel;
+  host: string;
+  /** Force JSON (true) or text (false); default: text when stderr is a terminal. */
+  json?: boolean;
+  store?: RunStore;
+  stream?: NodeJS.WritableStream;
+}
+
+/** Writes warn/error/fatal entries into the store's operator log; never throws into the caller. */
+class OperatorLogTransport extends Transport {
+  private pending = new Set<Promise<void>>();
+
+  constructor(private readonly store: RunStore, private readonly host: string) {
+    super({ level: 'warn' });
+  }
+
+  override log(info: winston.Logform.TransformableInfo, next: () => void): void {
+    const level = info.level as LogLevel;
+    const number = typeof info.number === 'number' ? info.number : undefined;
+    const write = this.store
+      .appendLog({
+        host: this.host,
+        user: `runwarden@${this.host}`,
+        priority: PRIORITY_OF[level] ?? 2,
+        message: String(info.message),
+        ...(number !== undefined ? { number } : {}),
+      })
+      .catch((error: unknown) => {
+        process.stderr.write(`runwarden: could not write the operator log: ${String(error)}\n`);
+      });
+    this.pending.add(write);
+    void write.finally(() => this.pending.delete(write));
+    next();
+  }
+
+  async flush(): Promise<void> {
+    await Promise.all([...this.pending]);
+  }
+}
+
+export function createLogger(options: LoggerOptions): Logger {
+  const stream = options.stream ?? process.stderr;
+  const json = options.json ?? !(stream as NodeJS.WriteStream).isTTY;
+  const textFormat = winston.format.printf((info) => {
+    const { level, message, timestamp, number, ...rest } = info as Record<string, unknown>;
+    const extra = Object.keys(rest).filter((k) => typeof k === 'string' && k !== 'host');
+    const tail = extra.length ? ' ' + extra.map((k) => `${k}=${JSON.stringify(rest[k])}`).join(' ') : '';
+    const run = typeof number === 'number' ? ` run ${number}:` : '';
+    return `${String(timestamp)} ${String(level).toUpperCase().padEnd(5)}${run} ${String(message)}${tail}`;
+  });
+  const operatorLog = options.store ? new OperatorLogTransport(options.store, options.host) : undefined;
+  const logger = winston.createLogger({
+    levels: LOG_LEVELS,
+    level: options.level,
+    defaultMeta: { host: options.host },
+    format: winston.format.combine(
+      winston.format.timestamp(),
+      json ? winston.format.json() : textFormat,
+    ),
+    transports: [
+      new winston.transports.Stream({ stream }),
+      ...(operatorLog ? [operatorLog] : []),
+    ],
+  });
+  const at = (level: LogLevel) => (message: string, meta?: LogMeta) => {
+    logger.log(level, message, meta ?? {});
+  };
+  return {
+    debug: at('debug'),
+    info: at('info'),
+    warn: at('warn'),
+    error: at('error'),
+    fatal: at('fatal'),
+    flush: async () => {
+      await operatorLog?.flush();
+    },
+  };
+}
+
+/** A logger that drops everything, for commands that print their own results. */
+export const silentLogger: Logger = {
+  debug: () => undefined,
+  info: () => undefined,
+  warn: () => undefined,
+  error: () => undefined,
+  fatal: () => undefined,
+  flush: async () => undefined,
+};

@@ -1,0 +1,129 @@
+import type {
+  EventNote,
+  HostDoc,
+  LogEntry,
+  LogPriority,
+  NewRun,
+  RunDoc,
+  RunEvent,
+  RunOutput,
+  RunState,
+} from './types.js';
+
+export type SelectionOrder = 'newest' | 'oldest';
+
+export interface ClaimRequest {
+  host: string;
+  pid: number;
+  /** After priority (desc): `newest` takes the latest `start` first (bootstrax), `oldest` the earliest. */
+  order: SelectionOrder;
+}
+
+export interface RunFilter {
+  /** `pending` selects runs without a processing document. */
+  state?: RunState | 'pending';
+  host?: string;
+  limit?: number;
+}
+
+export type StateCounts = Record<RunState | 'pending', number>;
+
+export interface BusyFields {
+  started: number;
+  targets?: string[];
+  resources?: Record<string, number>;
+}
+
+export interface ProcessGroupFields {
+  pid: number;
+  pgid: number;
+  proc_start?: number;
+}
+
+export interface FailureFields {
+  reason: string;
+  /** The failure count after this failure. */
+  n_failures: number;
+  next_retry: number;
+  exit_code?: number;
+  signal?: string;
+}
+
+export interface AbandonFields {
+  reason: string;
+  n_failures: number;
+  exit_code?: number;
+  signal?: string;
+}
+
+export type HostPatch = Partial<Pick<HostDoc, 'state' | 'running' | 'disk' | 'slots'>>;
+
+export interface LogQuery {
+  limit?: number;
+  minPriority?: LogPriority;
+  number?: number;
+}
+
+/**
+ * The runs database. One function per operation (graphile-worker's habit). Every write after a claim is
+ * fenced: it names the attempt's lease token and returns false, writing nothing, when the token no longer
+ * matches (the run was failed, abandoned or taken over by someone else). A fenced write that succeeds
+ * appends its run_events entry in the same transaction where the backend allows it.
+ */
+export interface RunStore {
+  readonly kind: 'sqlite' | 'mongodb';
+  /** Where the store is, for messages; never contains a password. */
+  readonly location: string;
+  close(): Promise<void>;
+
+  insertRun(run: NewRun): Promise<RunDoc>;
+  /** All or nothing; a duplicate number throws DuplicateRunError naming it. */
+  insertRuns(runs: NewRun[]): Promise<number>;
+  getRun(number: number): Promise<RunDoc | null>;
+  /** Newest number first. */
+  listRuns(filter?: RunFilter): Promise<RunDoc[]>;
+  countRunsByState(): Promise<StateCounts>;
+
+  /**
+   * Atomically takes the first eligible run (not tagged hold/abandon; never processed, or failed with
+   * next_retry ≤ now) in order priority desc, then start per `order`; sets state considering, host, pid,
+   * attempt+1, a fresh token and time in one write. Null when nothing is eligible.
+   */
+  claimNextRun(request: ClaimRequest): Promise<RunDoc | null>;
+  /** Earliest next_retry among failed runs that are not held, so an idle daemon knows when to look again. */
+  nextRetryAt(): Promise<number | null>;
+
+  heartbeatRun(number: number, token: string): Promise<boolean>;
+  markBusy(number: number, token: string, fields: BusyFields, note?: EventNote): Promise<boolean>;
+  recordProcessGroup(number: number, token: string, fields: ProcessGroupFields): Promise<boolean>;
+  finishRun(number: number, token: string, output: RunOutput, note?: EventNote): Promise<boolean>;
+  failRun(number: number, token: string, fields: FailureFields, note?: EventNote): Promise<boolean>;
+  abandonRun(number: number, token: string, fields: AbandonFields, note?: EventNote): Promise<boolean>;
+  /** Hands a run back unharmed (host stopping): failed, next_retry now, n_failures unchanged. */
+  releaseRun(number: number, token: string, reason: string, note?: EventNote): Promise<boolean>;
+
+  /** Oldest first. */
+  listRunEvents(number: number): Promise<RunEvent[]>;
+
+  /** Creates or replaces the host's document. */
+  registerHost(doc: HostDoc): Promise<void>;
+  /** Refreshes time (and the patch) when the token still matches; false once another daemon took over. */
+  heartbeatHost(host: string, token: string, patch?: HostPatch): Promise<boolean>;
+  getHost(host: string): Promise<HostDoc | null>;
+  listHosts(): Promise<HostDoc[]>;
+
+  appendLog(entry: Omit<LogEntry, 'time'> & { time?: number }): Promise<void>;
+  /** Newest first. */
+  listLog(query?: LogQuery): Promise<LogEntry[]>;
+
+  /**
+   * Calls `onNewRun` soon after any process inserts a run into this store, so an idle daemon wakes at
+   * once instead of at its next poll. Returns the function that stops watching.
+   */
+  watchNewRuns(onNewRun: () => void): () => void;
+}
+
+export interface StoreOptions {
+  /** Clock for every time the store writes; injected by tests. Defaults to Date.now. */
+  clock?: () => number;
+}

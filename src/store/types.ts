@@ -1,0 +1,108 @@
+// Store-neutral documents (DESIGN §3). Times are epoch milliseconds in the domain; a backend may
+// store them differently (MongoDB uses Date) but hands these shapes back.
+
+export const RUN_STATES = ['considering', 'busy', 'done', 'failed', 'abandoned'] as const;
+export type RunState = (typeof RUN_STATES)[number];
+
+export const HOST_STATES = ['starting', 'idle', 'busy', 'disk_full', 'stopping', 'stopped', 'dead'] as const;
+export type HostState = (typeof HOST_STATES)[number];
+
+export interface RunOutput {
+  location: string;
+  host: string;
+  attempt: number;
+  at: number;
+}
+
+/** The processing sub-document; absent on a run nobody has touched yet. */
+export interface Processing {
+  state: RunState;
+  host: string;
+  pid: number;
+  /** Process group of the running command and its start time (from /proc), so a restart can find it. */
+  pgid?: number;
+  proc_start?: number;
+  /** Lease token of the current attempt; every write of that attempt is conditioned on it. */
+  token: string;
+  attempt: number;
+  /** Last write by the owner: the lease heartbeat. */
+  time: number;
+  started?: number;
+  ended?: number;
+  n_failures: number;
+  reason?: string;
+  next_retry?: number;
+  exit_code?: number;
+  signal?: string;
+  targets?: string[];
+  resources?: Record<string, number>;
+}
+
+export interface RunDoc {
+  number: number;
+  name?: string;
+  /** Start of data taking, epoch ms; orders selection after priority. */
+  start: number;
+  end?: number;
+  mode?: string;
+  tags: string[];
+  priority: number;
+  input?: string;
+  params: Record<string, unknown>;
+  outputs: RunOutput[];
+  processing?: Processing;
+}
+
+/** What `submit` hands the store: a run that has never been processed. */
+export type NewRun = Omit<RunDoc, 'processing' | 'outputs' | 'tags' | 'priority' | 'params'> &
+  Partial<Pick<RunDoc, 'tags' | 'priority' | 'params'>>;
+
+export interface RunEvent {
+  number: number;
+  time: number;
+  host: string;
+  attempt: number;
+  /** State before; null when the run had no processing document. */
+  from: RunState | null;
+  to: RunState;
+  reason?: string;
+  exit_code?: number;
+  signal?: string;
+  duration_ms?: number;
+  detail?: Record<string, unknown>;
+}
+
+/** The part of an event the caller supplies; the store fills number, time, host, attempt, from, to. */
+export type EventNote = Pick<RunEvent, 'reason' | 'exit_code' | 'signal' | 'duration_ms' | 'detail'>;
+
+export interface DiskFigures {
+  path: string;
+  used_percent: number;
+  free_bytes: number;
+}
+
+export interface HostDoc {
+  host: string;
+  pid: number;
+  proc_start?: number;
+  token: string;
+  state: HostState;
+  time: number;
+  started: number;
+  version: string;
+  slots: number;
+  running: number[];
+  disk?: DiskFigures;
+}
+
+/** Operator log priorities, as in bootstrax: 0 debug, 1 info, 2 warning, 3 error, 4 fatal. */
+export type LogPriority = 0 | 1 | 2 | 3 | 4;
+
+export interface LogEntry {
+  time: number;
+  host: string;
+  user: string;
+  priority: LogPriority;
+  message: string;
+  number?: number;
+}

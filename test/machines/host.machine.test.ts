@@ -1,0 +1,194 @@
+import { describe, expect, it } from 'vitest';
+import { createActor, fromCallback, fromPromise, sendTo, setup, SimulatedClock, type EventObject } from 'xstate';
+import { hostMachine, type ClaimOutput, type HostInput } from '../../machines/host.machine.js';
+import { runMachine, type ClaimedRun, type RunInput, type RunSettledEvent } from '../../machines/run.machine.js';
+import type { RunSettlement } from '../../machines/types.js';
+import { deferred, recordStates, settle } from './helpers.js';
+
+type FakeRunEvent = { type: 'SETTLE'; settlement: RunSettlement } | { type: 'STOP' };
+
+/** A run actor that settles when the test says so, and releases its run on STOP. */
+const fakeRun = setup({
+  types: { input: {} as RunInput, context: {} as { number: number }, events: {} as FakeRunEvent },
+}).createMachine({
+  context: ({ input }) => ({ number: input.run.number }),
+  on: {
+    SETTLE: {
+      actions: sendTo(
+        ({ system }) => system.get('host'),
+        ({ context, event }): RunSettledEvent => ({
+          type: 'RUN_SETTLED',
+          number: context.number,
+          settlement: event.type === 'SETTLE' ? event.settlement : 'released',
+        }),
+      ),
+    },
+    STOP: {
+      actions: sendTo(
+        ({ system }) => system.get('host'),
+        ({ context }): RunSettledEvent => ({ type: 'RUN_SETTLED', number: context.number, settlement: 'released' }),
+      ),
+    },
+  },
+});
+
+function claimedRun(number: number): ClaimedRun {
+  return { number, token: `t${number}`, attempt: 1, nFailures: 0, doc: {} };
+}
+
+interface Options {
+  slots?: number;
+  once?: boolean;
+  queue?: number[];
+  claim?: () => Promise<ClaimOutput>;
+}
+
+function start(options: Options = {}) {
+  const queue = [...(options.queue ?? [])];
+  const claims: number[] = [];
+  const calls: string[] = [];
+  let wake: (() => void) | undefined;
+  const machine = hostMachine.provide({
+    actors: {
+      register: fromPromise(async () => {
+        calls.push('register');
+      }),
+      heartbeat: fromCallback<EventObject, { host: string }>(() => undefined),
+      wakeWatcher: fromCallback<EventObject, { host: string }>(({ sendBack }) => {
+        wake = () => sendBack({ type: 'WAKE' });
+      }),
+      claimNext: fromPromise<ClaimOutput, { host: string }>(async () => {
+        if (options.claim) return options.claim();
+        const number = queue.shift();
+        if (number === undefined) return { run: null, nextPollMs: 10_000 };
+        claims.push(number);
+        return { run: claimedRun(number), nextPollMs: 10_000 };
+      }),
+      deregister: fromPromise(async () => {
+        calls.push('deregister');
+      }),
+      // Only the protocol matters here: RUN_SETTLED to the host, STOP from it.
+      run: fakeRun as unknown as typeof runMachine,
+    },
+  });
+  const input: HostInput = {
+    host: 'h1',
+    slots: options.slots ?? 1,
+    idlePollMs: 10_000,
+    once: options.once ?? false,
+    maxFailures: 3,
+    noRetryExitCodes: [],
+    timing: { maxProcessingTimeMs: 1, maxNoOutputTimeMs: 1, signalEscalateMs: 1 },
+  };
+  const clock = new SimulatedClock();
+  const settled: string[] = [];
+  const actor = createActor(machine, {
+    input,
+    clock,
+    systemId: 'host',
+    inspect: (event) => {
+      if (event.type === '@xstate.event' && event.event.type === 'RUN_SETTLED') {
+        const e = event.event as RunSettledEvent;
+        settled.push(`${e.number}:${e.settlement}`);
+      }
+    },
+  });
+  const states = recordStates(actor);
+  actor.start();
+  const settleRun = (number: number, settlement: RunSettlement = 'done') =>
+    actor.system.get(`run-${number}`)?.send({ type: 'SETTLE', settlement });
+  return { actor, clock, states, queue, claims, calls, settled, settleRun, wake: () => wake?.() };
+}
+
+describe('host machine', () => {
+  it('starting → running.idle when there is nothing to claim, and claims at once on a wake-up', async () => {
+    const t = start();
+    await settle();
+    expect(t.states).toEqual(['starting', 'running.claiming', 'running.idle']);
+    t.queue.push(5);
+    t.wake();
+    await settle();
+    expect(t.states.slice(-2)).toEqual(['running.claiming', 'running.busy']);
+    expect(t.claims).toEqual([5]);
+    expect(t.actor.getSnapshot().context.running).toEqual([5]);
+  });
+
+  it('busy → idle when its run settles and nothing else is eligible', async () => {
+    const t = start({ queue: [1] });
+    await settle();
+    expect(t.states.at(-1)).toBe('running.busy');
+    t.settleRun(1);
+    await settle();
+    expect(t.states.slice(-3)).toEqual(['running.busy', 'running.claiming', 'running.idle']);
+    expect(t.actor.getSnapshot().context.running).toEqual([]);
+    expect(t.actor.system.get('run-1')).toBeUndefined();
+  });
+
+  it('claims up to its slots and no more until one frees', async () => {
+    const t = start({ slots: 2, queue: [1, 2, 3] });
+    await settle();
+    expect(t.claims).toEqual([1, 2]);
+    expect(t.states.at(-1)).toBe('running.busy');
+    t.wake();
+    await settle();
+    expect(t.claims).toEqual([1, 2]);
+    t.settleRun(2);
+    await settle();
+    expect(t.claims).toEqual([1, 2, 3]);
+    expect(t.actor.getSnapshot().context.running).toEqual([1, 3]);
+  });
+
+  it('an idle host looks again after the poll interval on its own clock', async () => {
+    const t = start();
+    await settle();
+    t.queue.push(9);
+    t.clock.increment(9_999);
+    await settle();
+    expect(t.claims).toEqual([]);
+    t.clock.increment(1);
+    await settle();
+    expect(t.claims).toEqual([9]);
+  });
+
+  it('STOP while busy stops its runs, waits for them, then deregisters', async () => {
+    const t = start({ slots: 2, queue: [1, 2] });
+    await settle();
+    t.actor.send({ type: 'STOP' });
+    await settle();
+    expect(t.states.slice(-4)).toEqual(['running.busy', 'stopping', 'deregistering', 'stopped']);
+    expect(t.calls).toEqual(['register', 'deregister']);
+    expect(t.settled.sort()).toEqual(['1:released', '2:released']);
+    expect(t.actor.getSnapshot().output).toEqual({ error: null });
+  });
+
+  it('a STOP during a claim waits for the claim, so a claimed run is never dropped', async () => {
+    const pending = deferred<ClaimOutput>();
+    const t = start({ claim: () => pending.promise });
+    await settle();
+    expect(t.states.at(-1)).toBe('running.claiming');
+    t.actor.send({ type: 'STOP' });
+    pending.resolve({ run: claimedRun(4), nextPollMs: 1000 });
+    await settle();
+    // Run 4 was spawned, asked to stop, released, and only then the host stopped.
+    expect(t.states).toEqual(['starting', 'running.claiming', 'stopping', 'deregistering', 'stopped']);
+    expect(t.settled).toEqual(['4:released']);
+  });
+
+  it('--once stops when nothing is eligible and nothing runs', async () => {
+    const t = start({ once: true, queue: [1] });
+    await settle();
+    expect(t.states.at(-1)).toBe('running.busy');
+    t.settleRun(1);
+    await settle();
+    expect(t.states.slice(-2)).toEqual(['deregistering', 'stopped']);
+  });
+
+  it('an unkillable command ends the host with an error', async () => {
+    const t = start({ queue: [8] });
+    await settle();
+    t.settleRun(8, 'unkillable');
+    await settle();
+    expect(t.states.at(-1)).toBe('failed');
+    expect(t.actor.getSnapshot().output?.error).toMatch(/run 8/);
+  });
+});
