@@ -71,11 +71,11 @@ export function createLogger(options: LoggerOptions): Logger {
   const stream = options.stream ?? process.stderr;
   const json = options.json ?? !(stream as NodeJS.WriteStream).isTTY;
   const textFormat = winston.format.printf((info) => {
-    const { level, message, timestamp, number, ...rest } = info as Record<string, unknown>;
-    const extra = Object.keys(rest).filter((k) => typeof k === 'string' && k !== 'host');
+    // Messages name their run themselves; `number` is for the operator log and JSON consumers.
+    const { level, message, timestamp, number: _number, host: _host, ...rest } = info as Record<string, unknown>;
+    const extra = Object.keys(rest);
     const tail = extra.length ? ' ' + extra.map((k) => `${k}=${JSON.stringify(rest[k])}`).join(' ') : '';
-    const run = typeof number === 'number' ? ` run ${number}:` : '';
-    return `${String(timestamp)} ${String(level).toUpperCase().padEnd(5)}${run} ${String(message)}${tail}`;
+    return `${String(timestamp)} ${String(level).toUpperCase().padEnd(5)} ${String(message)}${tail}`;
   });
   const operatorLog = options.store ? new OperatorLogTransport(options.store, options.host) : undefined;
   const logger = winston.createLogger({

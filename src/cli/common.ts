@@ -1,0 +1,115 @@
+import type { Argv } from 'yargs';
+import { loadConfig, type ConfigFlags } from '../config/index.js';
+import type { Config } from '../config/schema.js';
+import { exitCodeOf } from '../errors.js';
+import { openStore } from '../store/open-store.js';
+import type { RunStore } from '../store/run-store.js';
+
+// What every command shares: the global options, loading the configuration, opening the store,
+// printing either for people or as JSON, and turning errors into exit codes (DESIGN §7).
+
+export interface GlobalArgs {
+  store?: string;
+  config?: string;
+  host?: string;
+  json?: boolean;
+  'log-level'?: string;
+  set?: string[];
+}
+
+export function globalOptions<T>(yargs: Argv<T>) {
+  return yargs
+    .option('store', {
+      type: 'string',
+      describe: 'runs database: sqlite:PATH or mongodb://… (env RUNWARDEN_STORE)',
+      global: true,
+    })
+    .option('config', {
+      type: 'string',
+      describe: 'YAML configuration file (default ./runwarden.yaml when present; env RUNWARDEN_CONFIG)',
+      global: true,
+    })
+    .option('host', { type: 'string', describe: "this host's name in the database (default: hostname)", global: true })
+    .option('json', { type: 'boolean', describe: 'print machine-readable JSON', global: true })
+    .option('log-level', {
+      type: 'string',
+      choices: ['debug', 'info', 'warn', 'error'],
+      describe: 'how much the daemon logs',
+      global: true,
+    })
+    .option('set', {
+      type: 'string',
+      array: true,
+      describe: 'override a configuration key: --set timeouts.check_interval=5s',
+      global: true,
+    });
+}
+
+export function configFromArgs(args: GlobalArgs, extra: ConfigFlags = {}): Config {
+  const flags: ConfigFlags = {
+    ...(args.store !== undefined ? { store: args.store } : {}),
+    ...(args.host !== undefined ? { host: args.host } : {}),
+    ...(args['log-level'] !== undefined ? { log_level: args['log-level'] } : {}),
+    ...(args.set !== undefined ? { set: args.set } : {}),
+    ...extra,
+  };
+  const file = args.config ?? process.env.RUNWARDEN_CONFIG;
+  return loadConfig({ ...(file ? { file } : {}), cwd: process.cwd(), env: process.env, flags });
+}
+
+export async function withStore<T>(config: Config, use: (store: RunStore) => Promise<T>): Promise<T> {
+  const store = await openStore(config.store);
+  try {
+    return await use(store);
+  } finally {
+    await store.close();
+  }
+}
+
+export function printJson(value: unknown): void {
+  process.stdout.write(`${JSON.stringify(value, null, 2)}\n`);
+}
+
+/** Runs a command's body; errors become one line on stderr and the exit code DESIGN §7 gives them. */
+export async function runCommand(body: () => Promise<number | void>): Promise<void> {
+  try {
+    const code = await body();
+    process.exitCode = code ?? 0;
+  } catch (error) {
+    const message = error instanceof Error ? error.message : String(error);
+    process.stderr.write(`runwarden: ${message}\n`);
+    process.exitCode = exitCodeOf(error);
+  }
+}
+
+/** A left-aligned text table; cells are already strings. */
+export function table(headers: string[], rows: string[][]): string {
+  const widths = headers.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? '').length)));
+  const line = (cells: string[]) =>
+    cells
+      .map((cell, i) => (i === cells.length - 1 ? cell : cell.padEnd(widths[i] ?? 0)))
+      .join('  ')
+      .trimEnd();
+  return [line(headers), ...rows.map(line)].join('\n');
+}
+
+export function formatTime(ms: number | undefined): string {
+  if (ms === undefined || !Number.isFinite(ms)) return '-';
+  return new Date(ms).toISOString().replace('T', ' ').replace(/\.\d{3}Z$/, 'Z');
+}
+
+/** `12s ago` / `in 3m`; for heartbeats and retries. */
+export function formatRelative(ms: number | undefined, now: number): string {
+  if (ms === undefined || !Number.isFinite(ms)) return '-';
+  const delta = Math.round((ms - now) / 1000);
+  const abs = Math.abs(delta);
+  const text =
+    abs < 60 ? `${abs}s` : abs < 3600 ? `${Math.floor(abs / 60)}m${abs % 60 ? `${abs % 60}s` : ''}` : `${Math.floor(abs / 3600)}h${Math.floor((abs % 3600) / 60)}m`;
+  return delta <= 0 ? `${text} ago` : `in ${text}`;
+}
+
+export function truncate(text: string | undefined, max: number): string {
+  if (!text) return '';
+  const single = text.replace(/\s+/g, ' ').trim();
+  return single.length > max ? `${single.slice(0, max - 1)}…` : single;
+}

@@ -1,0 +1,40 @@
+import type { Argv, CommandModule } from 'yargs';
+import { requireCommand } from '../config/index.js';
+import { startDaemon } from '../daemon/daemon.js';
+import { createLogger } from '../log/logger.js';
+import { openStore } from '../store/open-store.js';
+import { configFromArgs, runCommand, type GlobalArgs } from './common.js';
+
+interface DaemonArgs extends GlobalArgs {
+  slots?: number;
+  once?: boolean;
+  order?: string;
+}
+
+export const daemonCommand: CommandModule<GlobalArgs, DaemonArgs> = {
+  command: 'daemon',
+  describe: 'claim and process runs until stopped (^C or SIGTERM releases running runs)',
+  builder: (yargs: Argv<GlobalArgs>) =>
+    yargs
+      .option('slots', { type: 'number', describe: 'runs processed at once by this daemon (default 1)' })
+      .option('once', { type: 'boolean', describe: 'process until nothing is eligible, then exit 0' })
+      .option('order', { type: 'string', choices: ['newest', 'oldest'], describe: 'after priority, which start first' })
+      .example('$0 daemon --slots 4', 'process up to 4 runs at once with ./runwarden.yaml')
+      .example('$0 daemon --once --store sqlite:/data/runs.db', 'drain what is eligible now, then exit')
+      .example(`$0 daemon --set 'process.command=["strax-process","{number}","{output}"]'`, 'give the command inline'),
+  handler: (args) =>
+    runCommand(async () => {
+      const config = configFromArgs(args, {
+        ...(args.slots !== undefined ? { slots: args.slots } : {}),
+        ...(args.order !== undefined ? { order: args.order } : {}),
+      });
+      requireCommand(config);
+      const store = await openStore(config.store);
+      const logger = createLogger({ level: config.log_level, host: config.host, store });
+      const daemon = startDaemon({ config, store, logger, once: args.once ?? false, handleSignals: true });
+      const code = await daemon.done;
+      await logger.flush();
+      await store.close();
+      return code;
+    }),
+};

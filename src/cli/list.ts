@@ -1,0 +1,74 @@
+import type { Argv, CommandModule } from 'yargs';
+import { UsageError } from '../errors.js';
+import { RUN_STATES, type RunDoc } from '../store/types.js';
+import {
+  configFromArgs,
+  formatRelative,
+  formatTime,
+  printJson,
+  runCommand,
+  table,
+  truncate,
+  withStore,
+  type GlobalArgs,
+} from './common.js';
+
+interface ListArgs extends GlobalArgs {
+  state?: string;
+  host?: string;
+  limit?: number;
+}
+
+export function runStateLabel(run: RunDoc): string {
+  return run.processing?.state ?? 'pending';
+}
+
+export const listCommand: CommandModule<GlobalArgs, ListArgs> = {
+  command: 'list',
+  describe: 'list runs, newest number first',
+  builder: (yargs: Argv<GlobalArgs>) =>
+    yargs
+      .option('state', { type: 'string', choices: ['pending', ...RUN_STATES], describe: 'only runs in this state' })
+      .option('limit', { type: 'number', default: 50, describe: 'at most this many runs' })
+      .example('$0 list --state failed', 'failed runs waiting for a retry')
+      .example('$0 list --host daq01 --json', 'runs last handled by host daq01, as JSON'),
+  handler: (args) =>
+    runCommand(async () => {
+      const config = configFromArgs({ ...args, host: undefined });
+      if (args.limit !== undefined && (!Number.isInteger(args.limit) || args.limit < 1)) {
+        throw new UsageError(`--limit: expected a positive integer, got ${args.limit}`, 'limit');
+      }
+      const runs = await withStore(config, (store) =>
+        store.listRuns({
+          ...(args.state ? { state: args.state as 'pending' } : {}),
+          ...(args.host ? { host: args.host } : {}),
+          limit: args.limit ?? 50,
+        }),
+      );
+      if (args.json) return printJson(runs);
+      if (runs.length === 0) {
+        process.stdout.write('no runs\n');
+        return;
+      }
+      const now = Date.now();
+      process.stdout.write(
+        `${table(
+          ['NUMBER', 'STATE', 'ATTEMPT', 'FAILURES', 'HOST', 'UPDATED', 'NEXT RETRY', 'NAME', 'REASON'],
+          runs.map((run) => {
+            const p = run.processing;
+            return [
+              String(run.number),
+              runStateLabel(run),
+              p ? String(p.attempt) : '-',
+              p ? String(p.n_failures) : '-',
+              p?.host ?? '-',
+              p ? formatRelative(p.time, now) : formatTime(run.start),
+              p?.state === 'failed' ? formatRelative(p.next_retry, now) : '-',
+              truncate(run.name, 24),
+              truncate(p?.reason, 60),
+            ];
+          }),
+        )}\n`,
+      );
+    }),
+};

@@ -1,0 +1,46 @@
+#!/usr/bin/env node
+import yargs from 'yargs';
+import { hideBin } from 'yargs/helpers';
+import { globalOptions } from './common.js';
+import { daemonCommand } from './daemon.js';
+import { demoCommand } from './demo.js';
+import { diagramCommand } from './diagram.js';
+import { listCommand } from './list.js';
+import { showCommand } from './show.js';
+import { statusCommand } from './status.js';
+import { submitCommand } from './submit.js';
+import { VERSION } from '../version.js';
+
+// runwarden's command line. Each command lives in its own file; this one only assembles them and
+// makes every usage error exit 2 with the problem named (DESIGN §7).
+
+export async function main(argv: string[]): Promise<void> {
+  const parser = globalOptions(yargs(argv))
+    .scriptName('runwarden')
+    .usage('$0 <command> [options]\n\nClaims runs from a runs database and processes them under supervision.')
+    .command(daemonCommand)
+    .command(submitCommand)
+    .command(listCommand)
+    .command(statusCommand)
+    .command(showCommand)
+    .command(diagramCommand)
+    .command(demoCommand)
+    .demandCommand(1, 'name a command; see runwarden --help')
+    .strict()
+    .recommendCommands()
+    .version(VERSION)
+    .alias('h', 'help')
+    .epilogue('Exit codes: 0 ok, 1 runtime error, 2 usage or configuration error.')
+    .wrap(Math.min(110, process.stdout.columns ?? 100))
+    .fail((message, error) => {
+      if (error) throw error;
+      process.stderr.write(`runwarden: ${message}\nSee runwarden --help.\n`);
+      process.exit(2);
+    });
+  await parser.parseAsync();
+}
+
+main(hideBin(process.argv)).catch((error: unknown) => {
+  process.stderr.write(`runwarden: ${error instanceof Error ? error.message : String(error)}\n`);
+  process.exitCode = 1;
+});

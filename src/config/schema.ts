@@ -1,0 +1,195 @@
+// The configuration's shape and defaults (DESIGN §6). Durations are milliseconds here, whatever the user wrote.
+
+import { hostname } from 'node:os';
+import { resolve } from 'node:path';
+
+export interface ResourceRule {
+  start: number;
+  min: number;
+  shrink: number;
+}
+
+export type SelectionOrder = 'newest' | 'oldest';
+export type LogLevel = 'debug' | 'info' | 'warn' | 'error';
+
+export interface Config {
+  /** `sqlite:/absolute/path.db`, `sqlite::memory:` or a `mongodb://` / `mongodb+srv://` URL. */
+  store: string;
+  host: string;
+  slots: number;
+  order: SelectionOrder;
+  log_level: LogLevel;
+  process: {
+    command: string[];
+    cwd: string;
+    env: Record<string, string>;
+    output_root: string;
+    log_dir: string;
+    require_output: boolean;
+    clean_output: boolean;
+    no_retry_exit_codes: number[];
+    targets: string[];
+    drop_targets_after: Record<string, number>;
+    minimal_targets: string[];
+    resources: Record<string, ResourceRule>;
+  };
+  /** All in milliseconds. */
+  timeouts: {
+    signal_escalate: number;
+    check_interval: number;
+    max_considering_time: number;
+    max_busy_time: number;
+    cleanup_interval: number;
+    idle_poll: number;
+    presumed_dead: number;
+    max_processing_time: number;
+    max_no_output_time: number;
+  };
+  retry: {
+    /** Milliseconds. */
+    base: number;
+    factor: number;
+    max_exponent: number;
+    jitter: [number, number];
+    max_failures: number;
+  };
+  disk: { path: string; max_used_percent: number; min_free_bytes: number };
+}
+
+export const SELECTION_ORDERS: readonly SelectionOrder[] = ['newest', 'oldest'];
+export const LOG_LEVELS: readonly LogLevel[] = ['debug', 'info', 'warn', 'error'];
+
+/** Looked for in the working directory when no config file is named. */
+export const DEFAULT_CONFIG_FILE = 'runwarden.yaml';
+
+/**
+ * The host's name in the database. DESIGN asks for the FQDN; `os.hostname()` is what Node offers without a DNS
+ * lookup (on most clusters it is the FQDN or the short name the operators use). Override with `host`.
+ */
+export function defaultHostName(): string {
+  return hostname();
+}
+
+/**
+ * The defaults of DESIGN §6, with relative paths resolved against `cwd`. `disk.path` follows
+ * `process.output_root`.
+ */
+export function defaultConfig(cwd: string, host: string = defaultHostName()): Config {
+  const outputRoot = resolve(cwd, 'processed');
+  return {
+    store: `sqlite:${resolve(cwd, 'runwarden.db')}`,
+    host,
+    slots: 1,
+    order: 'newest',
+    log_level: 'info',
+    process: {
+      command: [],
+      cwd: resolve(cwd),
+      env: {},
+      output_root: outputRoot,
+      log_dir: resolve(cwd, 'logs'),
+      require_output: true,
+      clean_output: true,
+      no_retry_exit_codes: [],
+      targets: [],
+      drop_targets_after: {},
+      minimal_targets: [],
+      resources: {},
+    },
+    timeouts: {
+      signal_escalate: 3_000,
+      check_interval: 10_000,
+      max_considering_time: 60_000,
+      max_busy_time: 120_000,
+      cleanup_interval: 60_000,
+      idle_poll: 10_000,
+      presumed_dead: 300_000,
+      max_processing_time: 72 * 3_600_000,
+      max_no_output_time: 30 * 60_000,
+    },
+    retry: { base: 60_000, factor: 5, max_exponent: 3, jitter: [0.5, 1.5], max_failures: 10 },
+    disk: { path: outputRoot, max_used_percent: 95, min_free_bytes: 1_073_741_824 },
+  };
+}
+
+/**
+ * How a key's value is written. Drives unknown-key detection, the typing of environment and `--set` strings,
+ * and which values are paths.
+ */
+export type FieldKind =
+  | 'store'
+  | 'string'
+  | 'path'
+  | 'enum'
+  | 'integer'
+  | 'number'
+  | 'boolean'
+  | 'duration'
+  | 'bytes'
+  | 'string-list'
+  | 'integer-list'
+  | 'pair'
+  | 'string-map'
+  | 'count-map'
+  | 'resource-map';
+
+export type SectionKeys = Readonly<Record<string, FieldKind>>;
+
+export const CONFIG_KEYS = {
+  store: 'store',
+  host: 'string',
+  slots: 'integer',
+  order: 'enum',
+  log_level: 'enum',
+  process: {
+    command: 'string-list',
+    cwd: 'path',
+    env: 'string-map',
+    output_root: 'path',
+    log_dir: 'path',
+    require_output: 'boolean',
+    clean_output: 'boolean',
+    no_retry_exit_codes: 'integer-list',
+    targets: 'string-list',
+    drop_targets_after: 'count-map',
+    minimal_targets: 'string-list',
+    resources: 'resource-map',
+  },
+  timeouts: {
+    signal_escalate: 'duration',
+    check_interval: 'duration',
+    max_considering_time: 'duration',
+    max_busy_time: 'duration',
+    cleanup_interval: 'duration',
+    idle_poll: 'duration',
+    presumed_dead: 'duration',
+    max_processing_time: 'duration',
+    max_no_output_time: 'duration',
+  },
+  retry: { base: 'duration', factor: 'number', max_exponent: 'integer', jitter: 'pair', max_failures: 'integer' },
+  disk: { path: 'path', max_used_percent: 'number', min_free_bytes: 'bytes' },
+} as const satisfies Readonly<Record<string, FieldKind | SectionKeys>>;
+
+export const SECTIONS = ['process', 'timeouts', 'retry', 'disk'] as const;
+export type SectionName = (typeof SECTIONS)[number];
+
+export const RESOURCE_RULE_KEYS = ['start', 'min', 'shrink'] as const;
+
+/** The kind of a dotted key such as `timeouts.check_interval`, or undefined when it is not a known key. */
+export function kindOf(section: string | undefined, key: string): FieldKind | SectionKeys | undefined {
+  const keys: Record<string, FieldKind | SectionKeys> = CONFIG_KEYS;
+  if (section === undefined) return Object.hasOwn(keys, key) ? keys[key] : undefined;
+  const inner = Object.hasOwn(keys, section) ? keys[section] : undefined;
+  if (typeof inner !== 'object') return undefined;
+  return Object.hasOwn(inner, key) ? inner[key] : undefined;
+}
+
+/** Every known key as a dotted path, sections included ("process", "process.command", ...). */
+export function knownKeyPaths(): string[] {
+  const paths: string[] = [];
+  for (const [key, kind] of Object.entries(CONFIG_KEYS)) {
+    paths.push(key);
+    if (typeof kind === 'object') for (const inner of Object.keys(kind)) paths.push(`${key}.${inner}`);
+  }
+  return paths;
+}

@@ -1,0 +1,63 @@
+// The machines documented in docs/machines.md, shared by the generator (src/diagram/write-docs.ts)
+// and the test that keeps the committed file fresh (test/diagram/machines-doc.test.ts).
+
+import type { AnyStateMachine } from 'xstate';
+import { hostMachine } from '../../machines/host.machine.js';
+import { runMachine } from '../../machines/run.machine.js';
+import { supervisorMachine } from '../../machines/supervisor.machine.js';
+
+export interface CatalogEntry {
+  /** Short name, used for anchors. */
+  name: string;
+  /** Section title. */
+  title: string;
+  /** One paragraph of Markdown shown above the diagram. */
+  description: string;
+  machine: AnyStateMachine;
+}
+
+export function machineCatalog(): CatalogEntry[] {
+  return [
+    {
+      name: 'run',
+      title: 'Run',
+      description:
+        'One actor per claimed attempt of a run, spawned by the host. The claim itself happened in the ' +
+        'store before the actor exists, so it starts in `considering`: preflight checks (run number, ' +
+        'input, params, disk gate, removal of this host\'s partial outputs) lead to `busy`, where the ' +
+        'supervisor runs the processing command; exit 0 with its output registered ends in `done`, any ' +
+        'other end (exit ≠ 0, timed out, stalled, output missing, failed preflight) in `failed`, which ' +
+        'either waits for `next_retry` and is claimed again or, after `max_failures` or on a ' +
+        '`no_retry_exit_codes` exit, becomes `abandoned`. Every write is fenced by the lease token: when ' +
+        'fail/abandon/cleanup takes the lease away the actor kills the command and stops without writing ' +
+        '(`lost`); a stopping host releases the run as `failed` with `next_retry = now` (`released`).',
+      machine: runMachine,
+    },
+    {
+      name: 'supervisor',
+      title: 'Supervisor',
+      description:
+        'Invoked inside the run\'s `busy` state; supervises one attempt\'s command, which runs in its own ' +
+        'process group: `spawning → running → exited`. `max_processing_time` (timed out) or ' +
+        '`max_no_output_time` without a byte of output (stalled), like a stop request, lead to ' +
+        '`terminating` (SIGTERM to the group); after `signal_escalate` comes `killing` (SIGKILL), and ' +
+        'after another `signal_escalate` `unkillable`, which crashes the daemon. Leaving `busy` for any ' +
+        'reason stops this actor and so kills the group.',
+      machine: supervisorMachine,
+    },
+    {
+      name: 'host',
+      title: 'Host',
+      description:
+        'One per daemon. `starting` registers the host (displacing a previous daemon of the same host, ' +
+        'verified by pid and process start time), kills orphaned process groups of its runs and fails ' +
+        'its stale runs at once; `running` claims runs while slots are free and the disk gate is open, ' +
+        'spawning one run actor per claim, sleeps when nothing is eligible and wakes up on new runs or ' +
+        'when a retry is due; `stopping` (SIGTERM/SIGINT) claims nothing more, terminates the commands ' +
+        'with escalation and releases their runs before the host deregisters and exits 0. A fatal ' +
+        'settlement of a run (unkillable command, unexpected error) ends in `failed`: the daemon logs ' +
+        'it at fatal and exits non-zero (crash-only).',
+      machine: hostMachine,
+    },
+  ];
+}

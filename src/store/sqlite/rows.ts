@@ -1,0 +1,201 @@
+// Row ⇄ document conversion for the SQLite backend. Reading is defensive: a row written by another tool
+// (wrong types, invalid JSON) never throws here; the bad value is left out or replaced by an empty default,
+// and later validation of the run fails it with a reason.
+
+import type {
+  DiskFigures,
+  HostDoc,
+  HostState,
+  LogEntry,
+  LogPriority,
+  Processing,
+  RunDoc,
+  RunEvent,
+  RunOutput,
+  RunState,
+} from '../types.js';
+
+export type Row = Record<string, unknown>;
+
+/** A value better-sqlite3 can bind. */
+export type SqlValue = string | number | bigint | Buffer | null;
+
+export function parseJson(text: unknown): unknown {
+  if (typeof text !== 'string') return undefined;
+  try {
+    return JSON.parse(text) as unknown;
+  } catch {
+    return undefined;
+  }
+}
+
+/** JSON text for a column; never throws (cycles or BigInt become null). */
+export function toJson(value: unknown): string | null {
+  if (value === undefined) return null;
+  try {
+    return JSON.stringify(value) ?? null;
+  } catch {
+    return null;
+  }
+}
+
+export function sql(value: unknown): SqlValue {
+  if (value === undefined || value === null) return null;
+  if (typeof value === 'boolean') return value ? 1 : 0;
+  if (typeof value === 'number' || typeof value === 'string' || typeof value === 'bigint') return value;
+  if (Buffer.isBuffer(value)) return value;
+  return toJson(value);
+}
+
+function num(value: unknown): number | undefined {
+  if (typeof value === 'number' && Number.isFinite(value)) return value;
+  if (typeof value === 'bigint') return Number(value);
+  return undefined;
+}
+
+function str(value: unknown): string | undefined {
+  return typeof value === 'string' ? value : undefined;
+}
+
+function isObject(value: unknown): value is Record<string, unknown> {
+  return typeof value === 'object' && value !== null && !Array.isArray(value);
+}
+
+function stringArray(value: unknown): string[] | undefined {
+  if (!Array.isArray(value)) return undefined;
+  return value.filter((v): v is string => typeof v === 'string');
+}
+
+function numberArray(value: unknown): number[] | undefined {
+  if (!Array.isArray(value)) return undefined;
+  return value.filter((v): v is number => typeof v === 'number' && Number.isFinite(v));
+}
+
+function numberMap(value: unknown): Record<string, number> | undefined {
+  if (!isObject(value)) return undefined;
+  const out: Record<string, number> = {};
+  for (const [k, v] of Object.entries(value)) {
+    if (typeof v === 'number' && Number.isFinite(v)) out[k] = v;
+  }
+  return out;
+}
+
+function outputList(value: unknown): RunOutput[] {
+  if (!Array.isArray(value)) return [];
+  const out: RunOutput[] = [];
+  for (const item of value) {
+    if (!isObject(item) || typeof item.location !== 'string') continue;
+    out.push({
+      location: item.location,
+      host: str(item.host) ?? '',
+      attempt: num(item.attempt) ?? 0,
+      at: num(item.at) ?? 0,
+    });
+  }
+  return out;
+}
+
+/** Sets `key` only when the value is present, so documents carry no `undefined` keys. */
+function put<T extends object, K extends keyof T>(target: T, key: K, value: T[K] | undefined): void {
+  if (value !== undefined) target[key] = value;
+}
+
+export function runFromRow(row: Row): RunDoc {
+  const doc: RunDoc = {
+    number: num(row.number) ?? Number(row.number),
+    start: num(row.start) ?? 0,
+    tags: stringArray(parseJson(row.tags)) ?? [],
+    priority: num(row.priority) ?? 0,
+    params: (() => {
+      const p = parseJson(row.params);
+      return isObject(p) ? p : {};
+    })(),
+    outputs: outputList(parseJson(row.outputs)),
+  };
+  put(doc, 'name', str(row.name));
+  put(doc, 'end', num(row.end));
+  put(doc, 'mode', str(row.mode));
+  put(doc, 'input', str(row.input));
+
+  if (row.state !== null && row.state !== undefined) {
+    const p: Processing = {
+      // An unknown state written by another tool is handed back as is: it is never eligible for a claim,
+      // and showing it truthfully beats hiding it.
+      state: String(row.state) as RunState,
+      host: str(row.host) ?? '',
+      pid: num(row.pid) ?? 0,
+      token: str(row.token) ?? '',
+      attempt: num(row.attempt) ?? 0,
+      time: num(row.time) ?? 0,
+      n_failures: num(row.n_failures) ?? 0,
+    };
+    put(p, 'pgid', num(row.pgid));
+    put(p, 'proc_start', num(row.proc_start));
+    put(p, 'started', num(row.started));
+    put(p, 'ended', num(row.ended));
+    put(p, 'reason', str(row.reason));
+    put(p, 'next_retry', num(row.next_retry));
+    put(p, 'exit_code', num(row.exit_code));
+    put(p, 'signal', str(row.signal));
+    put(p, 'targets', stringArray(parseJson(row.targets)));
+    put(p, 'resources', numberMap(parseJson(row.resources)));
+    doc.processing = p;
+  }
+  return doc;
+}
+
+export function eventFromRow(row: Row): RunEvent {
+  const ev: RunEvent = {
+    number: num(row.number) ?? 0,
+    time: num(row.time) ?? 0,
+    host: str(row.host) ?? '',
+    attempt: num(row.attempt) ?? 0,
+    from: row.from_state === null || row.from_state === undefined ? null : (String(row.from_state) as RunState),
+    to: String(row.to_state) as RunState,
+  };
+  put(ev, 'reason', str(row.reason));
+  put(ev, 'exit_code', num(row.exit_code));
+  put(ev, 'signal', str(row.signal));
+  put(ev, 'duration_ms', num(row.duration_ms));
+  const detail = parseJson(row.detail);
+  if (isObject(detail)) ev.detail = detail;
+  return ev;
+}
+
+function diskFrom(value: unknown): DiskFigures | undefined {
+  if (!isObject(value)) return undefined;
+  return {
+    path: str(value.path) ?? '',
+    used_percent: num(value.used_percent) ?? 0,
+    free_bytes: num(value.free_bytes) ?? 0,
+  };
+}
+
+export function hostFromRow(row: Row): HostDoc {
+  const doc: HostDoc = {
+    host: str(row.host) ?? String(row.host),
+    pid: num(row.pid) ?? 0,
+    token: str(row.token) ?? '',
+    state: String(row.state) as HostState,
+    time: num(row.time) ?? 0,
+    started: num(row.started) ?? 0,
+    version: str(row.version) ?? '',
+    slots: num(row.slots) ?? 0,
+    running: numberArray(parseJson(row.running)) ?? [],
+  };
+  put(doc, 'proc_start', num(row.proc_start));
+  put(doc, 'disk', diskFrom(parseJson(row.disk)));
+  return doc;
+}
+
+export function logFromRow(row: Row): LogEntry {
+  const entry: LogEntry = {
+    time: num(row.time) ?? 0,
+    host: str(row.host) ?? '',
+    user: str(row.user) ?? '',
+    priority: (num(row.priority) ?? 1) as LogPriority,
+    message: str(row.message) ?? String(row.message),
+  };
+  put(entry, 'number', num(row.number));
+  return entry;
+}

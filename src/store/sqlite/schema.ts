@@ -1,0 +1,123 @@
+// SQLite schema of the runs database (DESIGN §3). Times are epoch milliseconds (INTEGER). Scalars that are
+// queried are real columns; lists and maps are JSON text. `held` is a generated column derived from `tags`,
+// so it stays right even when another tool edits `tags` with plain SQL.
+
+import type Database from 'better-sqlite3';
+
+/** PRAGMA user_version written by this code; bump it and add a step to MIGRATIONS for schema changes. */
+export const SCHEMA_VERSION = 1;
+
+const V1 = `
+CREATE TABLE IF NOT EXISTS runs (
+  number      INTEGER PRIMARY KEY,
+  name        TEXT,
+  start       INTEGER NOT NULL,
+  "end"       INTEGER,
+  mode        TEXT,
+  tags        TEXT NOT NULL DEFAULT '[]',
+  -- derived, so it stays right whoever writes tags: 1 when tags holds "hold" or "abandon". A textual test
+  -- (json_each is not allowed here); it errs only towards holding, for tags ending in a quote and the word.
+  held        INTEGER GENERATED ALWAYS AS (
+                CASE WHEN json_valid(tags) THEN instr(tags, '"hold"') > 0 OR instr(tags, '"abandon"') > 0
+                     ELSE 0 END) VIRTUAL,
+  priority    INTEGER NOT NULL DEFAULT 0,
+  input       TEXT,
+  params      TEXT NOT NULL DEFAULT '{}',
+  outputs     TEXT NOT NULL DEFAULT '[]',
+  -- processing; state IS NULL means never touched (pending)
+  state       TEXT,
+  host        TEXT,
+  pid         INTEGER,
+  pgid        INTEGER,
+  proc_start  INTEGER,
+  token       TEXT,
+  attempt     INTEGER,
+  time        INTEGER,
+  started     INTEGER,
+  ended       INTEGER,
+  n_failures  INTEGER,
+  reason      TEXT,
+  next_retry  INTEGER,
+  exit_code   INTEGER,
+  signal      TEXT,
+  targets     TEXT,
+  resources   TEXT
+);
+
+-- claim, pending candidates: newest = backward scan of the first, oldest = backward scan of the second
+CREATE INDEX IF NOT EXISTS runs_pending_newest ON runs (priority, start, number)
+  WHERE state IS NULL AND held = 0;
+CREATE INDEX IF NOT EXISTS runs_pending_oldest ON runs (priority, start DESC, number DESC)
+  WHERE state IS NULL AND held = 0;
+-- claim, retry candidates (failed with next_retry <= now), and nextRetryAt
+CREATE INDEX IF NOT EXISTS runs_retry ON runs (next_retry)
+  WHERE state = 'failed' AND held = 0;
+-- listing and counting
+CREATE INDEX IF NOT EXISTS runs_state ON runs (state, number);
+CREATE INDEX IF NOT EXISTS runs_host ON runs (host, number);
+
+CREATE TABLE IF NOT EXISTS run_events (
+  id          INTEGER PRIMARY KEY AUTOINCREMENT,
+  number      INTEGER NOT NULL,
+  time        INTEGER NOT NULL,
+  host        TEXT NOT NULL,
+  attempt     INTEGER NOT NULL,
+  from_state  TEXT,
+  to_state    TEXT NOT NULL,
+  reason      TEXT,
+  exit_code   INTEGER,
+  signal      TEXT,
+  duration_ms INTEGER,
+  detail      TEXT
+);
+CREATE INDEX IF NOT EXISTS run_events_number ON run_events (number, id);
+
+CREATE TABLE IF NOT EXISTS hosts (
+  host        TEXT PRIMARY KEY,
+  pid         INTEGER NOT NULL,
+  proc_start  INTEGER,
+  token       TEXT NOT NULL,
+  state       TEXT NOT NULL,
+  time        INTEGER NOT NULL,
+  started     INTEGER NOT NULL,
+  version     TEXT NOT NULL,
+  slots       INTEGER NOT NULL,
+  running     TEXT NOT NULL DEFAULT '[]',
+  disk        TEXT
+);
+
+CREATE TABLE IF NOT EXISTS log (
+  id          INTEGER PRIMARY KEY AUTOINCREMENT,
+  time        INTEGER NOT NULL,
+  host        TEXT NOT NULL,
+  user        TEXT NOT NULL,
+  priority    INTEGER NOT NULL,
+  message     TEXT NOT NULL,
+  number      INTEGER
+);
+CREATE INDEX IF NOT EXISTS log_time ON log (time, id);
+CREATE INDEX IF NOT EXISTS log_number ON log (number, time, id) WHERE number IS NOT NULL;
+`;
+
+/** MIGRATIONS[k] takes a database from user_version k to k + 1. */
+const MIGRATIONS: readonly string[] = [V1];
+
+/**
+ * Creates or upgrades the schema in one immediate transaction, so several processes opening a fresh file
+ * at once do not trip over each other. Throws when the file was written by a newer runwarden.
+ */
+export function migrate(db: Database.Database): void {
+  const step = db.transaction(() => {
+    const version = Number(db.pragma('user_version', { simple: true }));
+    if (version > SCHEMA_VERSION) {
+      throw new Error(
+        `database schema version ${version} is newer than this runwarden understands (${SCHEMA_VERSION})`,
+      );
+    }
+    for (let v = version; v < SCHEMA_VERSION; v += 1) {
+      db.exec(MIGRATIONS[v]);
+    }
+    if (version !== SCHEMA_VERSION) db.pragma(`user_version = ${SCHEMA_VERSION}`);
+  });
+  step.immediate();
+}

@@ -1,0 +1,669 @@
+// The SQLite backend of RunStore (DESIGN §3, §4): one file in WAL mode, shared by any number of processes on
+// one host. Every read-modify-write is one BEGIN IMMEDIATE transaction, so the write lock is taken before
+// anything is read and two claimers can never pick the same run. Every write after a claim is fenced by the
+// attempt's lease token.
+
+import { randomUUID } from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
+
+import Database from 'better-sqlite3';
+
+import { DuplicateRunError, StoreUnavailableError, UsageError } from '../../errors.js';
+import type {
+  AbandonFields,
+  BusyFields,
+  ClaimRequest,
+  FailureFields,
+  HostPatch,
+  LogQuery,
+  ProcessGroupFields,
+  RunFilter,
+  RunStore,
+  StateCounts,
+  StoreOptions,
+} from '../run-store.js';
+import type { EventNote, HostDoc, LogEntry, NewRun, RunDoc, RunEvent, RunOutput, RunState } from '../types.js';
+import { RUN_STATES } from '../types.js';
+import { eventFromRow, hostFromRow, logFromRow, parseJson, runFromRow, sql, toJson, type Row } from './rows.js';
+import { migrate } from './schema.js';
+import { signalWake, wakeDirFor, watchWake } from './wake.js';
+
+/** How long a statement waits for another process's write lock before failing with SQLITE_BUSY. */
+const BUSY_TIMEOUT_MS = 10_000;
+
+/** States in which an attempt is still running and its owner may write. */
+const LIVE_STATES: readonly string[] = ['considering', 'busy'];
+
+/**
+ * The selection queries, exported so a test can check their plans. INDEXED BY pins the partial indexes: the
+ * planner has no statistics on a young database and would otherwise search runs_state and sort every
+ * pending run. The pending candidate is the first entry of a partial index (no sort at any table size); the
+ * retry candidate sorts only failed runs whose next_retry has passed, normally a handful.
+ */
+export const CLAIM_SQL = {
+  pending: (oldest: boolean): string =>
+    `SELECT number, priority, start FROM runs INDEXED BY ${oldest ? 'runs_pending_oldest' : 'runs_pending_newest'}
+      WHERE state IS NULL AND held = 0
+      ORDER BY priority DESC, start ${oldest ? 'ASC' : 'DESC'}, number ${oldest ? 'ASC' : 'DESC'}
+      LIMIT 1`,
+  retry: (oldest: boolean): string =>
+    `SELECT number, priority, start FROM runs INDEXED BY runs_retry
+      WHERE state = 'failed' AND held = 0 AND next_retry <= ?
+      ORDER BY priority DESC, start ${oldest ? 'ASC' : 'DESC'}, number ${oldest ? 'ASC' : 'DESC'}
+      LIMIT 1`,
+  nextRetry: `SELECT min(next_retry) AS t FROM runs INDEXED BY runs_retry
+      WHERE state = 'failed' AND held = 0 AND next_retry IS NOT NULL`,
+} as const;
+
+interface Candidate {
+  number: number;
+  priority: unknown;
+  start: unknown;
+}
+
+interface Lease {
+  state: string;
+  host: string | null;
+  attempt: number | null;
+  outputs: string | null;
+}
+
+type Statement = Database.Statement<unknown[], unknown>;
+
+function isPrimaryKeyViolation(error: unknown): boolean {
+  return (
+    typeof error === 'object' &&
+    error !== null &&
+    'code' in error &&
+    (error.code === 'SQLITE_CONSTRAINT_PRIMARYKEY' || error.code === 'SQLITE_CONSTRAINT_UNIQUE')
+  );
+}
+
+function messageOf(error: unknown): string {
+  return error instanceof Error ? error.message : String(error);
+}
+
+export class SqliteRunStore implements RunStore {
+  readonly kind = 'sqlite' as const;
+  readonly location: string;
+  /** Absolute path of the database file. */
+  readonly path: string;
+
+  private readonly db: Database.Database;
+  private readonly clock: () => number;
+  private readonly wakeDir: string;
+  private readonly watchers = new Set<() => void>();
+  private readonly cache = new Map<string, Statement>();
+
+  private readonly claimTx: (request: ClaimRequest, now: number) => RunDoc | null;
+  private readonly insertTx: (runs: NewRun[]) => number;
+  private readonly insertOneTx: (run: NewRun) => RunDoc | null;
+
+  /** Use openSqliteStore(); the constructor expects an open database with the schema in place. */
+  constructor(db: Database.Database, absolutePath: string, options?: StoreOptions) {
+    this.db = db;
+    this.path = absolutePath;
+    this.location = `sqlite:${absolutePath}`;
+    this.wakeDir = wakeDirFor(absolutePath);
+    const clock = options?.clock ?? Date.now;
+    this.clock = () => Math.floor(clock());
+
+    this.claimTx = db.transaction((request: ClaimRequest, now: number) => this.claimInTx(request, now)).immediate;
+    this.insertTx = db.transaction((runs: NewRun[]) => {
+      const insert = this.stmt(
+        'insert-run',
+        `INSERT INTO runs (number, name, start, "end", mode, tags, priority, input, params, outputs)
+         VALUES (@number, @name, @start, @end, @mode, @tags, @priority, @input, @params, '[]')`,
+      );
+      for (const run of runs) {
+        try {
+          insert.run(this.newRunRow(run));
+        } catch (error) {
+          if (isPrimaryKeyViolation(error)) throw new DuplicateRunError(run.number);
+          throw error;
+        }
+      }
+      return runs.length;
+    }).immediate;
+    // insert and read back in one transaction, so the caller sees the run as inserted, not as claimed by a
+    // quicker process a moment later
+    this.insertOneTx = db.transaction((run: NewRun) => {
+      this.insertTx([run]);
+      return this.readRun(run.number);
+    }).immediate;
+  }
+
+  // ---------------------------------------------------------------------------------------------- plumbing
+
+  private stmt(key: string, text: string): Statement {
+    let s = this.cache.get(key);
+    if (!s) {
+      s = this.db.prepare(text);
+      this.cache.set(key, s);
+    }
+    return s;
+  }
+
+  /** Runs `fn` in a BEGIN IMMEDIATE transaction. */
+  private immediate<T>(fn: () => T): T {
+    return this.db.transaction(fn).immediate();
+  }
+
+  private readRun(number: number): RunDoc | null {
+    const row = this.stmt('get-run', 'SELECT * FROM runs WHERE number = ?').get(number) as Row | undefined;
+    return row ? runFromRow(row) : null;
+  }
+
+  private newRunRow(run: NewRun): Record<string, unknown> {
+    if (!Number.isSafeInteger(run.number)) {
+      throw new UsageError(`run number must be an integer, got ${String(run.number)}`, 'number');
+    }
+    if (typeof run.start !== 'number' || !Number.isFinite(run.start)) {
+      throw new UsageError(`run ${run.number}: start must be a time in epoch ms`, 'start');
+    }
+    if (run.tags !== undefined && (!Array.isArray(run.tags) || run.tags.some((t) => typeof t !== 'string'))) {
+      throw new UsageError(`run ${run.number}: tags must be a list of strings`, 'tags');
+    }
+    if (run.priority !== undefined && (typeof run.priority !== 'number' || !Number.isFinite(run.priority))) {
+      throw new UsageError(`run ${run.number}: priority must be a number`, 'priority');
+    }
+    return {
+      number: run.number,
+      name: sql(run.name),
+      start: Math.floor(run.start),
+      end: sql(run.end),
+      mode: sql(run.mode),
+      tags: toJson(run.tags ?? []) ?? '[]',
+      priority: run.priority ?? 0,
+      input: sql(run.input),
+      params: toJson(run.params ?? {}) ?? '{}',
+    };
+  }
+
+  private appendEvent(
+    number: number,
+    now: number,
+    lease: { host: string | null; attempt: number | null },
+    from: RunState | null,
+    to: RunState,
+    note: EventNote | undefined,
+    defaults: EventNote = {},
+  ): void {
+    this.stmt(
+      'insert-event',
+      `INSERT INTO run_events
+         (number, time, host, attempt, from_state, to_state, reason, exit_code, signal, duration_ms, detail)
+       VALUES (@number, @time, @host, @attempt, @from, @to, @reason, @exit_code, @signal, @duration_ms, @detail)`,
+    ).run({
+      number,
+      time: now,
+      host: lease.host ?? '',
+      attempt: lease.attempt ?? 0,
+      from,
+      to,
+      reason: sql(note?.reason ?? defaults.reason),
+      exit_code: sql(note?.exit_code ?? defaults.exit_code),
+      signal: sql(note?.signal ?? defaults.signal),
+      duration_ms: sql(note?.duration_ms ?? defaults.duration_ms),
+      detail: toJson(note?.detail ?? defaults.detail),
+    });
+  }
+
+  /** The lease row when `token` is the current attempt's token and the attempt is still live. */
+  private liveLease(number: number, token: string): Lease | null {
+    const row = this.stmt(
+      'lease',
+      'SELECT state, host, attempt, outputs FROM runs WHERE number = ? AND token = ?',
+    ).get(number, token) as Lease | undefined;
+    if (!row || !LIVE_STATES.includes(row.state)) return null;
+    return row;
+  }
+
+  /**
+   * The common shape of a fenced state change: check the lease, apply `update` (which must itself be
+   * conditioned on number and token), append the event. False, writing nothing, when the lease is gone.
+   */
+  private fencedTransition(
+    number: number,
+    token: string,
+    to: RunState,
+    update: (lease: Lease, now: number) => number,
+    note: EventNote | undefined,
+    defaults?: EventNote,
+  ): boolean {
+    if (typeof token !== 'string') return false;
+    const now = this.clock();
+    return this.immediate(() => {
+      const lease = this.liveLease(number, token);
+      if (!lease) return false;
+      if (update(lease, now) !== 1) return false;
+      this.appendEvent(number, now, lease, lease.state as RunState, to, note, defaults);
+      return true;
+    });
+  }
+
+  // ------------------------------------------------------------------------------------------------- runs
+
+  async close(): Promise<void> {
+    for (const stop of [...this.watchers]) stop();
+    this.watchers.clear();
+    if (this.db.open) this.db.close();
+  }
+
+  async insertRun(run: NewRun): Promise<RunDoc> {
+    const doc = this.insertOneTx(run);
+    signalWake(this.wakeDir);
+    if (!doc) throw new Error(`run ${run.number} vanished right after it was inserted`);
+    return doc;
+  }
+
+  async insertRuns(runs: NewRun[]): Promise<number> {
+    if (runs.length === 0) return 0;
+    const n = this.insertTx(runs);
+    signalWake(this.wakeDir);
+    return n;
+  }
+
+  async getRun(number: number): Promise<RunDoc | null> {
+    return this.readRun(number);
+  }
+
+  async listRuns(filter: RunFilter = {}): Promise<RunDoc[]> {
+    const where: string[] = [];
+    const params: Record<string, unknown> = {};
+    if (filter.state === 'pending') {
+      where.push('state IS NULL');
+    } else if (filter.state !== undefined) {
+      where.push('state = @state');
+      params.state = filter.state;
+    }
+    if (filter.host !== undefined) {
+      where.push('host = @host');
+      params.host = filter.host;
+    }
+    let limit = -1;
+    if (filter.limit !== undefined) {
+      if (!Number.isInteger(filter.limit) || filter.limit < 0) {
+        throw new UsageError(`limit must be a whole number ≥ 0, got ${filter.limit}`, 'limit');
+      }
+      limit = filter.limit;
+    }
+    params.limit = limit;
+    const clause = where.length ? `WHERE ${where.join(' AND ')}` : '';
+    const rows = this.stmt(
+      `list-runs:${clause}`,
+      `SELECT * FROM runs ${clause} ORDER BY number DESC LIMIT @limit`,
+    ).all(params) as Row[];
+    return rows.map(runFromRow);
+  }
+
+  async countRunsByState(): Promise<StateCounts> {
+    const counts: StateCounts = { pending: 0, considering: 0, busy: 0, done: 0, failed: 0, abandoned: 0 };
+    const rows = this.stmt('count-runs', 'SELECT state, count(*) AS n FROM runs GROUP BY state').all() as {
+      state: string | null;
+      n: number;
+    }[];
+    for (const { state, n } of rows) {
+      if (state === null) counts.pending += n;
+      else if ((RUN_STATES as readonly string[]).includes(state)) counts[state as RunState] += n;
+      // states written by other tools that runwarden does not know are not counted
+    }
+    return counts;
+  }
+
+  // ------------------------------------------------------------------------------------------------ claim
+
+  async claimNextRun(request: ClaimRequest): Promise<RunDoc | null> {
+    return this.claimTx(request, this.clock());
+  }
+
+  private claimInTx(request: ClaimRequest, now: number): RunDoc | null {
+    const oldest = request.order === 'oldest';
+    // Two cheap candidates, each from its own partial index; the better one wins.
+    const pending = this.stmt(`claim-pending:${oldest}`, CLAIM_SQL.pending(oldest)).get() as
+      | Candidate
+      | undefined;
+    const retry = this.stmt(`claim-retry:${oldest}`, CLAIM_SQL.retry(oldest)).get(now) as Candidate | undefined;
+    const pick = pending && retry ? (before(pending, retry, oldest) ? pending : retry) : (pending ?? retry);
+    if (!pick) return null;
+
+    const prev = this.stmt(
+      'claim-prev',
+      'SELECT state, attempt, n_failures FROM runs WHERE number = ?',
+    ).get(pick.number) as { state: RunState | null; attempt: unknown; n_failures: unknown };
+    const attempt = (typeof prev.attempt === 'number' && Number.isFinite(prev.attempt) ? prev.attempt : 0) + 1;
+    const nFailures =
+      typeof prev.n_failures === 'number' && Number.isFinite(prev.n_failures) ? prev.n_failures : 0;
+    const token = randomUUID();
+
+    this.stmt(
+      'claim-update',
+      `UPDATE runs SET state = 'considering', host = @host, pid = @pid, token = @token, attempt = @attempt,
+              time = @now, n_failures = @n_failures, started = NULL, ended = NULL, reason = NULL,
+              next_retry = NULL, exit_code = NULL, signal = NULL, pgid = NULL, proc_start = NULL,
+              targets = NULL, resources = NULL
+        WHERE number = @number`,
+    ).run({
+      host: request.host,
+      pid: request.pid,
+      token,
+      attempt,
+      now,
+      n_failures: nFailures,
+      number: pick.number,
+    });
+    this.appendEvent(pick.number, now, { host: request.host, attempt }, prev.state, 'considering', undefined);
+    return this.readRun(pick.number);
+  }
+
+  async nextRetryAt(): Promise<number | null> {
+    const row = this.stmt('next-retry', CLAIM_SQL.nextRetry).get() as { t: number | null };
+    return typeof row.t === 'number' ? row.t : null;
+  }
+
+  // ----------------------------------------------------------------------------------------- fenced writes
+
+  async heartbeatRun(number: number, token: string): Promise<boolean> {
+    const now = this.clock();
+    const info = this.stmt(
+      'heartbeat-run',
+      `UPDATE runs SET time = ? WHERE number = ? AND token = ? AND state IN ('considering', 'busy')`,
+    ).run(now, number, token);
+    return info.changes === 1;
+  }
+
+  async markBusy(number: number, token: string, fields: BusyFields, note?: EventNote): Promise<boolean> {
+    return this.fencedTransition(
+      number,
+      token,
+      'busy',
+      (_lease, now) =>
+        this.stmt(
+          'mark-busy',
+          `UPDATE runs SET state = 'busy', time = @now, started = @started, targets = @targets,
+                  resources = @resources
+            WHERE number = @number AND token = @token`,
+        ).run({
+          now,
+          started: sql(fields.started),
+          targets: toJson(fields.targets),
+          resources: toJson(fields.resources),
+          number,
+          token,
+        }).changes,
+      note,
+    );
+  }
+
+  async recordProcessGroup(number: number, token: string, fields: ProcessGroupFields): Promise<boolean> {
+    const now = this.clock();
+    const info = this.stmt(
+      'record-pgid',
+      `UPDATE runs SET pid = @pid, pgid = @pgid, proc_start = @proc_start, time = @now
+        WHERE number = @number AND token = @token AND state IN ('considering', 'busy')`,
+    ).run({ pid: fields.pid, pgid: fields.pgid, proc_start: sql(fields.proc_start), now, number, token });
+    return info.changes === 1;
+  }
+
+  async finishRun(number: number, token: string, output: RunOutput, note?: EventNote): Promise<boolean> {
+    return this.fencedTransition(
+      number,
+      token,
+      'done',
+      (lease, now) => {
+        const existing = parseJson(lease.outputs);
+        const outputs = [...(Array.isArray(existing) ? existing : []), output];
+        return this.stmt(
+          'finish-run',
+          `UPDATE runs SET state = 'done', time = @now, ended = @now, next_retry = NULL, outputs = @outputs
+            WHERE number = @number AND token = @token`,
+        ).run({ now, outputs: toJson(outputs), number, token }).changes;
+      },
+      note,
+    );
+  }
+
+  async failRun(number: number, token: string, fields: FailureFields, note?: EventNote): Promise<boolean> {
+    return this.fencedTransition(
+      number,
+      token,
+      'failed',
+      (_lease, now) =>
+        this.stmt(
+          'fail-run',
+          `UPDATE runs SET state = 'failed', time = @now, ended = @now, reason = @reason,
+                  n_failures = @n_failures, next_retry = @next_retry, exit_code = @exit_code, signal = @signal
+            WHERE number = @number AND token = @token`,
+        ).run({
+          now,
+          reason: fields.reason,
+          n_failures: fields.n_failures,
+          next_retry: fields.next_retry,
+          exit_code: sql(fields.exit_code),
+          signal: sql(fields.signal),
+          number,
+          token,
+        }).changes,
+      note,
+      { reason: fields.reason, exit_code: fields.exit_code, signal: fields.signal },
+    );
+  }
+
+  async abandonRun(number: number, token: string, fields: AbandonFields, note?: EventNote): Promise<boolean> {
+    return this.fencedTransition(
+      number,
+      token,
+      'abandoned',
+      (_lease, now) =>
+        this.stmt(
+          'abandon-run',
+          `UPDATE runs SET state = 'abandoned', time = @now, ended = @now, reason = @reason,
+                  n_failures = @n_failures, next_retry = NULL, exit_code = @exit_code, signal = @signal
+            WHERE number = @number AND token = @token`,
+        ).run({
+          now,
+          reason: fields.reason,
+          n_failures: fields.n_failures,
+          exit_code: sql(fields.exit_code),
+          signal: sql(fields.signal),
+          number,
+          token,
+        }).changes,
+      note,
+      { reason: fields.reason, exit_code: fields.exit_code, signal: fields.signal },
+    );
+  }
+
+  async releaseRun(number: number, token: string, reason: string, note?: EventNote): Promise<boolean> {
+    return this.fencedTransition(
+      number,
+      token,
+      'failed',
+      (_lease, now) =>
+        this.stmt(
+          'release-run',
+          `UPDATE runs SET state = 'failed', time = @now, ended = @now, next_retry = @now, reason = @reason,
+                  exit_code = @exit_code, signal = @signal
+            WHERE number = @number AND token = @token`,
+        ).run({
+          now,
+          reason,
+          exit_code: sql(note?.exit_code),
+          signal: sql(note?.signal),
+          number,
+          token,
+        }).changes,
+      note,
+      { reason },
+    );
+  }
+
+  async listRunEvents(number: number): Promise<RunEvent[]> {
+    const rows = this.stmt('list-events', 'SELECT * FROM run_events WHERE number = ? ORDER BY id').all(
+      number,
+    ) as Row[];
+    return rows.map(eventFromRow);
+  }
+
+  // ------------------------------------------------------------------------------------------------ hosts
+
+  async registerHost(doc: HostDoc): Promise<void> {
+    this.stmt(
+      'register-host',
+      `INSERT INTO hosts (host, pid, proc_start, token, state, time, started, version, slots, running, disk)
+       VALUES (@host, @pid, @proc_start, @token, @state, @time, @started, @version, @slots, @running, @disk)
+       ON CONFLICT (host) DO UPDATE SET
+         pid = excluded.pid, proc_start = excluded.proc_start, token = excluded.token,
+         state = excluded.state, time = excluded.time, started = excluded.started,
+         version = excluded.version, slots = excluded.slots, running = excluded.running, disk = excluded.disk`,
+    ).run({
+      host: doc.host,
+      pid: doc.pid,
+      proc_start: sql(doc.proc_start),
+      token: doc.token,
+      state: doc.state,
+      time: doc.time,
+      started: doc.started,
+      version: doc.version,
+      slots: doc.slots,
+      running: toJson(doc.running ?? []) ?? '[]',
+      disk: toJson(doc.disk),
+    });
+  }
+
+  async heartbeatHost(host: string, token: string, patch: HostPatch = {}): Promise<boolean> {
+    const sets = ['time = @now'];
+    const params: Record<string, unknown> = { now: this.clock(), host, token };
+    if (patch.state !== undefined) {
+      sets.push('state = @state');
+      params.state = patch.state;
+    }
+    if (patch.slots !== undefined) {
+      sets.push('slots = @slots');
+      params.slots = patch.slots;
+    }
+    if (patch.running !== undefined) {
+      sets.push('running = @running');
+      params.running = toJson(patch.running) ?? '[]';
+    }
+    if (patch.disk !== undefined) {
+      sets.push('disk = @disk');
+      params.disk = toJson(patch.disk);
+    }
+    const setClause = sets.join(', ');
+    const info = this.stmt(
+      `heartbeat-host:${setClause}`,
+      `UPDATE hosts SET ${setClause} WHERE host = @host AND token = @token`,
+    ).run(params);
+    return info.changes === 1;
+  }
+
+  async getHost(host: string): Promise<HostDoc | null> {
+    const row = this.stmt('get-host', 'SELECT * FROM hosts WHERE host = ?').get(host) as Row | undefined;
+    return row ? hostFromRow(row) : null;
+  }
+
+  async listHosts(): Promise<HostDoc[]> {
+    return (this.stmt('list-hosts', 'SELECT * FROM hosts ORDER BY host').all() as Row[]).map(hostFromRow);
+  }
+
+  // -------------------------------------------------------------------------------------------------- log
+
+  async appendLog(entry: Omit<LogEntry, 'time'> & { time?: number }): Promise<void> {
+    this.stmt(
+      'append-log',
+      `INSERT INTO log (time, host, user, priority, message, number)
+       VALUES (@time, @host, @user, @priority, @message, @number)`,
+    ).run({
+      time: entry.time ?? this.clock(),
+      host: entry.host,
+      user: entry.user,
+      priority: entry.priority,
+      message: entry.message,
+      number: sql(entry.number),
+    });
+  }
+
+  async listLog(query: LogQuery = {}): Promise<LogEntry[]> {
+    const where: string[] = [];
+    const params: Record<string, unknown> = {};
+    if (query.minPriority !== undefined) {
+      where.push('priority >= @minPriority');
+      params.minPriority = query.minPriority;
+    }
+    if (query.number !== undefined) {
+      where.push('number = @number');
+      params.number = query.number;
+    }
+    let limit = -1;
+    if (query.limit !== undefined) {
+      if (!Number.isInteger(query.limit) || query.limit < 0) {
+        throw new UsageError(`limit must be a whole number ≥ 0, got ${query.limit}`, 'limit');
+      }
+      limit = query.limit;
+    }
+    params.limit = limit;
+    const clause = where.length ? `WHERE ${where.join(' AND ')}` : '';
+    const rows = this.stmt(
+      `list-log:${clause}`,
+      `SELECT * FROM log ${clause} ORDER BY time DESC, id DESC LIMIT @limit`,
+    ).all(params) as Row[];
+    return rows.map(logFromRow);
+  }
+
+  // ----------------------------------------------------------------------------------------------- wake-up
+
+  watchNewRuns(onNewRun: () => void): () => void {
+    const stopWatching = watchWake(this.wakeDir, onNewRun);
+    const stop = (): void => {
+      this.watchers.delete(stop);
+      stopWatching();
+    };
+    this.watchers.add(stop);
+    return stop;
+  }
+}
+
+/** True when candidate `a` goes before `b`: priority desc, then start per order, then number likewise. */
+function before(a: Candidate, b: Candidate, oldest: boolean): boolean {
+  const pa = Number(a.priority);
+  const pb = Number(b.priority);
+  if (pa !== pb) return pa > pb;
+  const sa = Number(a.start);
+  const sb = Number(b.start);
+  if (sa !== sb) return oldest ? sa < sb : sa > sb;
+  return oldest ? a.number < b.number : a.number > b.number;
+}
+
+/**
+ * Opens (creating if needed) the SQLite runs database at `file`, its parent directory included. Throws
+ * StoreUnavailableError naming the path when it cannot be opened or its schema is newer than this code.
+ */
+export async function openSqliteStore(file: string, options?: StoreOptions): Promise<SqliteRunStore> {
+  const absolute = path.resolve(file);
+  let db: Database.Database | undefined;
+  try {
+    fs.mkdirSync(path.dirname(absolute), { recursive: true });
+    db = new Database(absolute, { timeout: BUSY_TIMEOUT_MS });
+    db.pragma(`busy_timeout = ${BUSY_TIMEOUT_MS}`);
+    db.pragma('journal_mode = WAL');
+    db.pragma('synchronous = NORMAL');
+    migrate(db);
+  } catch (error) {
+    try {
+      db?.close();
+    } catch {
+      // nothing more to do
+    }
+    throw new StoreUnavailableError(`cannot open SQLite store at ${absolute}: ${messageOf(error)}`, {
+      cause: error,
+    });
+  }
+  try {
+    fs.mkdirSync(wakeDirFor(absolute), { recursive: true });
+  } catch {
+    // wake-ups are best effort; polling still works
+  }
+  return new SqliteRunStore(db, absolute, options);
+}

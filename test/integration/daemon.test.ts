@@ -1,0 +1,269 @@
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { openStore } from '../../src/store/open-store.js';
+import type { RunStore } from '../../src/store/run-store.js';
+import { isAlive, runCli, startCli, tempDir, waitFor, writeConfig } from '../helpers/cli.js';
+
+// The daemon end to end: real CLI processes, a real SQLite file, real commands and signals.
+
+let dir: string;
+let cleanup: () => void;
+let store: RunStore | undefined;
+const daemons: ReturnType<typeof startCli>[] = [];
+
+beforeEach(() => {
+  ({ dir, cleanup } = tempDir());
+});
+
+afterEach(async () => {
+  for (const daemon of daemons.splice(0)) {
+    daemon.kill('SIGKILL');
+    await daemon;
+  }
+  await store?.close();
+  store = undefined;
+  cleanup();
+});
+
+async function openTestStore(): Promise<RunStore> {
+  store ??= await openStore(`sqlite:${join(dir, 'runs.db')}`);
+  return store;
+}
+
+function script(name: string, body: string): string {
+  const path = join(dir, name);
+  writeFileSync(path, `#!/bin/sh\n${body}\n`, { mode: 0o755 });
+  return path;
+}
+
+function config(command: string[], extra = '', retry = '{base: 1h, factor: 2, max_exponent: 3, jitter: [0.5, 1.5], max_failures: 3}'): void {
+  writeConfig(
+    dir,
+    `store: sqlite:./runs.db
+host: testhost
+process:
+  command: ${JSON.stringify(command)}
+  output_root: ./out
+  log_dir: ./logs
+timeouts:
+  check_interval: 1s
+  idle_poll: 1h
+  signal_escalate: 1s
+retry: ${retry}
+${extra}`,
+  );
+}
+
+async function submit(...args: string[]) {
+  const result = await runCli(['submit', ...args], { cwd: dir });
+  expect(result.exitCode, result.stderr).toBe(0);
+}
+
+describe('runwarden daemon', () => {
+  it('--once processes every eligible run: placeholders per argv element, environment, logs, outputs', async () => {
+    const record = script(
+      'record.sh',
+      `out=$2\nprintf '%s\\n' "$@" > "$out/argv.txt"\nenv | grep '^RUNWARDEN_' | sort > "$out/env.txt"\necho "stdout of $1"\necho "stderr of $1" >&2`,
+    );
+    config(['sh', record, '{number}', '{output}', '{name}', '{attempt}', 'p={params.gain}']);
+    await submit('7', '--name', 'x; rm -rf / $(touch PWNED)', '--param', 'gain=2.5');
+    await submit('8', '--name', 'plain', '--param', 'gain=1');
+    const result = await runCli(['daemon', '--once'], { cwd: dir });
+    expect(result.exitCode, result.stderr).toBe(0);
+
+    const s = await openTestStore();
+    for (const number of [7, 8]) {
+      const run = await s.getRun(number);
+      expect(run?.processing?.state).toBe('done');
+      expect(run?.processing?.attempt).toBe(1);
+      expect(run?.outputs.map((o) => o.location)).toEqual([join(dir, 'out', `00000${number}`)]);
+    }
+    const argv = readFileSync(join(dir, 'out/000007/argv.txt'), 'utf8').trimEnd().split('\n');
+    expect(argv).toEqual(['7', join(dir, 'out/000007'), 'x; rm -rf / $(touch PWNED)', '1', 'p=2.5']);
+    expect(existsSync(join(dir, 'PWNED'))).toBe(false);
+    const env = readFileSync(join(dir, 'out/000007/env.txt'), 'utf8');
+    expect(env).toContain('RUNWARDEN_RUN_NUMBER=7\n');
+    expect(env).toContain(`RUNWARDEN_OUTPUT=${join(dir, 'out/000007')}\n`);
+    expect(env).toContain('RUNWARDEN_ATTEMPT=1\n');
+    expect(env).toContain(`RUNWARDEN_ERROR_FILE=${join(dir, 'logs/7/attempt-1.error')}\n`);
+    const log = readFileSync(join(dir, 'logs/7/attempt-1.log'), 'utf8');
+    expect(log).toContain('stdout of 7');
+    expect(log).toContain('stderr of 7');
+    const events = await s.listRunEvents(7);
+    expect(events.map((e) => `${e.from ?? '-'}>${e.to}`)).toEqual(['->considering', 'considering>busy', 'busy>done']);
+    const host = await s.getHost('testhost');
+    expect(host?.state).toBe('stopped');
+  });
+
+  it('claims in order of priority, then newest start; --order oldest reverses the start order', async () => {
+    const order = script('order.sh', `echo "$1" >> "${join(dir, 'order.txt')}"\necho x > "$2/x"`);
+    config(['sh', order, '{number}', '{output}']);
+    await submit('1', '--start', '2026-01-01T00:00:00Z');
+    await submit('2', '--start', '2026-01-02T00:00:00Z');
+    await submit('3', '--start', '2026-01-03T00:00:00Z');
+    await submit('4', '--start', '2026-01-01T00:00:00Z', '--priority', '5');
+    await submit('5', '--tag', 'hold');
+    expect((await runCli(['daemon', '--once'], { cwd: dir })).exitCode).toBe(0);
+    expect(readFileSync(join(dir, 'order.txt'), 'utf8').split('\n').filter(Boolean)).toEqual(['4', '3', '2', '1']);
+    const s = await openTestStore();
+    expect((await s.getRun(5))?.processing).toBeUndefined();
+
+    writeFileSync(join(dir, 'order.txt'), '');
+    await submit('11', '--start', '2026-02-01T00:00:00Z');
+    await submit('12', '--start', '2026-02-02T00:00:00Z');
+    expect((await runCli(['daemon', '--once', '--order', 'oldest'], { cwd: dir })).exitCode).toBe(0);
+    expect(readFileSync(join(dir, 'order.txt'), 'utf8').split('\n').filter(Boolean)).toEqual(['11', '12']);
+  });
+
+  it('a failure stores the error file as reason, counts it, and schedules the retry by the backoff formula', async () => {
+    const fail = script(
+      'fail.sh',
+      `if [ "$1" = 21 ]; then echo "calibration missing for run $1" > "$RUNWARDEN_ERROR_FILE"; fi\necho "last words of $1" >&2\nexit 3`,
+    );
+    config(['sh', fail, '{number}']);
+    await submit('21');
+    await submit('22');
+    const before = Date.now();
+    expect((await runCli(['daemon', '--once'], { cwd: dir })).exitCode).toBe(0);
+    const after = Date.now();
+    const s = await openTestStore();
+    const withFile = (await s.getRun(21))!.processing!;
+    expect(withFile).toMatchObject({ state: 'failed', n_failures: 1, exit_code: 3 });
+    expect(withFile.reason).toBe('calibration missing for run 21');
+    // retry.base 1h × U(0.5, 1.5) × 2^0
+    expect(withFile.next_retry!).toBeGreaterThanOrEqual(before + 0.5 * 3_600_000);
+    expect(withFile.next_retry!).toBeLessThanOrEqual(after + 1.5 * 3_600_000);
+    const withoutFile = (await s.getRun(22))!.processing!;
+    expect(withoutFile.reason).toContain('last words of 22');
+    expect(withoutFile.reason).toContain('exit code 3');
+    const events = await s.listRunEvents(22);
+    expect(events.at(-1)).toMatchObject({ from: 'busy', to: 'failed', exit_code: 3 });
+  });
+
+  it('retries once next_retry has passed and abandons after max_failures', async () => {
+    const fail = script('fail.sh', `echo "attempt $2 failed" >&2\nexit 1`);
+    config(['sh', fail, '{number}', '{attempt}'], '', '{base: 0.2s, factor: 1, max_exponent: 0, jitter: [0.5, 1.5], max_failures: 3}');
+    await submit('31');
+    const daemon = startCli(['daemon'], { cwd: dir });
+    daemons.push(daemon);
+    const s = await openTestStore();
+    const run = await waitFor(async () => {
+      const r = await s.getRun(31);
+      return r?.processing?.state === 'abandoned' ? r : undefined;
+    }, 'run 31 to be abandoned');
+    expect(run.processing).toMatchObject({ attempt: 3, n_failures: 3 });
+    expect(run.processing!.reason).toMatch(/^gave up after 3 failures/);
+    const events = await s.listRunEvents(31);
+    expect(events.map((e) => `${e.attempt}:${e.to}`)).toEqual([
+      '1:considering', '1:busy', '1:failed',
+      '2:considering', '2:busy', '2:failed',
+      '3:considering', '3:busy', '3:abandoned',
+    ]);
+    daemon.kill('SIGTERM');
+    const result = await daemon;
+    expect(result.exitCode).toBe(0);
+  });
+
+  it('an idle daemon picks up a run submitted on the same host at once, not after idle_poll (1h here)', async () => {
+    const ok = script('ok.sh', `echo done > "$2/result"`);
+    config(['sh', ok, '{number}', '{output}']);
+    const daemon = startCli(['daemon'], { cwd: dir });
+    daemons.push(daemon);
+    const s = await openTestStore();
+    await waitFor(async () => (await s.getHost('testhost'))?.state === 'idle', 'the daemon to be idle');
+    await submit('41');
+    await waitFor(async () => (await s.getRun(41))?.processing?.state === 'done', 'run 41 to be done');
+    daemon.kill('SIGTERM');
+    expect((await daemon).exitCode).toBe(0);
+  });
+
+  it('never runs more than --slots commands at once', async () => {
+    const slow = script('slow.sh', `sleep 0.4\necho x > "$2/x"`);
+    config(['sh', slow, '{number}', '{output}']);
+    for (const n of [51, 52, 53, 54, 55]) await submit(String(n));
+    expect((await runCli(['daemon', '--once', '--slots', '2'], { cwd: dir })).exitCode).toBe(0);
+    const s = await openTestStore();
+    const intervals: Array<[number, number]> = [];
+    for (const n of [51, 52, 53, 54, 55]) {
+      const events = await s.listRunEvents(n);
+      const busy = events.find((e) => e.to === 'busy')!.time;
+      const done = events.find((e) => e.to === 'done')!.time;
+      intervals.push([busy, done]);
+    }
+    const points = intervals.flatMap(([a, b]) => [[a, 1], [b, -1]] as const).sort((x, y) => x[0] - y[0] || x[1] - y[1]);
+    let running = 0;
+    let most = 0;
+    for (const [, delta] of points) {
+      running += delta;
+      most = Math.max(most, running);
+    }
+    expect(most).toBeLessThanOrEqual(2);
+    expect(most).toBe(2);
+  });
+
+  it('SIGTERM while busy terminates the command group, releases the run unharmed and exits 0', async () => {
+    const stubborn = script('stubborn.sh', `trap '' TERM\n(trap '' TERM; sleep 1000) &\necho $! > "$2/child.pid"\necho $$ > "$2/leader.pid"\nsleep 1000`);
+    config(['sh', stubborn, '{number}', '{output}']);
+    await submit('61');
+    const daemon = startCli(['daemon'], { cwd: dir });
+    daemons.push(daemon);
+    const childPid = Number(await waitFor(() => existsSync(join(dir, 'out/000061/child.pid')) && readFileSync(join(dir, 'out/000061/child.pid'), 'utf8').trim(), 'the command to start'));
+    const leaderPid = Number(readFileSync(join(dir, 'out/000061/leader.pid'), 'utf8').trim());
+    expect(isAlive(childPid)).toBe(true);
+    daemon.kill('SIGTERM');
+    const result = await daemon;
+    expect(result.exitCode, String(result.all)).toBe(0);
+    expect(isAlive(childPid)).toBe(false);
+    expect(isAlive(leaderPid)).toBe(false);
+    const s = await openTestStore();
+    const p = (await s.getRun(61))!.processing!;
+    expect(p).toMatchObject({ state: 'failed', n_failures: 0, reason: 'host stopped' });
+    expect(p.next_retry!).toBeLessThanOrEqual(Date.now());
+  });
+
+  it('a command that ignores SIGTERM and forks a grandchild is killed whole on timeout', async () => {
+    const stubborn = script('stubborn.sh', `trap '' TERM\n(trap '' TERM; sleep 1000) &\necho $! > "$2/child.pid"\nwhile true; do echo tick; sleep 0.1; done`);
+    config(['sh', stubborn, '{number}', '{output}'], '');
+    writeFileSync(
+      join(dir, 'runwarden.yaml'),
+      readFileSync(join(dir, 'runwarden.yaml'), 'utf8').replace('signal_escalate: 1s', 'signal_escalate: 0.5s\n  max_processing_time: 1s'),
+    );
+    await submit('71');
+    expect((await runCli(['daemon', '--once'], { cwd: dir })).exitCode).toBe(0);
+    const childPid = Number(readFileSync(join(dir, 'out/000071/child.pid'), 'utf8').trim());
+    expect(isAlive(childPid)).toBe(false);
+    const s = await openTestStore();
+    const p = (await s.getRun(71))!.processing!;
+    expect(p.state).toBe('failed');
+    expect(p.reason).toMatch(/^timed out after 1s/);
+    expect(p.signal).toBe('SIGKILL');
+  });
+
+  it('a malformed run document fails that run with a reason naming the field; the daemon goes on', async () => {
+    const ok = script('ok.sh', `echo done > "$2/result"`);
+    config(['sh', ok, '{number}', '{output}']);
+    await submit('81');
+    const s = await openTestStore();
+    // Written straight into the store by another tool: params is not an object.
+    const raw = (s as unknown as { db: import('better-sqlite3').Database }).db;
+    raw.prepare(`UPDATE runs SET params = '"oops"' WHERE number = 81`).run();
+    await submit('82');
+    expect((await runCli(['daemon', '--once'], { cwd: dir })).exitCode).toBe(0);
+    const bad = (await s.getRun(81))!.processing!;
+    expect(bad.state).toBe('failed');
+    expect(bad.reason).toMatch(/params/);
+    expect((await s.getRun(82))!.processing!.state).toBe('done');
+  });
+
+  it('exit 0 with an empty output directory is a failure when outputs are required', async () => {
+    const lazy = script('lazy.sh', 'exit 0');
+    config(['sh', lazy]);
+    await submit('91');
+    expect((await runCli(['daemon', '--once'], { cwd: dir })).exitCode).toBe(0);
+    const s = await openTestStore();
+    const p = (await s.getRun(91))!.processing!;
+    expect(p.state).toBe('failed');
+    expect(p.reason).toMatch(/output missing/);
+  });
+});

@@ -1,0 +1,19 @@
+import { describe, expect, it } from 'vitest';
+import { decideAfterFailure, type FailureDecision } from '../../src/policy/failure-decision.js';
+
+describe('decideAfterFailure', () => {
+  it.each<[string, Parameters<typeof decideAfterFailure>[0], FailureDecision]>([
+    ['first failure retries', { nFailuresBefore: 0, maxFailures: 10, exitCode: 1, noRetryExitCodes: [] }, { kind: 'retry', nFailures: 1 }],
+    ['one short of the limit retries', { nFailuresBefore: 8, maxFailures: 10, exitCode: 1, noRetryExitCodes: [] }, { kind: 'retry', nFailures: 9 }],
+    ['reaching the limit abandons', { nFailuresBefore: 9, maxFailures: 10, exitCode: 1, noRetryExitCodes: [] }, { kind: 'abandon', nFailures: 10, why: '10 failures reached retry.max_failures (10)' }],
+    ['beyond the limit abandons', { nFailuresBefore: 12, maxFailures: 10, noRetryExitCodes: [] }, { kind: 'abandon', nFailures: 13, why: '13 failures reached retry.max_failures (10)' }],
+    ['max_failures 1 abandons at once', { nFailuresBefore: 0, maxFailures: 1, exitCode: null, noRetryExitCodes: [] }, { kind: 'abandon', nFailures: 1, why: '1 failure reached retry.max_failures (1)' }],
+    ['a no-retry exit code abandons', { nFailuresBefore: 0, maxFailures: 10, exitCode: 78, noRetryExitCodes: [2, 78] }, { kind: 'abandon', nFailures: 1, why: 'exit code 78 is in process.no_retry_exit_codes' }],
+    ['a no-retry exit code names itself even at the limit', { nFailuresBefore: 9, maxFailures: 10, exitCode: 2, noRetryExitCodes: [2] }, { kind: 'abandon', nFailures: 10, why: 'exit code 2 is in process.no_retry_exit_codes' }],
+    ['another exit code retries', { nFailuresBefore: 0, maxFailures: 10, exitCode: 3, noRetryExitCodes: [2] }, { kind: 'retry', nFailures: 1 }],
+    ['no exit code (killed) retries', { nFailuresBefore: 0, maxFailures: 10, exitCode: undefined, noRetryExitCodes: [0] }, { kind: 'retry', nFailures: 1 }],
+    ['exit 0 listed (output missing) abandons', { nFailuresBefore: 0, maxFailures: 10, exitCode: 0, noRetryExitCodes: [0] }, { kind: 'abandon', nFailures: 1, why: 'exit code 0 is in process.no_retry_exit_codes' }],
+  ])('%s', (_case, facts, decision) => {
+    expect(decideAfterFailure(facts)).toEqual(decision);
+  });
+});

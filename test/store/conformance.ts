@@ -1,0 +1,764 @@
+// The RunStore conformance suite: every backend runs it unchanged. It talks to the store only through the
+// RunStore interface (no SQL), uses real time with wide margins (next_retry an hour in the past or future)
+// and never asserts wall-clock durations.
+
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+
+import { DuplicateRunError } from '../../src/errors.js';
+import type { ClaimRequest, RunStore } from '../../src/store/run-store.js';
+import type { HostDoc, NewRun, RunDoc } from '../../src/store/types.js';
+
+export type OpenForTest = () => Promise<{ store: RunStore; cleanup: () => Promise<void> }>;
+
+const HOUR = 3_600_000;
+/** Allowed distance between a time the store wrote and this process's clock (a server clock may differ). */
+const SLACK = 60_000;
+const T0 = Date.UTC(2024, 0, 1);
+
+function run(number: number, extra: Partial<NewRun> = {}): NewRun {
+  return { number, start: T0 + number * 1000, ...extra };
+}
+
+function claimer(host = 'alpha', order: ClaimRequest['order'] = 'newest', pid = 4242): ClaimRequest {
+  return { host, pid, order };
+}
+
+function expectNow(t: number | undefined): void {
+  expect(typeof t).toBe('number');
+  expect(Math.abs((t as number) - Date.now())).toBeLessThan(SLACK);
+}
+
+async function waitFor(condition: () => boolean, what: string, timeoutMs = 5_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!condition()) {
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 10));
+  }
+}
+
+/** Claims `number` (which must be the only eligible run) and returns the claimed doc. */
+async function claimOnly(store: RunStore, number: number, request = claimer()): Promise<RunDoc> {
+  const doc = await store.claimNextRun(request);
+  expect(doc?.number).toBe(number);
+  return doc as RunDoc;
+}
+
+function hostDoc(host: string, token: string, extra: Partial<HostDoc> = {}): HostDoc {
+  return {
+    host,
+    pid: 100,
+    proc_start: 12345,
+    token,
+    state: 'starting',
+    time: Date.now(),
+    started: Date.now(),
+    version: '0.1.0',
+    slots: 2,
+    running: [],
+    ...extra,
+  };
+}
+
+export function runStoreConformance(name: string, open: OpenForTest): void {
+  describe(`RunStore conformance: ${name}`, () => {
+    let store: RunStore;
+    let cleanup: () => Promise<void>;
+
+    beforeEach(async () => {
+      ({ store, cleanup } = await open());
+    });
+    afterEach(async () => {
+      await cleanup();
+    });
+
+    describe('identity', () => {
+      it('names its kind and location', () => {
+        expect(['sqlite', 'mongodb']).toContain(store.kind);
+        expect(store.location.startsWith(`${store.kind}:`)).toBe(true);
+      });
+    });
+
+    describe('insert, get, list, count', () => {
+      it('inserts a run with defaults and reads it back', async () => {
+        const doc = await store.insertRun({ number: 7, start: T0 });
+        expect(doc).toEqual({ number: 7, start: T0, tags: [], priority: 0, params: {}, outputs: [] });
+        expect(doc.processing).toBeUndefined();
+        expect(await store.getRun(7)).toEqual(doc);
+      });
+
+      it('keeps every field it is given', async () => {
+        const full: NewRun = {
+          number: 12,
+          name: 'run; rm -rf /',
+          start: T0,
+          end: T0 + 60_000,
+          mode: 'background',
+          tags: ['calibration', 'blinded'],
+          priority: 5,
+          input: '/data/raw/000012',
+          params: { threshold: 3, nested: { a: [1, 2] }, label: 'x' },
+        };
+        const doc = await store.insertRun(full);
+        expect(doc).toEqual({ ...full, outputs: [] });
+        expect(await store.getRun(12)).toEqual({ ...full, outputs: [] });
+      });
+
+      it('returns null for an unknown run', async () => {
+        expect(await store.getRun(999)).toBeNull();
+      });
+
+      it('refuses a duplicate number with DuplicateRunError', async () => {
+        await store.insertRun(run(1, { name: 'first' }));
+        const error = await store.insertRun(run(1, { name: 'second' })).catch((e: unknown) => e);
+        expect(error).toBeInstanceOf(DuplicateRunError);
+        expect((error as DuplicateRunError).number).toBe(1);
+        expect((await store.getRun(1))?.name).toBe('first');
+      });
+
+      it('inserts a batch and returns the count', async () => {
+        expect(await store.insertRuns([run(1), run(2), run(3)])).toBe(3);
+        expect(await store.insertRuns([])).toBe(0);
+        expect((await store.listRuns()).map((r) => r.number)).toEqual([3, 2, 1]);
+      });
+
+      it('inserts a batch all or nothing when one collides with an existing run', async () => {
+        await store.insertRun(run(5, { name: 'old' }));
+        const error = await store.insertRuns([run(4), run(5), run(6)]).catch((e: unknown) => e);
+        expect(error).toBeInstanceOf(DuplicateRunError);
+        expect((error as DuplicateRunError).number).toBe(5);
+        expect((await store.listRuns()).map((r) => r.number)).toEqual([5]);
+        expect((await store.getRun(5))?.name).toBe('old');
+      });
+
+      it('inserts a batch all or nothing when it repeats a number itself', async () => {
+        const error = await store.insertRuns([run(8), run(9), run(8), run(10)]).catch((e: unknown) => e);
+        expect(error).toBeInstanceOf(DuplicateRunError);
+        expect((error as DuplicateRunError).number).toBe(8);
+        expect(await store.listRuns()).toEqual([]);
+      });
+
+      it('lists newest number first, filtered by state, host and limit', async () => {
+        await store.insertRuns([1, 2, 3, 4, 5].map((n) => run(n)));
+        // claims take the newest start first: 5, then 4, then 3
+        const a = await store.claimNextRun(claimer('alpha'));
+        const b = await store.claimNextRun(claimer('beta'));
+        const c = await store.claimNextRun(claimer('alpha'));
+        expect([a?.number, b?.number, c?.number]).toEqual([5, 4, 3]);
+        expect(await store.markBusy(4, b!.processing!.token, { started: Date.now() })).toBe(true);
+
+        expect((await store.listRuns()).map((r) => r.number)).toEqual([5, 4, 3, 2, 1]);
+        expect((await store.listRuns({ limit: 2 })).map((r) => r.number)).toEqual([5, 4]);
+        expect((await store.listRuns({ state: 'pending' })).map((r) => r.number)).toEqual([2, 1]);
+        expect((await store.listRuns({ state: 'considering' })).map((r) => r.number)).toEqual([5, 3]);
+        expect((await store.listRuns({ state: 'busy' })).map((r) => r.number)).toEqual([4]);
+        expect(await store.listRuns({ state: 'done' })).toEqual([]);
+        expect((await store.listRuns({ host: 'alpha' })).map((r) => r.number)).toEqual([5, 3]);
+        expect((await store.listRuns({ host: 'alpha', limit: 1 })).map((r) => r.number)).toEqual([5]);
+        expect((await store.listRuns({ host: 'beta', state: 'busy' })).map((r) => r.number)).toEqual([4]);
+        expect(await store.listRuns({ host: 'beta', state: 'considering' })).toEqual([]);
+      });
+
+      it('counts runs per state with every key present', async () => {
+        expect(await store.countRunsByState()).toEqual({
+          pending: 0,
+          considering: 0,
+          busy: 0,
+          done: 0,
+          failed: 0,
+          abandoned: 0,
+        });
+        await store.insertRuns([1, 2, 3, 4, 5, 6].map((n) => run(n)));
+        const r6 = await claimOnlyNewest(store, 6);
+        const r5 = await claimOnlyNewest(store, 5);
+        const r4 = await claimOnlyNewest(store, 4);
+        const r3 = await claimOnlyNewest(store, 3);
+        expect(await store.markBusy(6, r6.processing!.token, { started: Date.now() })).toBe(true);
+        expect(await store.finishRun(5, r5.processing!.token, output(5, 1))).toBe(true);
+        expect(
+          await store.failRun(4, r4.processing!.token, { reason: 'x', n_failures: 1, next_retry: Date.now() + HOUR }),
+        ).toBe(true);
+        expect(await store.abandonRun(3, r3.processing!.token, { reason: 'y', n_failures: 10 })).toBe(true);
+        expect(await store.countRunsByState()).toEqual({
+          pending: 2,
+          considering: 0,
+          busy: 1,
+          done: 1,
+          failed: 1,
+          abandoned: 1,
+        });
+      });
+    });
+
+    describe('claim', () => {
+      it('returns null when nothing is eligible', async () => {
+        expect(await store.claimNextRun(claimer())).toBeNull();
+      });
+
+      it('sets considering, host, pid, attempt 1, a token, time and n_failures 0 on a fresh run', async () => {
+        await store.insertRun(run(1, { params: { a: 1 } }));
+        const doc = await store.claimNextRun(claimer('alpha', 'newest', 777));
+        expect(doc).not.toBeNull();
+        const p = doc!.processing!;
+        expect(p.state).toBe('considering');
+        expect(p.host).toBe('alpha');
+        expect(p.pid).toBe(777);
+        expect(p.attempt).toBe(1);
+        expect(p.n_failures).toBe(0);
+        expect(typeof p.token).toBe('string');
+        expect(p.token.length).toBeGreaterThanOrEqual(8);
+        expectNow(p.time);
+        expect(p.next_retry).toBeUndefined();
+        expect(p.ended).toBeUndefined();
+        expect(doc!.params).toEqual({ a: 1 });
+        expect(await store.getRun(1)).toEqual(doc);
+        expect(await store.claimNextRun(claimer())).toBeNull();
+      });
+
+      it('orders by priority desc, then start desc (newest)', async () => {
+        await store.insertRuns([
+          { number: 1, start: T0 + 10 },
+          { number: 2, start: T0 + 30 },
+          { number: 3, start: T0 + 20 },
+          { number: 4, start: T0 + 5, priority: 1 },
+          { number: 5, start: T0 + 1, priority: 1 },
+          { number: 6, start: T0 + 99, priority: -1 },
+        ]);
+        const order: number[] = [];
+        for (;;) {
+          const doc = await store.claimNextRun(claimer('alpha', 'newest'));
+          if (!doc) break;
+          order.push(doc.number);
+        }
+        expect(order).toEqual([4, 5, 2, 3, 1, 6]);
+      });
+
+      it('orders by priority desc, then start asc (oldest)', async () => {
+        await store.insertRuns([
+          { number: 1, start: T0 + 10 },
+          { number: 2, start: T0 + 30 },
+          { number: 3, start: T0 + 20 },
+          { number: 4, start: T0 + 5, priority: 1 },
+          { number: 5, start: T0 + 1, priority: 1 },
+          { number: 6, start: T0 + 0, priority: -1 },
+        ]);
+        const order: number[] = [];
+        for (;;) {
+          const doc = await store.claimNextRun(claimer('alpha', 'oldest'));
+          if (!doc) break;
+          order.push(doc.number);
+        }
+        expect(order).toEqual([5, 4, 1, 3, 2, 6]);
+      });
+
+      it('skips runs tagged hold or abandon', async () => {
+        await store.insertRuns([
+          run(1, { tags: ['hold'] }),
+          run(2, { tags: ['x', 'abandon'] }),
+          run(3, { tags: ['holdover', 'abandoned-not'] }),
+          run(4, { tags: ['hold'], priority: 100 }),
+        ]);
+        const doc = await store.claimNextRun(claimer());
+        expect(doc?.number).toBe(3);
+        expect(await store.claimNextRun(claimer())).toBeNull();
+        expect((await store.listRuns({ state: 'pending' })).map((r) => r.number)).toEqual([4, 2, 1]);
+      });
+
+      it('takes a failed run again only once next_retry has passed', async () => {
+        await store.insertRuns([run(1), run(2)]);
+        const a = await claimOnlyNewest(store, 2);
+        const b = await claimOnlyNewest(store, 1);
+        const later = Date.now() + HOUR;
+        expect(
+          await store.failRun(2, a.processing!.token, { reason: 'later', n_failures: 1, next_retry: later }),
+        ).toBe(true);
+        expect(await store.claimNextRun(claimer())).toBeNull();
+        expect(await store.nextRetryAt()).toBe(later);
+
+        const earlier = Date.now() - HOUR;
+        expect(
+          await store.failRun(1, b.processing!.token, {
+            reason: 'crashed',
+            n_failures: 3,
+            next_retry: earlier,
+            exit_code: 2,
+          }),
+        ).toBe(true);
+        expect(await store.nextRetryAt()).toBe(earlier);
+
+        const again = await store.claimNextRun(claimer('beta', 'newest', 9));
+        expect(again?.number).toBe(1);
+        const p = again!.processing!;
+        expect(p.state).toBe('considering');
+        expect(p.attempt).toBe(2);
+        expect(p.n_failures).toBe(3);
+        expect(p.host).toBe('beta');
+        expect(p.pid).toBe(9);
+        expect(p.token).not.toBe(b.processing!.token);
+        // the previous attempt's outcome is gone from the processing document
+        expect(p.reason).toBeUndefined();
+        expect(p.next_retry).toBeUndefined();
+        expect(p.exit_code).toBeUndefined();
+        expect(p.ended).toBeUndefined();
+
+        expect(await store.claimNextRun(claimer())).toBeNull();
+        expect(await store.nextRetryAt()).toBe(later);
+      });
+
+      it('prefers a retry-ready failed run over a pending one of lower priority and vice versa', async () => {
+        await store.insertRuns([run(1, { priority: 2 }), run(2, { priority: 1 }), run(3, { priority: 3 })]);
+        const first = await claimOnlyNewest(store, 3);
+        expect(
+          await store.failRun(3, first.processing!.token, {
+            reason: 'r',
+            n_failures: 1,
+            next_retry: Date.now() - HOUR,
+          }),
+        ).toBe(true);
+        await store.insertRun(run(5, { priority: 5 }));
+        expect((await store.claimNextRun(claimer()))?.number).toBe(5);
+        expect((await store.claimNextRun(claimer()))?.number).toBe(3);
+        expect((await store.claimNextRun(claimer()))?.number).toBe(1);
+        expect((await store.claimNextRun(claimer()))?.number).toBe(2);
+      });
+
+      it('never gives the same run to two concurrent claimers', async () => {
+        const numbers = Array.from({ length: 40 }, (_, i) => i + 1);
+        await store.insertRuns(numbers.map((n) => run(n)));
+        const results = await Promise.all(
+          Array.from({ length: 60 }, (_, i) => store.claimNextRun(claimer(`h${i % 3}`, 'newest', 1000 + i))),
+        );
+        const claimed = results.filter((r): r is RunDoc => r !== null).map((r) => r.number);
+        expect(claimed).toHaveLength(40);
+        expect(new Set(claimed).size).toBe(40);
+        expect([...claimed].sort((x, y) => x - y)).toEqual(numbers);
+        expect(results.filter((r) => r === null)).toHaveLength(20);
+        const tokens = results.filter((r): r is RunDoc => r !== null).map((r) => r.processing!.token);
+        expect(new Set(tokens).size).toBe(40);
+      });
+    });
+
+    describe('fenced writes', () => {
+      it('heartbeatRun refreshes time with the right token only', async () => {
+        await store.insertRun(run(1));
+        const doc = await claimOnly(store, 1);
+        const token = doc.processing!.token;
+        expect(await store.heartbeatRun(1, token)).toBe(true);
+        const after = await store.getRun(1);
+        expectNow(after!.processing!.time);
+        expect(after!.processing!.time).toBeGreaterThanOrEqual(doc.processing!.time);
+        expect(after!.processing!.state).toBe('considering');
+        expect(await store.heartbeatRun(1, 'not-the-token')).toBe(false);
+        expect(await store.heartbeatRun(2, token)).toBe(false);
+        expect(await store.listRunEvents(1)).toHaveLength(1);
+      });
+
+      it('markBusy sets busy, started, targets and resources', async () => {
+        await store.insertRun(run(1));
+        const doc = await claimOnly(store, 1);
+        const started = Date.now();
+        expect(
+          await store.markBusy(
+            1,
+            doc.processing!.token,
+            { started, targets: ['raw', 'peaks'], resources: { cores: 4 } },
+            { detail: { preflight: 'ok' } },
+          ),
+        ).toBe(true);
+        const p = (await store.getRun(1))!.processing!;
+        expect(p.state).toBe('busy');
+        expect(p.started).toBe(started);
+        expect(p.targets).toEqual(['raw', 'peaks']);
+        expect(p.resources).toEqual({ cores: 4 });
+        expect(p.token).toBe(doc.processing!.token);
+        expect(p.attempt).toBe(1);
+        expectNow(p.time);
+        const events = await store.listRunEvents(1);
+        expect(events.at(-1)).toMatchObject({ from: 'considering', to: 'busy', detail: { preflight: 'ok' } });
+      });
+
+      it('recordProcessGroup sets pid, pgid and proc_start without an event', async () => {
+        await store.insertRun(run(1));
+        const doc = await claimOnly(store, 1);
+        const token = doc.processing!.token;
+        expect(await store.markBusy(1, token, { started: Date.now() })).toBe(true);
+        expect(await store.recordProcessGroup(1, token, { pid: 5001, pgid: 5001, proc_start: 987654 })).toBe(
+          true,
+        );
+        const p = (await store.getRun(1))!.processing!;
+        expect(p).toMatchObject({ pid: 5001, pgid: 5001, proc_start: 987654, state: 'busy' });
+        expect(await store.listRunEvents(1)).toHaveLength(2);
+      });
+
+      it('finishRun sets done, ended and appends the output', async () => {
+        await store.insertRun(run(1));
+        const doc = await claimOnly(store, 1);
+        const token = doc.processing!.token;
+        expect(await store.markBusy(1, token, { started: Date.now() })).toBe(true);
+        const out = output(1, 1);
+        expect(await store.finishRun(1, token, out, { exit_code: 0, duration_ms: 1234 })).toBe(true);
+        const after = (await store.getRun(1))!;
+        expect(after.processing!.state).toBe('done');
+        expectNow(after.processing!.ended);
+        expect(after.outputs).toEqual([out]);
+        expect((await store.listRunEvents(1)).at(-1)).toMatchObject({
+          from: 'busy',
+          to: 'done',
+          exit_code: 0,
+          duration_ms: 1234,
+          attempt: 1,
+          host: 'alpha',
+        });
+      });
+
+      it('failRun records reason, failures, next_retry, exit code and signal', async () => {
+        await store.insertRun(run(1));
+        const doc = await claimOnly(store, 1);
+        const token = doc.processing!.token;
+        expect(await store.markBusy(1, token, { started: Date.now() })).toBe(true);
+        const nextRetry = Date.now() + HOUR;
+        expect(
+          await store.failRun(
+            1,
+            token,
+            { reason: 'killed', n_failures: 1, next_retry: nextRetry, exit_code: 137, signal: 'SIGKILL' },
+            { duration_ms: 50, detail: { stalled: true } },
+          ),
+        ).toBe(true);
+        const p = (await store.getRun(1))!.processing!;
+        expect(p).toMatchObject({
+          state: 'failed',
+          reason: 'killed',
+          n_failures: 1,
+          next_retry: nextRetry,
+          exit_code: 137,
+          signal: 'SIGKILL',
+        });
+        expectNow(p.ended);
+        expect((await store.listRunEvents(1)).at(-1)).toMatchObject({
+          from: 'busy',
+          to: 'failed',
+          reason: 'killed',
+          exit_code: 137,
+          signal: 'SIGKILL',
+          duration_ms: 50,
+          detail: { stalled: true },
+        });
+      });
+
+      it('abandonRun makes the run terminal without next_retry', async () => {
+        await store.insertRun(run(1));
+        const doc = await claimOnly(store, 1);
+        expect(
+          await store.abandonRun(1, doc.processing!.token, { reason: 'gave up', n_failures: 10, exit_code: 3 }),
+        ).toBe(true);
+        const p = (await store.getRun(1))!.processing!;
+        expect(p).toMatchObject({ state: 'abandoned', reason: 'gave up', n_failures: 10, exit_code: 3 });
+        expect(p.next_retry).toBeUndefined();
+        expect(await store.nextRetryAt()).toBeNull();
+        expect(await store.claimNextRun(claimer())).toBeNull();
+        expect((await store.listRunEvents(1)).at(-1)).toMatchObject({
+          from: 'considering',
+          to: 'abandoned',
+          reason: 'gave up',
+        });
+      });
+
+      it('releaseRun keeps n_failures and makes the run eligible again at once', async () => {
+        await store.insertRun(run(1));
+        const first = await claimOnly(store, 1);
+        expect(
+          await store.failRun(1, first.processing!.token, {
+            reason: 'boom',
+            n_failures: 2,
+            next_retry: Date.now() - HOUR,
+          }),
+        ).toBe(true);
+        const second = await claimOnly(store, 1);
+        expect(second.processing!.n_failures).toBe(2);
+        expect(await store.markBusy(1, second.processing!.token, { started: Date.now() })).toBe(true);
+        expect(await store.releaseRun(1, second.processing!.token, 'host stopping')).toBe(true);
+        const p = (await store.getRun(1))!.processing!;
+        expect(p.state).toBe('failed');
+        expect(p.n_failures).toBe(2);
+        expect(p.reason).toBe('host stopping');
+        expectNow(p.next_retry);
+        expectNow(await store.nextRetryAt().then((t) => t ?? undefined));
+        expect((await store.listRunEvents(1)).at(-1)).toMatchObject({
+          from: 'busy',
+          to: 'failed',
+          reason: 'host stopping',
+          attempt: 2,
+        });
+        const third = await claimOnly(store, 1);
+        expect(third.processing!.attempt).toBe(3);
+        expect(third.processing!.n_failures).toBe(2);
+      });
+
+      it('every fenced write returns false and changes nothing with a wrong token', async () => {
+        await store.insertRun(run(1));
+        const doc = await claimOnly(store, 1);
+        expect(await store.markBusy(1, doc.processing!.token, { started: Date.now() })).toBe(true);
+        await expectAllFencedRefused(store, 1, 'wrong-token');
+        await expectAllFencedRefused(store, 1, '');
+        // and for a run that does not exist, or was never claimed
+        await store.insertRun(run(2));
+        await expectAllFencedRefused(store, 2, doc.processing!.token);
+        await expectAllFencedRefused(store, 3, doc.processing!.token);
+        expect(await store.getRun(3)).toBeNull();
+      });
+
+      it('a stale token (run re-claimed since) can no longer write', async () => {
+        await store.insertRun(run(1));
+        const first = await claimOnly(store, 1, claimer('alpha'));
+        const stale = first.processing!.token;
+        expect(await store.releaseRun(1, stale, 'handing back')).toBe(true);
+        const second = await claimOnly(store, 1, claimer('beta'));
+        expect(second.processing!.token).not.toBe(stale);
+        await expectAllFencedRefused(store, 1, stale);
+        // the current owner still can
+        expect(await store.heartbeatRun(1, second.processing!.token)).toBe(true);
+      });
+
+      it('the token of a finished attempt cannot write any more', async () => {
+        await store.insertRuns([run(1), run(2), run(3), run(4)]);
+        const tokens = new Map<number, string>();
+        for (const n of [4, 3, 2, 1]) tokens.set(n, (await claimOnlyNewest(store, n)).processing!.token);
+        expect(await store.finishRun(4, tokens.get(4)!, output(4, 1))).toBe(true);
+        expect(
+          await store.failRun(3, tokens.get(3)!, { reason: 'r', n_failures: 1, next_retry: Date.now() + HOUR }),
+        ).toBe(true);
+        expect(await store.abandonRun(2, tokens.get(2)!, { reason: 'r', n_failures: 1 })).toBe(true);
+        expect(await store.releaseRun(1, tokens.get(1)!, 'stop')).toBe(true);
+        for (const n of [4, 3, 2, 1]) await expectAllFencedRefused(store, n, tokens.get(n)!);
+      });
+
+      it('run_events tell the story claim → busy → fail → claim → busy → done', async () => {
+        await store.insertRun(run(1));
+        const a1 = await claimOnly(store, 1, claimer('alpha'));
+        expect(await store.markBusy(1, a1.processing!.token, { started: Date.now() })).toBe(true);
+        expect(
+          await store.failRun(1, a1.processing!.token, {
+            reason: 'exit 1',
+            n_failures: 1,
+            next_retry: Date.now() - HOUR,
+            exit_code: 1,
+          }),
+        ).toBe(true);
+        const a2 = await claimOnly(store, 1, claimer('beta'));
+        expect(await store.markBusy(1, a2.processing!.token, { started: Date.now() })).toBe(true);
+        expect(await store.finishRun(1, a2.processing!.token, output(1, 2), { exit_code: 0 })).toBe(true);
+
+        const events = await store.listRunEvents(1);
+        expect(events.map((e) => [e.from, e.to, e.attempt, e.host])).toEqual([
+          [null, 'considering', 1, 'alpha'],
+          ['considering', 'busy', 1, 'alpha'],
+          ['busy', 'failed', 1, 'alpha'],
+          ['failed', 'considering', 2, 'beta'],
+          ['considering', 'busy', 2, 'beta'],
+          ['busy', 'done', 2, 'beta'],
+        ]);
+        for (const e of events) {
+          expect(e.number).toBe(1);
+          expectNow(e.time);
+        }
+        expect(events[2]).toMatchObject({ reason: 'exit 1', exit_code: 1 });
+        expect(events[5].exit_code).toBe(0);
+        for (let i = 1; i < events.length; i += 1) {
+          expect(events[i].time).toBeGreaterThanOrEqual(events[i - 1].time);
+        }
+        expect(await store.listRunEvents(2)).toEqual([]);
+        const done = (await store.getRun(1))!;
+        expect(done.outputs).toEqual([output(1, 2)]);
+        expect(done.processing).toMatchObject({ state: 'done', attempt: 2, n_failures: 1, host: 'beta' });
+      });
+    });
+
+    describe('nextRetryAt', () => {
+      it('is null without failed runs and the earliest next_retry otherwise', async () => {
+        expect(await store.nextRetryAt()).toBeNull();
+        await store.insertRuns([run(1), run(2), run(3)]);
+        expect(await store.nextRetryAt()).toBeNull();
+        const t3 = (await claimOnlyNewest(store, 3)).processing!.token;
+        const t2 = (await claimOnlyNewest(store, 2)).processing!.token;
+        const far = Date.now() + 2 * HOUR;
+        const near = Date.now() + HOUR;
+        expect(await store.failRun(3, t3, { reason: 'a', n_failures: 1, next_retry: far })).toBe(true);
+        expect(await store.nextRetryAt()).toBe(far);
+        expect(await store.failRun(2, t2, { reason: 'b', n_failures: 1, next_retry: near })).toBe(true);
+        expect(await store.nextRetryAt()).toBe(near);
+      });
+    });
+
+    describe('hosts', () => {
+      it('registers, reads, lists and replaces host documents', async () => {
+        expect(await store.getHost('alpha')).toBeNull();
+        expect(await store.listHosts()).toEqual([]);
+        const alpha = hostDoc('alpha', 'tok-a', {
+          disk: { path: '/data', used_percent: 42.5, free_bytes: 1e12 },
+          running: [3, 4],
+        });
+        await store.registerHost(alpha);
+        await store.registerHost(hostDoc('beta', 'tok-b'));
+        expect(await store.getHost('alpha')).toEqual(alpha);
+        expect((await store.listHosts()).map((h) => h.host).sort()).toEqual(['alpha', 'beta']);
+
+        const replacement = hostDoc('alpha', 'tok-a2', { pid: 200, state: 'idle' });
+        await store.registerHost(replacement);
+        expect(await store.getHost('alpha')).toEqual(replacement);
+        expect(await store.listHosts()).toHaveLength(2);
+      });
+
+      it('heartbeatHost is fenced by the token and applies the patch', async () => {
+        const registered = hostDoc('alpha', 'tok-a', { time: Date.now() - HOUR });
+        await store.registerHost(registered);
+        expect(
+          await store.heartbeatHost('alpha', 'tok-a', {
+            state: 'busy',
+            running: [1, 2],
+            slots: 3,
+            disk: { path: '/d', used_percent: 90, free_bytes: 5 },
+          }),
+        ).toBe(true);
+        const h = (await store.getHost('alpha'))!;
+        expectNow(h.time);
+        expect(h).toMatchObject({
+          state: 'busy',
+          running: [1, 2],
+          slots: 3,
+          disk: { path: '/d', used_percent: 90, free_bytes: 5 },
+          pid: registered.pid,
+          token: 'tok-a',
+          started: registered.started,
+          version: registered.version,
+        });
+
+        expect(await store.heartbeatHost('alpha', 'tok-a')).toBe(true);
+        expect((await store.getHost('alpha'))!.state).toBe('busy');
+
+        const before = await store.getHost('alpha');
+        expect(await store.heartbeatHost('alpha', 'someone-else', { state: 'dead' })).toBe(false);
+        expect(await store.getHost('alpha')).toEqual(before);
+        expect(await store.heartbeatHost('nobody', 'tok-a')).toBe(false);
+        expect(await store.getHost('nobody')).toBeNull();
+
+        await store.registerHost(hostDoc('alpha', 'tok-new'));
+        expect(await store.heartbeatHost('alpha', 'tok-a', { state: 'idle' })).toBe(false);
+        expect((await store.getHost('alpha'))!.token).toBe('tok-new');
+      });
+    });
+
+    describe('operator log', () => {
+      it('appends and lists newest first with filters', async () => {
+        expect(await store.listLog()).toEqual([]);
+        const base = Date.now() - HOUR;
+        await store.appendLog({ time: base + 1, host: 'a', user: 'runwarden@a', priority: 0, message: 'debug' });
+        await store.appendLog({
+          time: base + 2,
+          host: 'a',
+          user: 'runwarden@a',
+          priority: 3,
+          message: 'run 7 failed',
+          number: 7,
+        });
+        await store.appendLog({ time: base + 3, host: 'b', user: 'runwarden@b', priority: 1, message: 'info' });
+        await store.appendLog({ host: 'b', user: 'runwarden@b', priority: 4, message: 'fatal', number: 8 });
+
+        const all = await store.listLog();
+        expect(all.map((e) => e.message)).toEqual(['fatal', 'info', 'run 7 failed', 'debug']);
+        expectNow(all[0].time);
+        expect(all[0]).toMatchObject({ host: 'b', user: 'runwarden@b', priority: 4, number: 8 });
+        expect(all[3]).toEqual({ time: base + 1, host: 'a', user: 'runwarden@a', priority: 0, message: 'debug' });
+
+        expect((await store.listLog({ limit: 2 })).map((e) => e.message)).toEqual(['fatal', 'info']);
+        expect((await store.listLog({ minPriority: 3 })).map((e) => e.message)).toEqual(['fatal', 'run 7 failed']);
+        expect((await store.listLog({ minPriority: 1 })).map((e) => e.message)).toEqual([
+          'fatal',
+          'info',
+          'run 7 failed',
+        ]);
+        expect((await store.listLog({ number: 7 })).map((e) => e.message)).toEqual(['run 7 failed']);
+        expect(await store.listLog({ number: 7, minPriority: 4 })).toEqual([]);
+        expect((await store.listLog({ minPriority: 0, limit: 1 })).map((e) => e.message)).toEqual(['fatal']);
+      });
+    });
+
+    describe('watchNewRuns', () => {
+      it('calls back after insertRun and insertRuns, and stops after unsubscribe', async () => {
+        let a = 0;
+        let b = 0;
+        const stopA = store.watchNewRuns(() => {
+          a += 1;
+        });
+        const stopB = store.watchNewRuns(() => {
+          b += 1;
+        });
+        try {
+          await store.insertRun(run(1));
+          await waitFor(() => a > 0 && b > 0, 'a wake-up after insertRun');
+
+          let seenA = a;
+          await store.insertRuns([run(2), run(3)]);
+          await waitFor(() => a > seenA, 'a wake-up after insertRuns');
+
+          stopA();
+          stopA(); // idempotent
+          seenA = a;
+          // B keeps watching: once B has seen two more inserts, A would have seen them too
+          for (const n of [4, 5]) {
+            const seenB = b;
+            await store.insertRun(run(n));
+            await waitFor(() => b > seenB, `B's wake-up for run ${n}`);
+          }
+          expect(a).toBe(seenA);
+        } finally {
+          stopA();
+          stopB();
+        }
+      });
+
+      it('survives a callback that throws', async () => {
+        let calls = 0;
+        const stop = store.watchNewRuns(() => {
+          calls += 1;
+          throw new Error('callback trouble');
+        });
+        try {
+          await store.insertRun(run(1));
+          await waitFor(() => calls >= 1, 'the first wake-up');
+          const seen = calls;
+          await store.insertRun(run(2));
+          await waitFor(() => calls > seen, 'a wake-up after the callback threw');
+        } finally {
+          stop();
+        }
+      });
+    });
+  });
+}
+
+function output(number: number, attempt: number): { location: string; host: string; attempt: number; at: number } {
+  return { location: `/processed/${String(number).padStart(6, '0')}`, host: 'alpha', attempt, at: T0 + attempt };
+}
+
+/** Claims and checks that the claimed run is `number` (the newest eligible one). */
+async function claimOnlyNewest(store: RunStore, number: number): Promise<RunDoc> {
+  return claimOnly(store, number, claimer('alpha', 'newest'));
+}
+
+/** Every fenced operation with `token` on `number` returns false and leaves run and events untouched. */
+async function expectAllFencedRefused(store: RunStore, number: number, token: string): Promise<void> {
+  const before = await store.getRun(number);
+  const eventsBefore = await store.listRunEvents(number);
+  const now = Date.now();
+  expect(await store.heartbeatRun(number, token)).toBe(false);
+  expect(await store.markBusy(number, token, { started: now, targets: ['t'] })).toBe(false);
+  expect(await store.recordProcessGroup(number, token, { pid: 1, pgid: 1, proc_start: 1 })).toBe(false);
+  expect(await store.finishRun(number, token, output(number, 99))).toBe(false);
+  expect(
+    await store.failRun(number, token, { reason: 'zombie', n_failures: 99, next_retry: now - HOUR }),
+  ).toBe(false);
+  expect(await store.abandonRun(number, token, { reason: 'zombie', n_failures: 99 })).toBe(false);
+  expect(await store.releaseRun(number, token, 'zombie')).toBe(false);
+  expect(await store.getRun(number)).toEqual(before);
+  expect(await store.listRunEvents(number)).toEqual(eventsBefore);
+}

@@ -1,0 +1,352 @@
+// What only the SQLite backend has to show: several OS processes on one file, wake-ups through the wake
+// directory, WAL mode, the schema and its indexes, and tolerance of rows written by other tools.
+
+import { spawn } from 'node:child_process';
+import fsSync from 'node:fs';
+import fs from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+import Database from 'better-sqlite3';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+
+import { StoreUnavailableError, UsageError } from '../../src/errors.js';
+import { openStore } from '../../src/store/open-store.js';
+import { SCHEMA_VERSION } from '../../src/store/sqlite/schema.js';
+import { CLAIM_SQL, openSqliteStore, SqliteRunStore } from '../../src/store/sqlite/sqlite-store.js';
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+const repoRoot = path.resolve(here, '../..');
+const claimWorker = path.join(here, 'fixtures', 'claim-worker.ts');
+const insertWorker = path.join(here, 'fixtures', 'insert-worker.ts');
+const HOUR = 3_600_000;
+
+interface Child {
+  lines: string[];
+  stderr: string[];
+  done: Promise<number | null>;
+}
+
+function startTs(script: string, args: string[]): Child {
+  const child = spawn(process.execPath, ['--import', 'tsx', script, ...args], {
+    cwd: repoRoot,
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  const lines: string[] = [];
+  const stderr: string[] = [];
+  let buffer = '';
+  child.stdout.setEncoding('utf8');
+  child.stdout.on('data', (chunk: string) => {
+    buffer += chunk;
+    let nl: number;
+    while ((nl = buffer.indexOf('\n')) >= 0) {
+      lines.push(buffer.slice(0, nl));
+      buffer = buffer.slice(nl + 1);
+    }
+  });
+  child.stderr.setEncoding('utf8');
+  child.stderr.on('data', (chunk: string) => stderr.push(chunk));
+  const done = new Promise<number | null>((resolve, reject) => {
+    child.on('error', reject);
+    child.on('close', (code) => resolve(code));
+  });
+  return { lines, stderr, done };
+}
+
+async function waitFor(condition: () => boolean, what: string, timeoutMs = 20_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!condition()) {
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 10));
+  }
+}
+
+describe('SqliteRunStore specifics', () => {
+  let dir: string;
+  let dbPath: string;
+  let store: SqliteRunStore;
+
+  beforeEach(async () => {
+    dir = await fs.mkdtemp(path.join(os.tmpdir(), 'runwarden-sqlite-'));
+    dbPath = path.join(dir, 'nested', 'runs.db');
+    store = await openSqliteStore(dbPath);
+  });
+  afterEach(async () => {
+    await store.close();
+    await fs.rm(dir, { recursive: true, force: true });
+  });
+
+  function raw(): Database.Database {
+    return new Database(dbPath, { timeout: 10_000 });
+  }
+
+  it('creates the parent directory, uses WAL and records the schema version', () => {
+    expect(fsSync.existsSync(dbPath)).toBe(true);
+    expect(store.location).toBe(`sqlite:${dbPath}`);
+    expect(store.kind).toBe('sqlite');
+    const db = raw();
+    try {
+      expect(db.pragma('journal_mode', { simple: true })).toBe('wal');
+      expect(db.pragma('user_version', { simple: true })).toBe(SCHEMA_VERSION);
+      const tables = (db.prepare(`SELECT name FROM sqlite_master WHERE type = 'table'`).all() as { name: string }[])
+        .map((t) => t.name)
+        .filter((n) => !n.startsWith('sqlite_'))
+        .sort();
+      expect(tables).toEqual(['hosts', 'log', 'run_events', 'runs']);
+    } finally {
+      db.close();
+    }
+  });
+
+  it('opens the same file again without touching its data (idempotent schema)', async () => {
+    await store.insertRun({ number: 1, start: 1 });
+    const again = await openSqliteStore(dbPath);
+    try {
+      expect((await again.getRun(1))?.number).toBe(1);
+    } finally {
+      await again.close();
+    }
+  });
+
+  it('refuses a database written by a newer schema', async () => {
+    const db = raw();
+    db.pragma(`user_version = ${SCHEMA_VERSION + 1}`);
+    db.close();
+    await expect(openSqliteStore(dbPath)).rejects.toBeInstanceOf(StoreUnavailableError);
+  });
+
+  it('uses the injected clock for every time it writes', async () => {
+    let now = 1_000_000;
+    const clocked = await openSqliteStore(dbPath, { clock: () => now });
+    try {
+      await clocked.insertRun({ number: 1, start: 5 });
+      const doc = await clocked.claimNextRun({ host: 'h', pid: 1, order: 'newest' });
+      expect(doc?.processing?.time).toBe(1_000_000);
+      now += 500;
+      const token = doc!.processing!.token;
+      expect(await clocked.releaseRun(1, token, 'stop')).toBe(true);
+      const p = (await clocked.getRun(1))!.processing!;
+      expect([p.time, p.ended, p.next_retry]).toEqual([1_000_500, 1_000_500, 1_000_500]);
+      expect((await clocked.listRunEvents(1)).map((e) => e.time)).toEqual([1_000_000, 1_000_500]);
+      // next_retry ≤ now of the injected clock decides eligibility
+      expect((await clocked.claimNextRun({ host: 'h', pid: 1, order: 'newest' }))?.number).toBe(1);
+      await clocked.appendLog({ host: 'h', user: 'u', priority: 1, message: 'm' });
+      expect((await clocked.listLog())[0].time).toBe(1_000_500);
+    } finally {
+      await clocked.close();
+    }
+  });
+
+  it('two OS processes claiming from one file never get the same run', async () => {
+    const total = 200;
+    await store.insertRuns(Array.from({ length: total }, (_, i) => ({ number: i + 1, start: i })));
+    const goFile = path.join(dir, 'go');
+    const workers = [startTs(claimWorker, [dbPath, 'w1', goFile]), startTs(claimWorker, [dbPath, 'w2', goFile])];
+    await waitFor(() => workers.every((w) => w.lines.includes('ready')), 'both workers ready');
+    await fs.writeFile(goFile, 'go');
+    const codes = await Promise.all(workers.map((w) => w.done));
+    expect(codes, workers.map((w) => w.stderr.join('')).join('\n')).toEqual([0, 0]);
+
+    const lists = workers.map((w) => JSON.parse(w.lines.at(-1)!) as number[]);
+    const all = lists.flat();
+    expect(all).toHaveLength(total);
+    expect(new Set(all).size).toBe(total);
+    expect([...all].sort((a, b) => a - b)).toEqual(Array.from({ length: total }, (_, i) => i + 1));
+    // both really took part
+    expect(lists[0].length).toBeGreaterThan(0);
+    expect(lists[1].length).toBeGreaterThan(0);
+
+    const counts = await store.countRunsByState();
+    expect(counts.done).toBe(total);
+    for (const n of [1, 100, 200]) {
+      const events = await store.listRunEvents(n);
+      expect(events.map((e) => e.to)).toEqual(['considering', 'busy', 'done']);
+      expect(new Set(events.map((e) => e.host)).size).toBe(1);
+    }
+  });
+
+  it('wakes a watcher in this process when another process inserts a run', async () => {
+    let calls = 0;
+    const stop = store.watchNewRuns(() => {
+      calls += 1;
+    });
+    try {
+      const child = startTs(insertWorker, [dbPath, '77']);
+      expect(await child.done, child.stderr.join('')).toBe(0);
+      await waitFor(() => calls > 0, 'the wake-up from the other process');
+      expect((await store.getRun(77))?.number).toBe(77);
+    } finally {
+      stop();
+    }
+  });
+
+  it('close() stops its watchers', async () => {
+    const other = await openSqliteStore(dbPath);
+    let calls = 0;
+    other.watchNewRuns(() => {
+      calls += 1;
+    });
+    await other.close();
+    let mine = 0;
+    const stop = store.watchNewRuns(() => {
+      mine += 1;
+    });
+    try {
+      await store.insertRun({ number: 1, start: 1 });
+      await waitFor(() => mine > 0, 'the wake-up of the open store');
+      expect(calls).toBe(0);
+    } finally {
+      stop();
+    }
+  });
+
+  it('does not throw on a row with invalid JSON or wrong types written by another tool', async () => {
+    await store.insertRun({ number: 1, start: 10, tags: ['ok'] });
+    const db = raw();
+    try {
+      db.prepare(
+        `INSERT INTO runs (number, start, tags, params, outputs, priority) VALUES (2, 20, 'not json', '{', '[', 0)`,
+      ).run();
+      db.prepare(
+        `INSERT INTO runs (number, start, tags, params, outputs, state, targets, resources, attempt, n_failures)
+         VALUES (3, 'yesterday', '{"a":1}', '[1,2]', '{"x":1}', 'failed', 'oops', '[', 'two', NULL)`,
+      ).run();
+    } finally {
+      db.close();
+    }
+    const two = await store.getRun(2);
+    expect(two).toEqual({ number: 2, start: 20, tags: [], priority: 0, params: {}, outputs: [] });
+    const three = await store.getRun(3);
+    expect(three).toMatchObject({ number: 3, tags: [], params: {}, outputs: [] });
+    expect(three!.processing).toMatchObject({ state: 'failed', attempt: 0, n_failures: 0 });
+    expect(three!.processing!.targets).toBeUndefined();
+    expect((await store.listRuns()).map((r) => r.number)).toEqual([3, 2, 1]);
+    expect(await store.countRunsByState()).toMatchObject({ pending: 2, failed: 1 });
+    // the malformed pending run is still claimable, so a later validation step can fail it with a reason
+    const claimed = await store.claimNextRun({ host: 'h', pid: 1, order: 'newest' });
+    expect(claimed?.number).toBe(2);
+    expect(claimed?.processing?.attempt).toBe(1);
+  });
+
+  it('honours hold tags set by another tool with plain SQL', async () => {
+    await store.insertRuns([
+      { number: 1, start: 1 },
+      { number: 2, start: 2 },
+    ]);
+    const doc = await store.claimNextRun({ host: 'h', pid: 1, order: 'newest' });
+    expect(doc?.number).toBe(2);
+    expect(
+      await store.failRun(2, doc!.processing!.token, { reason: 'r', n_failures: 1, next_retry: Date.now() - HOUR }),
+    ).toBe(true);
+    const db = raw();
+    try {
+      db.prepare(`UPDATE runs SET tags = '["hold"]' WHERE number IN (1, 2)`).run();
+    } finally {
+      db.close();
+    }
+    expect(await store.claimNextRun({ host: 'h', pid: 1, order: 'newest' })).toBeNull();
+    expect(await store.nextRetryAt()).toBeNull();
+    const db2 = raw();
+    try {
+      db2.prepare(`UPDATE runs SET tags = '["x"]' WHERE number = 2`).run();
+    } finally {
+      db2.close();
+    }
+    expect((await store.claimNextRun({ host: 'h', pid: 1, order: 'newest' }))?.number).toBe(2);
+  });
+
+  it('answers the claim and nextRetryAt from partial indexes, without scanning the table', () => {
+    const db = raw();
+    try {
+      const plan = (q: string, ...params: unknown[]): string =>
+        (db.prepare(`EXPLAIN QUERY PLAN ${q}`).all(...params) as { detail: string }[])
+          .map((r) => r.detail)
+          .join('; ');
+      for (const oldest of [false, true]) {
+        const pending = plan(CLAIM_SQL.pending(oldest));
+        expect(pending).toMatch(/USING (COVERING )?INDEX runs_pending_(newest|oldest)/);
+        expect(pending).not.toMatch(/TEMP B-TREE/);
+        expect(plan(CLAIM_SQL.retry(oldest), Date.now())).toMatch(/USING INDEX runs_retry/);
+      }
+      expect(plan(CLAIM_SQL.nextRetry)).toMatch(/runs_retry/);
+    } finally {
+      db.close();
+    }
+  });
+});
+
+describe('openStore', () => {
+  let dir: string;
+  const cwd = process.cwd();
+
+  beforeEach(async () => {
+    dir = await fs.mkdtemp(path.join(os.tmpdir(), 'runwarden-open-'));
+  });
+  afterEach(async () => {
+    process.chdir(cwd);
+    await fs.rm(dir, { recursive: true, force: true });
+  });
+
+  it('opens sqlite:PATH with an absolute path', async () => {
+    const file = path.join(dir, 'a.db');
+    const store = await openStore(`sqlite:${file}`);
+    try {
+      expect(store.kind).toBe('sqlite');
+      expect(store.location).toBe(`sqlite:${file}`);
+    } finally {
+      await store.close();
+    }
+  });
+
+  it('resolves a relative sqlite:PATH and a bare *.db path against the current directory', async () => {
+    process.chdir(dir);
+    const realDir = process.cwd();
+    const a = await openStore('sqlite:./sub/runs.db');
+    const b = await openStore('other.sqlite');
+    try {
+      expect(a.location).toBe(`sqlite:${path.join(realDir, 'sub', 'runs.db')}`);
+      expect(b.location).toBe(`sqlite:${path.join(realDir, 'other.sqlite')}`);
+      expect(fsSync.existsSync(path.join(realDir, 'sub', 'runs.db'))).toBe(true);
+    } finally {
+      await a.close();
+      await b.close();
+    }
+  });
+
+  it('refuses MongoDB for now, naming the store field', async () => {
+    for (const url of ['mongodb://h1,h2/runs?replicaSet=rs0', 'mongodb+srv://user:secret@cluster/runs']) {
+      const error = await openStore(url).catch((e: unknown) => e);
+      expect(error).toBeInstanceOf(UsageError);
+      expect((error as UsageError).field).toBe('store');
+      expect((error as UsageError).message).toMatch(/MongoDB backend is not available yet/);
+      expect((error as UsageError).message).not.toMatch(/secret/);
+    }
+  });
+
+  it('refuses anything else with the accepted forms', async () => {
+    for (const url of ['', 'postgres://u:pw@h/db', 'runs.txt', 'sqlite:']) {
+      const error = await openStore(url).catch((e: unknown) => e);
+      expect(error, url).toBeInstanceOf(UsageError);
+      expect((error as UsageError).field).toBe('store');
+      expect((error as UsageError).message).not.toMatch(/pw@/);
+    }
+    const error = (await openStore('redis://x').catch((e: unknown) => e)) as UsageError;
+    expect(error.message).toMatch(/sqlite:PATH/);
+  });
+
+  it('throws StoreUnavailableError naming the path when the file cannot be opened', async () => {
+    const blocker = path.join(dir, 'not-a-dir');
+    await fs.writeFile(blocker, 'x');
+    const target = path.join(blocker, 'runs.db');
+    const error = await openStore(`sqlite:${target}`).catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(StoreUnavailableError);
+    expect((error as Error).message).toContain(target);
+
+    const garbage = path.join(dir, 'garbage.db');
+    await fs.writeFile(garbage, 'this is not an SQLite database, not even close'.repeat(100));
+    const error2 = await openStore(garbage).catch((e: unknown) => e);
+    expect(error2).toBeInstanceOf(StoreUnavailableError);
+    expect((error2 as Error).message).toContain(garbage);
+  });
+});
