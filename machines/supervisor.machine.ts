@@ -14,7 +14,15 @@ export type ProcessEvent =
   | { type: 'SPAWNED'; pid: number; pgid: number; procStart?: number }
   | { type: 'SPAWN_FAILED'; error: string }
   | { type: 'OUTPUT' }
-  | { type: 'EXITED'; exitCode: number | null; signal: string | null; stderrTail: string; durationMs: number };
+  | {
+      type: 'EXITED';
+      exitCode: number | null;
+      signal: string | null;
+      stderrTail: string;
+      durationMs: number;
+      /** Processes of the group still alive after the leader exited and stragglers were SIGKILLed. */
+      groupRemaining?: number;
+    };
 
 /** What the supervisor tells its process actor. */
 export type ProcessCommand = { type: 'SIGNAL'; signal: 'SIGTERM' | 'SIGKILL' };
@@ -49,6 +57,9 @@ export const supervisorMachine = setup({
     maxProcessingTime: ({ context }) => context.timing.maxProcessingTimeMs,
     maxNoOutputTime: ({ context }) => context.timing.maxNoOutputTimeMs,
     signalEscalate: ({ context }) => context.timing.signalEscalateMs,
+  },
+  guards: {
+    groupSurvived: ({ event }) => event.type === 'EXITED' && (event.groupRemaining ?? 0) > 0,
   },
   actions: {
     recordSpawn: assign(({ event }) =>
@@ -100,7 +111,10 @@ export const supervisorMachine = setup({
     running: {
       after: { maxProcessingTime: { target: 'terminating', actions: 'markTimedOut' } },
       on: {
-        EXITED: { target: 'exited', actions: 'recordExit' },
+        EXITED: [
+          { guard: 'groupSurvived', target: 'unkillable', actions: ['recordExit', 'markUnkillable'] },
+          { target: 'exited', actions: 'recordExit' },
+        ],
         TERMINATE: { target: 'terminating', actions: 'markTerminated' },
       },
       initial: 'producing',
@@ -115,12 +129,18 @@ export const supervisorMachine = setup({
     terminating: {
       entry: 'sendTerm',
       after: { signalEscalate: 'killing' },
-      on: { EXITED: { target: 'exited', actions: 'recordExit' } },
+      on: { EXITED: [
+          { guard: 'groupSurvived', target: 'unkillable', actions: ['recordExit', 'markUnkillable'] },
+          { target: 'exited', actions: 'recordExit' },
+        ] },
     },
     killing: {
       entry: 'sendKill',
       after: { signalEscalate: { target: 'unkillable', actions: 'markUnkillable' } },
-      on: { EXITED: { target: 'exited', actions: 'recordExit' } },
+      on: { EXITED: [
+          { guard: 'groupSurvived', target: 'unkillable', actions: ['recordExit', 'markUnkillable'] },
+          { target: 'exited', actions: 'recordExit' },
+        ] },
     },
     exited: { type: 'final' },
     unkillable: { type: 'final' },

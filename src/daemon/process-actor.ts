@@ -34,7 +34,6 @@ export function processActor(ctx: DaemonContext) {
         }
         void ctx.store
           .recordProcessGroup(plan.number, plan.token, {
-            pid: started.pid,
             pgid: started.pgid,
             ...(started.procStart !== undefined ? { proc_start: started.procStart } : {}),
           })
@@ -57,6 +56,7 @@ export function processActor(ctx: DaemonContext) {
             signal: exit.signal,
             stderrTail: exit.stderrTail,
             durationMs: exit.durationMs,
+            groupRemaining: exit.groupRemaining,
           });
         });
       })

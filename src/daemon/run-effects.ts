@@ -67,7 +67,7 @@ export function runEffects(ctx: DaemonContext) {
   const preflight = fromPromise<PreflightOutput, { run: ClaimedRun }>(async ({ input }) => {
     const { run } = input;
     const doc = docOf(run);
-    const problems = validateRunDocument(doc);
+    const problems = [...(doc.invalid ?? []), ...validateRunDocument(doc)];
     if (problems.length > 0) throw new Error(`invalid run document: ${problems.join('; ')}`);
     if (doc.input !== undefined && doc.input !== '' && !existsSync(doc.input)) {
       throw new Error(`input does not exist: ${doc.input}`);

@@ -34,8 +34,8 @@ export interface BusyFields {
   resources?: Record<string, number>;
 }
 
+/** The command's process group; processing.pid stays the claiming daemon's pid. */
 export interface ProcessGroupFields {
-  pid: number;
   pgid: number;
   proc_start?: number;
 }

@@ -51,6 +51,11 @@ export interface RunDoc {
   params: Record<string, unknown>;
   outputs: RunOutput[];
   processing?: Processing;
+  /**
+   * Problems found reading a document another tool wrote badly (wrong types, invalid JSON); the fields
+   * concerned hold safe defaults. Never stored: the daemon fails such a run with these as the reason.
+   */
+  invalid?: string[];
 }
 
 /** What `submit` hands the store: a run that has never been processed. */

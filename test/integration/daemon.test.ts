@@ -252,7 +252,7 @@ describe('runwarden daemon', () => {
     expect((await runCli(['daemon', '--once'], { cwd: dir })).exitCode).toBe(0);
     const bad = (await s.getRun(81))!.processing!;
     expect(bad.state).toBe('failed');
-    expect(bad.reason).toMatch(/params/);
+    expect(bad.reason).toBe('preflight failed: invalid run document: params: expected an object, got string "oops"');
     expect((await s.getRun(82))!.processing!.state).toBe('done');
   });
 

@@ -90,6 +90,14 @@ describe('supervisor machine', () => {
     expect(fake.signals).toEqual(['SIGTERM', 'SIGKILL']);
   });
 
+  it('ends unkillable when processes of the group outlive the leader and SIGKILL', () => {
+    const { fake, actor, states } = start();
+    fake.spawn();
+    fake.send({ type: 'EXITED', exitCode: 0, signal: null, stderrTail: '', durationMs: 5, groupRemaining: 1 });
+    expect(states).toEqual(['spawning', 'running.producing', 'unkillable']);
+    expect(actor.getSnapshot().output).toMatchObject({ outcome: 'unkillable' });
+  });
+
   it('reports a command that cannot start', () => {
     const { fake, actor, states } = start();
     fake.send({ type: 'SPAWN_FAILED', error: 'nope: not found' });

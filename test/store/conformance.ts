@@ -376,16 +376,15 @@ export function runStoreConformance(name: string, open: OpenForTest): void {
         expect(events.at(-1)).toMatchObject({ from: 'considering', to: 'busy', detail: { preflight: 'ok' } });
       });
 
-      it('recordProcessGroup sets pid, pgid and proc_start without an event', async () => {
+      it("recordProcessGroup sets pgid and proc_start, keeps the claimer's pid, and appends no event", async () => {
         await store.insertRun(run(1));
         const doc = await claimOnly(store, 1);
         const token = doc.processing!.token;
+        const claimer = doc.processing!.pid;
         expect(await store.markBusy(1, token, { started: Date.now() })).toBe(true);
-        expect(await store.recordProcessGroup(1, token, { pid: 5001, pgid: 5001, proc_start: 987654 })).toBe(
-          true,
-        );
+        expect(await store.recordProcessGroup(1, token, { pgid: 5001, proc_start: 987654 })).toBe(true);
         const p = (await store.getRun(1))!.processing!;
-        expect(p).toMatchObject({ pid: 5001, pgid: 5001, proc_start: 987654, state: 'busy' });
+        expect(p).toMatchObject({ pid: claimer, pgid: 5001, proc_start: 987654, state: 'busy' });
         expect(await store.listRunEvents(1)).toHaveLength(2);
       });
 
@@ -752,7 +751,7 @@ async function expectAllFencedRefused(store: RunStore, number: number, token: st
   const now = Date.now();
   expect(await store.heartbeatRun(number, token)).toBe(false);
   expect(await store.markBusy(number, token, { started: now, targets: ['t'] })).toBe(false);
-  expect(await store.recordProcessGroup(number, token, { pid: 1, pgid: 1, proc_start: 1 })).toBe(false);
+  expect(await store.recordProcessGroup(number, token, { pgid: 1, proc_start: 1 })).toBe(false);
   expect(await store.finishRun(number, token, output(number, 99))).toBe(false);
   expect(
     await store.failRun(number, token, { reason: 'zombie', n_failures: 99, next_retry: now - HOUR }),

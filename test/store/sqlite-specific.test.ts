@@ -216,9 +216,23 @@ describe('SqliteRunStore specifics', () => {
       db.close();
     }
     const two = await store.getRun(2);
-    expect(two).toEqual({ number: 2, start: 20, tags: [], priority: 0, params: {}, outputs: [] });
+    expect(two).toEqual({
+      number: 2,
+      start: 20,
+      tags: [],
+      priority: 0,
+      params: {},
+      outputs: [],
+      invalid: ['tags: not valid JSON (string "not json")', 'params: not valid JSON (string "{")'],
+    });
     const three = await store.getRun(3);
-    expect(three).toMatchObject({ number: 3, tags: [], params: {}, outputs: [] });
+    expect(three).toMatchObject({ number: 3, start: 0, tags: [], params: {}, outputs: [] });
+    expect(three!.invalid).toEqual([
+      'start: expected a number, got string "yesterday"',
+      'tags: expected an array of strings, got object {"a":1}',
+      'params: expected an object, got array [1,2]',
+    ]);
+    expect((await store.getRun(1))!.invalid).toBeUndefined();
     expect(three!.processing).toMatchObject({ state: 'failed', attempt: 0, n_failures: 0 });
     expect(three!.processing!.targets).toBeUndefined();
     expect((await store.listRuns()).map((r) => r.number)).toEqual([3, 2, 1]);

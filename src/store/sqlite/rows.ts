@@ -100,18 +100,56 @@ function put<T extends object, K extends keyof T>(target: T, key: K, value: T[K]
   if (value !== undefined) target[key] = value;
 }
 
+function describeRaw(value: unknown): string {
+  if (value === null || value === undefined) return 'nothing';
+  const kind = Array.isArray(value) ? 'array' : typeof value;
+  const text = typeof value === 'string' || typeof value === 'object' ? JSON.stringify(value) : String(value);
+  return `${kind} ${text.length > 40 ? `${text.slice(0, 39)}…` : text}`;
+}
+
 export function runFromRow(row: Row): RunDoc {
+  const invalid: string[] = [];
+  /** A JSON column that must hold `expected`; anything else is reported and replaced by the default. */
+  const jsonColumn = <T>(field: string, expected: string, check: (v: unknown) => T | undefined, fallback: T): T => {
+    if (row[field] === null || row[field] === undefined) return fallback;
+    const parsed = parseJson(row[field]);
+    const value = parsed === undefined ? undefined : check(parsed);
+    if (value === undefined) {
+      invalid.push(
+        parsed === undefined
+          ? `${field}: not valid JSON (${describeRaw(row[field])})`
+          : `${field}: expected ${expected}, got ${describeRaw(parsed)}`,
+      );
+      return fallback;
+    }
+    return value;
+  };
+  const numberColumn = (field: string, fallback: number): number => {
+    const value = num(row[field]);
+    if (value === undefined && row[field] !== null && row[field] !== undefined) {
+      invalid.push(`${field}: expected a number, got ${describeRaw(row[field])}`);
+    }
+    return value ?? fallback;
+  };
   const doc: RunDoc = {
     number: num(row.number) ?? Number(row.number),
-    start: num(row.start) ?? 0,
-    tags: stringArray(parseJson(row.tags)) ?? [],
-    priority: num(row.priority) ?? 0,
-    params: (() => {
-      const p = parseJson(row.params);
-      return isObject(p) ? p : {};
-    })(),
+    start: numberColumn('start', 0),
+    tags: jsonColumn(
+      'tags',
+      'an array of strings',
+      (v) => (Array.isArray(v) && v.every((t) => typeof t === 'string') ? (v as string[]) : undefined),
+      [],
+    ),
+    priority: numberColumn('priority', 0),
+    params: jsonColumn('params', 'an object', (v) => (isObject(v) ? v : undefined), {}),
     outputs: outputList(parseJson(row.outputs)),
   };
+  for (const field of ['name', 'mode', 'input'] as const) {
+    if (row[field] !== null && row[field] !== undefined && typeof row[field] !== 'string') {
+      invalid.push(`${field}: expected a string, got ${describeRaw(row[field])}`);
+    }
+  }
+  if (invalid.length > 0) doc.invalid = invalid;
   put(doc, 'name', str(row.name));
   put(doc, 'end', num(row.end));
   put(doc, 'mode', str(row.mode));

@@ -400,9 +400,9 @@ export class SqliteRunStore implements RunStore {
     const now = this.clock();
     const info = this.stmt(
       'record-pgid',
-      `UPDATE runs SET pid = @pid, pgid = @pgid, proc_start = @proc_start, time = @now
+      `UPDATE runs SET pgid = @pgid, proc_start = @proc_start, time = @now
         WHERE number = @number AND token = @token AND state IN ('considering', 'busy')`,
-    ).run({ pid: fields.pid, pgid: fields.pgid, proc_start: sql(fields.proc_start), now, number, token });
+    ).run({ pgid: fields.pgid, proc_start: sql(fields.proc_start), now, number, token });
     return info.changes === 1;
   }
 
