@@ -210,6 +210,8 @@ export const hostMachine = setup({
     },
     stopping: {
       entry: 'stopRuns',
+      // Stopping can take up to twice signal_escalate per command: keep the host document alive meanwhile.
+      invoke: { src: 'heartbeat', input: ({ context }) => ({ host: context.host }) },
       always: { guard: 'noRunsActive', target: 'deregistering' },
       on: {
         RUN_SETTLED: [

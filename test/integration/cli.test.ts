@@ -77,6 +77,24 @@ describe('runwarden CLI', () => {
     expect((JSON.parse(list.stdout) as unknown[]).length).toBe(1);
   });
 
+  it('configuration precedence: file < RUNWARDEN_* environment < flags', async () => {
+    writeFileSync(join(dir, 'runwarden.yaml'), 'store: sqlite:./from-file.db\n');
+    const submitTo = async (env: Record<string, string>, flags: string[], number: string) => {
+      const result = await runCli(['submit', number, ...flags], { cwd: dir, env });
+      expect(result.exitCode, result.stderr).toBe(0);
+    };
+    await submitTo({}, [], '1');
+    await submitTo({ RUNWARDEN_STORE: 'sqlite:./from-env.db' }, [], '2');
+    await submitTo({ RUNWARDEN_STORE: 'sqlite:./from-env.db' }, ['--store', 'sqlite:./from-flag.db'], '3');
+    const numbersIn = async (db: string) =>
+      (JSON.parse((await runCli(['list', '--json', '--store', `sqlite:./${db}`], { cwd: dir })).stdout) as Array<{ number: number }>).map(
+        (r) => r.number,
+      );
+    expect(await numbersIn('from-file.db')).toEqual([1]);
+    expect(await numbersIn('from-env.db')).toEqual([2]);
+    expect(await numbersIn('from-flag.db')).toEqual([3]);
+  });
+
   it('a broken config file exits 2 naming the field', async () => {
     writeFileSync(join(dir, 'runwarden.yaml'), 'slots: many\n');
     const result = await runCli(['status'], { cwd: dir });

@@ -139,6 +139,13 @@ describe('runwarden daemon', () => {
     expect(withoutFile.reason).toContain('exit code 3');
     const events = await s.listRunEvents(22);
     expect(events.at(-1)).toMatchObject({ from: 'busy', to: 'failed', exit_code: 3 });
+    // A first failure is a warning in the operator log, with the host and the run number.
+    const warnings = await s.listLog({ minPriority: 2 });
+    expect(warnings.map((e) => [e.number, e.priority, e.host]).sort()).toEqual([
+      [21, 2, 'testhost'],
+      [22, 2, 'testhost'],
+    ]);
+    expect(warnings.find((e) => e.number === 21)?.message).toContain('calibration missing for run 21');
   });
 
   it('retries once next_retry has passed and abandons after max_failures', async () => {
@@ -171,7 +178,12 @@ describe('runwarden daemon', () => {
     const daemon = startCli(['daemon'], { cwd: dir });
     daemons.push(daemon);
     const s = await openTestStore();
-    await waitFor(async () => (await s.getHost('testhost'))?.state === 'idle', 'the daemon to be idle');
+    const idle = await waitFor(async () => {
+      const host = await s.getHost('testhost');
+      return host?.state === 'idle' ? host : undefined;
+    }, 'the daemon to be idle');
+    // It heartbeats its host document every check_interval (1s here).
+    await waitFor(async () => ((await s.getHost('testhost'))?.time ?? 0) > idle.time, 'a heartbeat');
     await submit('41');
     await waitFor(async () => (await s.getRun(41))?.processing?.state === 'done', 'run 41 to be done');
     daemon.kill('SIGTERM');
@@ -220,6 +232,29 @@ describe('runwarden daemon', () => {
     const p = (await s.getRun(61))!.processing!;
     expect(p).toMatchObject({ state: 'failed', n_failures: 0, reason: 'host stopped' });
     expect(p.next_retry!).toBeLessThanOrEqual(Date.now());
+  });
+
+  it('a second signal kills every process group at once and exits 130', async () => {
+    const stubborn = script('stubborn.sh', `trap '' TERM INT\n(trap '' TERM INT; sleep 1000) &\necho $! > "$2/child.pid"\nsleep 1000`);
+    config(['sh', stubborn, '{number}', '{output}'], '', undefined);
+    writeFileSync(
+      join(dir, 'runwarden.yaml'),
+      readFileSync(join(dir, 'runwarden.yaml'), 'utf8').replace('signal_escalate: 1s', 'signal_escalate: 30s'),
+    );
+    await submit('65');
+    const daemon = startCli(['daemon'], { cwd: dir });
+    daemons.push(daemon);
+    const pidFile = join(dir, 'out/000065/child.pid');
+    const childPid = Number(await waitFor(() => existsSync(pidFile) && readFileSync(pidFile, 'utf8').trim(), 'the command to start'));
+    daemon.kill('SIGINT');
+    const s = await openTestStore();
+    // The first signal is being handled: the command ignores SIGTERM and escalation is 30 s away.
+    await waitFor(async () => (await s.getHost('testhost'))?.state === 'stopping', 'the host to be stopping');
+    expect(isAlive(childPid)).toBe(true);
+    daemon.kill('SIGINT');
+    const result = await daemon;
+    expect(result.exitCode).toBe(130);
+    await waitFor(() => !isAlive(childPid), 'the grandchild to be gone', { timeoutMs: 5_000 });
   });
 
   it('a command that ignores SIGTERM and forks a grandchild is killed whole on timeout', async () => {

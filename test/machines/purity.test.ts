@@ -1,0 +1,24 @@
+import { readdirSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { repoRoot } from '../helpers/cli.js';
+
+// machines/ holds charts only: effects (store, fs, processes) are provided from src/daemon.
+describe('machines/ purity', () => {
+  it('imports nothing but xstate and its own files', () => {
+    const dir = join(repoRoot, 'machines');
+    const files = readdirSync(dir).filter((f) => f.endsWith('.ts'));
+    expect(files.sort()).toEqual(['host.machine.ts', 'run.machine.ts', 'supervisor.machine.ts', 'types.ts']);
+    for (const file of files) {
+      const source = readFileSync(join(dir, file), 'utf8');
+      const specifiers = [...source.matchAll(/^\s*import\s[^'"]*['"]([^'"]+)['"]/gm)].map((m) => m[1]);
+      for (const specifier of specifiers) {
+        expect({ file, specifier, allowed: specifier === 'xstate' || specifier!.startsWith('./') }).toEqual({
+          file,
+          specifier,
+          allowed: true,
+        });
+      }
+    }
+  });
+});
