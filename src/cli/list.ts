@@ -1,5 +1,6 @@
 import type { Argv, CommandModule } from 'yargs';
 import { UsageError } from '../errors.js';
+import type { RunFilter } from '../store/run-store.js';
 import { RUN_STATES, type RunDoc } from '../store/types.js';
 import {
   configFromArgs,
@@ -29,6 +30,7 @@ export const listCommand: CommandModule<GlobalArgs, ListArgs> = {
   builder: (yargs: Argv<GlobalArgs>) =>
     yargs
       .option('state', { type: 'string', choices: ['pending', ...RUN_STATES], describe: 'only runs in this state' })
+      .option('host', { type: 'string', describe: 'only runs last claimed by this host' })
       .option('limit', { type: 'number', default: 50, describe: 'at most this many runs' })
       .example('$0 list --state failed', 'failed runs waiting for a retry')
       .example('$0 list --host daq01 --json', 'runs last handled by host daq01, as JSON'),
@@ -40,7 +42,7 @@ export const listCommand: CommandModule<GlobalArgs, ListArgs> = {
       }
       const runs = await withStore(config, (store) =>
         store.listRuns({
-          ...(args.state ? { state: args.state as 'pending' } : {}),
+          ...(args.state ? { state: args.state as RunFilter['state'] } : {}),
           ...(args.host ? { host: args.host } : {}),
           limit: args.limit ?? 50,
         }),

@@ -94,6 +94,12 @@ describe('runwarden daemon', () => {
     expect(events.map((e) => `${e.from ?? '-'}>${e.to}`)).toEqual(['->considering', 'considering>busy', 'busy>done']);
     const host = await s.getHost('testhost');
     expect(host?.state).toBe('stopped');
+    const byHost = async (name: string) =>
+      (JSON.parse((await runCli(['list', '--host', name, '--json'], { cwd: dir })).stdout) as Array<{ number: number }>).map(
+        (r) => r.number,
+      );
+    expect(await byHost('testhost')).toEqual([8, 7]);
+    expect(await byHost('elsewhere')).toEqual([]);
   });
 
   it('claims in order of priority, then newest start; --order oldest reverses the start order', async () => {

@@ -282,14 +282,7 @@ export class SqliteRunStore implements RunStore {
       where.push('host = @host');
       params.host = filter.host;
     }
-    let limit = -1;
-    if (filter.limit !== undefined) {
-      if (!Number.isInteger(filter.limit) || filter.limit < 0) {
-        throw new UsageError(`limit must be a whole number ≥ 0, got ${filter.limit}`, 'limit');
-      }
-      limit = filter.limit;
-    }
-    params.limit = limit;
+    params.limit = sqlLimit(filter.limit);
     const clause = where.length ? `WHERE ${where.join(' AND ')}` : '';
     const rows = this.stmt(
       `list-runs:${clause}`,
@@ -596,14 +589,7 @@ export class SqliteRunStore implements RunStore {
       where.push('number = @number');
       params.number = query.number;
     }
-    let limit = -1;
-    if (query.limit !== undefined) {
-      if (!Number.isInteger(query.limit) || query.limit < 0) {
-        throw new UsageError(`limit must be a whole number ≥ 0, got ${query.limit}`, 'limit');
-      }
-      limit = query.limit;
-    }
-    params.limit = limit;
+    params.limit = sqlLimit(query.limit);
     const clause = where.length ? `WHERE ${where.join(' AND ')}` : '';
     const rows = this.stmt(
       `list-log:${clause}`,
@@ -623,6 +609,15 @@ export class SqliteRunStore implements RunStore {
     this.watchers.add(stop);
     return stop;
   }
+}
+
+/** SQLite's LIMIT for an optional limit: -1 means none. */
+function sqlLimit(limit: number | undefined): number {
+  if (limit === undefined) return -1;
+  if (!Number.isInteger(limit) || limit < 0) {
+    throw new UsageError(`limit must be a whole number ≥ 0, got ${limit}`, 'limit');
+  }
+  return limit;
 }
 
 /** True when candidate `a` goes before `b`: priority desc, then start per order, then number likewise. */
