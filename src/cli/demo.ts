@@ -94,10 +94,9 @@ function progressLine(counts: StateCounts, total: number, elapsedMs: number): st
   const width = 20;
   const filled = Math.round((finished / total) * width);
   return (
-    `[${'#'.repeat(filled)}${'.'.repeat(width - filled)}] ${String(finished).padStart(2)}/${total}  ` +
-    `pending ${counts.pending}  considering ${counts.considering}  busy ${counts.busy}  ` +
-    `failed ${counts.failed}  done ${counts.done}  abandoned ${counts.abandoned}  ` +
-    `${(elapsedMs / 1000).toFixed(1)}s`
+    `[${'#'.repeat(filled)}${'.'.repeat(width - filled)}] ${finished}/${total}  ` +
+    `done ${counts.done}  abandoned ${counts.abandoned}  busy ${counts.busy + counts.considering}  ` +
+    `failed ${counts.failed}  pending ${counts.pending}  ${(elapsedMs / 1000).toFixed(1)}s`
   );
 }
 
@@ -192,7 +191,7 @@ export const demoCommand: CommandModule<GlobalArgs, DemoArgs> = {
           const counts = await store.countRunsByState();
           const line = progressLine(counts, total, Date.now() - started);
           const body = line.replace(/\s+[\d.]+s$/, '');
-          if (tty) out.write(`\r${line}`);
+          if (tty) out.write(`\r${line.slice(0, Math.max(20, (out.columns ?? 80) - 1))}\x1b[K`);
           else if (body !== lastLine) say(line);
           lastLine = body;
           if (counts.done + counts.abandoned === total && !finished) {
@@ -217,6 +216,8 @@ export const demoCommand: CommandModule<GlobalArgs, DemoArgs> = {
           printJson({ dir, store: config.store, runs: rows, daemon_exit: daemonExit });
         } else {
           say('');
+          // The other columns take about 55 characters; the reason gets what the terminal has left.
+          const reasonWidth = Math.max(30, (out.isTTY ? (out.columns ?? 100) : 120) - 56);
           say(
             table(
               ['NUMBER', 'NAME', 'STATE', 'ATTEMPTS', 'DURATION', 'REASON'],
@@ -226,7 +227,7 @@ export const demoCommand: CommandModule<GlobalArgs, DemoArgs> = {
                 r.state,
                 String(r.attempts),
                 `${(r.duration_ms / 1000).toFixed(1)}s`,
-                r.state === 'done' ? '' : truncate(r.reason, 70),
+                r.state === 'done' ? '' : truncate(r.reason, reasonWidth),
               ]),
             ),
           );

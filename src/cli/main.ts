@@ -6,6 +6,7 @@ import { daemonCommand } from './daemon.js';
 import { demoCommand } from './demo.js';
 import { diagramCommand } from './diagram.js';
 import { listCommand } from './list.js';
+import { logsCommand } from './logs.js';
 import { showCommand } from './show.js';
 import { statusCommand } from './status.js';
 import { submitCommand } from './submit.js';
@@ -23,6 +24,7 @@ export async function main(argv: string[]): Promise<void> {
     .command(listCommand)
     .command(statusCommand)
     .command(showCommand)
+    .command(logsCommand)
     .command(diagramCommand)
     .command(demoCommand)
     .demandCommand(1, 'name a command; see runwarden --help')

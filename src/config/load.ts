@@ -86,7 +86,7 @@ function readYamlFile(file: string, explicit: boolean): Raw {
 
 function resolveSqlite(store: string, base: string): string {
   const file = store.slice('sqlite:'.length);
-  if (file === '' || file === ':memory:' || isAbsolute(file)) return store;
+  if (file === '' || isAbsolute(file)) return store;
   return `sqlite:${resolve(base, file)}`;
 }
 

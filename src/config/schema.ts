@@ -13,7 +13,7 @@ export type SelectionOrder = 'newest' | 'oldest';
 export type LogLevel = 'debug' | 'info' | 'warn' | 'error';
 
 export interface Config {
-  /** `sqlite:/absolute/path.db`, `sqlite::memory:` or a `mongodb://` / `mongodb+srv://` URL. */
+  /** `sqlite:/absolute/path.db` or a `mongodb://` / `mongodb+srv://` URL. */
   store: string;
   host: string;
   slots: number;

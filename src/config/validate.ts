@@ -170,7 +170,7 @@ class Checker {
 
 const ENV_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
 const RESOURCE_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
-const STORE_FORMS = '"sqlite:PATH" (e.g. "sqlite:./runwarden.db"), "sqlite::memory:", or a "mongodb://…" or "mongodb+srv://…" URL';
+const STORE_FORMS = '"sqlite:PATH" (e.g. "sqlite:./runwarden.db"), or a "mongodb://…" or "mongodb+srv://…" URL';
 
 function checkUnknownKeys(check: Checker, raw: Raw): void {
   const candidates = knownKeyPaths();
@@ -194,7 +194,9 @@ function readStore(check: Checker, value: unknown, fallback: string, cwd: string
   if (value.startsWith('sqlite:')) {
     const file = value.slice('sqlite:'.length);
     if (file === '') check.fail('store', `"sqlite:" needs a file path; expected ${STORE_FORMS}`);
-    if (file === ':memory:' || isAbsolute(file)) return value;
+    // The daemon and every CLI command must see the same database: an in-memory one is seen by nobody else.
+    if (file === ':memory:') check.fail('store', `"sqlite::memory:" cannot be shared with other commands; give a file, e.g. "sqlite:./runwarden.db"`);
+    if (isAbsolute(file)) return value;
     return `sqlite:${resolve(cwd, file)}`;
   }
   if (/^mongodb(\+srv)?:\/\/[^/]/.test(value)) return value;

@@ -66,8 +66,8 @@ describe('precedence: defaults < file < environment < flags', () => {
   });
 
   it('top-level flags and their variables cover store, host, order and log_level', () => {
-    const env = { RUNWARDEN_HOST: 'env-host', RUNWARDEN_ORDER: 'oldest', RUNWARDEN_LOG_LEVEL: 'warn', RUNWARDEN_STORE: 'sqlite::memory:' };
-    expect(load({ env })).toMatchObject({ host: 'env-host', order: 'oldest', log_level: 'warn', store: 'sqlite::memory:' });
+    const env = { RUNWARDEN_HOST: 'env-host', RUNWARDEN_ORDER: 'oldest', RUNWARDEN_LOG_LEVEL: 'warn', RUNWARDEN_STORE: 'sqlite:/var/lib/env.db' };
+    expect(load({ env })).toMatchObject({ host: 'env-host', order: 'oldest', log_level: 'warn', store: 'sqlite:/var/lib/env.db' });
     const flags = { host: 'flag-host', order: 'newest', log_level: 'debug', store: 'mongodb://db/runs' };
     expect(load({ env, flags })).toMatchObject(flags);
   });

@@ -82,8 +82,8 @@ describe('validateConfig: defaults', () => {
     expect(validateConfig({ process: { output_root: 'out' } }, options).disk.path).toBe('/srv/runwarden/out');
   });
 
-  it('keeps sqlite::memory: and absolute sqlite paths', () => {
-    expect(validateConfig({ store: 'sqlite::memory:' }, options).store).toBe('sqlite::memory:');
+  it('keeps absolute sqlite paths, resolves relative ones, and refuses an in-memory store nobody else can see', () => {
+    expect(() => validateConfig({ store: 'sqlite::memory:' }, options)).toThrow(/store: .*cannot be shared/);
     expect(validateConfig({ store: 'sqlite:/var/x.db' }, options).store).toBe('sqlite:/var/x.db');
     expect(validateConfig({ store: 'sqlite:x.db' }, options).store).toBe('sqlite:/srv/runwarden/x.db');
   });

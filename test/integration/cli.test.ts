@@ -113,7 +113,7 @@ describe('runwarden CLI', () => {
   });
 
   it('every command has --help with examples', async () => {
-    for (const command of ['daemon', 'submit', 'list', 'status', 'show', 'diagram', 'demo']) {
+    for (const command of ['daemon', 'submit', 'list', 'status', 'show', 'logs', 'diagram', 'demo']) {
       const result = await runCli([command, '--help'], { cwd: dir });
       expect(result.exitCode).toBe(0);
       expect(result.stdout, command).toContain('Examples:');

@@ -100,6 +100,13 @@ describe('runwarden daemon', () => {
       );
     expect(await byHost('testhost')).toEqual([8, 7]);
     expect(await byHost('elsewhere')).toEqual([]);
+    const logs = await runCli(['logs', '7'], { cwd: dir });
+    expect(logs.exitCode).toBe(0);
+    expect(logs.stdout).toContain('stdout of 7');
+    expect(logs.stdout).toMatch(/=== runwarden \S+ exit code=0/);
+    const missing = await runCli(['logs', '7', '--attempt', '2'], { cwd: dir });
+    expect(missing.exitCode).toBe(1);
+    expect(missing.stderr).toContain('attempts with logs: 1');
   });
 
   it('claims in order of priority, then newest start; --order oldest reverses the start order', async () => {
@@ -192,6 +199,30 @@ describe('runwarden daemon', () => {
     await waitFor(async () => ((await s.getHost('testhost'))?.time ?? 0) > idle.time, 'a heartbeat');
     await submit('41');
     await waitFor(async () => (await s.getRun(41))?.processing?.state === 'done', 'run 41 to be done');
+    daemon.kill('SIGTERM');
+    expect((await daemon).exitCode).toBe(0);
+  });
+
+  it('logs --follow prints a running attempt until it ends', async () => {
+    const gate = join(dir, 'gate');
+    const talk = script('talk.sh', `echo "first line"\nwhile [ ! -e "${gate}" ]; do sleep 0.05; done\necho "last line"\necho x > "$2/x"`);
+    config(['sh', talk, '{number}', '{output}']);
+    await submit('45');
+    const daemon = startCli(['daemon'], { cwd: dir });
+    daemons.push(daemon);
+    await waitFor(() => existsSync(join(dir, 'logs/45/attempt-1.log')) && readFileSync(join(dir, 'logs/45/attempt-1.log'), 'utf8').includes('first line'), 'the first line');
+    const follow = startCli(['logs', '45', '--follow'], { cwd: dir });
+    let printed = '';
+    follow.stdout?.on('data', (chunk: Buffer) => {
+      printed += chunk.toString('utf8');
+    });
+    // Only once `logs` is following a live attempt does the command go on to its last line.
+    await waitFor(() => printed.includes('first line'), 'logs to print the first line');
+    expect(printed).not.toContain('last line');
+    writeFileSync(gate, '');
+    const result = await follow;
+    expect(result.exitCode).toBe(0);
+    expect(result.stdout).toMatch(/first line[\s\S]*last line[\s\S]*exit code=0/);
     daemon.kill('SIGTERM');
     expect((await daemon).exitCode).toBe(0);
   });
