@@ -227,6 +227,32 @@ describe('runwarden daemon', () => {
     expect((await daemon).exitCode).toBe(0);
   });
 
+  it('two daemons on one SQLite file share the runs: each processed exactly once', async () => {
+    const ledger = join(dir, 'ledger.txt');
+    const work = script('work.sh', `echo "$1 $3" >> "${ledger}"\nsleep 0.05\necho x > "$2/x"`);
+    config(['sh', work, '{number}', '{output}', '{host}']);
+    const lines = Array.from({ length: 30 }, (_, i) => JSON.stringify({ number: 100 + i }));
+    writeFileSync(join(dir, 'runs.jsonl'), lines.join('\n'));
+    await submit('--file', 'runs.jsonl');
+    const [a, b] = await Promise.all([
+      runCli(['daemon', '--once', '--host', 'alpha', '--slots', '2'], { cwd: dir }),
+      runCli(['daemon', '--once', '--host', 'beta', '--slots', '2'], { cwd: dir }),
+    ]);
+    expect([a.exitCode, b.exitCode], a.stderr + b.stderr).toEqual([0, 0]);
+    const entries = readFileSync(ledger, 'utf8').trim().split('\n');
+    const numbers = entries.map((line) => Number(line.split(' ')[0])).sort((x, y) => x - y);
+    expect(numbers).toEqual(Array.from({ length: 30 }, (_, i) => 100 + i));
+    const s = await openTestStore();
+    const runs = await s.listRuns({ state: 'done' });
+    expect(runs).toHaveLength(30);
+    expect(runs.every((r) => r.processing!.attempt === 1)).toBe(true);
+    // Whichever host ran a command is the host the run records.
+    for (const line of entries) {
+      const [number, host] = line.split(' ');
+      expect((await s.getRun(Number(number)))!.processing!.host).toBe(host);
+    }
+  });
+
   it('never runs more than --slots commands at once', async () => {
     const slow = script('slow.sh', `sleep 0.4\necho x > "$2/x"`);
     config(['sh', slow, '{number}', '{output}']);
