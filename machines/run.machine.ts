@@ -1,4 +1,5 @@
 import { assign, enqueueActions, fromCallback, fromPromise, sendTo, setup, type EventObject } from 'xstate';
+import { decideAfterFailure, type FailureDecision } from '../src/policy/failure-decision.js';
 import { supervisorMachine } from './supervisor.machine.js';
 import type {
   AttemptFailure,
@@ -88,6 +89,16 @@ function failureFromResult(result: SupervisorResult, plan: CommandPlan | null): 
   }
 }
 
+/** The pure policy decides retry or abandon (src/policy): one rule for the guard and the stored reason. */
+function decisionAfterFailure(context: RunContext): FailureDecision {
+  return decideAfterFailure({
+    nFailuresBefore: context.run.nFailures,
+    maxFailures: context.maxFailures,
+    exitCode: context.failure?.exitCode,
+    noRetryExitCodes: context.noRetryExitCodes,
+  });
+}
+
 export const runMachine = setup({
   types: {
     input: {} as RunInput,
@@ -107,7 +118,7 @@ export const runMachine = setup({
     ),
     recordAbandon: fromPromise<
       FencedWriteResult,
-      { run: ClaimedRun; failure: AttemptFailure; maxFailures: number; noRetry: boolean }
+      { run: ClaimedRun; failure: AttemptFailure; why: string }
     >(async () => ({ ok: false })),
     releaseRun: fromPromise<FencedWriteResult, { run: ClaimedRun }>(async () => ({ ok: false })),
   },
@@ -118,9 +129,7 @@ export const runMachine = setup({
     commandUnkillable: (_, params: { output: SupervisorResult }) => params.output.outcome === 'unkillable',
     commandSucceeded: (_, params: { output: SupervisorResult }) =>
       params.output.outcome === 'exited' && params.output.exitCode === 0,
-    shouldAbandon: ({ context }) =>
-      context.run.nFailures + 1 >= context.maxFailures ||
-      (context.failure?.exitCode !== undefined && context.noRetryExitCodes.includes(context.failure.exitCode)),
+    shouldAbandon: ({ context }) => decisionAfterFailure(context).kind === 'abandon',
   },
   actions: {
     // Tells the host this actor has nothing more to do. Without a host (unit tests) nobody listens.
@@ -300,8 +309,7 @@ export const runMachine = setup({
             input: ({ context }) => ({
               run: context.run,
               failure: context.failure!,
-              maxFailures: context.maxFailures,
-              noRetry: context.run.nFailures + 1 < context.maxFailures,
+              why: (decisionAfterFailure(context) as Extract<FailureDecision, { kind: 'abandon' }>).why,
             }),
             onDone: [
               {

@@ -181,14 +181,12 @@ export function runEffects(ctx: DaemonContext) {
 
   const recordAbandon = fromPromise<
     FencedWriteResult,
-    { run: ClaimedRun; failure: AttemptFailure; maxFailures: number; noRetry: boolean }
+    { run: ClaimedRun; failure: AttemptFailure; why: string }
   >(async ({ input }) => {
     const { run, failure } = input;
     const last = await failureReason(ctx, failure);
     const nFailures = run.nFailures + 1;
-    const reason = input.noRetry
-      ? `exit code ${failure.exitCode} is in process.no_retry_exit_codes: ${last}`
-      : `gave up after ${nFailures} failures (max_failures ${input.maxFailures}); last: ${last}`;
+    const reason = `gave up: ${input.why}; last failure: ${last}`;
     const ok = await store.abandonRun(
       run.number,
       run.token,

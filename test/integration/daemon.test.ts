@@ -173,7 +173,7 @@ describe('runwarden daemon', () => {
       return r?.processing?.state === 'abandoned' ? r : undefined;
     }, 'run 31 to be abandoned');
     expect(run.processing).toMatchObject({ attempt: 3, n_failures: 3 });
-    expect(run.processing!.reason).toMatch(/^gave up after 3 failures/);
+    expect(run.processing!.reason).toMatch(/^gave up: 3 failures reached retry.max_failures \(3\); last failure: exit code 1: attempt 3 failed/);
     const events = await s.listRunEvents(31);
     expect(events.map((e) => `${e.attempt}:${e.to}`)).toEqual([
       '1:considering', '1:busy', '1:failed',

@@ -65,10 +65,10 @@ function start(run: ClaimedRun, options: { maxFailures?: number; noRetry?: numbe
       ),
       recordAbandon: fromPromise<
         FencedWriteResult,
-        { run: ClaimedRun; failure: AttemptFailure; maxFailures: number; noRetry: boolean }
+        { run: ClaimedRun; failure: AttemptFailure; why: string }
       >(
         async ({ input }) => {
-          writes.push(input.noRetry ? 'abandoned(no retry)' : 'abandoned');
+          writes.push(`abandoned: ${input.why}`);
           failures.push(input.failure);
           return ok();
         },
@@ -134,7 +134,7 @@ describe('run machine', () => {
     t.fake.exit(1);
     await settle();
     expect(t.states).toEqual(['considering', 'busy.supervising', 'abandoned.recording', 'abandoned.recorded']);
-    expect(t.writes).toEqual(['busy', 'abandoned']);
+    expect(t.writes).toEqual(['busy', 'abandoned: 3 failures reached retry.max_failures (3)']);
   });
 
   it('abandons at once on an exit code listed in no_retry_exit_codes', async () => {
@@ -144,7 +144,7 @@ describe('run machine', () => {
     t.fake.exit(42);
     await settle();
     expect(t.states.at(-1)).toBe('abandoned.recorded');
-    expect(t.writes).toEqual(['busy', 'abandoned(no retry)']);
+    expect(t.writes).toEqual(['busy', 'abandoned: exit code 42 is in process.no_retry_exit_codes']);
   });
 
   it('a preflight error fails the run with its reason and starts no command', async () => {
