@@ -1,4 +1,4 @@
-import { existsSync, mkdirSync, readdirSync, writeFileSync } from 'node:fs';
+import { createWriteStream, existsSync, mkdirSync, readdirSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import type { Argv, CommandModule } from 'yargs';
 import { loadConfig } from '../config/index.js';
@@ -170,7 +170,6 @@ export const demoCommand: CommandModule<GlobalArgs, DemoArgs> = {
       const store = await openStore(config.store);
       try {
         await store.insertRuns(runs);
-        const { createWriteStream } = await import('node:fs');
         const logStream = createWriteStream(join(dir, 'daemon.log'), { flags: 'a' });
         const logger = createLogger({ level: 'info', host: config.host, store, json: false, stream: logStream });
         const daemon = startDaemon({ config, store, logger, handleSignals: false });

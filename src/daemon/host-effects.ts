@@ -32,10 +32,11 @@ export function hostEffects(ctx: DaemonContext, view: () => HostView) {
       );
     }
     const now = clock();
+    const procStart = readProcStart(process.pid);
     await store.registerHost({
       host,
       pid: process.pid,
-      ...(readProcStart(process.pid) !== undefined ? { proc_start: readProcStart(process.pid) } : {}),
+      ...(procStart !== undefined ? { proc_start: procStart } : {}),
       token: ctx.hostToken,
       state: 'starting',
       time: now,

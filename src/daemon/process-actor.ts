@@ -1,7 +1,7 @@
 import { fromCallback } from 'xstate';
 import type { ProcessCommand, ProcessEvent } from '../../machines/supervisor.machine.js';
 import type { CommandPlan } from '../../machines/types.js';
-import { SpawnError, spawnCommand, type CommandHandle } from '../process/spawn-command.js';
+import { spawnCommand, type CommandHandle } from '../process/spawn-command.js';
 import type { DaemonContext } from './context.js';
 
 // The supervisor's `process` actor: owns one attempt's process group. It reports SPAWNED, OUTPUT
@@ -61,8 +61,8 @@ export function processActor(ctx: DaemonContext) {
         });
       })
       .catch((error: unknown) => {
-        const message = error instanceof SpawnError || error instanceof Error ? error.message : String(error);
-        send({ type: 'SPAWN_FAILED', error: message });
+        // SpawnError names argv[0] and what went wrong (ENOENT, EACCES, a missing cwd).
+        send({ type: 'SPAWN_FAILED', error: error instanceof Error ? error.message : String(error) });
       });
 
     receive((command) => {

@@ -10,10 +10,21 @@ import { retryDelay } from '../policy/retry-delay.js';
 import { validateRunDocument } from '../policy/run-validation.js';
 import type { RunDoc } from '../store/types.js';
 import type { DaemonContext } from './context.js';
-import { boundedReason, formatDuration } from './format.js';
+import { formatDuration } from '../config/duration.js';
 
 // The effects of the run machine: every store write is fenced by the attempt's lease token, and each
 // returns `ok: false` instead of writing when the lease is gone.
+
+/** Keeps a stored reason readable and bounded, whatever a command wrote. */
+function boundedReason(text: string, max = 2000): string {
+  const clean = text.replace(/\r/g, '').trim();
+  return clean.length > max ? `${clean.slice(0, max - 1)}…` : clean;
+}
+
+/** A retry delay for people: whole seconds once it is a second or more. */
+function roundedDelay(ms: number): string {
+  return formatDuration(ms < 1000 ? Math.round(ms) : Math.round(ms / 1000) * 1000);
+}
 
 function docOf(run: ClaimedRun): RunDoc {
   return run.doc as RunDoc;
@@ -170,7 +181,7 @@ export function runEffects(ctx: DaemonContext) {
         },
       );
       if (ok) {
-        const message = `run ${run.number} failed (attempt ${run.attempt}, failure ${nFailures}), retry in ${formatDuration(delay)}: ${reason}`;
+        const message = `run ${run.number} failed (attempt ${run.attempt}, failure ${nFailures}), retry in ${roundedDelay(delay)}: ${reason}`;
         // A first failure deserves an operator's eye; repeats are expected while it retries.
         if (nFailures === 1) logger.warn(message, { number: run.number });
         else logger.info(message, { number: run.number });

@@ -105,13 +105,3 @@ export function createLogger(options: LoggerOptions): Logger {
     },
   };
 }
-
-/** A logger that drops everything, for commands that print their own results. */
-export const silentLogger: Logger = {
-  debug: () => undefined,
-  info: () => undefined,
-  warn: () => undefined,
-  error: () => undefined,
-  fatal: () => undefined,
-  flush: async () => undefined,
-};

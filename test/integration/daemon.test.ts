@@ -100,6 +100,25 @@ describe('runwarden daemon', () => {
       );
     expect(await byHost('testhost')).toEqual([8, 7]);
     expect(await byHost('elsewhere')).toEqual([]);
+    // status: hosts and counts per state, for people and as JSON.
+    const status = await runCli(['status', '--json'], { cwd: dir });
+    expect(JSON.parse(status.stdout)).toMatchObject({
+      hosts: [{ host: 'testhost', state: 'stopped', slots: 1, running: [] }],
+      counts: { done: 2, pending: 0, failed: 0 },
+    });
+    const statusText = (await runCli(['status'], { cwd: dir })).stdout;
+    expect(statusText).toMatch(/^testhost\s+stopped\s+\d+\s+\d+s ago\s+0\/1/m);
+    expect(statusText).toMatch(/^done\s+2$/m);
+    // show: the document plus its history.
+    const show = JSON.parse((await runCli(['show', '7', '--json'], { cwd: dir })).stdout) as {
+      run: { processing: { state: string } };
+      events: Array<{ to: string }>;
+    };
+    expect(show.run.processing.state).toBe('done');
+    expect(show.events.map((e) => e.to)).toEqual(['considering', 'busy', 'done']);
+    const showText = (await runCli(['show', '7'], { cwd: dir })).stdout;
+    expect(showText).toMatch(/^history$/m);
+    expect(showText).toMatch(/testhost\s+1\s+busy\s+done\s+-\s+[\d.]+s/);
     const logs = await runCli(['logs', '7'], { cwd: dir });
     expect(logs.exitCode).toBe(0);
     expect(logs.stdout).toContain('stdout of 7');

@@ -30,9 +30,15 @@ describe('runwarden demo', () => {
     expect(readdirSync(join(dir, 'demo', 'logs', '1002')).sort()).toEqual(['attempt-1.error', 'attempt-1.log', 'attempt-2.log']);
   });
 
-  it('refuses a directory that is not empty, with exit 2', async () => {
-    const first = await runCli(['demo', '--dir', 'demo', '--runs', '1', '--json'], { cwd: dir });
+  it('shows progress and a summary for people; refuses a directory that is not empty, with exit 2', async () => {
+    const first = await runCli(['demo', '--dir', 'demo', '--runs', '1'], { cwd: dir });
     expect(first.exitCode, first.stderr).toBe(0);
+    // Not a terminal here, so progress comes as one line per change, ending complete.
+    expect(first.stdout).toMatch(/^\[\.{20}\] 0\/1 /m);
+    expect(first.stdout).toMatch(/^\[#{20}\] 1\/1 {2}done 1 /m);
+    expect(first.stdout).toMatch(/^NUMBER\s+NAME\s+STATE\s+ATTEMPTS\s+DURATION\s+REASON$/m);
+    expect(first.stdout).toMatch(/^1000\s+demo_001000\s+done\s+1\s+[\d.]+s$/m);
+    expect(first.stdout).toContain('1 done, 0 abandoned, 0 unfinished');
     const again = await runCli(['demo', '--dir', 'demo'], { cwd: dir });
     expect(again.exitCode).toBe(2);
     expect(again.stderr).toMatch(/--dir: .* is not empty/);

@@ -1,4 +1,4 @@
-import { fromCallback, type AnyActorRef, type AnyMachineSnapshot, type EventObject } from 'xstate';
+import { fromCallback, type AnyActorRef, type AnyMachineSnapshot } from 'xstate';
 import type { ProcessCommand, ProcessEvent } from '../../machines/supervisor.machine.js';
 import type { CommandPlan } from '../../machines/types.js';
 
@@ -66,5 +66,3 @@ export function deferred<T>() {
 export async function settle(): Promise<void> {
   for (let i = 0; i < 5; i += 1) await new Promise((resolve) => setImmediate(resolve));
 }
-
-export type AnyEvent = EventObject;
