@@ -45,7 +45,7 @@ export function hostEffects(ctx: DaemonContext, view: () => HostView) {
       slots: config.slots,
       running: [],
     });
-    logger.info(`host ${host} started: pid ${process.pid}, ${config.slots} slot(s), store ${store.location}`);
+    logger.info(`host ${host} started: pid ${process.pid}, ${config.slots} slot(s), store ${store.location}; new runs noticed by ${store.wakeUpMethod}`);
   });
 
   // Writes the host document every check_interval, and soon after its state or running runs change.

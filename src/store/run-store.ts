@@ -22,8 +22,40 @@ export interface ClaimRequest {
 export interface RunFilter {
   /** `pending` selects runs without a processing document. */
   state?: RunState | 'pending';
+  /** The host named in the run's processing document. */
   host?: string;
+  /** Runs whose tags include this tag. */
+  tag?: string;
+  /** Runs with no registered output (cleanup: `done` runs whose output was never registered). */
+  noOutputs?: boolean;
   limit?: number;
+}
+
+/** What a caller saw of a run before an operator or repair write: the write happens only if it still holds. */
+export interface RunExpectation {
+  /** The run's state; null for a run never processed. */
+  state: RunState | null;
+  /** The attempt's lease token; null for a run never processed. */
+  token: string | null;
+}
+
+/**
+ * A write that takes a run away from whoever holds it (operator `fail`/`abandon`/`retry`, cleanup repairs).
+ * It gives the run a fresh token, so a live owner's next fenced write or lease heartbeat fails and the owner
+ * stops its command without writing anything more.
+ */
+export interface RunOverride {
+  to: 'failed' | 'abandoned';
+  reason: string;
+  n_failures: number;
+  /** Required when `to` is failed: when the run becomes eligible again. */
+  next_retry?: number;
+}
+
+/** Limits of the cleanup pass, as durations: the backend measures them against its own clock. */
+export interface StaleLimits {
+  maxConsideringMs: number;
+  maxBusyMs: number;
 }
 
 export type StateCounts = Record<RunState | 'pending', number>;
@@ -74,6 +106,8 @@ export interface RunStore {
   readonly kind: 'sqlite' | 'mongodb';
   /** Where the store is, for messages; never contains a password. */
   readonly location: string;
+  /** How watchNewRuns learns of new runs (wake-up files, a change stream, polling), for the start-up log. */
+  readonly wakeUpMethod: string;
   close(): Promise<void>;
 
   insertRun(run: NewRun): Promise<RunDoc>;
@@ -102,6 +136,28 @@ export interface RunStore {
   /** Hands a run back unharmed (host stopping): failed, next_retry now, n_failures unchanged. */
   releaseRun(number: number, token: string, reason: string, note?: EventNote): Promise<boolean>;
 
+  /**
+   * Claims one given run (`runwarden process N`) when it is still as `expected`: like claimNextRun, one write
+   * with a fresh token, whatever its state or tags; the caller decides what may be taken. Null when the run
+   * changed in between (or does not exist).
+   */
+  claimRun(number: number, request: ClaimRequest, expected: RunExpectation): Promise<RunDoc | null>;
+  /**
+   * Compare-and-set for operator and cleanup writes: when the run is still in `expected` (state and token),
+   * applies `change` with a fresh token and appends the event (its host is `note.host`, the writer). False,
+   * writing nothing, when the run changed in between: two cleaners never both fail one stale run.
+   */
+  overrideRun(
+    number: number,
+    expected: RunExpectation,
+    change: RunOverride,
+    note: EventNote & { host: string },
+  ): Promise<boolean>;
+  /** Adds (`present` true) or removes a tag; returns the run as it is now, or null when it does not exist. */
+  setRunTag(number: number, tag: string, present: boolean): Promise<RunDoc | null>;
+  /** Runs `considering` whose lease is older than maxConsideringMs, or `busy` older than maxBusyMs. */
+  listStaleRuns(limits: StaleLimits): Promise<RunDoc[]>;
+
   /** Oldest first. */
   listRunEvents(number: number): Promise<RunEvent[]>;
 
@@ -110,6 +166,11 @@ export interface RunStore {
   /** Refreshes time (and the patch) when the token still matches; false once another daemon took over. */
   heartbeatHost(host: string, token: string, patch?: HostPatch): Promise<boolean>;
   getHost(host: string): Promise<HostDoc | null>;
+  /**
+   * Marks every host that is not stopped or dead and has been silent for longer than `silentMs` as dead, each
+   * with one conditional write; returns the hosts this call marked (another cleaner may have marked others).
+   */
+  markSilentHostsDead(silentMs: number): Promise<HostDoc[]>;
   listHosts(): Promise<HostDoc[]>;
 
   appendLog(entry: Omit<LogEntry, 'time'> & { time?: number }): Promise<void>;

@@ -77,8 +77,13 @@ export interface RunEvent {
   detail?: Record<string, unknown>;
 }
 
-/** The part of an event the caller supplies; the store fills number, time, host, attempt, from, to. */
-export type EventNote = Pick<RunEvent, 'reason' | 'exit_code' | 'signal' | 'duration_ms' | 'detail'>;
+/**
+ * The part of an event the caller supplies; the store fills number, time, attempt, from, to, and host (the
+ * run's owner) unless `host` names another writer (an operator's or a cleaning host's).
+ */
+export type EventNote = Pick<RunEvent, 'reason' | 'exit_code' | 'signal' | 'duration_ms' | 'detail'> & {
+  host?: string;
+};
 
 export interface DiskFigures {
   path: string;

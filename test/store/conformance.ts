@@ -572,6 +572,171 @@ export function runStoreConformance(name: string, open: OpenForTest): void {
       });
     });
 
+    describe('operator and repair writes', () => {
+      const by = { host: 'ops' };
+
+      it('overrideRun takes a busy run away: fresh token, owner fenced out, event written by the writer', async () => {
+        await store.insertRun(run(1));
+        const doc = await claimOnly(store, 1);
+        const token = doc.processing!.token;
+        expect(await store.markBusy(1, token, { started: Date.now() })).toBe(true);
+        const retryAt = Date.now() + HOUR;
+        expect(
+          await store.overrideRun(
+            1,
+            { state: 'busy', token },
+            { to: 'failed', reason: 'failed by hand', n_failures: 1, next_retry: retryAt },
+            { ...by, detail: { by: 'operator' } },
+          ),
+        ).toBe(true);
+        const after = (await store.getRun(1))!;
+        expect(after.processing).toMatchObject({
+          state: 'failed',
+          reason: 'failed by hand',
+          n_failures: 1,
+          next_retry: retryAt,
+          host: 'alpha',
+          attempt: 1,
+        });
+        expect(after.processing!.token).not.toBe(token);
+        // the owner can no longer write anything
+        await expectAllFencedRefused(store, 1, token);
+        const events = await store.listRunEvents(1);
+        expect(events.at(-1)).toMatchObject({
+          from: 'busy',
+          to: 'failed',
+          host: 'ops',
+          attempt: 1,
+          reason: 'failed by hand',
+          detail: { by: 'operator' },
+        });
+      });
+
+      it('overrideRun writes nothing when the run changed since it was read', async () => {
+        await store.insertRun(run(1));
+        const doc = await claimOnly(store, 1);
+        const token = doc.processing!.token;
+        const change = { to: 'abandoned' as const, reason: 'r', n_failures: 0 };
+        expect(await store.overrideRun(1, { state: 'busy', token }, change, by)).toBe(false);
+        expect(await store.overrideRun(1, { state: 'considering', token: 'other' }, change, by)).toBe(false);
+        expect(await store.overrideRun(1, { state: null, token: null }, change, by)).toBe(false);
+        expect(await store.overrideRun(2, { state: null, token: null }, change, by)).toBe(false);
+        expect((await store.getRun(1))!.processing!.state).toBe('considering');
+        expect(await store.listRunEvents(1)).toHaveLength(1);
+      });
+
+      it('two writers that saw the same stale run: exactly one override succeeds', async () => {
+        await store.insertRun(run(1));
+        const token = (await claimOnly(store, 1)).processing!.token;
+        const expected = { state: 'considering' as const, token };
+        const change = { to: 'failed' as const, reason: 'stale', n_failures: 1, next_retry: Date.now() };
+        const results = await Promise.all([
+          store.overrideRun(1, expected, change, { host: 'cleaner-1' }),
+          store.overrideRun(1, expected, change, { host: 'cleaner-2' }),
+        ]);
+        expect(results.filter(Boolean)).toHaveLength(1);
+        expect((await store.getRun(1))!.processing!.n_failures).toBe(1);
+        expect((await store.listRunEvents(1)).filter((e) => e.to === 'failed')).toHaveLength(1);
+      });
+
+      it('overrideRun abandons a never-processed run and a done run', async () => {
+        await store.insertRuns([run(1), run(2)]);
+        const tagged = { to: 'abandoned' as const, reason: 'tagged', n_failures: 0 };
+        expect(await store.overrideRun(1, { state: null, token: null }, tagged, by)).toBe(true);
+        const abandoned = (await store.getRun(1))!;
+        expect(abandoned.processing).toMatchObject({ state: 'abandoned', reason: 'tagged', n_failures: 0 });
+        expect(abandoned.processing!.host).toBe('ops');
+        expect(abandoned.processing!.next_retry).toBeUndefined();
+        expect((await store.listRunEvents(1)).at(-1)).toMatchObject({ from: null, to: 'abandoned', host: 'ops' });
+
+        const doc = await claimOnly(store, 2);
+        expect(await store.finishRun(2, doc.processing!.token, output(2, 1))).toBe(true);
+        const done = (await store.getRun(2))!;
+        expect(
+          await store.overrideRun(
+            2,
+            { state: 'done', token: done.processing!.token },
+            { to: 'failed', reason: 'reprocess', n_failures: 0, next_retry: Date.now() - HOUR },
+            by,
+          ),
+        ).toBe(true);
+        // eligible again at once, and the attempt counter keeps growing
+        const again = await claimOnly(store, 2);
+        expect(again.processing!.attempt).toBe(2);
+      });
+
+      it('claimRun takes the named run only while it is as expected, whatever its tags', async () => {
+        await store.insertRuns([run(1, { tags: ['hold'] }), run(2)]);
+        expect(await store.claimRun(1, claimer('ops'), { state: 'failed', token: 'x' })).toBeNull();
+        const doc = await store.claimRun(1, claimer('ops', 'newest', 77), { state: null, token: null });
+        expect(doc?.processing).toMatchObject({ state: 'considering', host: 'ops', pid: 77, attempt: 1 });
+        const token = doc!.processing!.token;
+        // a forced take-over of a live attempt fences the previous owner out
+        const forced = await store.claimRun(1, claimer('ops2'), { state: 'considering', token });
+        expect(forced?.processing).toMatchObject({ state: 'considering', host: 'ops2', attempt: 2 });
+        await expectAllFencedRefused(store, 1, token);
+        expect(await store.claimRun(1, claimer('ops3'), { state: 'considering', token })).toBeNull();
+        expect(await store.claimRun(9, claimer('ops3'), { state: null, token: null })).toBeNull();
+        expect((await store.listRunEvents(1)).map((e) => `${e.from}>${e.to}@${e.host}`)).toEqual([
+          'null>considering@ops',
+          'considering>considering@ops2',
+        ]);
+      });
+
+      it('setRunTag adds and removes a tag once, and hold keeps a run from being claimed', async () => {
+        await store.insertRun(run(1, { tags: ['calibration'] }));
+        expect((await store.setRunTag(1, 'hold', true))!.tags).toEqual(['calibration', 'hold']);
+        expect((await store.setRunTag(1, 'hold', true))!.tags).toEqual(['calibration', 'hold']);
+        expect(await store.claimNextRun(claimer())).toBeNull();
+        expect((await store.listRuns({ tag: 'hold' })).map((r) => r.number)).toEqual([1]);
+        expect((await store.setRunTag(1, 'hold', false))!.tags).toEqual(['calibration']);
+        expect(await store.listRuns({ tag: 'hold' })).toEqual([]);
+        await claimOnly(store, 1);
+        expect(await store.setRunTag(2, 'hold', true)).toBeNull();
+      });
+
+      it('listRuns with noOutputs finds done runs whose output was never registered', async () => {
+        await store.insertRuns([run(1), run(2)]);
+        const d2 = await claimOnly(store, 2);
+        expect(await store.finishRun(2, d2.processing!.token, output(2, 1))).toBe(true);
+        const d1 = await claimOnly(store, 1);
+        expect(await store.finishRun(1, d1.processing!.token, output(1, 1))).toBe(true);
+        expect(await store.listRuns({ state: 'done', noOutputs: true })).toEqual([]);
+        await store.insertRun(run(3));
+        expect((await store.listRuns({ noOutputs: true })).map((r) => r.number)).toEqual([3]);
+      });
+
+      it('listStaleRuns finds leases older than the limits, per state', async () => {
+        await store.insertRuns([run(1), run(2), run(3)]);
+        const c3 = await claimOnly(store, 3);
+        const c2 = await claimOnlyNewest(store, 2);
+        expect(await store.markBusy(2, c2.processing!.token, { started: Date.now() })).toBe(true);
+        expect(c3.processing!.state).toBe('considering');
+        await new Promise((resolve) => setTimeout(resolve, 20));
+        expect(await store.listStaleRuns({ maxConsideringMs: HOUR, maxBusyMs: HOUR })).toEqual([]);
+        expect((await store.listStaleRuns({ maxConsideringMs: 5, maxBusyMs: HOUR })).map((r) => r.number)).toEqual([3]);
+        expect((await store.listStaleRuns({ maxConsideringMs: HOUR, maxBusyMs: 5 })).map((r) => r.number)).toEqual([2]);
+        // a heartbeat makes it fresh again
+        expect(await store.heartbeatRun(2, c2.processing!.token)).toBe(true);
+        expect(await store.listStaleRuns({ maxConsideringMs: HOUR, maxBusyMs: 10_000 })).toEqual([]);
+      });
+
+      it('markSilentHostsDead marks silent live hosts once and returns them', async () => {
+        await store.registerHost(hostDoc('alpha', 'a', { state: 'busy', time: Date.now() - 2 * HOUR }));
+        await store.registerHost(hostDoc('beta', 'b', { state: 'idle', time: Date.now() }));
+        await store.registerHost(hostDoc('gamma', 'c', { state: 'stopped', time: Date.now() - 2 * HOUR }));
+        const marked = await store.markSilentHostsDead(HOUR);
+        expect(marked.map((h) => h.host)).toEqual(['alpha']);
+        expect(marked[0]!.state).toBe('busy');
+        expect((await store.getHost('alpha'))!.state).toBe('dead');
+        expect((await store.getHost('beta'))!.state).toBe('idle');
+        expect((await store.getHost('gamma'))!.state).toBe('stopped');
+        expect(await store.markSilentHostsDead(HOUR)).toEqual([]);
+        // a dead host's heartbeat still works when it comes back with the same token
+        expect(await store.heartbeatHost('alpha', 'a', { state: 'idle' })).toBe(true);
+      });
+    });
+
     describe('nextRetryAt', () => {
       it('is null without failed runs and the earliest next_retry otherwise', async () => {
         expect(await store.nextRetryAt()).toBeNull();

@@ -18,8 +18,11 @@ import type {
   HostPatch,
   LogQuery,
   ProcessGroupFields,
+  RunExpectation,
   RunFilter,
+  RunOverride,
   RunStore,
+  StaleLimits,
   StateCounts,
   StoreOptions,
 } from '../run-store.js';
@@ -87,6 +90,7 @@ function messageOf(error: unknown): string {
 export class SqliteRunStore implements RunStore {
   readonly kind = 'sqlite' as const;
   readonly location: string;
+  readonly wakeUpMethod: string;
   /** Absolute path of the database file. */
   readonly path: string;
 
@@ -106,6 +110,7 @@ export class SqliteRunStore implements RunStore {
     this.path = absolutePath;
     this.location = `sqlite:${absolutePath}`;
     this.wakeDir = wakeDirFor(absolutePath);
+    this.wakeUpMethod = `wake-up files in ${this.wakeDir} (polling as the fallback)`;
     const clock = options?.clock ?? Date.now;
     this.clock = () => Math.floor(clock());
 
@@ -198,7 +203,7 @@ export class SqliteRunStore implements RunStore {
     ).run({
       number,
       time: now,
-      host: lease.host ?? '',
+      host: note?.host ?? lease.host ?? '',
       attempt: lease.attempt ?? 0,
       from,
       to,
@@ -282,6 +287,11 @@ export class SqliteRunStore implements RunStore {
       where.push('host = @host');
       params.host = filter.host;
     }
+    if (filter.tag !== undefined) {
+      where.push('EXISTS (SELECT 1 FROM json_each(CASE WHEN json_valid(tags) THEN tags END) WHERE value = @tag)');
+      params.tag = filter.tag;
+    }
+    if (filter.noOutputs) where.push("(outputs IS NULL OR NOT json_valid(outputs) OR json_array_length(outputs) = 0)");
     params.limit = sqlLimit(filter.limit);
     const clause = where.length ? `WHERE ${where.join(' AND ')}` : '';
     const rows = this.stmt(
@@ -321,10 +331,15 @@ export class SqliteRunStore implements RunStore {
     const pick = pending && retry ? (before(pending, retry, oldest) ? pending : retry) : (pending ?? retry);
     if (!pick) return null;
 
+    return this.takeRun(pick.number, request, now);
+  }
+
+  /** The claim write itself, inside the caller's transaction: considering, fresh token, attempt + 1. */
+  private takeRun(number: number, request: ClaimRequest, now: number): RunDoc | null {
     const prev = this.stmt(
       'claim-prev',
       'SELECT state, attempt, n_failures FROM runs WHERE number = ?',
-    ).get(pick.number) as { state: RunState | null; attempt: unknown; n_failures: unknown };
+    ).get(number) as { state: RunState | null; attempt: unknown; n_failures: unknown };
     const attempt = (typeof prev.attempt === 'number' && Number.isFinite(prev.attempt) ? prev.attempt : 0) + 1;
     const nFailures =
       typeof prev.n_failures === 'number' && Number.isFinite(prev.n_failures) ? prev.n_failures : 0;
@@ -344,10 +359,85 @@ export class SqliteRunStore implements RunStore {
       attempt,
       now,
       n_failures: nFailures,
-      number: pick.number,
+      number,
     });
-    this.appendEvent(pick.number, now, { host: request.host, attempt }, prev.state, 'considering', undefined);
-    return this.readRun(pick.number);
+    this.appendEvent(number, now, { host: request.host, attempt }, prev.state, 'considering', undefined);
+    return this.readRun(number);
+  }
+
+  /** The run's state and token when it still matches what the caller saw; null otherwise. */
+  private matching(number: number, expected: RunExpectation): Lease | null {
+    const row = this.stmt(
+      'expect',
+      'SELECT state, host, attempt, outputs, token FROM runs WHERE number = ?',
+    ).get(number) as (Lease & { token: string | null }) | undefined;
+    if (!row) return null;
+    if ((row.state ?? null) !== expected.state) return null;
+    if (expected.state !== null && (row.token ?? '') !== (expected.token ?? '')) return null;
+    return row;
+  }
+
+  async claimRun(number: number, request: ClaimRequest, expected: RunExpectation): Promise<RunDoc | null> {
+    const now = this.clock();
+    return this.immediate(() => (this.matching(number, expected) ? this.takeRun(number, request, now) : null));
+  }
+
+  async overrideRun(
+    number: number,
+    expected: RunExpectation,
+    change: RunOverride,
+    note: EventNote & { host: string },
+  ): Promise<boolean> {
+    if (change.to === 'failed' && change.next_retry === undefined) {
+      throw new Error('overrideRun: next_retry is required when the run becomes failed');
+    }
+    const now = this.clock();
+    const done = this.immediate(() => {
+      const row = this.matching(number, expected);
+      if (!row) return false;
+      this.stmt(
+        'override-run',
+        `UPDATE runs SET state = @to, token = @token, time = @now, ended = @now, reason = @reason,
+                n_failures = @n_failures, next_retry = @next_retry, exit_code = NULL, signal = NULL,
+                host = coalesce(host, @writer), pid = coalesce(pid, 0), attempt = coalesce(attempt, 0)
+          WHERE number = @number`,
+      ).run({
+        to: change.to,
+        token: randomUUID(),
+        now,
+        reason: change.reason,
+        n_failures: change.n_failures,
+        next_retry: change.to === 'failed' ? sql(change.next_retry) : null,
+        writer: note.host,
+        number,
+      });
+      this.appendEvent(number, now, row, expected.state, change.to, note, { reason: change.reason });
+      return true;
+    });
+    return done;
+  }
+
+  async setRunTag(number: number, tag: string, present: boolean): Promise<RunDoc | null> {
+    return this.immediate(() => {
+      const run = this.readRun(number);
+      if (!run) return null;
+      const has = run.tags.includes(tag);
+      if (has === present) return run;
+      const tags = present ? [...run.tags, tag] : run.tags.filter((t) => t !== tag);
+      this.stmt('set-tags', 'UPDATE runs SET tags = ? WHERE number = ?').run(toJson(tags) ?? '[]', number);
+      return this.readRun(number);
+    });
+  }
+
+  async listStaleRuns(limits: StaleLimits): Promise<RunDoc[]> {
+    const now = this.clock();
+    const rows = this.stmt(
+      'list-stale',
+      `SELECT * FROM runs INDEXED BY runs_state
+        WHERE (state = 'considering' AND time < @considering) OR (state = 'busy' AND time < @busy)
+        ORDER BY number`,
+    ).all({ considering: now - limits.maxConsideringMs, busy: now - limits.maxBusyMs }) as Row[];
+    return rows.map(runFromRow);
   }
 
   async nextRetryAt(): Promise<number | null> {
@@ -555,6 +645,22 @@ export class SqliteRunStore implements RunStore {
   async getHost(host: string): Promise<HostDoc | null> {
     const row = this.stmt('get-host', 'SELECT * FROM hosts WHERE host = ?').get(host) as Row | undefined;
     return row ? hostFromRow(row) : null;
+  }
+
+  async markSilentHostsDead(silentMs: number): Promise<HostDoc[]> {
+    const now = this.clock();
+    return this.immediate(() => {
+      const rows = this.stmt(
+        'silent-hosts',
+        `SELECT * FROM hosts WHERE state NOT IN ('stopped', 'dead') AND time < ?`,
+      ).all(now - silentMs) as Row[];
+      const mark = this.stmt('mark-dead', `UPDATE hosts SET state = 'dead' WHERE host = ? AND token = ? AND time = ?`);
+      const marked: HostDoc[] = [];
+      for (const row of rows) {
+        if (mark.run(row.host, row.token, row.time).changes === 1) marked.push(hostFromRow(row));
+      }
+      return marked;
+    });
   }
 
   async listHosts(): Promise<HostDoc[]> {
