@@ -20,6 +20,8 @@ export interface ClaimOutput {
   run: ClaimedRun | null;
   /** How long an idle host may sleep before looking again (idle_poll, or sooner for a due retry). */
   nextPollMs: number;
+  /** The disk gate was shut: the output disk is too full, so nothing was claimed. */
+  diskFull?: boolean;
 }
 
 export type HostEvent =
@@ -34,6 +36,8 @@ export interface HostOutput {
 
 interface HostContext extends HostInput {
   running: number[];
+  /** The last claim found the disk gate shut; the host reports `disk_full` until a claim finds it open. */
+  diskFull: boolean;
   nextPollMs: number;
   wakePending: boolean;
   stopRequested: boolean;
@@ -50,9 +54,14 @@ export const hostMachine = setup({
     output: {} as HostOutput,
   },
   actors: {
+    // register displaces a previous daemon of this host; recoverRuns kills the process groups its runs left
+    // behind and fails those runs at once.
     register: fromPromise<void, { host: string }>(async () => undefined),
+    recoverRuns: fromPromise<void, { host: string }>(async () => undefined),
     heartbeat: fromCallback<EventObject, { host: string }>(() => undefined),
     wakeWatcher: fromCallback<EventObject, { host: string }>(() => undefined),
+    /** Repairs what other hosts left behind, every cleanup_interval. */
+    cleaner: fromCallback<EventObject, { host: string }>(() => undefined),
     claimNext: fromPromise<ClaimOutput, { host: string }>(async ({ input }) => ({
       run: null,
       nextPollMs: 0 * input.host.length,
@@ -96,7 +105,10 @@ export const hostMachine = setup({
     stopRuns: enqueueActions(({ enqueue, context }) => {
       for (const number of context.running) enqueue.sendTo(`run-${number}`, { type: 'STOP' });
     }),
-    rememberNextPoll: assign({ nextPollMs: (_, params: { output: ClaimOutput }) => params.output.nextPollMs }),
+    rememberClaim: assign({
+      nextPollMs: (_, params: { output: ClaimOutput }) => params.output.nextPollMs,
+      diskFull: (_, params: { output: ClaimOutput }) => params.output.diskFull ?? false,
+    }),
     clearWake: assign({ wakePending: false }),
     noteWake: assign({ wakePending: true }),
     noteStop: assign({ stopRequested: true }),
@@ -117,6 +129,7 @@ export const hostMachine = setup({
   context: ({ input }) => ({
     ...input,
     running: [],
+    diskFull: false,
     nextPollMs: input.idlePollMs,
     wakePending: false,
     stopRequested: false,
@@ -127,6 +140,19 @@ export const hostMachine = setup({
     starting: {
       invoke: {
         src: 'register',
+        input: ({ context }) => ({ host: context.host }),
+        onDone: 'recovering',
+        onError: {
+          target: 'failed',
+          actions: { type: 'rememberError', params: ({ event }) => ({ error: event.error }) },
+        },
+      },
+      on: { STOP: { actions: 'noteStop' } },
+    },
+    // Crash-only: whatever the previous incarnation left running is killed and its runs failed before any claim.
+    recovering: {
+      invoke: {
+        src: 'recoverRuns',
         input: ({ context }) => ({ host: context.host }),
         onDone: 'running',
         onError: {
@@ -140,6 +166,7 @@ export const hostMachine = setup({
       invoke: [
         { src: 'heartbeat', input: ({ context }) => ({ host: context.host }) },
         { src: 'wakeWatcher', input: ({ context }) => ({ host: context.host }) },
+        { src: 'cleaner', input: ({ context }) => ({ host: context.host }) },
       ],
       on: {
         RUN_SETTLED: [
@@ -166,11 +193,14 @@ export const hostMachine = setup({
               {
                 guard: { type: 'claimedRun', params: ({ event }) => ({ output: event.output }) },
                 target: 'deciding',
-                actions: { type: 'spawnRun', params: ({ event }) => ({ run: event.output.run! }) },
+                actions: [
+                  { type: 'rememberClaim', params: ({ event }) => ({ output: event.output }) },
+                  { type: 'spawnRun', params: ({ event }) => ({ run: event.output.run! }) },
+                ],
               },
               {
                 target: 'settling',
-                actions: { type: 'rememberNextPoll', params: ({ event }) => ({ output: event.output }) },
+                actions: { type: 'rememberClaim', params: ({ event }) => ({ output: event.output }) },
               },
             ],
             onError: {

@@ -6,7 +6,8 @@ import { supervisorMachine } from '../../machines/supervisor.machine.js';
 import type { Config } from '../config/schema.js';
 import type { Logger } from '../log/logger.js';
 import type { RunStore } from '../store/run-store.js';
-import type { HostState } from '../store/types.js';
+import type { DiskFigures, HostState } from '../store/types.js';
+import { diskFigures } from '../process/disk.js';
 import type { DaemonContext } from './context.js';
 import { hostEffects, type HostView } from './host-effects.js';
 import { processActor } from './process-actor.js';
@@ -23,6 +24,8 @@ export interface DaemonOptions {
   once?: boolean;
   clock?: () => number;
   random?: () => number;
+  /** Measures the output disk; tests substitute a probe to shut and open the disk gate. */
+  diskProbe?: (path: string) => DiskFigures;
   /** Install SIGINT/SIGTERM handlers (the CLI does; in-process callers such as `demo` may not). */
   handleSignals?: boolean;
 }
@@ -40,9 +43,10 @@ type HostSnapshot = SnapshotFrom<typeof hostMachine>;
 
 function hostStateOf(snapshot: HostSnapshot | undefined): HostState {
   if (!snapshot) return 'starting';
-  if (snapshot.matches('starting')) return 'starting';
+  if (snapshot.matches('starting') || snapshot.matches('recovering')) return 'starting';
   if (snapshot.matches('stopping') || snapshot.matches('deregistering')) return 'stopping';
   if (snapshot.matches('stopped') || snapshot.matches('failed')) return 'stopped';
+  if (snapshot.context.diskFull) return 'disk_full';
   return snapshot.context.running.length > 0 ? 'busy' : 'idle';
 }
 
@@ -63,6 +67,7 @@ export function startDaemon(options: DaemonOptions): DaemonHandle {
     clock: options.clock ?? Date.now,
     random: options.random ?? Math.random,
     liveCommands: new Set(),
+    diskProbe: options.diskProbe ?? diskFigures,
   };
   let latest: HostSnapshot | undefined;
   const view = (): HostView => ({

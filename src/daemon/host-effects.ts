@@ -1,8 +1,11 @@
 import { fromCallback, fromPromise, type EventObject } from 'xstate';
 import type { ClaimOutput } from '../../machines/host.machine.js';
-import { isSameProcess, readProcStart } from '../process/proc.js';
+import { formatByteSize } from '../config/duration.js';
+import { readProcStart } from '../process/proc.js';
 import type { HostPatch } from '../store/run-store.js';
-import type { HostState } from '../store/types.js';
+import type { DiskFigures, HostDoc, HostState } from '../store/types.js';
+import { displacePreviousDaemon } from './displace.js';
+import { recoverOwnRuns } from './recover-own-runs.js';
 import type { DaemonContext } from './context.js';
 import { VERSION } from '../version.js';
 
@@ -18,19 +21,16 @@ const MIN_POLL_MS = 50;
 export function hostEffects(ctx: DaemonContext, view: () => HostView) {
   const { store, config, logger, clock, host } = ctx;
 
+  /** The host document as the previous incarnation left it; recovery needs its pid. */
+  let previous: HostDoc | null = null;
+  /** Last disk figures, for the host document; undefined until the first claim measured them. */
+  let disk: DiskFigures | undefined;
+  let gateShut = false;
+
   const register = fromPromise<void, { host: string }>(async () => {
-    const existing = await store.getHost(host);
-    if (
-      existing &&
-      existing.pid !== process.pid &&
-      existing.state !== 'stopped' &&
-      existing.state !== 'dead' &&
-      isSameProcess(existing.pid, existing.proc_start)
-    ) {
-      throw new Error(
-        `another daemon (pid ${existing.pid}) is already running as host ${host}; stop it first or choose another --host`,
-      );
-    }
+    previous = await store.getHost(host);
+    // Even a document that says stopped or dead is checked: the pid + start time decide, not the state.
+    if (previous) await displacePreviousDaemon(previous, config.timeouts.signal_escalate, logger);
     const now = clock();
     const procStart = readProcStart(process.pid);
     await store.registerHost({
@@ -48,6 +48,41 @@ export function hostEffects(ctx: DaemonContext, view: () => HostView) {
     logger.info(`host ${host} started: pid ${process.pid}, ${config.slots} slot(s), store ${store.location}; new runs noticed by ${store.wakeUpMethod}`);
   });
 
+  const recoverRuns = fromPromise<void, { host: string }>(async () => {
+    const recovered = await recoverOwnRuns(ctx, previous);
+    const repaired = recovered.filter((r) => r.outcome !== 'lost_race');
+    if (repaired.length > 0) {
+      logger.warn(
+        `host ${host} restarted: ${repaired.length} run(s) of the previous daemon failed at once ` +
+          `(${repaired.map((r) => r.number).join(', ')}); ` +
+          `${repaired.filter((r) => r.killedPgid !== undefined).length} orphaned command(s) killed`,
+      );
+    }
+  });
+
+  /** The disk gate (DESIGN §6 disk): shut while the output disk is too full; one warning per closing. */
+  const diskGateShut = (): boolean => {
+    const { path, max_used_percent: maxUsed, min_free_bytes: minFree } = config.disk;
+    try {
+      disk = ctx.diskProbe(path);
+    } catch (error) {
+      logger.error(`disk gate: cannot measure ${path}: ${String(error)}; claiming as if there were space`);
+      return false;
+    }
+    const full = disk.used_percent >= maxUsed || disk.free_bytes < minFree;
+    if (full && !gateShut) {
+      logger.warn(
+        `disk full: ${path} is ${disk.used_percent}% used with ${formatByteSize(disk.free_bytes)} free ` +
+          `(limits: disk.max_used_percent ${maxUsed}, disk.min_free_bytes ${formatByteSize(minFree)}); ` +
+          `claiming nothing until space returns`,
+      );
+    } else if (!full && gateShut) {
+      logger.info(`disk space is back on ${path} (${disk.used_percent}% used); claiming again`);
+    }
+    gateShut = full;
+    return full;
+  };
+
   // Writes the host document every check_interval, and soon after its state or running runs change.
   const heartbeat = fromCallback<EventObject, { host: string }>(({ sendBack }) => {
     let inFlight = false;
@@ -59,7 +94,7 @@ export function hostEffects(ctx: DaemonContext, view: () => HostView) {
       const key = JSON.stringify(current);
       if (!force && key === lastWritten) return;
       inFlight = true;
-      const patch: HostPatch = { state: current.state, running: current.running };
+      const patch: HostPatch = { state: current.state, running: current.running, ...(disk ? { disk } : {}) };
       store
         .heartbeatHost(host, ctx.hostToken, patch)
         .then((ok) => {
@@ -89,6 +124,11 @@ export function hostEffects(ctx: DaemonContext, view: () => HostView) {
   );
 
   const claimNext = fromPromise<ClaimOutput, { host: string }>(async () => {
+    if (diskGateShut()) {
+      // Look again soon: space often returns when an operator or a transfer frees it.
+      const nextPollMs = Math.min(config.timeouts.idle_poll, config.timeouts.check_interval);
+      return { run: null, diskFull: true, nextPollMs };
+    }
     const doc = await store.claimNextRun({ host, pid: process.pid, order: config.order });
     const idle = config.timeouts.idle_poll;
     if (doc?.processing) {
@@ -108,5 +148,5 @@ export function hostEffects(ctx: DaemonContext, view: () => HostView) {
     logger.info(`host ${host} stopped`);
   });
 
-  return { register, heartbeat, wakeWatcher, claimNext, deregister };
+  return { register, recoverRuns, heartbeat, wakeWatcher, claimNext, deregister };
 }

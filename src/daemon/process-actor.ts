@@ -1,3 +1,4 @@
+import { watch, type FSWatcher } from 'node:fs';
 import { fromCallback } from 'xstate';
 import type { ProcessCommand, ProcessEvent } from '../../machines/supervisor.machine.js';
 import type { CommandPlan } from '../../machines/types.js';
@@ -19,9 +20,28 @@ export function processActor(ctx: DaemonContext) {
     let exited = false;
     let pendingSignal: ProcessCommand['signal'] | undefined;
     let lastOutput = 0;
+    let outputWatch: FSWatcher | undefined;
     const send = (event: ProcessEvent) => {
       if (!stopped) sendBack(event);
     };
+    const output = () => {
+      const now = Date.now();
+      if (now - lastOutput < outputThrottleMs) return;
+      lastOutput = now;
+      send({ type: 'OUTPUT' });
+    };
+    const unwatch = () => {
+      outputWatch?.close();
+      outputWatch = undefined;
+    };
+    // Hang ≠ slowness: a command that writes its results without printing anything is still alive. Any file
+    // change under the output directory counts as output for the stall clock (max_no_output_time).
+    try {
+      outputWatch = watch(plan.outputDir, { recursive: true }, output);
+      outputWatch.on('error', unwatch);
+    } catch (error) {
+      ctx.logger.warn(`run ${plan.number}: cannot watch ${plan.outputDir} for changes: ${String(error)}`);
+    }
 
     spawnCommand({ argv: plan.argv, cwd: plan.cwd, env: plan.env, logFile: plan.logFile })
       .then((started) => {
@@ -41,14 +61,10 @@ export function processActor(ctx: DaemonContext) {
             ctx.logger.error(`run ${plan.number}: could not record process group: ${String(error)}`),
           );
         send({ type: 'SPAWNED', pid: started.pid, pgid: started.pgid, procStart: started.procStart });
-        started.onOutput(() => {
-          const now = Date.now();
-          if (now - lastOutput < outputThrottleMs) return;
-          lastOutput = now;
-          send({ type: 'OUTPUT' });
-        });
+        started.onOutput(output);
         void started.exited.then((exit) => {
           exited = true;
+          unwatch();
           ctx.liveCommands.delete(started);
           send({
             type: 'EXITED',
@@ -61,6 +77,7 @@ export function processActor(ctx: DaemonContext) {
         });
       })
       .catch((error: unknown) => {
+        unwatch();
         // SpawnError names argv[0] and what went wrong (ENOENT, EACCES, a missing cwd).
         send({ type: 'SPAWN_FAILED', error: error instanceof Error ? error.message : String(error) });
       });
@@ -73,6 +90,7 @@ export function processActor(ctx: DaemonContext) {
 
     return () => {
       stopped = true;
+      unwatch();
       if (handle && !exited) handle.signal('SIGKILL');
     };
   });

@@ -41,6 +41,7 @@ interface Options {
   once?: boolean;
   queue?: number[];
   claim?: () => Promise<ClaimOutput>;
+  recover?: () => Promise<void>;
 }
 
 function start(options: Options = {}) {
@@ -52,6 +53,10 @@ function start(options: Options = {}) {
     actors: {
       register: fromPromise(async () => {
         calls.push('register');
+      }),
+      recoverRuns: fromPromise(async () => {
+        calls.push('recoverRuns');
+        await options.recover?.();
       }),
       heartbeat: fromCallback<EventObject, { host: string }>(() => undefined),
       wakeWatcher: fromCallback<EventObject, { host: string }>(({ sendBack }) => {
@@ -104,7 +109,7 @@ describe('host machine', () => {
   it('starting → running.idle when there is nothing to claim, and claims at once on a wake-up', async () => {
     const t = start();
     await settle();
-    expect(t.states).toEqual(['starting', 'running.claiming', 'running.idle']);
+    expect(t.states).toEqual(['starting', 'recovering', 'running.claiming', 'running.idle']);
     t.queue.push(5);
     t.wake();
     await settle();
@@ -156,7 +161,7 @@ describe('host machine', () => {
     t.actor.send({ type: 'STOP' });
     await settle();
     expect(t.states.slice(-4)).toEqual(['running.busy', 'stopping', 'deregistering', 'stopped']);
-    expect(t.calls).toEqual(['register', 'deregister']);
+    expect(t.calls).toEqual(['register', 'recoverRuns', 'deregister']);
     expect(t.settled.sort()).toEqual(['1:released', '2:released']);
     expect(t.actor.getSnapshot().output).toEqual({ error: null });
   });
@@ -170,7 +175,7 @@ describe('host machine', () => {
     pending.resolve({ run: claimedRun(4), nextPollMs: 1000 });
     await settle();
     // Run 4 was spawned, asked to stop, released, and only then the host stopped.
-    expect(t.states).toEqual(['starting', 'running.claiming', 'stopping', 'deregistering', 'stopped']);
+    expect(t.states).toEqual(['starting', 'recovering', 'running.claiming', 'stopping', 'deregistering', 'stopped']);
     expect(t.settled).toEqual(['4:released']);
   });
 
@@ -190,5 +195,44 @@ describe('host machine', () => {
     await settle();
     expect(t.states.at(-1)).toBe('failed');
     expect(t.actor.getSnapshot().output?.error).toMatch(/run 8/);
+  });
+
+  it('recovers before its first claim, and a failed recovery ends the host with that error', async () => {
+    const recovery = deferred<void>();
+    const t = start({ queue: [1], recover: () => recovery.promise });
+    await settle();
+    expect(t.states).toEqual(['starting', 'recovering']);
+    expect(t.claims).toEqual([]);
+    recovery.reject(new Error('process group 77 survived SIGKILL'));
+    await settle();
+    expect(t.states.at(-1)).toBe('failed');
+    expect(t.claims).toEqual([]);
+    expect(t.actor.getSnapshot().output?.error).toBe('process group 77 survived SIGKILL');
+  });
+
+  it('a STOP during recovery stops the host before it claims anything', async () => {
+    const recovery = deferred<void>();
+    const t = start({ queue: [1], recover: () => recovery.promise });
+    await settle();
+    t.actor.send({ type: 'STOP' });
+    recovery.resolve();
+    await settle();
+    expect(t.states).toEqual(['starting', 'recovering', 'deregistering', 'stopped']);
+    expect(t.claims).toEqual([]);
+  });
+
+  it('remembers a shut disk gate until a claim finds it open again', async () => {
+    let full = true;
+    const t = start({
+      claim: async () => (full ? { run: null, diskFull: true, nextPollMs: 500 } : { run: null, nextPollMs: 10_000 }),
+    });
+    await settle();
+    expect(t.actor.getSnapshot().context.diskFull).toBe(true);
+    expect(t.states.at(-1)).toBe('running.idle');
+    // it looks again after the shorter poll the gate asked for
+    full = false;
+    t.clock.increment(500);
+    await settle();
+    expect(t.actor.getSnapshot().context.diskFull).toBe(false);
   });
 });
