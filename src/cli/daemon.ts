@@ -1,6 +1,7 @@
 import type { Argv, CommandModule } from 'yargs';
 import { requireCommand } from '../config/index.js';
 import { startDaemon } from '../daemon/daemon.js';
+import { superviseDaemon, withoutUndying } from '../daemon/undying.js';
 import { createLogger } from '../log/logger.js';
 import { openStore } from '../store/open-store.js';
 import { configFromArgs, runCommand, type GlobalArgs } from './common.js';
@@ -9,6 +10,7 @@ interface DaemonArgs extends GlobalArgs {
   slots?: number;
   once?: boolean;
   order?: string;
+  undying?: boolean;
 }
 
 export const daemonCommand: CommandModule<GlobalArgs, DaemonArgs> = {
@@ -19,8 +21,13 @@ export const daemonCommand: CommandModule<GlobalArgs, DaemonArgs> = {
       .option('slots', { type: 'number', describe: 'runs processed at once by this daemon (default 1)' })
       .option('once', { type: 'boolean', describe: 'process until nothing is eligible, then exit 0' })
       .option('order', { type: 'string', choices: ['newest', 'oldest'], describe: 'after priority, which start first' })
+      .option('undying', {
+        type: 'boolean',
+        describe: 'restart after a crash, pausing timeouts.restart_pause; each crash goes to the operator log',
+      })
       .example('$0 daemon --slots 4', 'process up to 4 runs at once with ./runwarden.yaml')
       .example('$0 daemon --once --store sqlite:/data/runs.db', 'drain what is eligible now, then exit')
+      .example('$0 daemon --undying', 'keep a daemon up through crashes (an unreachable store, a fatal error)')
       .example(`$0 daemon --set 'process.command=["strax-process","{number}","{output}"]'`, 'give the command inline'),
   handler: (args) =>
     runCommand(async () => {
@@ -29,6 +36,15 @@ export const daemonCommand: CommandModule<GlobalArgs, DaemonArgs> = {
         ...(args.order !== undefined ? { order: args.order } : {}),
       });
       requireCommand(config);
+      if (args.undying) {
+        return superviseDaemon({
+          args: withoutUndying(process.argv.slice(2)),
+          host: config.host,
+          pauseMs: config.timeouts.restart_pause,
+          logger: createLogger({ level: config.log_level, host: config.host }),
+          openStore: () => openStore(config.store),
+        });
+      }
       const store = await openStore(config.store);
       const logger = createLogger({ level: config.log_level, host: config.host, store });
       const daemon = startDaemon({ config, store, logger, once: args.once ?? false, handleSignals: true });

@@ -44,6 +44,8 @@ export interface Config {
     presumed_dead: number;
     max_processing_time: number;
     max_no_output_time: number;
+    /** `daemon --undying`: pause before restarting a crashed daemon. */
+    restart_pause: number;
   };
   retry: {
     /** Milliseconds. */
@@ -106,6 +108,7 @@ export function defaultConfig(cwd: string, host: string = defaultHostName()): Co
       presumed_dead: 300_000,
       max_processing_time: 72 * 3_600_000,
       max_no_output_time: 30 * 60_000,
+      restart_pause: 10_000,
     },
     retry: { base: 60_000, factor: 5, max_exponent: 3, jitter: [0.5, 1.5], max_failures: 10 },
     disk: { path: outputRoot, max_used_percent: 95, min_free_bytes: 1_073_741_824 },
@@ -165,6 +168,7 @@ export const CONFIG_KEYS = {
     presumed_dead: 'duration',
     max_processing_time: 'duration',
     max_no_output_time: 'duration',
+    restart_pause: 'duration',
   },
   retry: { base: 'duration', factor: 'number', max_exponent: 'integer', jitter: 'pair', max_failures: 'integer' },
   disk: { path: 'path', max_used_percent: 'number', min_free_bytes: 'bytes' },

@@ -33,6 +33,16 @@ function orphaned(run: RunDoc, previous: HostDoc | null): boolean {
   return !processExists(owner);
 }
 
+/**
+ * True when the recorded group still has members and its leader pid was not recycled: a leader alive with
+ * another start time means the pid (and so the group id) now belongs to an unrelated process.
+ */
+function groupIsOurs(pgid: number, procStart: number | undefined): boolean {
+  if (!groupAlive(pgid)) return false;
+  const leader = readProcStat(pgid);
+  return !(leader !== undefined && procStart !== undefined && leader.starttime !== procStart);
+}
+
 export async function recoverOwnRuns(ctx: DaemonContext, previous: HostDoc | null): Promise<RecoveredRun[]> {
   const { store, config, logger, host } = ctx;
   const held = [
@@ -45,7 +55,7 @@ export async function recoverOwnRuns(ctx: DaemonContext, previous: HostDoc | nul
     held.map(async (run): Promise<RecoveredRun> => {
       const p = run.processing!;
       let killedPgid: number | undefined;
-      if (p.pgid !== undefined && p.pgid > 1 && groupAlive(p.pgid)) {
+      if (p.pgid !== undefined && p.pgid > 1 && groupIsOurs(p.pgid, p.proc_start)) {
         const outcome = await killProcessGroup(p.pgid, {
           escalateMs: config.timeouts.signal_escalate,
           ...(p.proc_start !== undefined ? { procStart: p.proc_start } : {}),

@@ -1,0 +1,290 @@
+import { execa } from 'execa';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { groupAlive } from '../../src/process/kill-group.js';
+import { readProcStart } from '../../src/process/proc.js';
+import { openStore } from '../../src/store/open-store.js';
+import type { RunStore } from '../../src/store/run-store.js';
+import type { HostDoc } from '../../src/store/types.js';
+import { isAlive, runCli, startCli, tempDir, waitFor, writeConfig } from '../helpers/cli.js';
+
+// Crash-only recovery with real daemons, real commands and real signals: restart after kill -9, displacement
+// of a daemon of the same host, recycled pids left alone, --undying.
+
+let dir: string;
+let cleanup: () => void;
+let store: RunStore | undefined;
+const children: Array<{ kill: (signal: NodeJS.Signals) => unknown; pid?: number | undefined } & PromiseLike<unknown>> =
+  [];
+const groups: number[] = [];
+
+beforeEach(() => {
+  ({ dir, cleanup } = tempDir());
+});
+
+afterEach(async () => {
+  for (const child of children.splice(0)) {
+    child.kill('SIGKILL');
+    await child;
+  }
+  for (const pgid of groups.splice(0)) {
+    try {
+      process.kill(-pgid, 'SIGKILL');
+    } catch {
+      // already gone
+    }
+  }
+  await store?.close();
+  store = undefined;
+  cleanup();
+});
+
+async function openTestStore(): Promise<RunStore> {
+  store ??= await openStore(`sqlite:${join(dir, 'runs.db')}`);
+  return store;
+}
+
+function script(name: string, body: string): string {
+  const path = join(dir, name);
+  writeFileSync(path, `#!/bin/sh\n${body}\n`, { mode: 0o755 });
+  return path;
+}
+
+/** The first attempt hangs (recording its pid); later attempts write their output and succeed. */
+function hangOnceConfig(extra = ''): void {
+  const hang = script(
+    'hang-once.sh',
+    [
+      'out=$2',
+      'if [ "$3" = 1 ]; then',
+      '  echo $$ > "$out/leader.pid"',
+      "  (trap '' TERM; sleep 1000) &",
+      '  echo $! > "$out/child.pid"',
+      '  sleep 1000',
+      'fi',
+      'echo ok > "$out/result.txt"',
+    ].join('\n'),
+  );
+  writeConfig(
+    dir,
+    `store: sqlite:./runs.db
+host: testhost
+process:
+  command: ["sh", ${JSON.stringify(hang)}, "{number}", "{output}", "{attempt}"]
+  output_root: ./out
+  log_dir: ./logs
+timeouts:
+  check_interval: 1s
+  idle_poll: 1h
+  signal_escalate: 1s
+  max_busy_time: 1h
+  max_considering_time: 1h
+  presumed_dead: 1h
+  restart_pause: 300ms
+retry: {base: 1h, factor: 2, max_exponent: 3, jitter: [0.5, 1.5], max_failures: 3}
+${extra}`,
+  );
+}
+
+async function readPid(file: string): Promise<number> {
+  return Number(await waitFor(() => existsSync(file) && readFileSync(file, 'utf8').trim(), `a pid in ${file}`));
+}
+
+async function hostWhen(s: RunStore, state: string): Promise<HostDoc> {
+  return waitFor(async () => {
+    const host = await s.getHost('testhost');
+    return host?.state === state ? host : null;
+  }, `host testhost to be ${state}`);
+}
+
+function startDaemon(...args: string[]) {
+  const daemon = startCli(['daemon', ...args], { cwd: dir });
+  children.push(daemon);
+  return daemon;
+}
+
+async function submit(...args: string[]): Promise<void> {
+  const result = await runCli(['submit', ...args], { cwd: dir });
+  expect(result.exitCode, result.stderr).toBe(0);
+}
+
+describe('restart after kill -9', () => {
+  it('kills the orphaned command, fails its run at once with the reason, then retries it to done', async () => {
+    hangOnceConfig();
+    await submit('11');
+    const first = startDaemon();
+    const leader = await readPid(join(dir, 'out/000011/leader.pid'));
+    const grandchild = await readPid(join(dir, 'out/000011/child.pid'));
+    const s = await openTestStore();
+    const busy = await waitFor(async () => {
+      const p = (await s.getRun(11))?.processing;
+      return p?.state === 'busy' && p.pgid !== undefined ? p : null;
+    }, 'the process group to be recorded');
+    expect(busy.pgid).toBe(leader);
+
+    first.kill('SIGKILL');
+    await first;
+    // The daemon is gone; its command (its own process group) is not.
+    expect(isAlive(leader)).toBe(true);
+    expect(isAlive(grandchild)).toBe(true);
+
+    startDaemon();
+    const done = await waitFor(async () => {
+      const run = await s.getRun(11);
+      return run?.processing?.state === 'done' ? run : null;
+    }, 'run 11 to be done by the new daemon');
+    expect(isAlive(leader)).toBe(false);
+    expect(isAlive(grandchild)).toBe(false);
+    expect(groupAlive(leader)).toBe(false);
+    expect(done.processing).toMatchObject({ attempt: 2, n_failures: 1 });
+    const events = await s.listRunEvents(11);
+    expect(events.map((e) => `${e.from ?? '-'}>${e.to}@${e.attempt}`)).toEqual([
+      '->considering@1',
+      'considering>busy@1',
+      'busy>failed@1',
+      'failed>considering@2',
+      'considering>busy@2',
+      'busy>done@2',
+    ]);
+    const failed = events[2]!;
+    expect(failed.reason).toContain('host testhost restarted while the run was busy');
+    expect(failed.reason).toContain(`killed its orphaned command (process group ${leader})`);
+    expect(failed.detail).toMatchObject({ kind: 'restart', killed_pgid: leader });
+    // The restart did not wait for max_busy_time (1 h here) or the retry backoff (1 h).
+    const log = await s.listLog({ minPriority: 2 });
+    expect(log.map((e) => e.message).join('\n')).toContain('host testhost restarted: 1 run(s) of the previous daemon');
+  });
+
+  it('leaves a recycled pid alone: a live process that is not the recorded one is never signalled', async () => {
+    hangOnceConfig();
+    // An unrelated long-lived process in its own group stands in for whatever now holds the recorded pids.
+    const bystander = execa('sleep', ['1000'], { detached: true, reject: false, stdio: 'ignore' });
+    children.push(bystander);
+    const pid = bystander.pid!;
+    groups.push(pid);
+    const start = readProcStart(pid)!;
+    const s = await openTestStore();
+    await s.registerHost({
+      host: 'testhost',
+      pid,
+      proc_start: start + 1, // the daemon that held this pid started at another time
+      token: 'old-incarnation',
+      state: 'busy',
+      time: Date.now(),
+      started: Date.now(),
+      version: 'old',
+      slots: 1,
+      running: [12],
+    });
+    await s.insertRun({ number: 12, start: Date.now() });
+    const claimed = (await s.claimRun(12, { host: 'testhost', pid, order: 'newest' }, { state: null, token: null }))!;
+    const token = claimed.processing!.token;
+    expect(await s.markBusy(12, token, { started: Date.now() })).toBe(true);
+    // the recorded command group: same pgid as the bystander's, but another start time
+    expect(await s.recordProcessGroup(12, token, { pgid: pid, proc_start: start + 1 })).toBe(true);
+
+    startDaemon();
+    await waitFor(async () => (await s.getRun(12))?.processing?.state === 'done', 'run 12 to be retried to done');
+    expect(isAlive(pid)).toBe(true);
+    const failed = (await s.listRunEvents(12)).find((e) => e.to === 'failed')!;
+    expect(failed.reason).toContain('restarted while the run was busy');
+    expect(failed.reason).not.toContain('killed');
+    expect((await s.getHost('testhost'))!.pid).not.toBe(pid);
+  });
+});
+
+describe('one daemon per host', () => {
+  it('a second daemon with the same host name displaces the first, which releases its run', async () => {
+    hangOnceConfig();
+    await submit('21');
+    const first = startDaemon();
+    const leader = await readPid(join(dir, 'out/000021/leader.pid'));
+    const s = await openTestStore();
+    const firstPid = (await hostWhen(s, 'busy')).pid;
+
+    const second = startDaemon();
+    const firstResult = (await first) as { exitCode?: number };
+    // SIGTERM: the first daemon stopped as on ^C (exit 0) and released the run unharmed.
+    expect(firstResult.exitCode).toBe(0);
+    expect(isAlive(leader)).toBe(false);
+    const done = await waitFor(async () => {
+      const run = await s.getRun(21);
+      return run?.processing?.state === 'done' ? run : null;
+    }, 'run 21 to be done by the second daemon');
+    expect(done.processing).toMatchObject({ attempt: 2, n_failures: 0 });
+    const host = (await s.getHost('testhost'))!;
+    expect(host.pid).toBe(second.pid);
+    expect(host.pid).not.toBe(firstPid);
+    const released = (await s.listRunEvents(21)).find((e) => e.to === 'failed')!;
+    expect(released.reason).toBe('host stopped');
+  });
+
+  it('kills a previous daemon that ignores SIGTERM, after signal_escalate', async () => {
+    hangOnceConfig();
+    // A stand-in for a wedged daemon: the host document names it, with its true start time.
+    const wedged = execa('sh', ['-c', "trap '' TERM; sleep 1000"], { detached: true, reject: false, stdio: 'ignore' });
+    children.push(wedged);
+    groups.push(wedged.pid!);
+    await waitFor(() => readProcStart(wedged.pid!), 'the stand-in to start');
+    const s = await openTestStore();
+    await s.registerHost({
+      host: 'testhost',
+      pid: wedged.pid!,
+      proc_start: readProcStart(wedged.pid!)!,
+      token: 'wedged',
+      state: 'idle',
+      time: Date.now(),
+      started: Date.now(),
+      version: 'old',
+      slots: 1,
+      running: [],
+    });
+    startDaemon();
+    const result = (await wedged) as { signal?: string };
+    expect(result.signal).toBe('SIGKILL');
+    await hostWhen(s, 'idle');
+    const warnings = (await s.listLog({ minPriority: 2 })).map((e) => e.message).join('\n');
+    expect(warnings).toContain(`displacing the previous daemon (pid ${wedged.pid})`);
+    expect(warnings).toContain('still alive after SIGTERM: SIGKILL');
+  });
+});
+
+describe('--undying', () => {
+  it('restarts a daemon that was killed, logs the crash, recovers its run, and stops on SIGTERM', async () => {
+    hangOnceConfig();
+    await submit('31');
+    const parent = startDaemon('--undying');
+    const s = await openTestStore();
+    const leader = await readPid(join(dir, 'out/000031/leader.pid'));
+    const child = (await hostWhen(s, 'busy')).pid;
+    expect(child).not.toBe(parent.pid);
+
+    process.kill(child, 'SIGKILL'); // an OOM kill, say
+    const done = await waitFor(async () => {
+      const run = await s.getRun(31);
+      return run?.processing?.state === 'done' ? run : null;
+    }, 'run 31 to be done by the restarted daemon');
+    expect(isAlive(leader)).toBe(false);
+    expect(done.processing!.attempt).toBe(2);
+    const host = (await s.getHost('testhost'))!;
+    expect(host.pid).not.toBe(child);
+    const crash = (await s.listLog({ minPriority: 3 })).find((e) => e.message.includes('crashed'));
+    expect(crash?.message).toMatch(
+      /daemon of host testhost crashed \(signal SIGKILL; crash 1 since start\); restarting in 300ms/,
+    );
+
+    parent.kill('SIGTERM');
+    const result = (await parent) as { exitCode?: number };
+    expect(result.exitCode).toBe(0);
+    expect((await s.getHost('testhost'))!.state).toBe('stopped');
+    expect(isAlive(host.pid)).toBe(false);
+  });
+
+  it('does not restart after a configuration error (exit 2)', async () => {
+    writeConfig(dir, 'store: sqlite:./runs.db\nprocess:\n  command: ["true"]\nslots: 0\n');
+    const result = await runCli(['daemon', '--undying'], { cwd: dir });
+    expect(result.exitCode).toBe(2);
+    expect(result.stderr).toContain('slots');
+  });
+});
