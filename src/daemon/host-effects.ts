@@ -45,7 +45,10 @@ export function hostEffects(ctx: DaemonContext, view: () => HostView) {
       slots: config.slots,
       running: [],
     });
-    logger.info(`host ${host} started: pid ${process.pid}, ${config.slots} slot(s), store ${store.location}; new runs noticed by ${store.wakeUpMethod}`);
+    logger.info(
+      `host ${host} started: pid ${process.pid}, ${config.slots} slot(s), store ${store.location}; ` +
+        `new runs noticed by ${store.wakeUpMethod}`,
+    );
   });
 
   const recoverRuns = fromPromise<void, { host: string }>(async () => {
