@@ -1,0 +1,81 @@
+import { readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { openStore } from '../../src/store/open-store.js';
+import { runCli, tempDir, writeConfig } from '../helpers/cli.js';
+
+// Hang ≠ slowness (DESIGN §1): a command that produces nothing is *stalled*, one that keeps producing but
+// runs too long is *timed out*, and one that only writes files under its output directory is alive.
+
+let dir: string;
+let cleanup: () => void;
+
+beforeEach(() => {
+  ({ dir, cleanup } = tempDir());
+});
+
+afterEach(() => {
+  cleanup();
+});
+
+function script(name: string, body: string): string {
+  const path = join(dir, name);
+  writeFileSync(path, `#!/bin/sh\n${body}\n`, { mode: 0o755 });
+  return path;
+}
+
+describe('stall and timeout', () => {
+  it('tells a silent command (stalled) from a chatty slow one (timed out) and spares a quiet file writer', async () => {
+    const work = script(
+      'work.sh',
+      [
+        'out=$2',
+        'case $1 in',
+        '  1) sleep 1000 ;;', // silent: stalled
+        '  2) while true; do echo tick; sleep 0.1; done ;;', // chatty, never ends: timed out
+        // quiet on stdout and stderr for 2.4 s, but its output directory keeps changing: done
+        '  3) for i in 1 2 3 4 5 6 7 8; do echo $i > "$out/part-$i"; sleep 0.3; done ;;',
+        'esac',
+      ].join('\n'),
+    );
+    writeConfig(
+      dir,
+      `store: sqlite:./runs.db
+host: testhost
+slots: 3
+process:
+  command: ["sh", ${JSON.stringify(work)}, "{number}", "{output}"]
+  output_root: ./out
+  log_dir: ./logs
+timeouts:
+  check_interval: 1s
+  idle_poll: 1h
+  signal_escalate: 0.5s
+  max_no_output_time: 1s
+  max_processing_time: 4s
+retry: {base: 1h, factor: 2, max_exponent: 3, jitter: [0.5, 1.5], max_failures: 3}
+`,
+    );
+    for (const n of ['1', '2', '3']) expect((await runCli(['submit', n], { cwd: dir })).exitCode).toBe(0);
+    const result = await runCli(['daemon', '--once'], { cwd: dir });
+    expect(result.exitCode, result.stderr).toBe(0);
+
+    const store = await openStore(`sqlite:${join(dir, 'runs.db')}`);
+    try {
+      const stalled = (await store.getRun(1))!.processing!;
+      expect(stalled.state).toBe('failed');
+      expect(stalled.reason).toBe('stalled: no output for 1s');
+      const timedOut = (await store.getRun(2))!.processing!;
+      expect(timedOut.state).toBe('failed');
+      expect(timedOut.reason).toBe('timed out after 4s');
+      expect((await store.getRun(3))!.processing!.state).toBe('done');
+      expect(readFileSync(join(dir, 'out/000003/part-8'), 'utf8').trim()).toBe('8');
+      // Both reasons, and their kinds, are in the run's history.
+      const failedEvent = async (n: number) => (await store.listRunEvents(n)).find((e) => e.to === 'failed')!;
+      expect(await failedEvent(1)).toMatchObject({ reason: 'stalled: no output for 1s', detail: { kind: 'stalled' } });
+      expect(await failedEvent(2)).toMatchObject({ reason: 'timed out after 4s', detail: { kind: 'timed_out' } });
+    } finally {
+      await store.close();
+    }
+  });
+});
