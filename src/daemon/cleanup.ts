@@ -1,0 +1,163 @@
+import type { Config } from '../config/schema.js';
+import type { Logger } from '../log/logger.js';
+import { decideAfterFailure } from '../policy/failure-decision.js';
+import { retryDelay } from '../policy/retry-delay.js';
+import type { RunOverride, RunStore } from '../store/run-store.js';
+import type { RunDoc, RunState } from '../store/types.js';
+
+// The cleanup pass (DESIGN §4): repairs what crashed or vanished hosts left behind, from any host. Each repair
+// is one fenced write (store.overrideRun on the state and token just read), so two hosts cleaning at once never
+// both fail one run: the loser's write changes nothing and is counted as lost. One run that cannot be repaired
+// is reported and the pass goes on.
+
+export interface CleanupDeps {
+  store: RunStore;
+  config: Config;
+  /** The cleaning host, named in run_events and the operator log. */
+  host: string;
+  /**
+   * Where the warnings go. When given it is the only channel (the daemon's logger forwards warnings to the
+   * operator log); without it, cleanupPass writes its warnings to the operator log itself.
+   */
+  logger?: Pick<Logger, 'warn'>;
+  random: () => number;
+  clock: () => number;
+}
+
+export type RepairKind = 'stale' | 'no_output' | 'tagged_abandon';
+
+export interface CleanupRepair {
+  number: number;
+  kind: RepairKind;
+  from: RunState | 'pending';
+  to: 'failed' | 'abandoned';
+  reason: string;
+}
+
+export interface CleanupReport {
+  /** Hosts this pass marked dead, with the time they last wrote. */
+  deadHosts: Array<{ host: string; silentSince: number }>;
+  repairs: CleanupRepair[];
+  /** Runs that changed between reading and writing (another cleaner, the owner or an operator got there first). */
+  lost: Array<{ number: number; kind: RepairKind }>;
+  /** Runs that could not be repaired; the pass went on. */
+  errors: Array<{ number: number; kind: RepairKind; error: string }>;
+}
+
+/** "3m12s", "45s", "2h5m": how long ago, for people. */
+export function roughDuration(ms: number): string {
+  const s = Math.max(0, Math.round(ms / 1000));
+  if (s < 60) return `${s}s`;
+  if (s < 3600) return `${Math.floor(s / 60)}m${s % 60 ? `${s % 60}s` : ''}`;
+  const m = Math.floor((s % 3600) / 60);
+  return `${Math.floor(s / 3600)}h${m ? `${m}m` : ''}`;
+}
+
+function isoTime(ms: number): string {
+  return Number.isFinite(ms) ? new Date(ms).toISOString() : `an unreadable time (${String(ms)})`;
+}
+
+/** The failure a repair records: counted, with backoff, or abandoned once max_failures is reached. */
+function failureOverride(deps: CleanupDeps, run: RunDoc, what: string): RunOverride {
+  const nBefore = run.processing?.n_failures ?? 0;
+  const decision = decideAfterFailure({
+    nFailuresBefore: nBefore,
+    maxFailures: deps.config.retry.max_failures,
+    noRetryExitCodes: deps.config.process.no_retry_exit_codes,
+  });
+  if (decision.kind === 'abandon') {
+    return { to: 'abandoned', reason: `gave up: ${decision.why}; last failure: ${what}`, n_failures: decision.nFailures };
+  }
+  return {
+    to: 'failed',
+    reason: what,
+    n_failures: decision.nFailures,
+    next_retry: deps.clock() + retryDelay(nBefore, deps.config.retry, deps.random),
+  };
+}
+
+function staleReason(deps: CleanupDeps, run: RunDoc): string {
+  const p = run.processing!;
+  const limit = p.state === 'busy' ? 'timeouts.max_busy_time' : 'timeouts.max_considering_time';
+  return (
+    `host ${p.host} said it was ${p.state} at ${isoTime(p.time)} (${roughDuration(deps.clock() - p.time)} ago), ` +
+    `then nothing; ${limit} passed, failed by cleanup on host ${deps.host}`
+  );
+}
+
+export async function cleanupPass(deps: CleanupDeps): Promise<CleanupReport> {
+  const { store, config } = deps;
+  const report: CleanupReport = { deadHosts: [], repairs: [], lost: [], errors: [] };
+
+  const warn = async (message: string, number?: number) => {
+    if (deps.logger) {
+      deps.logger.warn(message, number !== undefined ? { number } : {});
+      return;
+    }
+    await store.appendLog({
+      host: deps.host,
+      user: `runwarden@${deps.host}`,
+      priority: 2,
+      message,
+      ...(number !== undefined ? { number } : {}),
+    });
+  };
+
+  /** One fenced repair; never throws for this run. */
+  const repair = async (run: RunDoc, kind: RepairKind, change: (run: RunDoc) => RunOverride) => {
+    try {
+      const p = run.processing;
+      const planned = change(run);
+      const ok = await store.overrideRun(
+        run.number,
+        { state: p?.state ?? null, token: p?.token ?? null },
+        planned,
+        { host: deps.host, detail: { by: 'cleanup', kind, ...(p ? { owner: p.host } : {}) } },
+      );
+      if (!ok) {
+        report.lost.push({ number: run.number, kind });
+        return;
+      }
+      report.repairs.push({ number: run.number, kind, from: p?.state ?? 'pending', to: planned.to, reason: planned.reason });
+      await warn(`run ${run.number} ${planned.to} by cleanup: ${planned.reason}`, run.number);
+    } catch (error) {
+      report.errors.push({ number: run.number, kind, error: error instanceof Error ? error.message : String(error) });
+    }
+  };
+
+  for (const host of await store.markSilentHostsDead(config.timeouts.presumed_dead)) {
+    report.deadHosts.push({ host: host.host, silentSince: host.time });
+    await warn(`host ${host.host} presumed dead: silent since ${isoTime(host.time)}`);
+  }
+
+  const stale = await store.listStaleRuns({
+    maxConsideringMs: config.timeouts.max_considering_time,
+    maxBusyMs: config.timeouts.max_busy_time,
+  });
+  for (const run of stale) {
+    await repair(run, 'stale', (r) => failureOverride(deps, r, staleReason(deps, r)));
+  }
+
+  if (config.process.require_output) {
+    for (const run of await store.listRuns({ state: 'done', noOutputs: true })) {
+      await repair(run, 'no_output', (r) =>
+        failureOverride(
+          deps,
+          r,
+          `done without a registered output (process.require_output is on); failed by cleanup on host ${deps.host}`,
+        ),
+      );
+    }
+  }
+
+  // Listed after the other repairs, so a stale run that is also tagged is read with its new token.
+  for (const run of await store.listRuns({ tag: 'abandon' })) {
+    if (run.processing?.state === 'abandoned') continue;
+    await repair(run, 'tagged_abandon', (r) => ({
+      to: 'abandoned',
+      reason: `tagged abandon; abandoned by cleanup on host ${deps.host}`,
+      n_failures: r.processing?.n_failures ?? 0,
+    }));
+  }
+  return report;
+}
