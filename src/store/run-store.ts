@@ -178,8 +178,9 @@ export interface RunStore {
   listLog(query?: LogQuery): Promise<LogEntry[]>;
 
   /**
-   * Calls `onNewRun` soon after any process inserts a run into this store, so an idle daemon wakes at
-   * once instead of at its next poll. Returns the function that stops watching.
+   * Calls `onNewRun` soon after any process inserts a run into this store, or makes one eligible by hand
+   * (an override to failed, a hold released), so an idle daemon wakes at once instead of at its next poll.
+   * Returns the function that stops watching.
    */
   watchNewRuns(onNewRun: () => void): () => void;
 }

@@ -880,6 +880,25 @@ export function runStoreConformance(name: string, open: OpenForTest): void {
         }
       });
 
+      it('calls back when a run becomes eligible by hand: an override to failed, a hold released', async () => {
+        await store.insertRuns([run(1), run(2, { tags: ['hold'] })]);
+        const token = (await claimOnly(store, 1)).processing!.token;
+        let calls = 0;
+        const stop = store.watchNewRuns(() => {
+          calls += 1;
+        });
+        try {
+          const change = { to: 'failed' as const, reason: 'retry', n_failures: 0, next_retry: Date.now() };
+          expect(await store.overrideRun(1, { state: 'considering', token }, change, { host: 'ops' })).toBe(true);
+          await waitFor(() => calls > 0, 'a wake-up after an override to failed');
+          const seen = calls;
+          await store.setRunTag(2, 'hold', false);
+          await waitFor(() => calls > seen, 'a wake-up after a hold was released');
+        } finally {
+          stop();
+        }
+      });
+
       it('survives a callback that throws', async () => {
         let calls = 0;
         const stop = store.watchNewRuns(() => {

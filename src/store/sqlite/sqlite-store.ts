@@ -414,11 +414,13 @@ export class SqliteRunStore implements RunStore {
       this.appendEvent(number, now, row, expected.state, change.to, note, { reason: change.reason });
       return true;
     });
+    // A run failed by hand or by cleanup may be eligible at once: idle daemons should look now.
+    if (done && change.to === 'failed') signalWake(this.wakeDir);
     return done;
   }
 
   async setRunTag(number: number, tag: string, present: boolean): Promise<RunDoc | null> {
-    return this.immediate(() => {
+    const updated = this.immediate(() => {
       const run = this.readRun(number);
       if (!run) return null;
       const has = run.tags.includes(tag);
@@ -427,6 +429,8 @@ export class SqliteRunStore implements RunStore {
       this.stmt('set-tags', 'UPDATE runs SET tags = ? WHERE number = ?').run(toJson(tags) ?? '[]', number);
       return this.readRun(number);
     });
+    if (updated && !present) signalWake(this.wakeDir); // a released hold may make the run eligible
+    return updated;
   }
 
   async listStaleRuns(limits: StaleLimits): Promise<RunDoc[]> {
