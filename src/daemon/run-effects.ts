@@ -184,7 +184,7 @@ export function runEffects(ctx: DaemonContext) {
         const message = `run ${run.number} failed (attempt ${run.attempt}, failure ${nFailures}), retry in ${roundedDelay(delay)}: ${reason}`;
         // A first failure deserves an operator's eye; repeats are expected while it retries.
         if (nFailures === 1) logger.warn(message, { number: run.number });
-        else logger.info(message, { number: run.number });
+        else logger.info(message, { number: run.number, operator: true });
       }
       return { ok };
     },

@@ -3,8 +3,8 @@ import Transport from 'winston-transport';
 import type { RunStore } from '../store/run-store.js';
 import type { LogPriority } from '../store/types.js';
 
-// Readable lines on a terminal, JSON lines otherwise (journald, files, pipes). Warnings and above also go
-// to the store's operator log, where every host's operators read them (bootstrax's log collection).
+// Readable lines on a terminal, JSON lines otherwise (journald, files, pipes). Warnings and above (and info
+// marked `operator`) also go to the store's operator log, where every host's operators read them (bootstrax).
 
 export const LOG_LEVELS = { fatal: 0, error: 1, warn: 2, info: 3, debug: 4 } as const;
 export type LogLevel = keyof typeof LOG_LEVELS;
@@ -23,6 +23,8 @@ export interface Logger {
 
 export interface LogMeta {
   number?: number;
+  /** An info entry that also belongs in the store's operator log (warnings and worse always go there). */
+  operator?: boolean;
   [key: string]: unknown;
 }
 
@@ -35,16 +37,21 @@ export interface LoggerOptions {
   stream?: NodeJS.WritableStream;
 }
 
-/** Writes warn/error/fatal entries into the store's operator log; never throws into the caller. */
+/** Writes warn/error/fatal entries (and info marked `operator`) into the store's operator log; never throws. */
 class OperatorLogTransport extends Transport {
   private pending = new Set<Promise<void>>();
 
   constructor(private readonly store: RunStore, private readonly host: string) {
-    super({ level: 'warn' });
+    super({ level: 'info' });
   }
 
   override log(info: winston.Logform.TransformableInfo, next: () => void): void {
     const level = info.level as LogLevel;
+    // Warnings and worse always; an info entry only when it is meant for operators (a repeated failure).
+    if (PRIORITY_OF[level] < 2 && info.operator !== true) {
+      next();
+      return;
+    }
     const number = typeof info.number === 'number' ? info.number : undefined;
     const write = this.store
       .appendLog({
@@ -72,7 +79,10 @@ export function createLogger(options: LoggerOptions): Logger {
   const json = options.json ?? !(stream as NodeJS.WriteStream).isTTY;
   const textFormat = winston.format.printf((info) => {
     // Messages name their run themselves; `number` is for the operator log and JSON consumers.
-    const { level, message, timestamp, number: _number, host: _host, ...rest } = info as Record<string, unknown>;
+    const { level, message, timestamp, number: _number, host: _host, operator: _operator, ...rest } = info as Record<
+      string,
+      unknown
+    >;
     const extra = Object.keys(rest);
     const tail = extra.length ? ' ' + extra.map((k) => `${k}=${JSON.stringify(rest[k])}`).join(' ') : '';
     return `${String(timestamp)} ${String(level).toUpperCase().padEnd(5)} ${String(message)}${tail}`;

@@ -199,6 +199,13 @@ describe('runwarden daemon', () => {
       '2:considering', '2:busy', '2:failed',
       '3:considering', '3:busy', '3:abandoned',
     ]);
+    // The operator log: a new failure is a warning, a repeated one info, giving up an error (bootstrax's levels).
+    const entries = (await s.listLog({ number: 31 })).reverse();
+    expect(entries.map((e) => [e.priority, e.message.replace(/ \(attempt.*$|: .*$/, '')])).toEqual([
+      [2, 'run 31 failed'],
+      [1, 'run 31 failed'],
+      [3, 'run 31 abandoned'],
+    ]);
     daemon.kill('SIGTERM');
     const result = await daemon;
     expect(result.exitCode).toBe(0);

@@ -27,22 +27,24 @@ function capture() {
 }
 
 describe('logger', () => {
-  it('writes JSON lines when not on a terminal, and warnings and above into the operator log', async () => {
+  it('writes JSON lines off a terminal; warnings and worse, and info for operators, into the operator log', async () => {
     const out = capture();
     const logger = createLogger({ level: 'info', host: 'daq01', store, stream: out.stream });
     logger.debug('too detailed');
     logger.info('run 5 started', { number: 5 });
     logger.warn('run 5 failed (attempt 1): exit code 3', { number: 5 });
+    logger.info('run 5 failed (attempt 2): exit code 3', { number: 5, operator: true });
     logger.error('run 6 abandoned', { number: 6 });
     logger.fatal('could not kill process group 123');
     await logger.flush();
     const lines = out.text().trim().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>);
-    expect(lines.map((l) => l.level)).toEqual(['info', 'warn', 'error', 'fatal']);
+    expect(lines.map((l) => l.level)).toEqual(['info', 'warn', 'info', 'error', 'fatal']);
     expect(lines[0]).toMatchObject({ message: 'run 5 started', number: 5, host: 'daq01' });
 
     const entries = await store.listLog({});
     expect(entries.map((e) => [e.priority, e.message, e.number ?? null]).reverse()).toEqual([
       [2, 'run 5 failed (attempt 1): exit code 3', 5],
+      [1, 'run 5 failed (attempt 2): exit code 3', 5],
       [3, 'run 6 abandoned', 6],
       [4, 'could not kill process group 123', null],
     ]);
