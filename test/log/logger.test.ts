@@ -27,7 +27,7 @@ function capture() {
 }
 
 describe('logger', () => {
-  it('writes JSON lines off a terminal; warnings and worse, and info for operators, into the operator log', async () => {
+  it('writes JSON lines off a terminal; warnings and worse, and info for operators, go to the store', async () => {
     const out = capture();
     const logger = createLogger({ level: 'info', host: 'daq01', store, stream: out.stream });
     logger.debug('too detailed');
