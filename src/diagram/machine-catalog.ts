@@ -49,11 +49,13 @@ export function machineCatalog(): CatalogEntry[] {
       name: 'host',
       title: 'Host',
       description:
-        'One per daemon. `starting` registers the host (displacing a previous daemon of the same host, ' +
-        'verified by pid and process start time), kills orphaned process groups of its runs and fails ' +
-        'its stale runs at once; `running` claims runs while slots are free and the disk gate is open, ' +
+        'One per daemon. `starting` registers the host, displacing a previous daemon of the same host ' +
+        '(verified by pid and process start time); `recovering` kills the orphaned process groups of the ' +
+        'runs its predecessor held and fails those runs at once; `running` claims runs while slots are ' +
+        'free and the disk gate is open (a shut gate leaves the host idle and reported as `disk_full`), ' +
         'spawning one run actor per claim, sleeps when nothing is eligible and wakes up on new runs or ' +
-        'when a retry is due; `stopping` (SIGTERM/SIGINT) claims nothing more, terminates the commands ' +
+        'when a retry is due, and runs the cleanup of other hosts\' stale runs every `cleanup_interval`; ' +
+        '`stopping` (SIGTERM/SIGINT) claims nothing more, terminates the commands ' +
         'with escalation and releases their runs before the host deregisters and exits 0. A fatal ' +
         'settlement of a run (unkillable command, unexpected error) ends in `failed`: the daemon logs ' +
         'it at fatal and exits non-zero (crash-only).',
