@@ -66,7 +66,8 @@ function failureOverride(deps: CleanupDeps, run: RunDoc, what: string): RunOverr
     noRetryExitCodes: deps.config.process.no_retry_exit_codes,
   });
   if (decision.kind === 'abandon') {
-    return { to: 'abandoned', reason: `gave up: ${decision.why}; last failure: ${what}`, n_failures: decision.nFailures };
+    const reason = `gave up: ${decision.why}; last failure: ${what}`;
+    return { to: 'abandoned', reason, n_failures: decision.nFailures };
   }
   return {
     to: 'failed',
@@ -118,7 +119,8 @@ export async function cleanupPass(deps: CleanupDeps): Promise<CleanupReport> {
         report.lost.push({ number: run.number, kind });
         return;
       }
-      report.repairs.push({ number: run.number, kind, from: p?.state ?? 'pending', to: planned.to, reason: planned.reason });
+      const from = p?.state ?? 'pending';
+      report.repairs.push({ number: run.number, kind, from, to: planned.to, reason: planned.reason });
       await warn(`run ${run.number} ${planned.to} by cleanup: ${planned.reason}`, run.number);
     } catch (error) {
       report.errors.push({ number: run.number, kind, error: error instanceof Error ? error.message : String(error) });

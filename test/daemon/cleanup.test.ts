@@ -68,7 +68,7 @@ function raw(s: RunStore): Database.Database {
 }
 
 describe('cleanupPass', () => {
-  it('fails stale considering and busy runs of another host, naming host, state and time; fresh ones stay', async () => {
+  it('fails stale considering and busy runs of another host, naming host, state and time; fresh stay', async () => {
     const now = await open();
     const hourAgo = await openPast(HOUR);
     const ninetyAgo = await openPast(90_000);
@@ -220,8 +220,8 @@ describe('cleanupPass', () => {
     const broken = new Proxy(now, {
       get(target, key, receiver) {
         if (key === 'overrideRun') {
-          return (number: number, ...rest: Parameters<RunStore['overrideRun']> extends [number, ...infer R] ? R : never) =>
-            number === 32 ? Promise.reject(new Error('disk I/O error')) : target.overrideRun(number, ...rest);
+          return (...args: Parameters<RunStore['overrideRun']>) =>
+            args[0] === 32 ? Promise.reject(new Error('disk I/O error')) : target.overrideRun(...args);
         }
         const value = Reflect.get(target, key, receiver) as unknown;
         return typeof value === 'function' ? (value as (...a: unknown[]) => unknown).bind(target) : value;
@@ -290,11 +290,13 @@ async function expectRepairedOnce(s: RunStore, numbers: number[], reports: Clean
     const repairs = events.filter((e) => e.to === 'failed' || e.to === 'abandoned');
     const tagged = n % 5 === 0;
     // A tagged run is failed as stale first, then abandoned for its tag: by whichever cleaner got there.
-    expect({ n, repairs: repairs.map((e) => e.to) }).toEqual({ n, repairs: tagged ? ['failed', 'abandoned'] : ['failed'] });
+    const expected = tagged ? ['failed', 'abandoned'] : ['failed'];
+    expect({ n, repairs: repairs.map((e) => e.to) }).toEqual({ n, repairs: expected });
     expect(await failedEvents(s, n)).toHaveLength(1);
   }
   const repaired = reports.flatMap((r) => r.repairs.map((x) => `${x.number}:${x.kind}`)).sort();
-  const expected = numbers.flatMap((n) => (n % 5 === 0 ? [`${n}:stale`, `${n}:tagged_abandon`] : [`${n}:stale`])).sort();
+  const expected = numbers.flatMap((n) => (n % 5 === 0 ? [`${n}:stale`, `${n}:tagged_abandon`] : [`${n}:stale`]));
+  expected.sort();
   expect(repaired).toEqual(expected);
   expect(reports.flatMap((r) => r.deadHosts.map((h) => h.host)).sort()).toEqual(['ghost0', 'ghost1', 'ghost2']);
   expect(reports.flatMap((r) => r.errors)).toEqual([]);
