@@ -32,6 +32,18 @@ export class RunNotFoundError extends Error {
   }
 }
 
+/**
+ * An operator command that the run's current state does not allow (or a run that changed under it); the message
+ * names the run, its state and the way out.
+ */
+export class RefusedError extends Error {
+  readonly exitCode = 1;
+  constructor(readonly number: number, message: string) {
+    super(message);
+    this.name = 'RefusedError';
+  }
+}
+
 /** The store cannot be opened or reached; the message names where, never a password. */
 export class StoreUnavailableError extends Error {
   readonly exitCode = 1;

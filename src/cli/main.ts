@@ -2,11 +2,17 @@
 import yargs from 'yargs';
 import { hideBin } from 'yargs/helpers';
 import { globalOptions } from './common.js';
+import { abandonCommand } from './abandon.js';
+import { cleanupCommand } from './cleanup.js';
 import { daemonCommand } from './daemon.js';
 import { demoCommand } from './demo.js';
 import { diagramCommand } from './diagram.js';
+import { failCommand } from './fail.js';
+import { holdCommand, releaseCommand } from './hold.js';
 import { listCommand } from './list.js';
 import { logsCommand } from './logs.js';
+import { processCommand } from './process.js';
+import { retryCommand } from './retry.js';
 import { showCommand } from './show.js';
 import { statusCommand } from './status.js';
 import { submitCommand } from './submit.js';
@@ -25,6 +31,13 @@ export async function main(argv: string[]): Promise<void> {
     .command(statusCommand)
     .command(showCommand)
     .command(logsCommand)
+    .command(failCommand)
+    .command(abandonCommand)
+    .command(retryCommand)
+    .command(holdCommand)
+    .command(releaseCommand)
+    .command(processCommand)
+    .command(cleanupCommand)
     .command(diagramCommand)
     .command(demoCommand)
     .demandCommand(1, 'name a command; see runwarden --help')

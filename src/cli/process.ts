@@ -1,0 +1,117 @@
+import type { Argv, CommandModule } from 'yargs';
+import { requireCommand } from '../config/index.js';
+import { claimForProcessing, describeState } from '../daemon/operator-actions.js';
+import { processOneRun, type ProcessOneOutcome } from '../daemon/process-one.js';
+import { createLogger } from '../log/logger.js';
+import { openStore } from '../store/open-store.js';
+import type { RunDoc } from '../store/types.js';
+import { configFromArgs, formatTime, printJson, runCommand, type GlobalArgs } from './common.js';
+import { operatorDeps } from './fail.js';
+import { numberArgument } from './submit.js';
+
+// `runwarden process N [--force]`: claims one run and runs one attempt of it in the foreground, with the
+// daemon's run machine and effects. ^C once releases the run as a stopping daemon does; twice kills at once.
+
+interface ProcessArgs extends GlobalArgs {
+  number?: string;
+  force?: boolean;
+}
+
+function outcomeLine(number: number, outcome: ProcessOneOutcome, run: RunDoc | null): string {
+  const p = run?.processing;
+  switch (outcome.settlement) {
+    case 'done':
+      return `run ${number} done (attempt ${p?.attempt ?? '?'}); output ${run?.outputs.at(-1)?.location ?? '-'}`;
+    case 'failed':
+      return (
+        `run ${number} failed (attempt ${p?.attempt ?? '?'}, failure ${p?.n_failures ?? '?'}): ${p?.reason ?? '?'}; ` +
+        `a daemon retries it after ${formatTime(p?.next_retry)}`
+      );
+    case 'abandoned':
+      return `run ${number} abandoned: ${p?.reason ?? '?'}`;
+    case 'released':
+      return `run ${number} released: stopped by a signal; failed and eligible again now, failure count unchanged`;
+    case 'lost':
+      return `run ${number} was taken away while processing (it is now ${run ? describeState(run) : 'gone'}): ` +
+        `its command was stopped and nothing more was written`;
+    case 'unkillable':
+    case 'error':
+      return `run ${number}: ${outcome.error ?? outcome.settlement}`;
+  }
+}
+
+export const processCommand: CommandModule<GlobalArgs, ProcessArgs> = {
+  command: 'process <number>',
+  describe: 'claim one run and process one attempt of it in the foreground (exit 0 when done)',
+  builder: (yargs: Argv<GlobalArgs>) =>
+    yargs
+      .positional('number', { type: 'string', describe: 'run number' })
+      .option('force', {
+        type: 'boolean',
+        describe: 'also take a considering or busy run away from its owner, or process a done run again',
+      })
+      .epilogue(
+        'Pending, failed, abandoned and held runs are processed as asked. Considering, busy and done runs are ' +
+          'refused unless --force: a forced busy run loses its lease and its owner kills its command within one ' +
+          'check_interval. The attempt writes its output to LOG_DIR/N/attempt-K.log and records every transition ' +
+          'as a daemon would. Exit 0 when the run is done, or when ^C released it (failed, eligible again now, ' +
+          'failure count unchanged); 1 when it failed, was abandoned or taken away. A second ^C kills the ' +
+          "command's process group at once and exits 130.",
+      )
+      .example('$0 process 1042', 'process run 1042 now, in this terminal')
+      .example('$0 process 1042 --force', 'take run 1042 from whoever has it (or redo a done run)'),
+  handler: (args) =>
+    runCommand(async () => {
+      const number = numberArgument(args.number);
+      const config = configFromArgs(args);
+      requireCommand(config);
+      const store = await openStore(config.store);
+      const logger = createLogger({ level: config.log_level, host: config.host, store });
+      let signalsSeen = 0;
+      let stop = () => {};
+      let kill = () => {};
+      const onSignal = (signal: NodeJS.Signals) => {
+        signalsSeen += 1;
+        if (signalsSeen === 1) {
+          logger.info(`${signal} received: terminating the command and releasing run ${number}`, { number });
+          stop();
+          return;
+        }
+        logger.warn(`second signal (${signal}): killing run ${number}'s process group now`, { number });
+        kill();
+        void logger.flush().finally(() => process.exit(130));
+      };
+      process.on('SIGINT', onSignal);
+      process.on('SIGTERM', onSignal);
+      try {
+        const claim = await claimForProcessing(operatorDeps(config, store), number, { force: args.force ?? false });
+        if (claim.takenFrom) {
+          process.stderr.write(
+            `runwarden: warning: run ${number} taken away from host ${claim.takenFrom.host} ` +
+              `(pid ${claim.takenFrom.pid}, ${claim.takenFrom.state}); it stops its command within a check_interval\n`,
+          );
+        }
+        const handle = processOneRun({ store, config, logger, host: config.host }, claim.run);
+        stop = handle.stop;
+        kill = handle.killCommand;
+        if (signalsSeen > 0) stop();
+        if (!args.json) {
+          process.stdout.write(
+            `run ${number} attempt ${claim.run.processing!.attempt} (was ${claim.from}) on host ${config.host}; ` +
+              `log ${handle.logFile}\n`,
+          );
+        }
+        const outcome = await handle.done;
+        const run = await store.getRun(number);
+        const { settlement, error } = outcome;
+        if (args.json) printJson({ number, outcome: settlement, error, log: handle.logFile, run });
+        else process.stdout.write(`${outcomeLine(number, outcome, run)}\n`);
+        return outcome.settlement === 'done' || (outcome.settlement === 'released' && signalsSeen > 0) ? 0 : 1;
+      } finally {
+        process.off('SIGINT', onSignal);
+        process.off('SIGTERM', onSignal);
+        await logger.flush();
+        await store.close();
+      }
+    }),
+};

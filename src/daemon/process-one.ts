@@ -1,0 +1,127 @@
+import { join } from 'node:path';
+import { createActor, type SnapshotFrom } from 'xstate';
+import { runMachine, type ClaimedRun } from '../../machines/run.machine.js';
+import { supervisorMachine } from '../../machines/supervisor.machine.js';
+import type { RunSettlement } from '../../machines/types.js';
+import type { Config } from '../config/schema.js';
+import type { Logger } from '../log/logger.js';
+import { diskFigures } from '../process/disk.js';
+import type { CommandHandle } from '../process/spawn-command.js';
+import type { RunStore } from '../store/run-store.js';
+import type { RunDoc } from '../store/types.js';
+import type { DaemonContext } from './context.js';
+import { processActor } from './process-actor.js';
+import { runEffects } from './run-effects.js';
+
+// `runwarden process N`: one attempt of one already-claimed run in the foreground, with the same run machine
+// and the same effects a daemon uses (preflight, supervision, fenced writes, lease heartbeat), but no host actor:
+// nothing else is claimed and no host document is written.
+
+export interface ProcessOneDeps {
+  store: RunStore;
+  config: Config;
+  logger: Logger;
+  /** The host the run was claimed for (its processing.host). */
+  host: string;
+  clock?: () => number;
+  random?: () => number;
+}
+
+export interface ProcessOneOutcome {
+  /** How the attempt ended: done, failed (retried later), abandoned, released (stopped), lost, unkillable, error. */
+  settlement: RunSettlement;
+  /** Set for `unkillable` and `error`. */
+  error?: string;
+}
+
+export interface ProcessOneHandle {
+  /** `<log_dir>/<number>/attempt-<k>.log`: where the command's output goes. */
+  logFile: string;
+  /** First signal: terminate the command (with escalation) and release the run, as a stopping daemon does. */
+  stop(): void;
+  /** Second signal: SIGKILL the command's process group at once. */
+  killCommand(): void;
+  /** Resolves once the attempt is over: the run actor reached a final state or waits for a retry. */
+  done: Promise<ProcessOneOutcome>;
+}
+
+type RunSnapshot = SnapshotFrom<typeof runMachine>;
+
+function settlementOf(snapshot: RunSnapshot): RunSettlement | undefined {
+  if (snapshot.matches({ failed: 'waitingForRetry' })) return 'failed';
+  if (snapshot.status !== 'done') return undefined;
+  if (snapshot.matches({ abandoned: 'recorded' })) return 'abandoned';
+  for (const state of ['done', 'released', 'lost', 'unkillable', 'error'] as const) {
+    if (snapshot.matches(state)) return state;
+  }
+  return 'error';
+}
+
+/** Runs one attempt of `claimed` (as claimRun returned it) and reports how it ended. */
+export function processOneRun(deps: ProcessOneDeps, claimed: RunDoc): ProcessOneHandle {
+  const p = claimed.processing;
+  if (!p || p.state !== 'considering') {
+    throw new Error(`internal: run ${claimed.number} must be claimed (considering) before processOneRun`);
+  }
+  const { config } = deps;
+  // The same context startDaemon builds; hostToken is unused without a host actor.
+  const ctx: DaemonContext = {
+    config,
+    store: deps.store,
+    logger: deps.logger,
+    host: deps.host,
+    hostToken: '',
+    clock: deps.clock ?? Date.now,
+    random: deps.random ?? Math.random,
+    diskProbe: diskFigures,
+    liveCommands: new Set<CommandHandle>(),
+  };
+  const supervisor = supervisorMachine.provide({ actors: { process: processActor(ctx) } });
+  const machine = runMachine.provide({ actors: { ...runEffects(ctx), supervisor } });
+  const run: ClaimedRun = {
+    number: claimed.number,
+    token: p.token,
+    attempt: p.attempt,
+    nFailures: p.n_failures,
+    doc: claimed,
+  };
+  const actor = createActor(machine, {
+    input: {
+      run,
+      maxFailures: config.retry.max_failures,
+      noRetryExitCodes: config.process.no_retry_exit_codes,
+      timing: {
+        maxProcessingTimeMs: config.timeouts.max_processing_time,
+        maxNoOutputTimeMs: config.timeouts.max_no_output_time,
+        signalEscalateMs: config.timeouts.signal_escalate,
+      },
+    },
+  });
+  const killCommand = () => {
+    for (const handle of ctx.liveCommands) handle.signal('SIGKILL');
+  };
+  const done = new Promise<ProcessOneOutcome>((resolve) => {
+    const subscription = actor.subscribe({
+      next: (snapshot) => {
+        const settlement = settlementOf(snapshot);
+        if (!settlement) return;
+        subscription.unsubscribe();
+        const error = snapshot.context.error;
+        // A run waiting for its retry still has a lease keeper; nothing of this attempt is left to do.
+        queueMicrotask(() => actor.stop());
+        resolve({ settlement, ...(error ? { error } : {}) });
+      },
+      error: (error: unknown) => {
+        killCommand();
+        resolve({ settlement: 'error', error: error instanceof Error ? error.message : String(error) });
+      },
+    });
+  });
+  actor.start();
+  return {
+    logFile: join(config.process.log_dir, String(claimed.number), `attempt-${p.attempt}.log`),
+    stop: () => actor.send({ type: 'STOP' }),
+    killCommand,
+    done,
+  };
+}
