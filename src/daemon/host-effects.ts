@@ -4,6 +4,7 @@ import { formatByteSize } from '../config/duration.js';
 import { readProcStart } from '../process/proc.js';
 import type { HostPatch } from '../store/run-store.js';
 import type { DiskFigures, HostDoc, HostState } from '../store/types.js';
+import { cleanupPass } from './cleanup.js';
 import { displacePreviousDaemon } from './displace.js';
 import { recoverOwnRuns } from './recover-own-runs.js';
 import type { DaemonContext } from './context.js';
@@ -80,7 +81,7 @@ export function hostEffects(ctx: DaemonContext, view: () => HostView) {
           `claiming nothing until space returns`,
       );
     } else if (!full && gateShut) {
-      logger.info(`disk space is back on ${path} (${disk.used_percent}% used); claiming again`);
+      logger.info(`disk space is back on ${path} (${disk.used_percent}% used); claiming again`, { operator: true });
     }
     gateShut = full;
     return full;
@@ -122,6 +123,38 @@ export function hostEffects(ctx: DaemonContext, view: () => HostView) {
     };
   });
 
+  /** The cleanup pass in flight, so deregistering waits for its last fenced write. */
+  let cleaning: Promise<void> | undefined;
+
+  // DESIGN §4 cleanup: any host repairs what others left behind; a first pass at start, then every
+  // cleanup_interval. Passes never overlap, and each repair is a fenced write another cleaner cannot double.
+  const cleaner = fromCallback<EventObject, { host: string }>(({ sendBack }) => {
+    const pass = () => {
+      if (cleaning) return;
+      cleaning = cleanupPass({ store, config, host, logger, random: ctx.random, clock })
+        .then((report) => {
+          // A repaired run may be eligible again at once: look now rather than at the next poll.
+          if (report.repairs.length > 0) sendBack({ type: 'WAKE' });
+          if (report.repairs.length + report.deadHosts.length + report.errors.length > 0) {
+            logger.info(
+              `cleanup: ${report.deadHosts.length} host(s) presumed dead, ${report.repairs.length} run(s) repaired` +
+                (report.errors.length > 0 ? `, ${report.errors.length} could not be repaired` : ''),
+            );
+          }
+        })
+        .catch((error: unknown) => logger.error(`cleanup pass failed: ${String(error)}`))
+        .finally(() => {
+          cleaning = undefined;
+        });
+    };
+    const first = setTimeout(pass, 0);
+    const timer = setInterval(pass, config.timeouts.cleanup_interval);
+    return () => {
+      clearTimeout(first);
+      clearInterval(timer);
+    };
+  });
+
   const wakeWatcher = fromCallback<EventObject, { host: string }>(({ sendBack }) =>
     store.watchNewRuns(() => sendBack({ type: 'WAKE' })),
   );
@@ -147,9 +180,10 @@ export function hostEffects(ctx: DaemonContext, view: () => HostView) {
   });
 
   const deregister = fromPromise<void, { host: string }>(async () => {
+    await cleaning;
     await store.heartbeatHost(host, ctx.hostToken, { state: 'stopped', running: [] });
     logger.info(`host ${host} stopped`);
   });
 
-  return { register, recoverRuns, heartbeat, wakeWatcher, claimNext, deregister };
+  return { register, recoverRuns, heartbeat, wakeWatcher, cleaner, claimNext, deregister };
 }

@@ -288,3 +288,55 @@ describe('--undying', () => {
     expect(result.stderr).toContain('slots');
   });
 });
+
+describe('cleanup of other hosts', () => {
+  it("a running daemon fails a silent host's stale run, marks that host dead, then processes the run", async () => {
+    const work = script('work.sh', 'echo ok > "$2/result"');
+    writeConfig(
+      dir,
+      `store: sqlite:./runs.db
+host: testhost
+process:
+  command: ["sh", ${JSON.stringify(work)}, "{number}", "{output}"]
+  output_root: ./out
+  log_dir: ./logs
+timeouts:
+  check_interval: 0.3s
+  cleanup_interval: 0.3s
+  max_busy_time: 1s
+  max_considering_time: 1s
+  presumed_dead: 1s
+  idle_poll: 1h
+retry: {base: 0, factor: 2, max_exponent: 3, jitter: [1, 1], max_failures: 3}
+`,
+    );
+    const s = await openTestStore();
+    await s.registerHost({
+      host: 'ghost',
+      pid: 999_999,
+      token: 'ghost-token',
+      state: 'busy',
+      time: Date.now() - 60_000,
+      started: Date.now() - 120_000,
+      version: 'old',
+      slots: 1,
+      running: [41],
+    });
+    await s.insertRun({ number: 41, start: Date.now() });
+    const claimed = (await s.claimRun(41, { host: 'ghost', pid: 999_999, order: 'newest' }, { state: null, token: null }))!;
+    expect(await s.markBusy(41, claimed.processing!.token, { started: Date.now() })).toBe(true);
+
+    startDaemon();
+    const done = await waitFor(async () => {
+      const run = await s.getRun(41);
+      return run?.processing?.state === 'done' ? run : null;
+    }, 'run 41 to be repaired and processed');
+    expect(done.processing).toMatchObject({ host: 'testhost', attempt: 2, n_failures: 1 });
+    const failed = (await s.listRunEvents(41)).find((e) => e.to === 'failed')!;
+    expect(failed.host).toBe('testhost');
+    expect(failed.reason).toMatch(/host ghost said it was busy at \S+/);
+    expect((await s.getHost('ghost'))!.state).toBe('dead');
+    const warnings = (await s.listLog({ minPriority: 2 })).map((e) => e.message).join('\n');
+    expect(warnings).toContain('host ghost presumed dead');
+  });
+});
