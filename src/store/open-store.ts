@@ -3,6 +3,7 @@
 import path from 'node:path';
 
 import { UsageError } from '../errors.js';
+import { openMongoStore } from './mongo/mongo-store.js';
 import type { RunStore, StoreOptions } from './run-store.js';
 import { openSqliteStore } from './sqlite/sqlite-store.js';
 
@@ -18,10 +19,7 @@ export async function openStore(url: string, options?: StoreOptions): Promise<Ru
     throw new UsageError(`store: empty; expected ${ACCEPTED}`, 'store');
   }
   if (/^mongodb(\+srv)?:\/\//i.test(value)) {
-    throw new UsageError(
-      'store: the MongoDB backend is not available yet; use sqlite:PATH for now',
-      'store',
-    );
+    return openMongoStore(value, options);
   }
   let file: string | undefined;
   if (value.toLowerCase().startsWith('sqlite:')) {

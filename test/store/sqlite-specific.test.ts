@@ -328,16 +328,6 @@ describe('openStore', () => {
     }
   });
 
-  it('refuses MongoDB for now, naming the store field', async () => {
-    for (const url of ['mongodb://h1,h2/runs?replicaSet=rs0', 'mongodb+srv://user:secret@cluster/runs']) {
-      const error = await openStore(url).catch((e: unknown) => e);
-      expect(error).toBeInstanceOf(UsageError);
-      expect((error as UsageError).field).toBe('store');
-      expect((error as UsageError).message).toMatch(/MongoDB backend is not available yet/);
-      expect((error as UsageError).message).not.toMatch(/secret/);
-    }
-  });
-
   it('refuses anything else with the accepted forms', async () => {
     for (const url of ['', 'postgres://u:pw@h/db', 'runs.txt', 'sqlite:']) {
       const error = await openStore(url).catch((e: unknown) => e);

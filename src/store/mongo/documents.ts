@@ -1,0 +1,325 @@
+// Document ⇄ domain conversion for the MongoDB backend. Times are BSON dates in the database and epoch ms in
+// the domain. Reading is defensive, like the SQLite rows: a document another tool wrote badly never throws
+// here; the bad field is reported in `invalid` (or left out) and later validation fails the run with it.
+
+import { UsageError } from '../../errors.js';
+import type {
+  DiskFigures,
+  HostDoc,
+  HostState,
+  LogEntry,
+  LogPriority,
+  NewRun,
+  Processing,
+  RunDoc,
+  RunEvent,
+  RunOutput,
+  RunState,
+} from '../types.js';
+
+/** A document as the driver hands it over. */
+export type MongoDoc = Record<string, unknown>;
+
+function num(value: unknown): number | undefined {
+  if (typeof value === 'number' && Number.isFinite(value)) return value;
+  if (typeof value === 'bigint') return Number(value);
+  return undefined;
+}
+
+/** Epoch ms of a BSON date; a plain number written by another tool is taken as epoch ms. */
+export function millis(value: unknown): number | undefined {
+  if (value instanceof Date) {
+    const t = value.getTime();
+    return Number.isFinite(t) ? t : undefined;
+  }
+  return num(value);
+}
+
+/** A BSON date for epoch ms; refuses what Date cannot hold (beyond ±8.64e15 ms). */
+export function toDate(ms: number, field: string): Date {
+  const date = new Date(Math.floor(ms));
+  if (!Number.isFinite(date.getTime())) throw new UsageError(`${field}: ${ms} is not a time in epoch ms`, field);
+  return date;
+}
+
+function str(value: unknown): string | undefined {
+  return typeof value === 'string' ? value : undefined;
+}
+
+function isObject(value: unknown): value is Record<string, unknown> {
+  return typeof value === 'object' && value !== null && !Array.isArray(value) && !(value instanceof Date);
+}
+
+function stringArray(value: unknown): string[] | undefined {
+  if (!Array.isArray(value)) return undefined;
+  return value.filter((v): v is string => typeof v === 'string');
+}
+
+function numberArray(value: unknown): number[] | undefined {
+  if (!Array.isArray(value)) return undefined;
+  return value.filter((v): v is number => typeof v === 'number' && Number.isFinite(v));
+}
+
+function numberMap(value: unknown): Record<string, number> | undefined {
+  if (!isObject(value)) return undefined;
+  const out: Record<string, number> = {};
+  for (const [k, v] of Object.entries(value)) {
+    if (typeof v === 'number' && Number.isFinite(v)) out[k] = v;
+  }
+  return out;
+}
+
+function outputList(value: unknown): RunOutput[] {
+  if (!Array.isArray(value)) return [];
+  const out: RunOutput[] = [];
+  for (const item of value) {
+    if (!isObject(item) || typeof item.location !== 'string') continue;
+    out.push({
+      location: item.location,
+      host: str(item.host) ?? '',
+      attempt: num(item.attempt) ?? 0,
+      at: millis(item.at) ?? 0,
+    });
+  }
+  return out;
+}
+
+/** Sets `key` only when the value is present, so documents carry no `undefined` keys. */
+function put<T extends object, K extends keyof T>(target: T, key: K, value: T[K] | undefined): void {
+  if (value !== undefined) target[key] = value;
+}
+
+function describeRaw(value: unknown): string {
+  if (value === null || value === undefined) return 'nothing';
+  if (value instanceof Date) return `date ${value.toISOString()}`;
+  const kind = Array.isArray(value) ? 'array' : typeof value;
+  let text: string;
+  try {
+    text = typeof value === 'string' || typeof value === 'object' ? JSON.stringify(value) : String(value);
+  } catch {
+    text = String(value);
+  }
+  return `${kind} ${text.length > 40 ? `${text.slice(0, 39)}…` : text}`;
+}
+
+// -------------------------------------------------------------------------------------------------- runs
+
+/** The document `insertRun` writes for a new run; validates what SQLite's backend validates. */
+export function newRunDoc(run: NewRun): MongoDoc {
+  if (!Number.isSafeInteger(run.number)) {
+    throw new UsageError(`run number must be an integer, got ${String(run.number)}`, 'number');
+  }
+  if (typeof run.start !== 'number' || !Number.isFinite(run.start)) {
+    throw new UsageError(`run ${run.number}: start must be a time in epoch ms`, 'start');
+  }
+  if (run.tags !== undefined && (!Array.isArray(run.tags) || run.tags.some((t) => typeof t !== 'string'))) {
+    throw new UsageError(`run ${run.number}: tags must be a list of strings`, 'tags');
+  }
+  if (run.priority !== undefined && (typeof run.priority !== 'number' || !Number.isFinite(run.priority))) {
+    throw new UsageError(`run ${run.number}: priority must be a number`, 'priority');
+  }
+  const doc: MongoDoc = {
+    number: run.number,
+    start: toDate(run.start, 'start'),
+    tags: [...(run.tags ?? [])],
+    priority: run.priority ?? 0,
+    params: run.params ?? {},
+    outputs: [],
+  };
+  if (run.name !== undefined && run.name !== null) doc.name = run.name;
+  if (run.end !== undefined && run.end !== null) doc.end = toDate(run.end, 'end');
+  if (run.mode !== undefined && run.mode !== null) doc.mode = run.mode;
+  if (run.input !== undefined && run.input !== null) doc.input = run.input;
+  return doc;
+}
+
+/** The run as the domain sees it; `processing` is absent unless the document has a processing state. */
+export function runFromDoc(doc: MongoDoc): RunDoc {
+  const invalid: string[] = [];
+  const field = <T>(name: string, expected: string, check: (v: unknown) => T | undefined, fallback: T): T => {
+    const raw = doc[name];
+    if (raw === null || raw === undefined) return fallback;
+    const value = check(raw);
+    if (value === undefined) {
+      invalid.push(`${name}: expected ${expected}, got ${describeRaw(raw)}`);
+      return fallback;
+    }
+    return value;
+  };
+  const run: RunDoc = {
+    number: num(doc.number) ?? Number(doc.number),
+    start: field('start', 'a date', millis, 0),
+    tags: field(
+      'tags',
+      'an array of strings',
+      (v) => (Array.isArray(v) && v.every((t) => typeof t === 'string') ? [...(v as string[])] : undefined),
+      [],
+    ),
+    priority: field('priority', 'a number', num, 0),
+    params: field('params', 'an object', (v) => (isObject(v) ? v : undefined), {}),
+    outputs: outputList(doc.outputs),
+  };
+  for (const name of ['name', 'mode', 'input'] as const) {
+    if (doc[name] !== null && doc[name] !== undefined && typeof doc[name] !== 'string') {
+      invalid.push(`${name}: expected a string, got ${describeRaw(doc[name])}`);
+    }
+  }
+  put(run, 'name', str(doc.name));
+  put(run, 'end', millis(doc.end));
+  put(run, 'mode', str(doc.mode));
+  put(run, 'input', str(doc.input));
+
+  const p = doc.processing;
+  if (p !== null && p !== undefined && !isObject(p)) {
+    invalid.push(`processing: expected an object, got ${describeRaw(p)}`);
+  } else if (isObject(p) && p.state !== null && p.state !== undefined) {
+    run.processing = processingFromDoc(p);
+  }
+  if (invalid.length > 0) run.invalid = invalid;
+  return run;
+}
+
+function processingFromDoc(p: Record<string, unknown>): Processing {
+  const out: Processing = {
+    // An unknown state written by another tool is handed back as is: it is never eligible for a claim,
+    // and showing it truthfully beats hiding it.
+    state: String(p.state) as RunState,
+    host: str(p.host) ?? '',
+    pid: num(p.pid) ?? 0,
+    token: str(p.token) ?? '',
+    attempt: num(p.attempt) ?? 0,
+    time: millis(p.time) ?? 0,
+    n_failures: num(p.n_failures) ?? 0,
+  };
+  put(out, 'pgid', num(p.pgid));
+  put(out, 'proc_start', num(p.proc_start));
+  put(out, 'started', millis(p.started));
+  put(out, 'ended', millis(p.ended));
+  put(out, 'reason', str(p.reason));
+  put(out, 'next_retry', millis(p.next_retry));
+  put(out, 'exit_code', num(p.exit_code));
+  put(out, 'signal', str(p.signal));
+  put(out, 'targets', stringArray(p.targets));
+  put(out, 'resources', numberMap(p.resources));
+  return out;
+}
+
+/** The state a run had before its latest transition (written by every transition), null when it had none. */
+export function previousStateOf(doc: MongoDoc): RunState | null {
+  const p = doc.processing;
+  if (!isObject(p) || typeof p.previous_state !== 'string') return null;
+  return p.previous_state as RunState;
+}
+
+/** The run's processing time (server time of its latest write) in epoch ms; 0 when missing. */
+export function processingTimeOf(doc: MongoDoc): number {
+  const p = doc.processing;
+  return isObject(p) ? (millis(p.time) ?? 0) : 0;
+}
+
+// ------------------------------------------------------------------------------------------------ events
+
+export function eventFromDoc(doc: MongoDoc): RunEvent {
+  const ev: RunEvent = {
+    number: num(doc.number) ?? 0,
+    time: millis(doc.time) ?? 0,
+    host: str(doc.host) ?? '',
+    attempt: num(doc.attempt) ?? 0,
+    from: doc.from === null || doc.from === undefined ? null : (String(doc.from) as RunState),
+    to: String(doc.to) as RunState,
+  };
+  put(ev, 'reason', str(doc.reason));
+  put(ev, 'exit_code', num(doc.exit_code));
+  put(ev, 'signal', str(doc.signal));
+  put(ev, 'duration_ms', num(doc.duration_ms));
+  if (isObject(doc.detail)) ev.detail = doc.detail;
+  return ev;
+}
+
+/** The run_events document for `event`; `seq` is the run's event counter after the transition. */
+export function eventDoc(event: RunEvent, seq: number | undefined): MongoDoc {
+  const doc: MongoDoc = {
+    number: event.number,
+    time: new Date(event.time),
+    host: event.host,
+    attempt: event.attempt,
+    from: event.from,
+    to: event.to,
+  };
+  if (seq !== undefined) doc.seq = seq;
+  for (const key of ['reason', 'exit_code', 'signal', 'duration_ms', 'detail'] as const) {
+    if (event[key] !== undefined && event[key] !== null) doc[key] = event[key];
+  }
+  return doc;
+}
+
+// ------------------------------------------------------------------------------------------------- hosts
+
+function diskFrom(value: unknown): DiskFigures | undefined {
+  if (!isObject(value)) return undefined;
+  return {
+    path: str(value.path) ?? '',
+    used_percent: num(value.used_percent) ?? 0,
+    free_bytes: num(value.free_bytes) ?? 0,
+  };
+}
+
+export function hostDoc(host: HostDoc): MongoDoc {
+  const doc: MongoDoc = {
+    host: host.host,
+    pid: host.pid,
+    token: host.token,
+    state: host.state,
+    time: toDate(host.time, 'time'),
+    started: toDate(host.started, 'started'),
+    version: host.version,
+    slots: host.slots,
+    running: [...(host.running ?? [])],
+  };
+  if (host.proc_start !== undefined && host.proc_start !== null) doc.proc_start = host.proc_start;
+  if (host.disk !== undefined && host.disk !== null) doc.disk = { ...host.disk };
+  return doc;
+}
+
+export function hostFromDoc(doc: MongoDoc): HostDoc {
+  const host: HostDoc = {
+    host: str(doc.host) ?? String(doc.host),
+    pid: num(doc.pid) ?? 0,
+    token: str(doc.token) ?? '',
+    state: String(doc.state) as HostState,
+    time: millis(doc.time) ?? 0,
+    started: millis(doc.started) ?? 0,
+    version: str(doc.version) ?? '',
+    slots: num(doc.slots) ?? 0,
+    running: numberArray(doc.running) ?? [],
+  };
+  put(host, 'proc_start', num(doc.proc_start));
+  put(host, 'disk', diskFrom(doc.disk));
+  return host;
+}
+
+// --------------------------------------------------------------------------------------------------- log
+
+export function logDoc(entry: LogEntry): MongoDoc {
+  const doc: MongoDoc = {
+    time: toDate(entry.time, 'time'),
+    host: entry.host,
+    user: entry.user,
+    priority: entry.priority,
+    message: entry.message,
+  };
+  if (entry.number !== undefined && entry.number !== null) doc.number = entry.number;
+  return doc;
+}
+
+export function logFromDoc(doc: MongoDoc): LogEntry {
+  const entry: LogEntry = {
+    time: millis(doc.time) ?? 0,
+    host: str(doc.host) ?? '',
+    user: str(doc.user) ?? '',
+    priority: (num(doc.priority) ?? 1) as LogPriority,
+    message: str(doc.message) ?? String(doc.message),
+  };
+  put(entry, 'number', num(doc.number));
+  return entry;
+}
