@@ -1,4 +1,5 @@
 import type { Argv } from 'yargs';
+import { formatElapsed } from '../config/duration.js';
 import { loadConfig, type ConfigFlags } from '../config/index.js';
 import type { Config } from '../config/schema.js';
 import { exitCodeOf } from '../errors.js';
@@ -102,9 +103,7 @@ export function formatTime(ms: number | undefined): string {
 export function formatRelative(ms: number | undefined, now: number): string {
   if (ms === undefined || !Number.isFinite(ms)) return '-';
   const delta = Math.round((ms - now) / 1000);
-  const abs = Math.abs(delta);
-  const text =
-    abs < 60 ? `${abs}s` : abs < 3600 ? `${Math.floor(abs / 60)}m${abs % 60 ? `${abs % 60}s` : ''}` : `${Math.floor(abs / 3600)}h${Math.floor((abs % 3600) / 60)}m`;
+  const text = formatElapsed(Math.abs(delta) * 1000);
   return delta <= 0 ? `${text} ago` : `in ${text}`;
 }
 

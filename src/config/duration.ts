@@ -128,3 +128,12 @@ export function formatByteSize(bytes: number): string {
   const digits = unit === 0 || value >= 100 ? 0 : 1;
   return `${value.toFixed(digits)}${units[unit]}`;
 }
+
+/** How long something took or has been, for people: "45s", "3m12s", "2h5m" (seconds dropped past an hour). */
+export function formatElapsed(ms: number): string {
+  const s = Math.max(0, Math.round(ms / 1000));
+  if (s < 60) return `${s}s`;
+  if (s < 3600) return `${Math.floor(s / 60)}m${s % 60 ? `${s % 60}s` : ''}`;
+  const m = Math.floor((s % 3600) / 60);
+  return `${Math.floor(s / 3600)}h${m ? `${m}m` : ''}`;
+}

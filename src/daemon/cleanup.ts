@@ -1,3 +1,4 @@
+import { formatElapsed } from '../config/duration.js';
 import type { Config } from '../config/schema.js';
 import type { Logger } from '../log/logger.js';
 import { decideAfterFailure } from '../policy/failure-decision.js';
@@ -44,15 +45,6 @@ export interface CleanupReport {
   errors: Array<{ number: number; kind: RepairKind; error: string }>;
 }
 
-/** "3m12s", "45s", "2h5m": how long ago, for people. */
-export function roughDuration(ms: number): string {
-  const s = Math.max(0, Math.round(ms / 1000));
-  if (s < 60) return `${s}s`;
-  if (s < 3600) return `${Math.floor(s / 60)}m${s % 60 ? `${s % 60}s` : ''}`;
-  const m = Math.floor((s % 3600) / 60);
-  return `${Math.floor(s / 3600)}h${m ? `${m}m` : ''}`;
-}
-
 function isoTime(ms: number): string {
   return Number.isFinite(ms) ? new Date(ms).toISOString() : `an unreadable time (${String(ms)})`;
 }
@@ -81,7 +73,7 @@ function staleReason(deps: CleanupDeps, run: RunDoc): string {
   const p = run.processing!;
   const limit = p.state === 'busy' ? 'timeouts.max_busy_time' : 'timeouts.max_considering_time';
   return (
-    `host ${p.host} said it was ${p.state} at ${isoTime(p.time)} (${roughDuration(deps.clock() - p.time)} ago), ` +
+    `host ${p.host} said it was ${p.state} at ${isoTime(p.time)} (${formatElapsed(deps.clock() - p.time)} ago), ` +
     `then nothing; ${limit} passed, failed by cleanup on host ${deps.host}`
   );
 }

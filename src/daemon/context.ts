@@ -1,4 +1,7 @@
+import { randomUUID } from 'node:crypto';
+import type { SupervisorTiming } from '../../machines/types.js';
 import type { Config } from '../config/schema.js';
+import { diskFigures } from '../process/disk.js';
 import type { Logger } from '../log/logger.js';
 import type { CommandHandle } from '../process/spawn-command.js';
 import type { RunStore } from '../store/run-store.js';
@@ -18,4 +21,37 @@ export interface DaemonContext {
   diskProbe: (path: string) => DiskFigures;
   /** Commands alive right now, so a second signal or a crash can kill their groups at once. */
   liveCommands: Set<CommandHandle>;
+}
+
+export interface DaemonContextOptions {
+  config: Config;
+  store: RunStore;
+  logger: Logger;
+  clock?: () => number;
+  random?: () => number;
+  diskProbe?: (path: string) => DiskFigures;
+}
+
+/** The context a daemon (or a foreground `runwarden process N`) gives its effects. */
+export function createDaemonContext(options: DaemonContextOptions): DaemonContext {
+  return {
+    config: options.config,
+    store: options.store,
+    logger: options.logger,
+    host: options.config.host,
+    hostToken: randomUUID(),
+    clock: options.clock ?? Date.now,
+    random: options.random ?? Math.random,
+    diskProbe: options.diskProbe ?? diskFigures,
+    liveCommands: new Set(),
+  };
+}
+
+/** The supervisor's limits from the configuration's timeouts. */
+export function supervisorTiming(config: Config): SupervisorTiming {
+  return {
+    maxProcessingTimeMs: config.timeouts.max_processing_time,
+    maxNoOutputTimeMs: config.timeouts.max_no_output_time,
+    signalEscalateMs: config.timeouts.signal_escalate,
+  };
 }

@@ -1,4 +1,3 @@
-import { randomUUID } from 'node:crypto';
 import { createActor, type SnapshotFrom } from 'xstate';
 import { hostMachine, type HostInput } from '../../machines/host.machine.js';
 import { runMachine } from '../../machines/run.machine.js';
@@ -7,8 +6,7 @@ import type { Config } from '../config/schema.js';
 import type { Logger } from '../log/logger.js';
 import type { RunStore } from '../store/run-store.js';
 import type { DiskFigures, HostState } from '../store/types.js';
-import { diskFigures } from '../process/disk.js';
-import type { DaemonContext } from './context.js';
+import { createDaemonContext, supervisorTiming, type DaemonContext } from './context.js';
 import { hostEffects, type HostView } from './host-effects.js';
 import { processActor } from './process-actor.js';
 import { runEffects } from './run-effects.js';
@@ -50,25 +48,19 @@ function hostStateOf(snapshot: HostSnapshot | undefined): HostState {
   return snapshot.context.running.length > 0 ? 'busy' : 'idle';
 }
 
-export function provideMachines(ctx: DaemonContext, view: () => HostView) {
+/** The run machine with its real effects: what a daemon spawns per claim and `process N` runs once. */
+export function provideRunMachine(ctx: DaemonContext) {
   const supervisor = supervisorMachine.provide({ actors: { process: processActor(ctx) } });
-  const run = runMachine.provide({ actors: { ...runEffects(ctx), supervisor } });
-  return hostMachine.provide({ actors: { ...hostEffects(ctx, view), run } });
+  return runMachine.provide({ actors: { ...runEffects(ctx), supervisor } });
+}
+
+export function provideMachines(ctx: DaemonContext, view: () => HostView) {
+  return hostMachine.provide({ actors: { ...hostEffects(ctx, view), run: provideRunMachine(ctx) } });
 }
 
 export function startDaemon(options: DaemonOptions): DaemonHandle {
   const { config, store, logger } = options;
-  const ctx: DaemonContext = {
-    config,
-    store,
-    logger,
-    host: config.host,
-    hostToken: randomUUID(),
-    clock: options.clock ?? Date.now,
-    random: options.random ?? Math.random,
-    liveCommands: new Set(),
-    diskProbe: options.diskProbe ?? diskFigures,
-  };
+  const ctx = createDaemonContext(options);
   let latest: HostSnapshot | undefined;
   const view = (): HostView => ({
     state: hostStateOf(latest),
@@ -81,11 +73,7 @@ export function startDaemon(options: DaemonOptions): DaemonHandle {
     once: options.once ?? false,
     maxFailures: config.retry.max_failures,
     noRetryExitCodes: config.process.no_retry_exit_codes,
-    timing: {
-      maxProcessingTimeMs: config.timeouts.max_processing_time,
-      maxNoOutputTimeMs: config.timeouts.max_no_output_time,
-      signalEscalateMs: config.timeouts.signal_escalate,
-    },
+    timing: supervisorTiming(config),
   };
   const actor = createActor(provideMachines(ctx, view), { input, systemId: 'host' });
 

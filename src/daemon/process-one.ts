@@ -1,17 +1,13 @@
 import { join } from 'node:path';
 import { createActor, type SnapshotFrom } from 'xstate';
 import { runMachine, type ClaimedRun } from '../../machines/run.machine.js';
-import { supervisorMachine } from '../../machines/supervisor.machine.js';
 import type { RunSettlement } from '../../machines/types.js';
 import type { Config } from '../config/schema.js';
 import type { Logger } from '../log/logger.js';
-import { diskFigures } from '../process/disk.js';
-import type { CommandHandle } from '../process/spawn-command.js';
 import type { RunStore } from '../store/run-store.js';
 import type { RunDoc } from '../store/types.js';
-import type { DaemonContext } from './context.js';
-import { processActor } from './process-actor.js';
-import { runEffects } from './run-effects.js';
+import { createDaemonContext, supervisorTiming } from './context.js';
+import { provideRunMachine } from './daemon.js';
 
 // `runwarden process N`: one attempt of one already-claimed run in the foreground, with the same run machine
 // and the same effects a daemon uses (preflight, supervision, fenced writes, lease heartbeat), but no host actor:
@@ -64,20 +60,9 @@ export function processOneRun(deps: ProcessOneDeps, claimed: RunDoc): ProcessOne
     throw new Error(`internal: run ${claimed.number} must be claimed (considering) before processOneRun`);
   }
   const { config } = deps;
-  // The same context startDaemon builds; hostToken is unused without a host actor.
-  const ctx: DaemonContext = {
-    config,
-    store: deps.store,
-    logger: deps.logger,
-    host: deps.host,
-    hostToken: '',
-    clock: deps.clock ?? Date.now,
-    random: deps.random ?? Math.random,
-    diskProbe: diskFigures,
-    liveCommands: new Set<CommandHandle>(),
-  };
-  const supervisor = supervisorMachine.provide({ actors: { process: processActor(ctx) } });
-  const machine = runMachine.provide({ actors: { ...runEffects(ctx), supervisor } });
+  // The same context and machine a daemon uses; the context's host token is unused without a host actor.
+  const ctx = createDaemonContext({ ...deps, config: { ...config, host: deps.host } });
+  const machine = provideRunMachine(ctx);
   const run: ClaimedRun = {
     number: claimed.number,
     token: p.token,
@@ -90,11 +75,7 @@ export function processOneRun(deps: ProcessOneDeps, claimed: RunDoc): ProcessOne
       run,
       maxFailures: config.retry.max_failures,
       noRetryExitCodes: config.process.no_retry_exit_codes,
-      timing: {
-        maxProcessingTimeMs: config.timeouts.max_processing_time,
-        maxNoOutputTimeMs: config.timeouts.max_no_output_time,
-        signalEscalateMs: config.timeouts.signal_escalate,
-      },
+      timing: supervisorTiming(config),
     },
   });
   const killCommand = () => {
