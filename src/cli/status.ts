@@ -1,4 +1,5 @@
 import type { Argv, CommandModule } from 'yargs';
+import { formatByteSize } from '../config/duration.js';
 import {
   configFromArgs,
   formatRelative,
@@ -28,7 +29,7 @@ export const statusCommand: CommandModule<GlobalArgs, GlobalArgs> = {
         hosts.length === 0
           ? 'no hosts have registered yet'
           : table(
-              ['HOST', 'STATE', 'PID', 'HEARTBEAT', 'SLOTS', 'RUNNING', 'VERSION'],
+              ['HOST', 'STATE', 'PID', 'HEARTBEAT', 'SLOTS', 'RUNNING', 'DISK', 'VERSION'],
               hosts.map((h) => [
                 h.host,
                 h.state,
@@ -36,6 +37,7 @@ export const statusCommand: CommandModule<GlobalArgs, GlobalArgs> = {
                 formatRelative(h.time, now),
                 `${h.running.length}/${h.slots}`,
                 h.running.join(',') || '-',
+                h.disk ? `${Math.round(h.disk.used_percent)}% used, ${formatByteSize(h.disk.free_bytes)} free` : '-',
                 h.version,
               ]),
             ),

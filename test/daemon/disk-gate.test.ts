@@ -110,7 +110,7 @@ disk: {path: ${JSON.stringify(dir)}, min_free_bytes: 1000TiB}
     try {
       await waitFor(async () => (await store.getHost('full'))?.state === 'disk_full', 'the host to say disk_full');
       const status = await runCli(['status'], { cwd: dir });
-      expect(status.stdout).toMatch(/^full\s+disk_full/m);
+      expect(status.stdout).toMatch(/^full\s+disk_full\s+\d+\s+\d+s ago\s+0\/1\s+-\s+\d+% used, [\d.]+\wiB free\s/m);
       expect((await store.getRun(5))!.processing).toBeUndefined();
       const real = diskFigures(dir);
       expect((await store.getHost('full'))!.disk!.free_bytes).toBeGreaterThan(0);
