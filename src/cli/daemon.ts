@@ -42,10 +42,10 @@ export const daemonCommand: CommandModule<GlobalArgs, DaemonArgs> = {
           host: config.host,
           pauseMs: config.timeouts.restart_pause,
           logger: createLogger({ level: config.log_level, host: config.host }),
-          openStore: () => openStore(config.store),
+          openStore: () => openStore(config.store, { idlePollMs: config.timeouts.idle_poll }),
         });
       }
-      const store = await openStore(config.store);
+      const store = await openStore(config.store, { idlePollMs: config.timeouts.idle_poll });
       const logger = createLogger({ level: config.log_level, host: config.host, store });
       const daemon = startDaemon({ config, store, logger, once: args.once ?? false, handleSignals: true });
       const code = await daemon.done;

@@ -188,4 +188,6 @@ export interface RunStore {
 export interface StoreOptions {
   /** Clock for every time the store writes; injected by tests. Defaults to Date.now. */
   clock?: () => number;
+  /** How often watchNewRuns polls where the backend has no push notification (timeouts.idle_poll). */
+  idlePollMs?: number;
 }

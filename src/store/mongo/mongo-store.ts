@@ -96,8 +96,6 @@ const UNAUTHORIZED = 13;
 const COMMAND_NOT_FOUND = 59;
 
 export interface MongoStoreOptions extends StoreOptions {
-  /** How often to look for new runs when the deployment has no change streams (idle_poll). */
-  idlePollMs?: number;
   /** Used when the URL does not set serverSelectionTimeoutMS. */
   serverSelectionTimeoutMs?: number;
 }
@@ -159,7 +157,7 @@ export class MongoRunStore implements RunStore {
     options: MongoStoreOptions = {},
   ) {
     // the conformance suite wants the kind first; a mongodb+srv URL keeps its own scheme after it
-    this.location = url.srv ? `mongodb:${url.masked}` : url.masked;
+    this.location = url.masked;
     this.database = db.databaseName;
     this.runs = db.collection(COLLECTIONS.runs);
     this.events = db.collection(COLLECTIONS.events);
