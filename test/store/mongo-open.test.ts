@@ -9,7 +9,7 @@ import { StoreUnavailableError, UsageError } from '../../src/errors.js';
 import { describeOpenFailure, openMongoStore } from '../../src/store/mongo/mongo-store.js';
 import { parseMongoUrl } from '../../src/store/mongo/url.js';
 import { openStore } from '../../src/store/open-store.js';
-import { runCli, tempDir } from '../helpers/cli.js';
+import { runCli, startCli, tempDir, waitFor } from '../helpers/cli.js';
 
 /** A loopback port that was free a moment ago and is closed now. */
 async function closedPort(): Promise<number> {
@@ -67,6 +67,42 @@ describe('opening an unreachable MongoDB store', () => {
       expect(result.stderr).toContain(`cannot reach MongoDB at 127.0.0.1:${port} (database runs)`);
       expect(`${result.stdout}${result.stderr}`).not.toContain('secret');
     } finally {
+      cleanup();
+    }
+  });
+
+  it('`daemon --undying` keeps retrying an unreachable server with a pause, and stops on SIGTERM', async () => {
+    const port = await closedPort();
+    const { dir, cleanup } = tempDir();
+    const daemon = startCli(
+      [
+        'daemon',
+        '--undying',
+        '--store',
+        `mongodb://daq:secret@127.0.0.1:${port}/runs?serverSelectionTimeoutMS=300`,
+        '--set',
+        'process.command=["true"]',
+        '--set',
+        'timeouts.restart_pause=200ms',
+      ],
+      { cwd: dir },
+    );
+    let output = '';
+    daemon.all?.on('data', (chunk: Buffer) => {
+      output += chunk.toString('utf8');
+    });
+    try {
+      await waitFor(() => (output.match(/crashed \(exit code 1; crash \d+ since start\)/g) ?? []).length >= 2,
+        'two crashes and restarts');
+      expect(output).toContain(`cannot reach MongoDB at 127.0.0.1:${port}`);
+      expect(output).toContain('restarting in 200ms (--undying)');
+      daemon.kill('SIGTERM');
+      const result = await daemon;
+      expect(result.exitCode).toBe(0);
+      expect(output).not.toContain('secret');
+    } finally {
+      daemon.kill('SIGKILL');
+      await daemon;
       cleanup();
     }
   });
