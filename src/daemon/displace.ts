@@ -15,13 +15,24 @@ export type Displacement =
 
 const POLL_MS = 20;
 
-function signal(pid: number, sig: NodeJS.Signals): void {
-  try {
-    process.kill(pid, sig);
-  } catch (error) {
-    if ((error as NodeJS.ErrnoException).code !== 'ESRCH') throw error;
-  }
+/** How displacement sees and signals processes; tests substitute a process that refuses to die. */
+export interface ProcessControl {
+  isSameProcess(pid: number, procStart: number | undefined): boolean;
+  signal(pid: number, signal: NodeJS.Signals): void;
 }
+
+const realProcesses: ProcessControl = {
+  isSameProcess,
+  signal(pid, sig) {
+    try {
+      process.kill(pid, sig);
+    } catch (error) {
+      // gone already (ESRCH) is fine; not ours to signal (EPERM) shows as "still alive" below
+      const code = (error as NodeJS.ErrnoException).code;
+      if (code !== 'ESRCH' && code !== 'EPERM') throw error;
+    }
+  },
+};
 
 /**
  * Stops the daemon the host document names when it is still alive: SIGTERM, `escalateMs`, SIGKILL,
@@ -30,12 +41,13 @@ function signal(pid: number, sig: NodeJS.Signals): void {
 export async function displacePreviousDaemon(
   previous: HostDoc,
   escalateMs: number,
-  logger: Logger,
+  logger: Pick<Logger, 'warn'>,
+  processes: ProcessControl = realProcesses,
 ): Promise<Displacement> {
   const { pid, proc_start: procStart, host } = previous;
   if (pid === process.pid || !Number.isInteger(pid) || pid <= 1) return 'none';
   if (procStart === undefined) {
-    if (isSameProcess(pid, undefined)) {
+    if (processes.isSameProcess(pid, undefined)) {
       logger.warn(
         `host ${host}: the previous daemon's document has no process start time, so pid ${pid} cannot be ` +
           `proven to be it; leaving pid ${pid} alone`,
@@ -44,13 +56,13 @@ export async function displacePreviousDaemon(
     }
     return 'none';
   }
-  const alive = () => isSameProcess(pid, procStart);
+  const alive = () => processes.isSameProcess(pid, procStart);
   if (!alive()) return 'none';
   logger.warn(`host ${host}: displacing the previous daemon (pid ${pid}): SIGTERM`);
-  signal(pid, 'SIGTERM');
+  processes.signal(pid, 'SIGTERM');
   if (await pollUntil(() => !alive(), performance.now() + escalateMs, POLL_MS)) return 'terminated';
   logger.warn(`host ${host}: the previous daemon (pid ${pid}) is still alive after SIGTERM: SIGKILL`);
-  signal(pid, 'SIGKILL');
+  processes.signal(pid, 'SIGKILL');
   if (await pollUntil(() => !alive(), performance.now() + escalateMs, POLL_MS)) return 'killed';
   throw new Error(
     `could not displace the previous daemon of host ${host}: pid ${pid} is still alive after SIGKILL; ` +
