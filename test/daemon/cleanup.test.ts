@@ -1,4 +1,3 @@
-import { spawn } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type Database from 'better-sqlite3';
@@ -9,12 +8,14 @@ import { openStore } from '../../src/store/open-store.js';
 import type { RunStore } from '../../src/store/run-store.js';
 import type { RunDoc } from '../../src/store/types.js';
 import { repoRoot, tempDir, waitFor } from '../helpers/cli.js';
+import { startTsxWorker } from '../helpers/tsx-worker.js';
 
 // The cleanup pass against a real SQLite file. Stale leases are made by a second store on the same file whose
 // clock runs in the past (the owner's last heartbeat), so nothing here waits for a limit to pass.
 
 const HOUR = 3_600_000;
 const VERSION = 'test';
+const cleanupWorker = join(repoRoot, 'test/daemon/fixtures/cleanup-worker.ts');
 
 let dir: string;
 let cleanup: () => void;
@@ -234,18 +235,7 @@ describe('cleanupPass', () => {
   });
 
   it('two cleaners racing on one file fail each stale run exactly once and mark each host dead once', async () => {
-    const hourAgo = await openPast(HOUR);
-    const numbers = Array.from({ length: 30 }, (_, i) => 100 + i);
-    for (const n of numbers) {
-      await hourAgo.insertRun({ number: n, start: n, ...(n % 5 === 0 ? { tags: ['abandon'] } : {}) });
-      await claim(hourAgo, n, `ghost${n % 3}`, n % 2 === 0);
-    }
-    for (const h of ['ghost0', 'ghost1', 'ghost2']) {
-      await hourAgo.registerHost({
-        host: h, pid: 4_000_000, token: h, state: 'busy', time: Date.now() - HOUR, started: 0,
-        version: VERSION, slots: 1, running: [],
-      });
-    }
+    const numbers = await staleRunsOfSilentHosts(100, 30);
     const a = await open();
     const b = await open();
     const [ra, rb] = await Promise.all([cleanupPass(deps(a, 'alpha')), cleanupPass(deps(b, 'beta'))]);
@@ -255,20 +245,9 @@ describe('cleanupPass', () => {
   });
 
   it('two cleaner processes racing on one file fail each stale run exactly once', async () => {
-    const hourAgo = await openPast(HOUR);
-    const numbers = Array.from({ length: 40 }, (_, i) => 200 + i);
-    for (const n of numbers) {
-      await hourAgo.insertRun({ number: n, start: n, ...(n % 5 === 0 ? { tags: ['abandon'] } : {}) });
-      await claim(hourAgo, n, `ghost${n % 3}`, n % 2 === 0);
-    }
-    for (const h of ['ghost0', 'ghost1', 'ghost2']) {
-      await hourAgo.registerHost({
-        host: h, pid: 4_000_000, token: h, state: 'busy', time: Date.now() - HOUR, started: 0,
-        version: VERSION, slots: 1, running: [],
-      });
-    }
+    const numbers = await staleRunsOfSilentHosts(200, 40);
     const go = join(dir, 'go');
-    const workers = ['alpha', 'beta'].map((host) => startWorker(host, go));
+    const workers = ['alpha', 'beta'].map((host) => startTsxWorker(cleanupWorker, [db, host, go]));
     try {
       await waitFor(() => workers.every((w) => w.lines.includes('ready')), 'both cleaners to be ready');
       writeFileSync(go, '');
@@ -282,6 +261,26 @@ describe('cleanupPass', () => {
     await expectRepairedOnce(await open(), numbers, reports);
   });
 });
+
+/**
+ * `count` runs from `first` on, claimed an hour ago (busy if even) by the silent hosts ghost0..2, which said they
+ * were busy an hour ago; every fifth run is tagged abandon. Returns the run numbers.
+ */
+async function staleRunsOfSilentHosts(first: number, count: number): Promise<number[]> {
+  const hourAgo = await openPast(HOUR);
+  const numbers = Array.from({ length: count }, (_, i) => first + i);
+  for (const n of numbers) {
+    await hourAgo.insertRun({ number: n, start: n, ...(n % 5 === 0 ? { tags: ['abandon'] } : {}) });
+    await claim(hourAgo, n, `ghost${n % 3}`, n % 2 === 0);
+  }
+  for (const h of ['ghost0', 'ghost1', 'ghost2']) {
+    await hourAgo.registerHost({
+      host: h, pid: 4_000_000, token: h, state: 'busy', time: Date.now() - HOUR, started: 0,
+      version: VERSION, slots: 1, running: [],
+    });
+  }
+  return numbers;
+}
 
 /** Every run repaired by exactly one cleaner (one failed or abandoned event each), every host marked dead once. */
 async function expectRepairedOnce(s: RunStore, numbers: number[], reports: CleanupReport[]) {
@@ -300,31 +299,4 @@ async function expectRepairedOnce(s: RunStore, numbers: number[], reports: Clean
   expect(repaired).toEqual(expected);
   expect(reports.flatMap((r) => r.deadHosts.map((h) => h.host)).sort()).toEqual(['ghost0', 'ghost1', 'ghost2']);
   expect(reports.flatMap((r) => r.errors)).toEqual([]);
-}
-
-function startWorker(host: string, go: string) {
-  const child = spawn(
-    process.execPath,
-    ['--import', 'tsx', join(repoRoot, 'test/daemon/fixtures/cleanup-worker.ts'), db, host, go],
-    { cwd: repoRoot, stdio: ['ignore', 'pipe', 'pipe'] },
-  );
-  const lines: string[] = [];
-  const stderr: string[] = [];
-  let buffer = '';
-  child.stdout.setEncoding('utf8');
-  child.stdout.on('data', (chunk: string) => {
-    buffer += chunk;
-    let nl: number;
-    while ((nl = buffer.indexOf('\n')) >= 0) {
-      lines.push(buffer.slice(0, nl));
-      buffer = buffer.slice(nl + 1);
-    }
-  });
-  child.stderr.setEncoding('utf8');
-  child.stderr.on('data', (chunk: string) => stderr.push(chunk));
-  const done = new Promise<number | null>((resolve, reject) => {
-    child.on('error', reject);
-    child.on('close', (code) => resolve(code));
-  });
-  return { child, lines, stderr, done };
 }

@@ -1,41 +1,30 @@
-import { readFileSync, writeFileSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { openStore } from '../../src/store/open-store.js';
-import { runCli, tempDir, writeConfig } from '../helpers/cli.js';
+import { describe, expect, it } from 'vitest';
+import { writeConfig } from '../helpers/cli.js';
+import { useSandbox } from '../helpers/sandbox.js';
 
 // Fewer targets and resources on retry (DESIGN §4 degradation), through a real daemon: each attempt of a
 // failing run gets what the failure count allows, via placeholders and environment, and the run's processing
 // document and run_events record it. no_retry_exit_codes abandon at once.
 
-let dir: string;
-let cleanup: () => void;
-
-beforeEach(() => {
-  ({ dir, cleanup } = tempDir());
-});
-
-afterEach(() => {
-  cleanup();
-});
+const sandbox = useSandbox();
 
 describe('degradation on retry', () => {
   it('drops targets and shrinks cores per failure, records them, and abandons on a no-retry exit code', async () => {
-    const work = join(dir, 'work.sh');
-    writeFileSync(
-      work,
+    const seen = JSON.stringify(join(sandbox.dir, 'seen-'));
+    const work = sandbox.script(
+      'work.sh',
       [
-        '#!/bin/sh',
         'number=$1 out=$2 attempt=$3 targets=$4 cores=$5',
-        `echo "$attempt $targets $cores $RUNWARDEN_TARGETS $RUNWARDEN_CORES" >> ${JSON.stringify(join(dir, 'seen-'))}$number`,
+        `echo "$attempt $targets $cores $RUNWARDEN_TARGETS $RUNWARDEN_CORES" >> ${seen}$number`,
         'if [ "$number" = 2 ]; then exit 42; fi',
         'if [ "$attempt" -lt 4 ]; then echo "attempt $attempt fails" >&2; exit 1; fi',
         'echo ok > "$out/result"',
-      ].join('\n') + '\n',
-      { mode: 0o755 },
+      ].join('\n'),
     );
     writeConfig(
-      dir,
+      sandbox.dir,
       `store: sqlite:./runs.db
 host: testhost
 process:
@@ -51,36 +40,32 @@ timeouts: {idle_poll: 1h}
 retry: {base: 0, factor: 2, max_exponent: 3, jitter: [1, 1], max_failures: 5}
 `,
     );
-    for (const n of ['1', '2']) expect((await runCli(['submit', n], { cwd: dir })).exitCode).toBe(0);
-    const result = await runCli(['daemon', '--once'], { cwd: dir });
+    for (const n of ['1', '2']) expect((await sandbox.run(['submit', n])).exitCode).toBe(0);
+    const result = await sandbox.run(['daemon', '--once']);
     expect(result.exitCode, result.stderr).toBe(0);
 
     // What the command saw on each attempt: placeholders, then the environment.
-    expect(readFileSync(join(dir, 'seen-1'), 'utf8').trim().split('\n')).toEqual([
+    expect(readFileSync(join(sandbox.dir, 'seen-1'), 'utf8').trim().split('\n')).toEqual([
       '1 raw,peaks,events 8 raw,peaks,events 8',
       '2 raw,peaks,events 4 raw,peaks,events 4',
       '3 raw,peaks 2 raw,peaks 2',
       '4 raw 2 raw 2',
     ]);
-    const store = await openStore(`sqlite:${join(dir, 'runs.db')}`);
-    try {
-      const run = (await store.getRun(1))!;
-      expect(run.processing).toMatchObject({ state: 'done', attempt: 4, n_failures: 3, targets: ['raw'] });
-      expect(run.processing!.resources).toEqual({ cores: 2 });
-      const busy = (await store.listRunEvents(1)).filter((e) => e.to === 'busy');
-      expect(busy.map((e) => [e.attempt, e.detail?.targets, e.detail?.resources])).toEqual([
-        [1, ['raw', 'peaks', 'events'], { cores: 8 }],
-        [2, ['raw', 'peaks', 'events'], { cores: 4 }],
-        [3, ['raw', 'peaks'], { cores: 2 }],
-        [4, ['raw'], { cores: 2 }],
-      ]);
+    const store = await sandbox.openStore();
+    const run = (await store.getRun(1))!;
+    expect(run.processing).toMatchObject({ state: 'done', attempt: 4, n_failures: 3, targets: ['raw'] });
+    expect(run.processing!.resources).toEqual({ cores: 2 });
+    const busy = (await store.listRunEvents(1)).filter((e) => e.to === 'busy');
+    expect(busy.map((e) => [e.attempt, e.detail?.targets, e.detail?.resources])).toEqual([
+      [1, ['raw', 'peaks', 'events'], { cores: 8 }],
+      [2, ['raw', 'peaks', 'events'], { cores: 4 }],
+      [3, ['raw', 'peaks'], { cores: 2 }],
+      [4, ['raw'], { cores: 2 }],
+    ]);
 
-      const abandoned = (await store.getRun(2))!.processing!;
-      expect(abandoned).toMatchObject({ state: 'abandoned', attempt: 1, n_failures: 1, exit_code: 42 });
-      expect(abandoned.reason).toMatch(/^gave up: exit code 42 is in process.no_retry_exit_codes/);
-      expect(readFileSync(join(dir, 'seen-2'), 'utf8').trim().split('\n')).toHaveLength(1);
-    } finally {
-      await store.close();
-    }
+    const abandoned = (await store.getRun(2))!.processing!;
+    expect(abandoned).toMatchObject({ state: 'abandoned', attempt: 1, n_failures: 1, exit_code: 42 });
+    expect(abandoned.reason).toMatch(/^gave up: exit code 42 is in process.no_retry_exit_codes/);
+    expect(readFileSync(join(sandbox.dir, 'seen-2'), 'utf8').trim().split('\n')).toHaveLength(1);
   });
 });

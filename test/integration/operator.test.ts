@@ -1,50 +1,21 @@
 import { existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { operatorUser } from '../../src/daemon/operator-actions.js';
-import { openStore } from '../../src/store/open-store.js';
-import type { RunStore } from '../../src/store/run-store.js';
 import type { RunDoc } from '../../src/store/types.js';
-import { isAlive, runCli, startCli, tempDir, waitFor, writeConfig } from '../helpers/cli.js';
+import { isAlive, waitFor, writeConfig } from '../helpers/cli.js';
+import { useSandbox } from '../helpers/sandbox.js';
 
 // The operator commands through the real CLI, against a real SQLite file, with real daemons, commands and
 // signals: fail, abandon, retry, hold/release, process.
 
 const HOUR = 3_600_000;
-let dir: string;
-let cleanup: () => void;
-let store: RunStore | undefined;
-const children: ReturnType<typeof startCli>[] = [];
+const sandbox = useSandbox('runwarden-operator-');
 const user = operatorUser();
-
-beforeEach(() => {
-  ({ dir, cleanup } = tempDir('runwarden-operator-'));
-});
-
-afterEach(async () => {
-  for (const child of children.splice(0)) {
-    child.kill('SIGKILL');
-    await child;
-  }
-  await store?.close();
-  store = undefined;
-  cleanup();
-});
-
-async function db(): Promise<RunStore> {
-  store ??= await openStore(`sqlite:${join(dir, 'runs.db')}`);
-  return store;
-}
-
-function script(name: string, body: string): string {
-  const path = join(dir, name);
-  writeFileSync(path, `#!/bin/sh\n${body}\n`, { mode: 0o755 });
-  return path;
-}
 
 function config(command: string[], extra = ''): void {
   writeConfig(
-    dir,
+    sandbox.dir,
     `store: sqlite:./runs.db
 host: testhost
 process:
@@ -62,7 +33,7 @@ ${extra}`,
 
 /** An operator command from host "ops". */
 function ops(...args: string[]) {
-  return runCli([...args, '--host', 'ops'], { cwd: dir });
+  return sandbox.run([...args, '--host', 'ops']);
 }
 
 async function ok(...args: string[]) {
@@ -73,16 +44,16 @@ async function ok(...args: string[]) {
 
 /** Submits through the store (as `submit` does, wake-up included), without a CLI process per run. */
 async function submit(number: string, tags: string[] = []) {
-  await (await db()).insertRun({ number: Number(number), start: Date.now(), tags });
+  await (await sandbox.openStore()).insertRun({ number: Number(number), start: Date.now(), tags });
 }
 
 async function run(number: number): Promise<RunDoc> {
-  return (await (await db()).getRun(number))!;
+  return (await (await sandbox.openStore()).getRun(number))!;
 }
 
 /** Claims a pending run for another host that is not running here, and marks it busy. */
 async function claimElsewhere(number: number, busy = true, nFailures = 0): Promise<RunDoc> {
-  const s = await db();
+  const s = await sandbox.openStore();
   const owner = { host: 'elsewhere', pid: 1, order: 'newest' as const };
   const claimed = (await s.claimRun(number, owner, { state: null, token: null }))!;
   if (nFailures > 0) {
@@ -105,7 +76,7 @@ const STUBBORN = [
 ].join('\n');
 
 async function pidsOf(number: number): Promise<{ child: number; leader: number }> {
-  const out = join(dir, 'out', String(number).padStart(6, '0'));
+  const out = join(sandbox.dir, 'out', String(number).padStart(6, '0'));
   const child = await waitFor(
     () => existsSync(join(out, 'leader.pid')) && readFileSync(join(out, 'leader.pid'), 'utf8').trim(),
     `run ${number}'s command to start`,
@@ -155,7 +126,7 @@ describe('operator commands', () => {
     expect(p2.reason).toBe(`failed by ${user}@ops: calibration was wrong`);
     expect(p2.token).not.toBe(busy.processing!.token);
     expect(p2.next_retry!).toBeGreaterThanOrEqual(before + 0.5 * HOUR);
-    expect((await (await db()).listRunEvents(2)).at(-1)).toMatchObject({
+    expect((await (await sandbox.openStore()).listRunEvents(2)).at(-1)).toMatchObject({
       host: 'ops',
       from: 'busy',
       to: 'failed',
@@ -209,7 +180,7 @@ describe('operator commands', () => {
     expect((await run(5)).tags).toEqual(['hold']);
 
     // Each action left an operator-log entry naming the operator: warnings for fail/abandon, info for the rest.
-    const log = await (await db()).listLog({ limit: 100 });
+    const log = await (await sandbox.openStore()).listLog({ limit: 100 });
     const entries = log.map((e) => [e.number, e.priority, e.host, e.user] as const);
     expect(entries).toContainEqual([2, 2, 'ops', `${user}@ops`]);
     expect(entries).toContainEqual([1, 2, 'ops', `${user}@ops`]);
@@ -219,12 +190,11 @@ describe('operator commands', () => {
   });
 
   it('fail/abandon of a busy run under a live daemon: it kills the group, writes nothing more, goes on', async () => {
-    const work = script('work.sh', `if [ "$1" = 63 ]; then echo x > "$2/x"; exit 0; fi\n${STUBBORN}`);
+    const work = sandbox.script('work.sh', `if [ "$1" = 63 ]; then echo x > "$2/x"; exit 0; fi\n${STUBBORN}`);
     config(['sh', work, '{number}', '{output}']);
     await submit('61');
-    const daemon = startCli(['daemon'], { cwd: dir });
-    children.push(daemon);
-    const s = await db();
+    const daemon = sandbox.start(['daemon']);
+    const s = await sandbox.openStore();
 
     for (const [number, action, to] of [[61, 'fail', 'failed'], [62, 'abandon', 'abandoned']] as const) {
       if (number === 62) await submit('62');
@@ -255,13 +225,13 @@ describe('operator commands', () => {
   });
 
   it('retry makes an abandoned run done by a daemon; --reset zeroes the failures while the attempt grows', async () => {
-    const broken = join(dir, 'broken');
-    const work = script('work.sh', `if [ -e "${broken}" ]; then echo broken >&2; exit 1; fi\necho x > "$2/x"`);
+    const broken = join(sandbox.dir, 'broken');
+    const work = sandbox.script('work.sh', `if [ -e "${broken}" ]; then echo broken >&2; exit 1; fi\necho x > "$2/x"`);
     config(['sh', work, '{number}', '{output}']);
     writeFileSync(broken, '');
     await submit('71');
     await submit('72');
-    expect((await runCli(['daemon', '--once'], { cwd: dir })).exitCode).toBe(0);
+    expect((await sandbox.run(['daemon', '--once'])).exitCode).toBe(0);
     for (const n of [71, 72]) {
       expect((await run(n)).processing).toMatchObject({ state: 'failed', n_failures: 1, attempt: 1 });
     }
@@ -269,7 +239,7 @@ describe('operator commands', () => {
     rmSync(broken);
     await Promise.all([ok('retry', '71', '--reset'), ok('retry', '72')]);
     expect((await run(72)).processing).toMatchObject({ state: 'failed', n_failures: 1 });
-    expect((await runCli(['daemon', '--once'], { cwd: dir })).exitCode).toBe(0);
+    expect((await sandbox.run(['daemon', '--once'])).exitCode).toBe(0);
     expect((await run(71)).processing).toMatchObject({ state: 'done', n_failures: 0, attempt: 2 });
     expect((await run(72)).processing).toMatchObject({ state: 'done', n_failures: 1, attempt: 2 });
     const refused = await ops('retry', '71', '--json');
@@ -278,20 +248,19 @@ describe('operator commands', () => {
   });
 
   it('hold keeps a run from being claimed; release lets a running daemon claim it', async () => {
-    const work = script('work.sh', `echo x > "$2/x"`);
+    const work = sandbox.script('work.sh', `echo x > "$2/x"`);
     config(['sh', work, '{number}', '{output}']);
     await submit('81');
     await ok('hold', '81');
     await submit('82');
     // --once drains everything eligible: the held run is not.
-    expect((await runCli(['daemon', '--once'], { cwd: dir })).exitCode).toBe(0);
+    expect((await sandbox.run(['daemon', '--once'])).exitCode).toBe(0);
     expect((await run(82)).processing!.state).toBe('done');
     expect((await run(81)).processing).toBeUndefined();
 
     // idle_poll is 1h: release itself wakes an idle daemon on this host.
-    const daemon = startCli(['daemon'], { cwd: dir });
-    children.push(daemon);
-    const s = await db();
+    const daemon = sandbox.start(['daemon']);
+    const s = await sandbox.openStore();
     await waitFor(async () => (await s.getHost('testhost'))?.state === 'idle', 'the daemon to be idle');
     expect((await run(81)).processing).toBeUndefined();
     await ok('release', '81');
@@ -301,7 +270,7 @@ describe('operator commands', () => {
   });
 
   it('process N runs one attempt in the foreground; refuses a done run without --force', async () => {
-    const work = script(
+    const work = sandbox.script(
       'work.sh',
       `echo "working on $1"\nif [ "$1" = 92 ]; then echo "no calibration" >&2; exit 4; fi\necho x > "$2/x"`,
     );
@@ -310,7 +279,7 @@ describe('operator commands', () => {
     await submit('92');
     const first = await ops('process', '91');
     expect(first.exitCode, first.stderr).toBe(0);
-    const logFile = join(dir, 'logs/91/attempt-1.log');
+    const logFile = join(sandbox.dir, 'logs/91/attempt-1.log');
     expect(first.stdout).toContain(`log ${logFile}`);
     expect(first.stdout).toMatch(/^run 91 done \(attempt 1\)/m);
     expect(readFileSync(logFile, 'utf8')).toContain('working on 91');
@@ -338,11 +307,10 @@ describe('operator commands', () => {
 
   it('process N --force takes a busy run from a live daemon, which kills its command, writes no more', async () => {
     // The daemon's attempt (1) never ends; the foreground attempt (2) succeeds.
-    const work = script('work.sh', `if [ "$3" -ge 2 ]; then echo x > "$2/x"; exit 0; fi\n${STUBBORN}`);
+    const work = sandbox.script('work.sh', `if [ "$3" -ge 2 ]; then echo x > "$2/x"; exit 0; fi\n${STUBBORN}`);
     config(['sh', work, '{number}', '{output}', '{attempt}']);
     await submit('95');
-    const daemon = startCli(['daemon'], { cwd: dir });
-    children.push(daemon);
+    const daemon = sandbox.start(['daemon']);
     const { child, leader } = await pidsOf(95);
     await waitFor(async () => (await run(95)).processing?.pgid, 'the process group to be recorded');
 
@@ -354,7 +322,7 @@ describe('operator commands', () => {
     expect(forced.exitCode, forced.stderr).toBe(0);
     expect(forced.stderr).toMatch(/taken away from host testhost/);
     await waitFor(() => !isAlive(child) && !isAlive(leader), "the daemon's command group to be killed");
-    const s = await db();
+    const s = await sandbox.openStore();
     await waitFor(async () => (await s.getHost('testhost'))?.running.length === 0, 'the daemon to let go of it');
     const done = await run(95);
     expect(done.processing).toMatchObject({ state: 'done', host: 'ops', attempt: 2 });
@@ -370,11 +338,10 @@ describe('operator commands', () => {
   });
 
   it('SIGINT to process N terminates the command, releases the run unharmed and exits 0', async () => {
-    const work = script('work.sh', `echo $$ > "$2/leader.pid"\necho $$ > "$2/child.pid"\nsleep 1000`);
+    const work = sandbox.script('work.sh', `echo $$ > "$2/leader.pid"\necho $$ > "$2/child.pid"\nsleep 1000`);
     config(['sh', work, '{number}', '{output}']);
     await submit('97');
-    const foreground = startCli(['process', '97', '--host', 'ops'], { cwd: dir });
-    children.push(foreground);
+    const foreground = sandbox.start(['process', '97', '--host', 'ops']);
     const { leader } = await pidsOf(97);
     foreground.kill('SIGINT');
     const result = await foreground;
@@ -388,7 +355,7 @@ describe('operator commands', () => {
 
   it('every operator command has --help with examples', async () => {
     const commands = ['fail', 'abandon', 'retry', 'hold', 'release', 'process', 'cleanup'];
-    const results = await Promise.all(commands.map((c) => runCli([c, '--help'], { cwd: dir })));
+    const results = await Promise.all(commands.map((c) => sandbox.run([c, '--help'])));
     results.forEach((result, i) => {
       expect(result.exitCode).toBe(0);
       expect(result.stdout, commands[i]).toContain('Examples:');

@@ -1,59 +1,22 @@
 import { execa } from 'execa';
-import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { groupAlive } from '../../src/process/kill-group.js';
 import { readProcStart } from '../../src/process/proc.js';
-import { openStore } from '../../src/store/open-store.js';
 import type { RunStore } from '../../src/store/run-store.js';
 import type { HostDoc } from '../../src/store/types.js';
-import { isAlive, runCli, startCli, tempDir, waitFor, writeConfig } from '../helpers/cli.js';
+import { isAlive, waitFor, writeConfig } from '../helpers/cli.js';
+import { useSandbox } from '../helpers/sandbox.js';
 
 // Crash-only recovery with real daemons, real commands and real signals: restart after kill -9, displacement
 // of a daemon of the same host, recycled pids left alone, --undying.
 
-let dir: string;
-let cleanup: () => void;
-let store: RunStore | undefined;
-const children: Array<{ kill: (signal: NodeJS.Signals) => unknown; pid?: number | undefined } & PromiseLike<unknown>> =
-  [];
-const groups: number[] = [];
-
-beforeEach(() => {
-  ({ dir, cleanup } = tempDir());
-});
-
-afterEach(async () => {
-  for (const child of children.splice(0)) {
-    child.kill('SIGKILL');
-    await child;
-  }
-  for (const pgid of groups.splice(0)) {
-    try {
-      process.kill(-pgid, 'SIGKILL');
-    } catch {
-      // already gone
-    }
-  }
-  await store?.close();
-  store = undefined;
-  cleanup();
-});
-
-async function openTestStore(): Promise<RunStore> {
-  store ??= await openStore(`sqlite:${join(dir, 'runs.db')}`);
-  return store;
-}
-
-function script(name: string, body: string): string {
-  const path = join(dir, name);
-  writeFileSync(path, `#!/bin/sh\n${body}\n`, { mode: 0o755 });
-  return path;
-}
+const sandbox = useSandbox();
 
 /** The first attempt hangs (recording its pid); later attempts write their output and succeed. */
 function hangOnceConfig(extra = ''): void {
-  const hang = script(
+  const hang = sandbox.script(
     'hang-once.sh',
     [
       'out=$2',
@@ -67,7 +30,7 @@ function hangOnceConfig(extra = ''): void {
     ].join('\n'),
   );
   writeConfig(
-    dir,
+    sandbox.dir,
     `store: sqlite:./runs.db
 host: testhost
 process:
@@ -99,13 +62,12 @@ async function hostWhen(s: RunStore, state: string): Promise<HostDoc> {
 }
 
 function startDaemon(...args: string[]) {
-  const daemon = startCli(['daemon', ...args], { cwd: dir });
-  children.push(daemon);
+  const daemon = sandbox.start(['daemon', ...args]);
   return daemon;
 }
 
 async function submit(...args: string[]): Promise<void> {
-  const result = await runCli(['submit', ...args], { cwd: dir });
+  const result = await sandbox.run(['submit', ...args]);
   expect(result.exitCode, result.stderr).toBe(0);
 }
 
@@ -114,9 +76,9 @@ describe('restart after kill -9', () => {
     hangOnceConfig();
     await submit('11');
     const first = startDaemon();
-    const leader = await readPid(join(dir, 'out/000011/leader.pid'));
-    const grandchild = await readPid(join(dir, 'out/000011/child.pid'));
-    const s = await openTestStore();
+    const leader = await readPid(join(sandbox.dir, 'out/000011/leader.pid'));
+    const grandchild = await readPid(join(sandbox.dir, 'out/000011/child.pid'));
+    const s = await sandbox.openStore();
     const busy = await waitFor(async () => {
       const p = (await s.getRun(11))?.processing;
       return p?.state === 'busy' && p.pgid !== undefined ? p : null;
@@ -160,11 +122,10 @@ describe('restart after kill -9', () => {
     hangOnceConfig();
     // An unrelated long-lived process in its own group stands in for whatever now holds the recorded pids.
     const bystander = execa('sleep', ['1000'], { detached: true, reject: false, stdio: 'ignore' });
-    children.push(bystander);
+    sandbox.track(bystander, { group: true });
     const pid = bystander.pid!;
-    groups.push(pid);
     const start = readProcStart(pid)!;
-    const s = await openTestStore();
+    const s = await sandbox.openStore();
     await s.registerHost({
       host: 'testhost',
       pid,
@@ -199,8 +160,8 @@ describe('one daemon per host', () => {
     hangOnceConfig();
     await submit('21');
     const first = startDaemon();
-    const leader = await readPid(join(dir, 'out/000021/leader.pid'));
-    const s = await openTestStore();
+    const leader = await readPid(join(sandbox.dir, 'out/000021/leader.pid'));
+    const s = await sandbox.openStore();
     const firstPid = (await hostWhen(s, 'busy')).pid;
 
     const second = startDaemon();
@@ -224,10 +185,9 @@ describe('one daemon per host', () => {
     hangOnceConfig();
     // A stand-in for a wedged daemon: the host document names it, with its true start time.
     const wedged = execa('sh', ['-c', "trap '' TERM; sleep 1000"], { detached: true, reject: false, stdio: 'ignore' });
-    children.push(wedged);
-    groups.push(wedged.pid!);
+    sandbox.track(wedged, { group: true });
     await waitFor(() => readProcStart(wedged.pid!), 'the stand-in to start');
-    const s = await openTestStore();
+    const s = await sandbox.openStore();
     await s.registerHost({
       host: 'testhost',
       pid: wedged.pid!,
@@ -255,8 +215,8 @@ describe('--undying', () => {
     hangOnceConfig();
     await submit('31');
     const parent = startDaemon('--undying');
-    const s = await openTestStore();
-    const leader = await readPid(join(dir, 'out/000031/leader.pid'));
+    const s = await sandbox.openStore();
+    const leader = await readPid(join(sandbox.dir, 'out/000031/leader.pid'));
     const child = (await hostWhen(s, 'busy')).pid;
     expect(child).not.toBe(parent.pid);
 
@@ -282,8 +242,8 @@ describe('--undying', () => {
   });
 
   it('does not restart after a configuration error (exit 2)', async () => {
-    writeConfig(dir, 'store: sqlite:./runs.db\nprocess:\n  command: ["true"]\nslots: 0\n');
-    const result = await runCli(['daemon', '--undying'], { cwd: dir });
+    writeConfig(sandbox.dir, 'store: sqlite:./runs.db\nprocess:\n  command: ["true"]\nslots: 0\n');
+    const result = await sandbox.run(['daemon', '--undying']);
     expect(result.exitCode).toBe(2);
     expect(result.stderr).toContain('slots');
   });
@@ -291,9 +251,9 @@ describe('--undying', () => {
 
 describe('cleanup of other hosts', () => {
   it("a running daemon fails a silent host's stale run, marks that host dead, then processes the run", async () => {
-    const work = script('work.sh', 'echo ok > "$2/result"');
+    const work = sandbox.script('work.sh', 'echo ok > "$2/result"');
     writeConfig(
-      dir,
+      sandbox.dir,
       `store: sqlite:./runs.db
 host: testhost
 process:
@@ -310,7 +270,7 @@ timeouts:
 retry: {base: 0, factor: 2, max_exponent: 3, jitter: [1, 1], max_failures: 3}
 `,
     );
-    const s = await openTestStore();
+    const s = await sandbox.openStore();
     await s.registerHost({
       host: 'ghost',
       pid: 999_999,
@@ -323,7 +283,11 @@ retry: {base: 0, factor: 2, max_exponent: 3, jitter: [1, 1], max_failures: 3}
       running: [41],
     });
     await s.insertRun({ number: 41, start: Date.now() });
-    const claimed = (await s.claimRun(41, { host: 'ghost', pid: 999_999, order: 'newest' }, { state: null, token: null }))!;
+    const claimed = (await s.claimRun(
+      41,
+      { host: 'ghost', pid: 999_999, order: 'newest' },
+      { state: null, token: null },
+    ))!;
     expect(await s.markBusy(41, claimed.processing!.token, { started: Date.now() })).toBe(true);
 
     startDaemon();

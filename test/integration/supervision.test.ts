@@ -1,32 +1,17 @@
-import { readFileSync, writeFileSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { openStore } from '../../src/store/open-store.js';
-import { runCli, tempDir, writeConfig } from '../helpers/cli.js';
+import { describe, expect, it } from 'vitest';
+import { writeConfig } from '../helpers/cli.js';
+import { useSandbox } from '../helpers/sandbox.js';
 
 // Hang ≠ slowness (DESIGN §1): a command that produces nothing is *stalled*, one that keeps producing but
 // runs too long is *timed out*, and one that only writes files under its output directory is alive.
 
-let dir: string;
-let cleanup: () => void;
-
-beforeEach(() => {
-  ({ dir, cleanup } = tempDir());
-});
-
-afterEach(() => {
-  cleanup();
-});
-
-function script(name: string, body: string): string {
-  const path = join(dir, name);
-  writeFileSync(path, `#!/bin/sh\n${body}\n`, { mode: 0o755 });
-  return path;
-}
+const sandbox = useSandbox();
 
 describe('stall and timeout', () => {
   it('tells a silent command (stalled) from a chatty slow one (timed out) and spares a quiet file writer', async () => {
-    const work = script(
+    const work = sandbox.script(
       'work.sh',
       [
         'out=$2',
@@ -39,7 +24,7 @@ describe('stall and timeout', () => {
       ].join('\n'),
     );
     writeConfig(
-      dir,
+      sandbox.dir,
       `store: sqlite:./runs.db
 host: testhost
 slots: 3
@@ -56,26 +41,22 @@ timeouts:
 retry: {base: 1h, factor: 2, max_exponent: 3, jitter: [0.5, 1.5], max_failures: 3}
 `,
     );
-    for (const n of ['1', '2', '3']) expect((await runCli(['submit', n], { cwd: dir })).exitCode).toBe(0);
-    const result = await runCli(['daemon', '--once'], { cwd: dir });
+    for (const n of ['1', '2', '3']) expect((await sandbox.run(['submit', n])).exitCode).toBe(0);
+    const result = await sandbox.run(['daemon', '--once']);
     expect(result.exitCode, result.stderr).toBe(0);
 
-    const store = await openStore(`sqlite:${join(dir, 'runs.db')}`);
-    try {
-      const stalled = (await store.getRun(1))!.processing!;
-      expect(stalled.state).toBe('failed');
-      expect(stalled.reason).toBe('stalled: no output for 1s');
-      const timedOut = (await store.getRun(2))!.processing!;
-      expect(timedOut.state).toBe('failed');
-      expect(timedOut.reason).toBe('timed out after 4s');
-      expect((await store.getRun(3))!.processing!.state).toBe('done');
-      expect(readFileSync(join(dir, 'out/000003/part-8'), 'utf8').trim()).toBe('8');
-      // Both reasons, and their kinds, are in the run's history.
-      const failedEvent = async (n: number) => (await store.listRunEvents(n)).find((e) => e.to === 'failed')!;
-      expect(await failedEvent(1)).toMatchObject({ reason: 'stalled: no output for 1s', detail: { kind: 'stalled' } });
-      expect(await failedEvent(2)).toMatchObject({ reason: 'timed out after 4s', detail: { kind: 'timed_out' } });
-    } finally {
-      await store.close();
-    }
+    const store = await sandbox.openStore();
+    const stalled = (await store.getRun(1))!.processing!;
+    expect(stalled.state).toBe('failed');
+    expect(stalled.reason).toBe('stalled: no output for 1s');
+    const timedOut = (await store.getRun(2))!.processing!;
+    expect(timedOut.state).toBe('failed');
+    expect(timedOut.reason).toBe('timed out after 4s');
+    expect((await store.getRun(3))!.processing!.state).toBe('done');
+    expect(readFileSync(join(sandbox.dir, 'out/000003/part-8'), 'utf8').trim()).toBe('8');
+    // Both reasons, and their kinds, are in the run's history.
+    const failedEvent = async (n: number) => (await store.listRunEvents(n)).find((e) => e.to === 'failed')!;
+    expect(await failedEvent(1)).toMatchObject({ reason: 'stalled: no output for 1s', detail: { kind: 'stalled' } });
+    expect(await failedEvent(2)).toMatchObject({ reason: 'timed out after 4s', detail: { kind: 'timed_out' } });
   });
 });

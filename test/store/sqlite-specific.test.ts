@@ -1,7 +1,6 @@
 // What only the SQLite backend has to show: several OS processes on one file, wake-ups through the wake
 // directory, WAL mode, the schema and its indexes, and tolerance of rows written by other tools.
 
-import { spawn } from 'node:child_process';
 import fsSync from 'node:fs';
 import fs from 'node:fs/promises';
 import os from 'node:os';
@@ -15,44 +14,12 @@ import { StoreUnavailableError, UsageError } from '../../src/errors.js';
 import { openStore } from '../../src/store/open-store.js';
 import { SCHEMA_VERSION } from '../../src/store/sqlite/schema.js';
 import { CLAIM_SQL, openSqliteStore, SqliteRunStore } from '../../src/store/sqlite/sqlite-store.js';
+import { startTsxWorker } from '../helpers/tsx-worker.js';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
-const repoRoot = path.resolve(here, '../..');
 const claimWorker = path.join(here, 'fixtures', 'claim-worker.ts');
 const insertWorker = path.join(here, 'fixtures', 'insert-worker.ts');
 const HOUR = 3_600_000;
-
-interface Child {
-  lines: string[];
-  stderr: string[];
-  done: Promise<number | null>;
-}
-
-function startTs(script: string, args: string[]): Child {
-  const child = spawn(process.execPath, ['--import', 'tsx', script, ...args], {
-    cwd: repoRoot,
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  const lines: string[] = [];
-  const stderr: string[] = [];
-  let buffer = '';
-  child.stdout.setEncoding('utf8');
-  child.stdout.on('data', (chunk: string) => {
-    buffer += chunk;
-    let nl: number;
-    while ((nl = buffer.indexOf('\n')) >= 0) {
-      lines.push(buffer.slice(0, nl));
-      buffer = buffer.slice(nl + 1);
-    }
-  });
-  child.stderr.setEncoding('utf8');
-  child.stderr.on('data', (chunk: string) => stderr.push(chunk));
-  const done = new Promise<number | null>((resolve, reject) => {
-    child.on('error', reject);
-    child.on('close', (code) => resolve(code));
-  });
-  return { lines, stderr, done };
-}
 
 async function waitFor(condition: () => boolean, what: string, timeoutMs = 20_000): Promise<void> {
   const deadline = Date.now() + timeoutMs;
@@ -142,7 +109,7 @@ describe('SqliteRunStore specifics', () => {
     const total = 200;
     await store.insertRuns(Array.from({ length: total }, (_, i) => ({ number: i + 1, start: i })));
     const goFile = path.join(dir, 'go');
-    const workers = [startTs(claimWorker, [dbPath, 'w1', goFile]), startTs(claimWorker, [dbPath, 'w2', goFile])];
+    const workers = ['w1', 'w2'].map((host) => startTsxWorker(claimWorker, [dbPath, host, goFile]));
     await waitFor(() => workers.every((w) => w.lines.includes('ready')), 'both workers ready');
     await fs.writeFile(goFile, 'go');
     const codes = await Promise.all(workers.map((w) => w.done));
@@ -172,7 +139,7 @@ describe('SqliteRunStore specifics', () => {
       calls += 1;
     });
     try {
-      const child = startTs(insertWorker, [dbPath, '77']);
+      const child = startTsxWorker(insertWorker, [dbPath, '77']);
       expect(await child.done, child.stderr.join('')).toBe(0);
       await waitFor(() => calls > 0, 'the wake-up from the other process');
       expect((await store.getRun(77))?.number).toBe(77);
