@@ -5,7 +5,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 
 const WAKE_FILE = 'new-run';
-/** Bursts of inserts within this many ms become one call. */
+/** After a call, further changes within this many ms become one more call at its end. */
 const COALESCE_MS = 20;
 
 export function wakeDirFor(dbPath: string): string {
@@ -30,15 +30,33 @@ export function watchWake(dir: string, onWake: () => void): () => void {
   let timer: NodeJS.Timeout | undefined;
   let watcher: fs.FSWatcher | undefined;
   let closed = false;
+  /** A change arrived while calls were being coalesced: call once more when the window ends. */
+  let pending = false;
 
-  const fire = (): void => {
-    timer = undefined;
-    if (closed) return;
+  const call = (): void => {
     try {
       onWake();
     } catch {
       // a throwing callback must not kill the watcher or the process
     }
+  };
+  // The first change wakes at once (pickup latency is what an idle daemon is judged by); a burst of inserts
+  // after it costs one more call, not one per insert.
+  const windowEnds = (): void => {
+    timer = undefined;
+    if (closed || !pending) return;
+    pending = false;
+    call();
+    timer = setTimeout(windowEnds, COALESCE_MS);
+  };
+  const onChange = (): void => {
+    if (closed) return;
+    if (timer) {
+      pending = true;
+      return;
+    }
+    call();
+    timer = setTimeout(windowEnds, COALESCE_MS);
   };
 
   const stop = (): void => {
@@ -55,10 +73,7 @@ export function watchWake(dir: string, onWake: () => void): () => void {
 
   try {
     fs.mkdirSync(dir, { recursive: true });
-    watcher = fs.watch(dir, { persistent: false }, () => {
-      if (closed || timer) return;
-      timer = setTimeout(fire, COALESCE_MS);
-    });
+    watcher = fs.watch(dir, { persistent: false }, onChange);
     watcher.on('error', () => stop());
   } catch {
     closed = true;
