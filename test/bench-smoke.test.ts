@@ -11,9 +11,6 @@ import { repoRoot } from './helpers/cli.js';
 const run = promisify(execFile);
 const tsx = createRequire(import.meta.url).resolve('tsx/cli');
 
-/** Figures allowed to be unmeasured while the behaviour they time is not built yet. */
-const PENDING = new Set(['5. Own-host recovery']);
-
 describe('npm run bench -- --smoke', () => {
   it('runs every benchmark and gets a finite figure from each', { timeout: 180_000 }, async () => {
     const { stdout } = await run(process.execPath, [tsx, join(repoRoot, 'bench', 'run-all.ts'), '--smoke', '--json'], {
@@ -33,8 +30,6 @@ describe('npm run bench -- --smoke', () => {
     for (const result of results.results) {
       expect(result.figures.length, result.title).toBeGreaterThan(0);
       for (const figure of result.figures) {
-        const pending = result.notes.some((note) => note.includes('were not running again'));
-        if (PENDING.has(result.title) && figure.value === null && pending) continue;
         const what = `${result.title}: ${figure.name} (${result.notes.join('; ')})`;
         expect(Number.isFinite(figure.value), what).toBe(true);
       }

@@ -51,6 +51,22 @@ export function renderText(report: Report): string {
   return [line(headers), line(widths.map((w) => '-'.repeat(w))), ...body.map(line)].join('\n');
 }
 
+/** Wraps prose at `width` columns like the hand-written docs; `indent` continues list items. */
+function wrap(text: string, width = 110, indent = ''): string {
+  const lines: string[] = [];
+  let line = '';
+  for (const word of text.split(/\s+/).filter(Boolean)) {
+    if (line && line.length + 1 + word.length > width) {
+      lines.push(line);
+      line = indent + word;
+    } else {
+      line = line ? `${line} ${word}` : word;
+    }
+  }
+  if (line) lines.push(line);
+  return lines.join('\n');
+}
+
 function escapeCell(text: string): string {
   return text.replace(/\|/g, '\\|');
 }
@@ -74,15 +90,17 @@ export function renderMarkdown(report: Report, notes: string | undefined): strin
     '',
   );
   lines.push(
-    `Measured ${report.date.toISOString().replace(/\.\d+Z$/, 'Z')} on commit \`${report.commit}\` with Node ` +
-      `${machine.node}; \`npm run bench\` took ${minutes} min.`,
+    wrap(
+      `Measured ${report.date.toISOString().replace(/\.\d+Z$/, 'Z')} on commit \`${report.commit}\` with Node ` +
+        `${machine.node}; \`npm run bench\` took ${minutes} min.`,
+    ),
     '',
   );
   lines.push('| Benchmark | Figure | Measured | Target | Met |', '| --- | --- | --- | --- | --- |');
   for (const row of rows(report)) lines.push(`| ${row.map(escapeCell).join(' | ')} |`);
   lines.push('');
   const details = report.results.flatMap((r) =>
-    r.figures.filter((f) => f.detail).map((f) => `- ${r.title}, ${f.name}: ${f.detail}`),
+    r.figures.filter((f) => f.detail).map((f) => wrap(`- ${r.title}, ${f.name}: ${f.detail}`, 110, '  ')),
   );
   if (details.length > 0) lines.push('Behind the figures:', '', ...details, '');
 
@@ -91,27 +109,33 @@ export function renderMarkdown(report: Report, notes: string | undefined): strin
   lines.push(`- Memory: ${machine.memoryGiB} GiB; ${machine.os}; ${machine.kernel}`);
   lines.push(`- Node ${machine.node}`);
   lines.push(
-    `- 1-minute load average: ${machine.loadAtStart.toFixed(2)} at the start, ` +
-      `${(machine.loadAtEnd ?? Number.NaN).toFixed(2)} at the end (above ${machine.cores} means other work ` +
-      `competed for the cores)`,
+    wrap(
+      `- 1-minute load average: ${machine.loadAtStart.toFixed(2)} at the start, ` +
+        `${(machine.loadAtEnd ?? Number.NaN).toFixed(2)} at the end (above ${machine.cores} means other work ` +
+        `competed for the cores)`,
+      110,
+      '  ',
+    ),
     '',
   );
 
   lines.push('## How measured', '');
   lines.push(
-    'Every benchmark runs in its own node process of compiled JavaScript (the source is compiled with the ' +
-      "project's tsc into `node_modules/.cache/runwarden-bench/`), and so does every daemon it starts, as an " +
-      'operator runs `node dist/src/cli/main.js`. Stores are real SQLite files in the OS temp directory; ' +
-      'commands are real processes. Where a target is a ratio, both sides are measured in the same run, ' +
-      'alternating.',
+    wrap(
+        'Every benchmark runs in its own node process of compiled JavaScript (the source is compiled with the ' +
+        "project's tsc into `node_modules/.cache/runwarden-bench/`), and so does every daemon it starts, as an " +
+        'operator runs `node dist/src/cli/main.js`. Stores are real SQLite files in the OS temp directory; ' +
+        'commands are real processes. Where a target is a ratio, both sides are measured in the same run, ' +
+        'alternating.',
+    ),
     '',
   );
   for (const result of report.results) {
     lines.push(`### ${result.title}`, '');
-    for (const paragraph of result.how) lines.push(paragraph, '');
+    for (const paragraph of result.how) lines.push(wrap(paragraph), '');
     if (result.notes.length > 0) {
       lines.push('In this run:', '');
-      for (const note of result.notes) lines.push(`- ${note}`);
+      for (const note of result.notes) lines.push(wrap(`- ${note}`, 110, '  '));
       lines.push('');
     }
   }
