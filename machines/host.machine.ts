@@ -3,7 +3,8 @@ import { runMachine, type ClaimedRun, type RunSettledEvent } from './run.machine
 import type { RunSettlement, SupervisorTiming } from './types.js';
 
 // One host actor per daemon. It claims runs while slots are free and spawns one run actor per claim
-// (system id `run-<number>`); effects (store, signals, wake-ups) are the actors src/daemon provides.
+// (system id `run-<number>`, child id `run-slot-<k>`); effects (store, signals, wake-ups) are the actors
+// src/daemon provides.
 
 export interface HostInput {
   host: string;
@@ -36,6 +37,8 @@ export interface HostOutput {
 
 interface HostContext extends HostInput {
   running: number[];
+  /** The child slot of each running run (see spawnRun). */
+  runSlots: Record<number, number>;
   /** The last claim found the disk gate shut; the host reports `disk_full` until a claim finds it open. */
   diskFull: boolean;
   nextPollMs: number;
@@ -84,10 +87,14 @@ export const hostMachine = setup({
   },
   actions: {
     spawnRun: enqueueActions(({ enqueue, context }, params: { run: ClaimedRun }) => {
-      const id = `run-${params.run.number}`;
+      // Child ids come from a bounded set: XState caches transition candidates per event type for ever, and
+      // each child's id is in its done event's type (`xstate.done.actor.<id>`); one id per run leaked memory.
+      const used = new Set(Object.values(context.runSlots));
+      let slot = 0;
+      while (used.has(slot)) slot += 1;
       enqueue.spawnChild('run', {
-        id,
-        systemId: id,
+        id: `run-slot-${slot}`,
+        systemId: `run-${params.run.number}`,
         input: {
           run: params.run,
           maxFailures: context.maxFailures,
@@ -95,15 +102,21 @@ export const hostMachine = setup({
           timing: context.timing,
         },
       });
-      enqueue.assign({ running: [...context.running, params.run.number] });
+      enqueue.assign({
+        running: [...context.running, params.run.number],
+        runSlots: { ...context.runSlots, [params.run.number]: slot },
+      });
     }),
     forgetRun: enqueueActions(({ enqueue, context, event }) => {
       if (event.type !== 'RUN_SETTLED') return;
-      enqueue.stopChild(`run-${event.number}`);
-      enqueue.assign({ running: context.running.filter((n) => n !== event.number) });
+      enqueue.stopChild(`run-slot-${context.runSlots[event.number]}`);
+      const { [event.number]: _forgotten, ...runSlots } = context.runSlots;
+      enqueue.assign({ running: context.running.filter((n) => n !== event.number), runSlots });
     }),
     stopRuns: enqueueActions(({ enqueue, context }) => {
-      for (const number of context.running) enqueue.sendTo(`run-${number}`, { type: 'STOP' });
+      for (const number of context.running) {
+        enqueue.sendTo(`run-slot-${context.runSlots[number]}`, { type: 'STOP' });
+      }
     }),
     rememberClaim: assign({
       nextPollMs: (_, params: { output: ClaimOutput }) => params.output.nextPollMs,
@@ -129,6 +142,7 @@ export const hostMachine = setup({
   context: ({ input }) => ({
     ...input,
     running: [],
+    runSlots: {},
     diskFull: false,
     nextPollMs: input.idlePollMs,
     wakePending: false,

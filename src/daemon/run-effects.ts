@@ -91,13 +91,22 @@ export function runEffects(ctx: DaemonContext) {
     );
     const resources = resourcesForAttempt(config.process.resources, run.nFailures);
     const outputDir = join(config.process.output_root, outputDirName(run.number));
-    if (config.process.clean_output) await rm(outputDir, { recursive: true, force: true });
-    await mkdir(outputDir, { recursive: true });
     const logDir = join(config.process.log_dir, String(run.number));
-    await mkdir(logDir, { recursive: true });
     const logFile = join(logDir, `attempt-${run.attempt}.log`);
     const errorFile = join(logDir, `attempt-${run.attempt}.error`);
-    await rm(errorFile, { force: true });
+    // The two directories are independent: prepare them side by side (each file call is a thread-pool round
+    // trip, which counts in pickup latency). Asynchronous on purpose: a hung file system must not freeze the
+    // daemon's heartbeats and signal handling.
+    await Promise.all([
+      (async () => {
+        if (config.process.clean_output) await rm(outputDir, { recursive: true, force: true });
+        await mkdir(outputDir, { recursive: true });
+      })(),
+      (async () => {
+        await mkdir(logDir, { recursive: true });
+        await rm(errorFile, { force: true });
+      })(),
+    ]);
     const values = {
       number: run.number,
       name: doc.name,

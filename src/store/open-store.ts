@@ -3,7 +3,6 @@
 import path from 'node:path';
 
 import { UsageError } from '../errors.js';
-import { openMongoStore } from './mongo/mongo-store.js';
 import type { RunStore, StoreOptions } from './run-store.js';
 import { openSqliteStore } from './sqlite/sqlite-store.js';
 
@@ -19,6 +18,8 @@ export async function openStore(url: string, options?: StoreOptions): Promise<Ru
     throw new UsageError(`store: empty; expected ${ACCEPTED}`, 'store');
   }
   if (/^mongodb(\+srv)?:\/\//i.test(value)) {
+    // Loaded only when asked for: the MongoDB driver adds about 10 MB to every SQLite daemon otherwise.
+    const { openMongoStore } = await import('./mongo/mongo-store.js');
     return openMongoStore(value, options);
   }
   let file: string | undefined;

@@ -235,4 +235,19 @@ describe('host machine', () => {
     await settle();
     expect(t.actor.getSnapshot().context.diskFull).toBe(false);
   });
+
+  it('reuses a bounded set of child ids however many runs it handles (no per-run event types to cache)', async () => {
+    const t = start({ slots: 2, queue: Array.from({ length: 40 }, (_, i) => i + 1) });
+    const childIds = new Set<string>();
+    for (let round = 0; round < 20; round += 1) {
+      await settle();
+      for (const id of Object.keys(t.actor.getSnapshot().children)) childIds.add(id);
+      // settleRun finds each run actor by its system id, run-<number>, which stays per run
+      for (const number of [...t.actor.getSnapshot().context.running]) t.settleRun(number);
+    }
+    await settle();
+    expect(t.claims).toHaveLength(40);
+    expect([...childIds].filter((id) => id.startsWith('run')).sort()).toEqual(['run-slot-0', 'run-slot-1']);
+    expect(t.actor.getSnapshot().context.running).toEqual([]);
+  });
 });
