@@ -17,14 +17,22 @@ import type {
   RunState,
 } from '../types.js';
 
+import {
+  checkNewRun,
+  describeRaw,
+  isObject,
+  num,
+  numberArray,
+  numberMap,
+  outputList,
+  put,
+  str,
+  stringArray,
+} from '../decode.js';
+
 /** A document as the driver hands it over. */
 export type MongoDoc = Record<string, unknown>;
 
-function num(value: unknown): number | undefined {
-  if (typeof value === 'number' && Number.isFinite(value)) return value;
-  if (typeof value === 'bigint') return Number(value);
-  return undefined;
-}
 
 /** Epoch ms of a BSON date; a plain number written by another tool is taken as epoch ms. */
 export function millis(value: unknown): number | undefined {
@@ -42,82 +50,19 @@ export function toDate(ms: number, field: string): Date {
   return date;
 }
 
-function str(value: unknown): string | undefined {
-  return typeof value === 'string' ? value : undefined;
-}
 
-function isObject(value: unknown): value is Record<string, unknown> {
-  return typeof value === 'object' && value !== null && !Array.isArray(value) && !(value instanceof Date);
-}
 
-function stringArray(value: unknown): string[] | undefined {
-  if (!Array.isArray(value)) return undefined;
-  return value.filter((v): v is string => typeof v === 'string');
-}
 
-function numberArray(value: unknown): number[] | undefined {
-  if (!Array.isArray(value)) return undefined;
-  return value.filter((v): v is number => typeof v === 'number' && Number.isFinite(v));
-}
 
-function numberMap(value: unknown): Record<string, number> | undefined {
-  if (!isObject(value)) return undefined;
-  const out: Record<string, number> = {};
-  for (const [k, v] of Object.entries(value)) {
-    if (typeof v === 'number' && Number.isFinite(v)) out[k] = v;
-  }
-  return out;
-}
 
-function outputList(value: unknown): RunOutput[] {
-  if (!Array.isArray(value)) return [];
-  const out: RunOutput[] = [];
-  for (const item of value) {
-    if (!isObject(item) || typeof item.location !== 'string') continue;
-    out.push({
-      location: item.location,
-      host: str(item.host) ?? '',
-      attempt: num(item.attempt) ?? 0,
-      at: millis(item.at) ?? 0,
-    });
-  }
-  return out;
-}
 
-/** Sets `key` only when the value is present, so documents carry no `undefined` keys. */
-function put<T extends object, K extends keyof T>(target: T, key: K, value: T[K] | undefined): void {
-  if (value !== undefined) target[key] = value;
-}
 
-function describeRaw(value: unknown): string {
-  if (value === null || value === undefined) return 'nothing';
-  if (value instanceof Date) return `date ${value.toISOString()}`;
-  const kind = Array.isArray(value) ? 'array' : typeof value;
-  let text: string;
-  try {
-    text = typeof value === 'string' || typeof value === 'object' ? JSON.stringify(value) : String(value);
-  } catch {
-    text = String(value);
-  }
-  return `${kind} ${text.length > 40 ? `${text.slice(0, 39)}…` : text}`;
-}
 
 // -------------------------------------------------------------------------------------------------- runs
 
 /** The document `insertRun` writes for a new run; validates what SQLite's backend validates. */
 export function newRunDoc(run: NewRun): MongoDoc {
-  if (!Number.isSafeInteger(run.number)) {
-    throw new UsageError(`run number must be an integer, got ${String(run.number)}`, 'number');
-  }
-  if (typeof run.start !== 'number' || !Number.isFinite(run.start)) {
-    throw new UsageError(`run ${run.number}: start must be a time in epoch ms`, 'start');
-  }
-  if (run.tags !== undefined && (!Array.isArray(run.tags) || run.tags.some((t) => typeof t !== 'string'))) {
-    throw new UsageError(`run ${run.number}: tags must be a list of strings`, 'tags');
-  }
-  if (run.priority !== undefined && (typeof run.priority !== 'number' || !Number.isFinite(run.priority))) {
-    throw new UsageError(`run ${run.number}: priority must be a number`, 'priority');
-  }
+  checkNewRun(run);
   const doc: MongoDoc = {
     number: run.number,
     start: toDate(run.start, 'start'),
@@ -157,7 +102,7 @@ export function runFromDoc(doc: MongoDoc): RunDoc {
     ),
     priority: field('priority', 'a number', num, 0),
     params: field('params', 'an object', (v) => (isObject(v) ? v : undefined), {}),
-    outputs: outputList(doc.outputs),
+    outputs: outputList(doc.outputs, millis),
   };
   for (const name of ['name', 'mode', 'input'] as const) {
     if (doc[name] !== null && doc[name] !== undefined && typeof doc[name] !== 'string') {

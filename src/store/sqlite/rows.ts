@@ -15,6 +15,8 @@ import type {
   RunState,
 } from '../types.js';
 
+import { describeRaw, isObject, num, numberArray, numberMap, outputList, put, str, stringArray } from '../decode.js';
+
 export type Row = Record<string, unknown>;
 
 /** A value better-sqlite3 can bind. */
@@ -45,66 +47,6 @@ export function sql(value: unknown): SqlValue {
   if (typeof value === 'number' || typeof value === 'string' || typeof value === 'bigint') return value;
   if (Buffer.isBuffer(value)) return value;
   return toJson(value);
-}
-
-function num(value: unknown): number | undefined {
-  if (typeof value === 'number' && Number.isFinite(value)) return value;
-  if (typeof value === 'bigint') return Number(value);
-  return undefined;
-}
-
-function str(value: unknown): string | undefined {
-  return typeof value === 'string' ? value : undefined;
-}
-
-function isObject(value: unknown): value is Record<string, unknown> {
-  return typeof value === 'object' && value !== null && !Array.isArray(value);
-}
-
-function stringArray(value: unknown): string[] | undefined {
-  if (!Array.isArray(value)) return undefined;
-  return value.filter((v): v is string => typeof v === 'string');
-}
-
-function numberArray(value: unknown): number[] | undefined {
-  if (!Array.isArray(value)) return undefined;
-  return value.filter((v): v is number => typeof v === 'number' && Number.isFinite(v));
-}
-
-function numberMap(value: unknown): Record<string, number> | undefined {
-  if (!isObject(value)) return undefined;
-  const out: Record<string, number> = {};
-  for (const [k, v] of Object.entries(value)) {
-    if (typeof v === 'number' && Number.isFinite(v)) out[k] = v;
-  }
-  return out;
-}
-
-function outputList(value: unknown): RunOutput[] {
-  if (!Array.isArray(value)) return [];
-  const out: RunOutput[] = [];
-  for (const item of value) {
-    if (!isObject(item) || typeof item.location !== 'string') continue;
-    out.push({
-      location: item.location,
-      host: str(item.host) ?? '',
-      attempt: num(item.attempt) ?? 0,
-      at: num(item.at) ?? 0,
-    });
-  }
-  return out;
-}
-
-/** Sets `key` only when the value is present, so documents carry no `undefined` keys. */
-function put<T extends object, K extends keyof T>(target: T, key: K, value: T[K] | undefined): void {
-  if (value !== undefined) target[key] = value;
-}
-
-function describeRaw(value: unknown): string {
-  if (value === null || value === undefined) return 'nothing';
-  const kind = Array.isArray(value) ? 'array' : typeof value;
-  const text = typeof value === 'string' || typeof value === 'object' ? JSON.stringify(value) : String(value);
-  return `${kind} ${text.length > 40 ? `${text.slice(0, 39)}…` : text}`;
 }
 
 export function runFromRow(row: Row): RunDoc {

@@ -31,6 +31,7 @@ import { RUN_STATES } from '../types.js';
 import { eventFromRow, hostFromRow, logFromRow, parseJson, runFromRow, sql, toJson, type Row } from './rows.js';
 import { migrate } from './schema.js';
 import { signalWake, wakeDirFor, watchWake } from './wake.js';
+import { checkNewRun } from '../decode.js';
 
 /** How long a statement waits for another process's write lock before failing with SQLITE_BUSY. */
 const BUSY_TIMEOUT_MS = 10_000;
@@ -161,18 +162,7 @@ export class SqliteRunStore implements RunStore {
   }
 
   private newRunRow(run: NewRun): Record<string, unknown> {
-    if (!Number.isSafeInteger(run.number)) {
-      throw new UsageError(`run number must be an integer, got ${String(run.number)}`, 'number');
-    }
-    if (typeof run.start !== 'number' || !Number.isFinite(run.start)) {
-      throw new UsageError(`run ${run.number}: start must be a time in epoch ms`, 'start');
-    }
-    if (run.tags !== undefined && (!Array.isArray(run.tags) || run.tags.some((t) => typeof t !== 'string'))) {
-      throw new UsageError(`run ${run.number}: tags must be a list of strings`, 'tags');
-    }
-    if (run.priority !== undefined && (typeof run.priority !== 'number' || !Number.isFinite(run.priority))) {
-      throw new UsageError(`run ${run.number}: priority must be a number`, 'priority');
-    }
+    checkNewRun(run);
     return {
       number: run.number,
       name: sql(run.name),

@@ -1,0 +1,91 @@
+// Defensive decoding shared by the backends: a document or row another tool wrote badly never throws while it
+// is read; a bad value is left out or replaced by an empty default, and later validation fails the run with
+// a reason. Also the checks every backend applies to a new run before it is written.
+
+import { UsageError } from '../errors.js';
+import type { NewRun, RunOutput } from './types.js';
+
+export function num(value: unknown): number | undefined {
+  if (typeof value === 'number' && Number.isFinite(value)) return value;
+  if (typeof value === 'bigint') return Number(value);
+  return undefined;
+}
+
+export function str(value: unknown): string | undefined {
+  return typeof value === 'string' ? value : undefined;
+}
+
+/** A plain object: not null, not an array, not a (BSON) date. */
+export function isObject(value: unknown): value is Record<string, unknown> {
+  return typeof value === 'object' && value !== null && !Array.isArray(value) && !(value instanceof Date);
+}
+
+export function stringArray(value: unknown): string[] | undefined {
+  if (!Array.isArray(value)) return undefined;
+  return value.filter((v): v is string => typeof v === 'string');
+}
+
+export function numberArray(value: unknown): number[] | undefined {
+  if (!Array.isArray(value)) return undefined;
+  return value.filter((v): v is number => typeof v === 'number' && Number.isFinite(v));
+}
+
+export function numberMap(value: unknown): Record<string, number> | undefined {
+  if (!isObject(value)) return undefined;
+  const out: Record<string, number> = {};
+  for (const [k, v] of Object.entries(value)) {
+    if (typeof v === 'number' && Number.isFinite(v)) out[k] = v;
+  }
+  return out;
+}
+
+/** The outputs list; entries without a location are dropped. `time` reads the backend's time values. */
+export function outputList(value: unknown, time: (value: unknown) => number | undefined = num): RunOutput[] {
+  if (!Array.isArray(value)) return [];
+  const out: RunOutput[] = [];
+  for (const item of value) {
+    if (!isObject(item) || typeof item.location !== 'string') continue;
+    out.push({
+      location: item.location,
+      host: str(item.host) ?? '',
+      attempt: num(item.attempt) ?? 0,
+      at: time(item.at) ?? 0,
+    });
+  }
+  return out;
+}
+
+/** Sets `key` only when the value is present, so documents carry no `undefined` keys. */
+export function put<T extends object, K extends keyof T>(target: T, key: K, value: T[K] | undefined): void {
+  if (value !== undefined) target[key] = value;
+}
+
+/** A short description of a bad value for a reason: `string "oops"`, `array [1,2]`, `date 2024-…`. */
+export function describeRaw(value: unknown): string {
+  if (value === null || value === undefined) return 'nothing';
+  if (value instanceof Date) return `date ${value.toISOString()}`;
+  const kind = Array.isArray(value) ? 'array' : typeof value;
+  let text: string;
+  try {
+    text = typeof value === 'string' || typeof value === 'object' ? JSON.stringify(value) : String(value);
+  } catch {
+    text = String(value);
+  }
+  return `${kind} ${text.length > 40 ? `${text.slice(0, 39)}…` : text}`;
+}
+
+/** What every backend refuses in a new run, each as a UsageError naming the field. */
+export function checkNewRun(run: NewRun): void {
+  if (!Number.isSafeInteger(run.number)) {
+    throw new UsageError(`run number must be an integer, got ${String(run.number)}`, 'number');
+  }
+  if (typeof run.start !== 'number' || !Number.isFinite(run.start)) {
+    throw new UsageError(`run ${run.number}: start must be a time in epoch ms`, 'start');
+  }
+  if (run.tags !== undefined && (!Array.isArray(run.tags) || run.tags.some((t) => typeof t !== 'string'))) {
+    throw new UsageError(`run ${run.number}: tags must be a list of strings`, 'tags');
+  }
+  if (run.priority !== undefined && (typeof run.priority !== 'number' || !Number.isFinite(run.priority))) {
+    throw new UsageError(`run ${run.number}: priority must be a number`, 'priority');
+  }
+}
