@@ -3,7 +3,7 @@
 // a reason. Also the checks every backend applies to a new run before it is written.
 
 import { UsageError } from '../errors.js';
-import type { NewRun, RunOutput } from './types.js';
+import type { NewRun, Processing, RunOutput, RunState } from './types.js';
 
 export function num(value: unknown): number | undefined {
   if (typeof value === 'number' && Number.isFinite(value)) return value;
@@ -88,4 +88,37 @@ export function checkNewRun(run: NewRun): void {
   if (run.priority !== undefined && (typeof run.priority !== 'number' || !Number.isFinite(run.priority))) {
     throw new UsageError(`run ${run.number}: priority must be a number`, 'priority');
   }
+}
+
+/**
+ * The processing sub-document from a backend's fields. `time` reads the backend's time values (numbers in
+ * SQLite, dates in MongoDB); `structured` turns a stored list or map into a value (SQLite keeps JSON text).
+ */
+export function processingFrom(
+  fields: Record<string, unknown>,
+  time: (value: unknown) => number | undefined,
+  structured: (value: unknown) => unknown = (value) => value,
+): Processing {
+  const p: Processing = {
+    // An unknown state written by another tool is handed back as is: it is never eligible for a claim,
+    // and showing it truthfully beats hiding it.
+    state: String(fields.state) as RunState,
+    host: str(fields.host) ?? '',
+    pid: num(fields.pid) ?? 0,
+    token: str(fields.token) ?? '',
+    attempt: num(fields.attempt) ?? 0,
+    time: time(fields.time) ?? 0,
+    n_failures: num(fields.n_failures) ?? 0,
+  };
+  put(p, 'pgid', num(fields.pgid));
+  put(p, 'proc_start', num(fields.proc_start));
+  put(p, 'started', time(fields.started));
+  put(p, 'ended', time(fields.ended));
+  put(p, 'reason', str(fields.reason));
+  put(p, 'next_retry', time(fields.next_retry));
+  put(p, 'exit_code', num(fields.exit_code));
+  put(p, 'signal', str(fields.signal));
+  put(p, 'targets', stringArray(structured(fields.targets)));
+  put(p, 'resources', numberMap(structured(fields.resources)));
+  return p;
 }

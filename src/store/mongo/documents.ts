@@ -10,10 +10,8 @@ import type {
   LogEntry,
   LogPriority,
   NewRun,
-  Processing,
   RunDoc,
   RunEvent,
-  RunOutput,
   RunState,
 } from '../types.js';
 
@@ -23,11 +21,10 @@ import {
   isObject,
   num,
   numberArray,
-  numberMap,
   outputList,
+  processingFrom,
   put,
   str,
-  stringArray,
 } from '../decode.js';
 
 /** A document as the driver hands it over. */
@@ -118,35 +115,10 @@ export function runFromDoc(doc: MongoDoc): RunDoc {
   if (p !== null && p !== undefined && !isObject(p)) {
     invalid.push(`processing: expected an object, got ${describeRaw(p)}`);
   } else if (isObject(p) && p.state !== null && p.state !== undefined) {
-    run.processing = processingFromDoc(p);
+    run.processing = processingFrom(p, millis);
   }
   if (invalid.length > 0) run.invalid = invalid;
   return run;
-}
-
-function processingFromDoc(p: Record<string, unknown>): Processing {
-  const out: Processing = {
-    // An unknown state written by another tool is handed back as is: it is never eligible for a claim,
-    // and showing it truthfully beats hiding it.
-    state: String(p.state) as RunState,
-    host: str(p.host) ?? '',
-    pid: num(p.pid) ?? 0,
-    token: str(p.token) ?? '',
-    attempt: num(p.attempt) ?? 0,
-    time: millis(p.time) ?? 0,
-    n_failures: num(p.n_failures) ?? 0,
-  };
-  put(out, 'pgid', num(p.pgid));
-  put(out, 'proc_start', num(p.proc_start));
-  put(out, 'started', millis(p.started));
-  put(out, 'ended', millis(p.ended));
-  put(out, 'reason', str(p.reason));
-  put(out, 'next_retry', millis(p.next_retry));
-  put(out, 'exit_code', num(p.exit_code));
-  put(out, 'signal', str(p.signal));
-  put(out, 'targets', stringArray(p.targets));
-  put(out, 'resources', numberMap(p.resources));
-  return out;
 }
 
 /** The state a run had before its latest transition (written by every transition), null when it had none. */

@@ -8,14 +8,21 @@ import type {
   HostState,
   LogEntry,
   LogPriority,
-  Processing,
   RunDoc,
   RunEvent,
-  RunOutput,
   RunState,
 } from '../types.js';
 
-import { describeRaw, isObject, num, numberArray, numberMap, outputList, put, str, stringArray } from '../decode.js';
+import {
+  describeRaw,
+  isObject,
+  num,
+  numberArray,
+  outputList,
+  processingFrom,
+  put,
+  str,
+} from '../decode.js';
 
 export type Row = Record<string, unknown>;
 
@@ -98,27 +105,7 @@ export function runFromRow(row: Row): RunDoc {
   put(doc, 'input', str(row.input));
 
   if (row.state !== null && row.state !== undefined) {
-    const p: Processing = {
-      // An unknown state written by another tool is handed back as is: it is never eligible for a claim,
-      // and showing it truthfully beats hiding it.
-      state: String(row.state) as RunState,
-      host: str(row.host) ?? '',
-      pid: num(row.pid) ?? 0,
-      token: str(row.token) ?? '',
-      attempt: num(row.attempt) ?? 0,
-      time: num(row.time) ?? 0,
-      n_failures: num(row.n_failures) ?? 0,
-    };
-    put(p, 'pgid', num(row.pgid));
-    put(p, 'proc_start', num(row.proc_start));
-    put(p, 'started', num(row.started));
-    put(p, 'ended', num(row.ended));
-    put(p, 'reason', str(row.reason));
-    put(p, 'next_retry', num(row.next_retry));
-    put(p, 'exit_code', num(row.exit_code));
-    put(p, 'signal', str(row.signal));
-    put(p, 'targets', stringArray(parseJson(row.targets)));
-    put(p, 'resources', numberMap(parseJson(row.resources)));
+    const p = processingFrom(row, num, parseJson);
     doc.processing = p;
   }
   return doc;
