@@ -59,7 +59,7 @@ export function provideMachines(ctx: DaemonContext, view: () => HostView) {
 }
 
 export function startDaemon(options: DaemonOptions): DaemonHandle {
-  const { config, store, logger } = options;
+  const { config, logger } = options;
   const ctx = createDaemonContext(options);
   let latest: HostSnapshot | undefined;
   const view = (): HostView => ({
