@@ -21,13 +21,19 @@ interface Sizes {
   pairs: number;
 }
 
-async function bareLoop(runs: number): Promise<number> {
+/** The bare loop; with `withFiles`, each command also gets the directories and log file an attempt has. */
+async function bareLoop(runs: number, withFiles = false): Promise<number> {
   const script = compiledBench('lib/bare-loop.js');
-  const job = JSON.stringify({ runs, concurrency: SLOTS, argv: COMMAND });
-  const { stdout } = await run(process.execPath, [script, job], { env: cleanEnv(), maxBuffer: 1 << 20 });
-  const result = JSON.parse(stdout) as { elapsedMs: number; failed: number };
-  if (result.failed > 0) throw new Error(`bare loop: ${result.failed} of ${runs} commands failed`);
-  return result.elapsedMs;
+  const workspace = withFiles ? makeWorkspace('throughput-files') : undefined;
+  try {
+    const job = JSON.stringify({ runs, concurrency: SLOTS, argv: COMMAND, filesIn: workspace?.dir });
+    const { stdout } = await run(process.execPath, [script, job], { env: cleanEnv(), maxBuffer: 1 << 20 });
+    const result = JSON.parse(stdout) as { elapsedMs: number; failed: number };
+    if (result.failed > 0) throw new Error(`bare loop: ${result.failed} of ${runs} commands failed`);
+    return result.elapsedMs;
+  } finally {
+    workspace?.cleanup();
+  }
 }
 
 /** The daemon (compiled CLI, `--once`) on a store holding `runs` pending runs; ms from first claim to last done. */
@@ -80,22 +86,29 @@ export async function throughput(options: BenchOptions): Promise<BenchResult> {
   const sizes: Sizes = options.smoke ? { runs: 40, pairs: 1 } : { runs: 2000, pairs: 5 };
   const cli = cliMain();
   const ratios: number[] = [];
+  const fileRatios: number[] = [];
   const daemonRates: number[] = [];
   const bareRates: number[] = [];
+  const fileRates: number[] = [];
   for (let pair = 0; pair < sizes.pairs; pair += 1) {
     // Alternate which goes first, so a trend in the machine's load favours neither.
     let bareMs = 0;
     let daemonMs = 0;
+    let filesMs = 0;
     if (pair % 2 === 0) {
       bareMs = await bareLoop(sizes.runs);
       daemonMs = await daemonRun(cli, sizes.runs);
+      filesMs = await bareLoop(sizes.runs, true);
     } else {
+      filesMs = await bareLoop(sizes.runs, true);
       daemonMs = await daemonRun(cli, sizes.runs);
       bareMs = await bareLoop(sizes.runs);
     }
     ratios.push(bareMs / daemonMs);
+    fileRatios.push(filesMs / daemonMs);
     daemonRates.push((sizes.runs / daemonMs) * 1000);
     bareRates.push((sizes.runs / bareMs) * 1000);
+    fileRates.push((sizes.runs / filesMs) * 1000);
   }
   const list = (xs: number[], digits: number) => xs.map((x) => x.toFixed(digits)).join(', ');
   return {
@@ -114,6 +127,13 @@ export async function throughput(options: BenchOptions): Promise<BenchResult> {
         detail: `per pair: ${list(ratios, 2)}`,
       },
       {
+        name: 'control: runwarden ÷ bare loop that also makes each attempt\'s directories and log file',
+        value: median(fileRatios),
+        unit: '×',
+        digits: 2,
+        detail: `per pair: ${list(fileRatios, 2)}`,
+      },
+      {
         name: 'runwarden daemon, runs/s (median)',
         value: median(daemonRates),
         unit: 'runs/s',
@@ -127,6 +147,13 @@ export async function throughput(options: BenchOptions): Promise<BenchResult> {
         digits: 0,
         detail: `per pair: ${list(bareRates, 0)}`,
       },
+      {
+        name: 'control loop with per-attempt files, runs/s (median)',
+        value: median(fileRates),
+        unit: 'runs/s',
+        digits: 0,
+        detail: `per pair: ${list(fileRates, 0)}`,
+      },
     ],
     how: [
       `${sizes.runs} pending runs are inserted into a fresh SQLite file; then \`runwarden daemon --once\` (compiled ` +
@@ -135,7 +162,9 @@ export async function throughput(options: BenchOptions): Promise<BenchResult> {
         `both read from run_events. The baseline is a fresh node process running ${SLOTS} async workers that each ` +
         `\`await execa('/bin/true')\` until ${sizes.runs} commands ran, timed from the first spawn to the last exit. ` +
         `The two alternate (bare first in even pairs, daemon first in odd ones) ${sizes.pairs} times; the figure is ` +
-        `the median of the per-pair ratios bare time ÷ daemon time.`,
+        `the median of the per-pair ratios bare time ÷ daemon time. A control loop, alternated as well, is the ` +
+        `bare loop plus what each runwarden attempt needs on disk (an output directory, a log directory, a log ` +
+        `file with a header and a footer): it separates the daemon's bookkeeping from the cost of those files.`,
     ],
     notes: [],
   };
