@@ -159,6 +159,14 @@ async function storeFile(total: number, hash: string, into: string): Promise<{ f
   }
   const file = join(into, `runs-${total}.db`);
   copyFileSync(cached, file);
+  // The cache may be hours old: move the failed runs' next_retry back to 1–24 h from now, or some would have
+  // become eligible since it was built.
+  const db = new Database(file);
+  try {
+    db.prepare(`UPDATE runs SET next_retry = ? + 3600000 * (1 + number % 24) WHERE state = 'failed'`).run(Date.now());
+  } finally {
+    db.close();
+  }
   return { file, builtMs };
 }
 

@@ -99,8 +99,12 @@ export function runEffects(ctx: DaemonContext) {
     // daemon's heartbeats and signal handling.
     await Promise.all([
       (async () => {
-        if (config.process.clean_output) await rm(outputDir, { recursive: true, force: true });
-        await mkdir(outputDir, { recursive: true });
+        // A fresh directory needs no cleaning (mkdir says whether it created it): one round trip, not two.
+        const created = await mkdir(outputDir, { recursive: true });
+        if (created === undefined && config.process.clean_output) {
+          await rm(outputDir, { recursive: true, force: true });
+          await mkdir(outputDir, { recursive: true });
+        }
       })(),
       (async () => {
         await mkdir(logDir, { recursive: true });

@@ -60,3 +60,38 @@ retry: {base: 1h, factor: 2, max_exponent: 3, jitter: [0.5, 1.5], max_failures: 
     expect(await failedEvent(2)).toMatchObject({ reason: 'timed out after 4s', detail: { kind: 'timed_out' } });
   });
 });
+
+describe('partial output', () => {
+  it('a retry starts from an empty output directory with clean_output, and keeps it without', async () => {
+    // The first attempt leaves a partial file and fails; the second records what it found, then succeeds.
+    const work = sandbox.script(
+      'partial.sh',
+      ['out=$2', 'ls "$out" > "$out/../found-$1-$3"', 'if [ "$3" = 1 ]; then echo half > "$out/partial"; exit 1; fi',
+        'echo ok > "$out/result"'].join('\n'),
+    );
+    for (const [clean, number] of [['true', '1'], ['false', '2']] as const) {
+      writeConfig(
+        sandbox.dir,
+        `store: sqlite:./runs.db
+host: testhost
+process:
+  command: ["sh", ${JSON.stringify(work)}, "{number}", "{output}", "{attempt}"]
+  output_root: ./out
+  log_dir: ./logs
+  clean_output: ${clean}
+timeouts: {idle_poll: 1h}
+retry: {base: 0, factor: 2, max_exponent: 3, jitter: [1, 1], max_failures: 3}
+`,
+      );
+      expect((await sandbox.run(['submit', number])).exitCode).toBe(0);
+      const result = await sandbox.run(['daemon', '--once']);
+      expect(result.exitCode, result.stderr).toBe(0);
+      expect((await (await sandbox.openStore()).getRun(Number(number)))!.processing!.state).toBe('done');
+    }
+    const found = (n: string, attempt: number) =>
+      readFileSync(join(sandbox.dir, 'out', `found-${n}-${attempt}`), 'utf8').trim();
+    expect(found('1', 1)).toBe('');
+    expect(found('1', 2)).toBe('');
+    expect(found('2', 2)).toBe('partial');
+  });
+});
