@@ -3,7 +3,8 @@ import { join } from 'node:path';
 import { execa } from 'execa';
 import { openStore } from '../src/store/open-store.js';
 import { outputDirName } from '../src/policy/placeholders.js';
-import { cliMain } from './lib/build.js';
+import { cliMain, compiledBench } from './lib/build.js';
+import { readRssMb } from './lib/rss.js';
 import { calibrateClock, epochMs, parseEpochRealtime } from './lib/clock.js';
 import { makeWorkspace, sleep, spawnDaemon, stopProcess, waitFor, writeDaemonConfig } from './lib/processes.js';
 import { isEntryPoint, runAsProgram, type BenchOptions, type BenchResult } from './lib/result.js';
@@ -41,6 +42,8 @@ export async function latency(options: BenchOptions): Promise<BenchResult> {
   const daemon = spawnDaemon(cli, config, workspace);
   const daemonSamples: number[] = [];
   const baselineSamples: number[] = [];
+  let daemonRssMb = 0;
+  let probe: { samples: number[]; rssMb: number } = { samples: [], rssMb: 0 };
   try {
     await waitFor(async () => (await store.getHost(HOST))?.state === 'idle', 'the daemon to be idle', {
       timeoutMs: 30_000,
@@ -74,7 +77,12 @@ export async function latency(options: BenchOptions): Promise<BenchResult> {
         await sleep(pauseMs());
         await measure(i);
       }
+      daemonRssMb = Math.max(daemonRssMb, readRssMb(daemon.pid) ?? 0);
     }
+    // The control: the same bare spawn from a process as resident as the daemon was.
+    const job = { samples, rssMb: daemonRssMb, dir: join(workspace.dir, 'probe'), argv: COMMAND };
+    const { stdout } = await execa(process.execPath, [compiledBench('lib/spawn-probe.js'), JSON.stringify(job)]);
+    probe = JSON.parse(stdout) as typeof probe;
   } finally {
     await stopProcess(daemon);
     await store.close();
@@ -108,6 +116,13 @@ export async function latency(options: BenchOptions): Promise<BenchResult> {
       },
       { name: 'p50, submit commit → command start', value: p(daemonSamples, 50), unit: 'ms', digits: 2 },
       { name: 'p50, bare spawn: execa call → command start', value: p(baselineSamples, 50), unit: 'ms', digits: 2 },
+      {
+        name: `control: p50 of the bare spawn from a process as resident as the daemon (${Math.round(probe.rssMb)} MB)`,
+        value: p(probe.samples, 50),
+        unit: 'ms',
+        digits: 2,
+        detail: `bare spawn from a process of ${Math.round(probe.rssMb)} MB: ${fmt(probe.samples)}`,
+      },
     ],
     how: [
       `One daemon (compiled CLI, slots 4, idle_poll 1 h so that only the wake-up path can pick a run up) waits ` +
@@ -119,7 +134,10 @@ export async function latency(options: BenchOptions): Promise<BenchResult> {
         `resolved. The baseline sample, alternating with the daemon's, is the same command started by ` +
         `\`execa\` from the benchmark process, timed from just before the call. Clocks: the benchmark's times are ` +
         `performance.now() plus an offset to the realtime clock, re-measured before every sample by spinning until ` +
-        `Date.now() ticks over (error about 1 µs), so both sides read the same realtime clock at µs resolution.`,
+        `Date.now() ticks over (error about 1 µs), so both sides read the same realtime clock at µs resolution. ` +
+        `Afterwards, as a control, a separate node process holding as much touched memory as the daemon's largest ` +
+        `resident size during the run takes the same number of bare-spawn samples the same way: fork copies ` +
+        `page tables, so this shows what the spawn alone costs in a process of the daemon's size.`,
     ],
     notes: [],
   };
