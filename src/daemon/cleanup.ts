@@ -1,7 +1,7 @@
 import { formatElapsed } from '../config/duration.js';
 import type { Config } from '../config/schema.js';
 import type { Logger } from '../log/logger.js';
-import { decideAfterFailure } from '../policy/failure-decision.js';
+import { repairFailureOutcome } from '../policy/failure-decision.js';
 import { retryDelay } from '../policy/retry-delay.js';
 import type { RunOverride, RunStore } from '../store/run-store.js';
 import type { RunDoc, RunState } from '../store/types.js';
@@ -52,21 +52,13 @@ function isoTime(ms: number): string {
 /** The failure a repair records: counted, with backoff, or abandoned once max_failures is reached. */
 function failureOverride(deps: CleanupDeps, run: RunDoc, what: string): RunOverride {
   const nBefore = run.processing?.n_failures ?? 0;
-  const decision = decideAfterFailure({
+  return repairFailureOutcome({
     nFailuresBefore: nBefore,
+    what,
     maxFailures: deps.config.retry.max_failures,
     noRetryExitCodes: deps.config.process.no_retry_exit_codes,
+    retryAt: deps.clock() + retryDelay(nBefore, deps.config.retry, deps.random),
   });
-  if (decision.kind === 'abandon') {
-    const reason = `gave up: ${decision.why}; last failure: ${what}`;
-    return { to: 'abandoned', reason, n_failures: decision.nFailures };
-  }
-  return {
-    to: 'failed',
-    reason: what,
-    n_failures: decision.nFailures,
-    next_retry: deps.clock() + retryDelay(nBefore, deps.config.retry, deps.random),
-  };
 }
 
 function staleReason(deps: CleanupDeps, run: RunDoc): string {

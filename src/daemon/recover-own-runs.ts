@@ -1,4 +1,4 @@
-import { decideAfterFailure } from '../policy/failure-decision.js';
+import { repairFailureOutcome } from '../policy/failure-decision.js';
 import { groupAlive, killProcessGroup } from '../process/kill-group.js';
 import { isSameProcess, readProcStat, isDeadState } from '../process/proc.js';
 import type { HostDoc, RunDoc } from '../store/types.js';
@@ -71,40 +71,38 @@ export async function recoverOwnRuns(ctx: DaemonContext, previous: HostDoc | nul
       const why =
         `host ${host} restarted while the run was ${p.state} (daemon pid ${p.pid} is gone)` +
         (killedPgid !== undefined ? `; killed its orphaned command (process group ${killedPgid})` : '');
-      const decision = decideAfterFailure({
+      // Not the run's fault as far as anyone knows: eligible again at once, but counted, so a run that kills
+      // its daemon every time is given up on eventually.
+      const outcome = repairFailureOutcome({
         nFailuresBefore: p.n_failures,
+        what: why,
         maxFailures: config.retry.max_failures,
         noRetryExitCodes: config.process.no_retry_exit_codes,
+        retryAt: ctx.clock(),
       });
       const detail = {
         kind: 'restart',
         previous_pid: p.pid,
         ...(killedPgid !== undefined ? { killed_pgid: killedPgid } : {}),
       };
-      let ok: boolean;
-      let outcome: RecoveredRun['outcome'];
-      if (decision.kind === 'abandon') {
-        ok = await store.abandonRun(
-          run.number,
-          p.token,
-          { reason: `gave up: ${decision.why}; last failure: ${why}`, n_failures: decision.nFailures },
-          { detail },
-        );
-        outcome = 'abandoned';
-      } else {
-        // Not the run's fault as far as anyone knows: eligible again at once, but counted, so a run that
-        // kills its daemon every time is given up on eventually.
-        ok = await store.failRun(
-          run.number,
-          p.token,
-          { reason: why, n_failures: decision.nFailures, next_retry: ctx.clock() },
-          { detail },
-        );
-        outcome = 'failed';
-      }
+      const { reason, n_failures } = outcome;
+      const ok =
+        outcome.to === 'abandoned'
+          ? await store.abandonRun(run.number, p.token, { reason, n_failures }, { detail })
+          : await store.failRun(
+              run.number,
+              p.token,
+              { reason, n_failures, next_retry: outcome.next_retry },
+              { detail },
+            );
       if (!ok) return { number: run.number, state: p.state, outcome: 'lost_race' };
-      logger.warn(`run ${run.number} ${outcome}: ${why}`, { number: run.number });
-      return { number: run.number, state: p.state, outcome, ...(killedPgid !== undefined ? { killedPgid } : {}) };
+      logger.warn(`run ${run.number} ${outcome.to}: ${why}`, { number: run.number });
+      return {
+        number: run.number,
+        state: p.state,
+        outcome: outcome.to,
+        ...(killedPgid !== undefined ? { killedPgid } : {}),
+      };
     }),
   );
 }

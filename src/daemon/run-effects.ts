@@ -6,6 +6,7 @@ import type { ClaimedRun, PreflightOutput } from '../../machines/run.machine.js'
 import type { AttemptFailure, CommandPlan, FencedWriteResult } from '../../machines/types.js';
 import { resourcesForAttempt, targetsForAttempt } from '../policy/degradation.js';
 import { commandEnvironment, outputDirName, substituteArgv } from '../policy/placeholders.js';
+import { abandonReason } from '../policy/failure-decision.js';
 import { retryDelay } from '../policy/retry-delay.js';
 import { validateRunDocument } from '../policy/run-validation.js';
 import type { RunDoc } from '../store/types.js';
@@ -210,7 +211,7 @@ export function runEffects(ctx: DaemonContext) {
     const { run, failure } = input;
     const last = await failureReason(ctx, failure);
     const nFailures = run.nFailures + 1;
-    const reason = `gave up: ${input.why}; last failure: ${last}`;
+    const reason = abandonReason(input.why, last);
     const ok = await store.abandonRun(
       run.number,
       run.token,

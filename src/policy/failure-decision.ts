@@ -29,3 +29,38 @@ export function decideAfterFailure(facts: FailureFacts): FailureDecision {
   }
   return { kind: 'retry', nFailures };
 }
+
+/** The stored reason of a run given up on: why, then the failure that tipped it. */
+export function abandonReason(why: string, lastFailure: string): string {
+  return `gave up: ${why}; last failure: ${lastFailure}`;
+}
+
+export type FailureOutcome =
+  | { to: 'failed'; reason: string; n_failures: number; next_retry: number }
+  | { to: 'abandoned'; reason: string; n_failures: number };
+
+export interface RepairFailureFacts {
+  nFailuresBefore: number;
+  /** The failure as people read it. */
+  what: string;
+  maxFailures: number;
+  noRetryExitCodes: readonly number[];
+  /** When the run becomes eligible again if it is retried. */
+  retryAt: number;
+}
+
+/**
+ * A failure recorded by someone other than the attempt's supervisor (cleanup, a restarted daemon): it counts
+ * like any other, and at max_failures the run is abandoned with both reasons.
+ */
+export function repairFailureOutcome(facts: RepairFailureFacts): FailureOutcome {
+  const decision = decideAfterFailure({
+    nFailuresBefore: facts.nFailuresBefore,
+    maxFailures: facts.maxFailures,
+    noRetryExitCodes: facts.noRetryExitCodes,
+  });
+  if (decision.kind === 'abandon') {
+    return { to: 'abandoned', reason: abandonReason(decision.why, facts.what), n_failures: decision.nFailures };
+  }
+  return { to: 'failed', reason: facts.what, n_failures: decision.nFailures, next_retry: facts.retryAt };
+}

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { decideAfterFailure, type FailureDecision } from '../../src/policy/failure-decision.js';
+import { decideAfterFailure, repairFailureOutcome, type FailureDecision } from '../../src/policy/failure-decision.js';
 
 describe('decideAfterFailure', () => {
   it.each<[string, Parameters<typeof decideAfterFailure>[0], FailureDecision]>([
@@ -15,5 +15,23 @@ describe('decideAfterFailure', () => {
     ['exit 0 listed (output missing) abandons', { nFailuresBefore: 0, maxFailures: 10, exitCode: 0, noRetryExitCodes: [0] }, { kind: 'abandon', nFailures: 1, why: 'exit code 0 is in process.no_retry_exit_codes' }],
   ])('%s', (_case, facts, decision) => {
     expect(decideAfterFailure(facts)).toEqual(decision);
+  });
+});
+
+describe('repairFailureOutcome', () => {
+  const base = { what: 'host h said it was busy', maxFailures: 3, noRetryExitCodes: [] as number[], retryAt: 1234 };
+  it.each([
+    [0, { to: 'failed', reason: 'host h said it was busy', n_failures: 1, next_retry: 1234 }],
+    [1, { to: 'failed', reason: 'host h said it was busy', n_failures: 2, next_retry: 1234 }],
+    [
+      2,
+      {
+        to: 'abandoned',
+        reason: 'gave up: 3 failures reached retry.max_failures (3); last failure: host h said it was busy',
+        n_failures: 3,
+      },
+    ],
+  ])('after %i failures', (nFailuresBefore, expected) => {
+    expect(repairFailureOutcome({ ...base, nFailuresBefore })).toEqual(expected);
   });
 });
