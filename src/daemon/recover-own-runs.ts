@@ -1,6 +1,6 @@
 import { repairFailureOutcome } from '../policy/failure-decision.js';
 import { groupAlive, killProcessGroup } from '../process/kill-group.js';
-import { isSameProcess, readProcStat, isDeadState } from '../process/proc.js';
+import { isSameProcess, readProcStat } from '../process/proc.js';
 import type { HostDoc, RunDoc } from '../store/types.js';
 import type { DaemonContext } from './context.js';
 
@@ -16,10 +16,6 @@ export interface RecoveredRun {
   outcome: 'failed' | 'abandoned' | 'lost_race';
 }
 
-function processExists(pid: number): boolean {
-  const stat = readProcStat(pid);
-  return stat !== undefined && !isDeadState(stat.state);
-}
 
 /**
  * True when `run` was held by an incarnation of this host's daemon that is gone: the previous daemon the host
@@ -30,7 +26,7 @@ function orphaned(run: RunDoc, previous: HostDoc | null): boolean {
   const owner = run.processing!.pid;
   if (owner === process.pid) return false;
   if (previous && owner === previous.pid && !isSameProcess(previous.pid, previous.proc_start)) return true;
-  return !processExists(owner);
+  return !isSameProcess(owner, undefined);
 }
 
 /**
