@@ -1,4 +1,4 @@
-import { createActor, type SnapshotFrom } from 'xstate';
+import { createActor, type InspectionEvent, type SnapshotFrom } from 'xstate';
 import { hostMachine, type HostInput } from '../../machines/host.machine.js';
 import { runMachine } from '../../machines/run.machine.js';
 import { supervisorMachine } from '../../machines/supervisor.machine.js';
@@ -26,6 +26,11 @@ export interface DaemonOptions {
   diskProbe?: (path: string) => DiskFigures;
   /** Install SIGINT/SIGTERM handlers (the CLI does; in-process callers such as `demo` may not). */
   handleSignals?: boolean;
+  /**
+   * Observers of every inspection event of the host actor and of each run and supervisor actor it spawns
+   * (the live inspector, metrics). An observer that throws is logged and ignored: watching never stops work.
+   */
+  inspectors?: Array<(event: InspectionEvent) => void>;
 }
 
 export interface DaemonHandle {
@@ -75,7 +80,21 @@ export function startDaemon(options: DaemonOptions): DaemonHandle {
     noRetryExitCodes: config.process.no_retry_exit_codes,
     timing: supervisorTiming(config),
   };
-  const actor = createActor(provideMachines(ctx, view), { input, systemId: 'host' });
+  const inspectors = options.inspectors ?? [];
+  const inspect = (event: InspectionEvent) => {
+    for (const observer of inspectors) {
+      try {
+        observer(event);
+      } catch (error) {
+        logger.debug(`an inspection observer failed: ${error instanceof Error ? error.message : String(error)}`);
+      }
+    }
+  };
+  const actor = createActor(provideMachines(ctx, view), {
+    input,
+    systemId: 'host',
+    ...(inspectors.length > 0 ? { inspect } : {}),
+  });
 
   const killCommands = () => {
     for (const handle of ctx.liveCommands) handle.signal('SIGKILL');
