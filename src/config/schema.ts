@@ -56,6 +56,8 @@ export interface Config {
     max_failures: number;
   };
   disk: { path: string; max_used_percent: number; min_free_bytes: number };
+  /** `daemon --inspect` / `--metrics`: where they listen (loopback unless configured otherwise). */
+  observe: { bind: string; inspect_port: number; metrics_port: number };
 }
 
 export const SELECTION_ORDERS: readonly SelectionOrder[] = ['newest', 'oldest'];
@@ -112,6 +114,7 @@ export function defaultConfig(cwd: string, host: string = defaultHostName()): Co
     },
     retry: { base: 60_000, factor: 5, max_exponent: 3, jitter: [0.5, 1.5], max_failures: 10 },
     disk: { path: outputRoot, max_used_percent: 95, min_free_bytes: 1_073_741_824 },
+    observe: { bind: '127.0.0.1', inspect_port: 9390, metrics_port: 9391 },
   };
 }
 
@@ -172,9 +175,10 @@ export const CONFIG_KEYS = {
   },
   retry: { base: 'duration', factor: 'number', max_exponent: 'integer', jitter: 'pair', max_failures: 'integer' },
   disk: { path: 'path', max_used_percent: 'number', min_free_bytes: 'bytes' },
+  observe: { bind: 'string', inspect_port: 'integer', metrics_port: 'integer' },
 } as const satisfies Readonly<Record<string, FieldKind | SectionKeys>>;
 
-export const SECTIONS = ['process', 'timeouts', 'retry', 'disk'] as const;
+export const SECTIONS = ['process', 'timeouts', 'retry', 'disk', 'observe'] as const;
 export type SectionName = (typeof SECTIONS)[number];
 
 export const RESOURCE_RULE_KEYS = ['start', 'min', 'shrink'] as const;

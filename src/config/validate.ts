@@ -292,6 +292,7 @@ export function validateConfig(raw: unknown, options: ValidateOptions): Config {
   const t = section('timeouts');
   const r = section('retry');
   const d = section('disk');
+  const o = section('observe');
   const defaults = defaultConfig(cwd, '');
 
   const host = rawRoot.host === undefined ? (options.hostName ?? defaultHostName)() : check.string('host', rawRoot.host, '');
@@ -409,7 +410,20 @@ export function validateConfig(raw: unknown, options: ValidateOptions): Config {
       max_used_percent: maxUsed,
       min_free_bytes: check.bytes('disk.min_free_bytes', d.min_free_bytes, defaults.disk.min_free_bytes),
     },
+    observe: {
+      bind: readBindAddress(check, o.bind, defaults.observe.bind),
+      // 0 asks the system for a free port; the daemon logs the one it got.
+      inspect_port: check.integer('observe.inspect_port', o.inspect_port, defaults.observe.inspect_port, 0, 65535),
+      metrics_port: check.integer('observe.metrics_port', o.metrics_port, defaults.observe.metrics_port, 0, 65535),
+    },
   };
+}
+
+/** An IP address or a host name without white space; listening anywhere but loopback is the user's choice. */
+function readBindAddress(check: Checker, value: unknown, fallback: string): string {
+  const bind = check.string('observe.bind', value, fallback);
+  if (bind === '' || /\s/.test(bind)) check.expected('observe.bind', 'an address to listen on, e.g. 127.0.0.1 or ::1', bind);
+  return bind;
 }
 
 /** Refuses to start a daemon without a command; the message says how to give one. */
