@@ -1,16 +1,19 @@
 import type { Argv, CommandModule } from 'yargs';
 import { requireCommand } from '../config/index.js';
 import { startDaemon } from '../daemon/daemon.js';
+import { serveDaemonMetrics } from '../daemon/metrics-server.js';
 import { superviseDaemon, withoutUndying } from '../daemon/undying.js';
 import { createLogger } from '../log/logger.js';
 import { openStore } from '../store/open-store.js';
 import { configFromArgs, runCommand, type GlobalArgs } from './common.js';
+import { portFromOption, portOptionSpec } from './port-option.js';
 
 interface DaemonArgs extends GlobalArgs {
   slots?: number;
   once?: boolean;
   order?: string;
   undying?: boolean;
+  metrics?: string;
 }
 
 export const daemonCommand: CommandModule<GlobalArgs, DaemonArgs> = {
@@ -25,8 +28,15 @@ export const daemonCommand: CommandModule<GlobalArgs, DaemonArgs> = {
         type: 'boolean',
         describe: 'restart after a crash, pausing timeouts.restart_pause; each crash goes to the operator log',
       })
+      .option(
+        'metrics',
+        portOptionSpec(
+          'serve Prometheus metrics on http://<observe.bind>:PORT/metrics; PORT defaults to observe.metrics_port (9391), 0 = any free port',
+        ),
+      )
       .example('$0 daemon --slots 4', 'process up to 4 runs at once with ./runwarden.yaml')
       .example('$0 daemon --once --store sqlite:/data/runs.db', 'drain what is eligible now, then exit')
+      .example('$0 daemon --metrics=9400', 'also serve Prometheus metrics on http://127.0.0.1:9400/metrics')
       .example('$0 daemon --undying', 'keep a daemon up through crashes (an unreachable store, a fatal error)')
       .example(`$0 daemon --set 'process.command=["strax-process","{number}","{output}"]'`, 'give the command inline'),
   handler: (args) =>
@@ -36,6 +46,7 @@ export const daemonCommand: CommandModule<GlobalArgs, DaemonArgs> = {
         ...(args.order !== undefined ? { order: args.order } : {}),
       });
       requireCommand(config);
+      const metricsPort = portFromOption('metrics', args.metrics, config.observe.metrics_port);
       if (args.undying) {
         return superviseDaemon({
           args: withoutUndying(process.argv.slice(2)),
@@ -47,8 +58,23 @@ export const daemonCommand: CommandModule<GlobalArgs, DaemonArgs> = {
       }
       const store = await openStore(config.store, { idlePollMs: config.timeouts.idle_poll });
       const logger = createLogger({ level: config.log_level, host: config.host, store });
-      const daemon = startDaemon({ config, store, logger, once: args.once ?? false, handleSignals: true });
+      const metrics =
+        metricsPort === undefined
+          ? undefined
+          : await serveDaemonMetrics({ config, store, logger, port: metricsPort }).catch(async (error: unknown) => {
+              await store.close();
+              throw error;
+            });
+      const daemon = startDaemon({
+        config,
+        store,
+        logger,
+        once: args.once ?? false,
+        handleSignals: true,
+        inspectors: metrics ? [metrics.inspector] : [],
+      });
       const code = await daemon.done;
+      await metrics?.close();
       await logger.flush();
       await store.close();
       return code;
