@@ -1,8 +1,10 @@
+import { UsageError } from '../errors.js';
 import type {
   EventNote,
   HostDoc,
   LogEntry,
   LogPriority,
+  MonitorSample,
   NewRun,
   RunDoc,
   RunEvent,
@@ -96,6 +98,31 @@ export interface LogQuery {
   number?: number;
 }
 
+/** Which monitor samples to list: those of one host (or every host) taken at or after `sinceMs`. */
+export interface MonitorQuery {
+  host?: string;
+  sinceMs: number;
+}
+
+/** How long monitor samples are kept (DESIGN §3): older ones are deleted and never listed. */
+export const MONITOR_RETENTION_MS = 7 * 24 * 3_600_000;
+
+const MINUTE_MS = 60_000;
+
+/** Start (epoch ms) of the UTC minute a sample taken at `time` covers; the key of a host's samples. */
+export function monitorMinute(time: number): number {
+  if (!Number.isFinite(time)) throw new UsageError(`time: ${time} is not a time in epoch ms`, 'time');
+  return Math.floor(time / MINUTE_MS) * MINUTE_MS;
+}
+
+/** The earliest sample time `query` lists when the store's clock says `now`: never beyond the retention. */
+export function monitorSince(query: MonitorQuery, now: number): number {
+  if (!Number.isFinite(query.sinceMs)) {
+    throw new UsageError(`sinceMs: ${query.sinceMs} is not a time in epoch ms`, 'sinceMs');
+  }
+  return Math.max(query.sinceMs, now - MONITOR_RETENTION_MS);
+}
+
 /**
  * The runs database. One function per operation (graphile-worker's habit). Every write after a claim is
  * fenced: it names the attempt's lease token and returns false, writing nothing, when the token no longer
@@ -172,6 +199,18 @@ export interface RunStore {
    */
   markSilentHostsDead(silentMs: number): Promise<HostDoc[]>;
   listHosts(): Promise<HostDoc[]>;
+
+  /**
+   * Stores a host's status for the minute of `sample.time`. Idempotent per host and minute: a second sample
+   * of the same minute replaces the first (the latest status of a minute wins). The caller decides how
+   * often to sample; the store keeps no state of its own about it.
+   */
+  recordMonitor(sample: MonitorSample): Promise<void>;
+  /**
+   * Samples taken at or after `sinceMs` (and within MONITOR_RETENTION_MS of the store's clock), ordered by
+   * host, then time.
+   */
+  listMonitor(query: MonitorQuery): Promise<MonitorSample[]>;
 
   appendLog(entry: Omit<LogEntry, 'time'> & { time?: number }): Promise<void>;
   /** Newest first. */

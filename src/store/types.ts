@@ -116,3 +116,19 @@ export interface LogEntry {
   message: string;
   number?: number;
 }
+
+/**
+ * One minute of a host's status (DESIGN §3 monitor): what its daemon saw when it took the sample. A store
+ * keeps at most one per host and minute (the later sample of a minute replaces the earlier) for 7 days.
+ */
+export interface MonitorSample {
+  host: string;
+  /** When the daemon took the sample, epoch ms (its own clock); the sample covers that UTC minute. */
+  time: number;
+  state: HostState;
+  slots: number;
+  /** Numbers of the runs the host was processing. */
+  running: number[];
+  /** The output disk as last measured; absent until the daemon first measured it. */
+  disk?: DiskFigures;
+}

@@ -4,9 +4,9 @@
 
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 
-import { DuplicateRunError } from '../../src/errors.js';
-import type { ClaimRequest, RunStore } from '../../src/store/run-store.js';
-import type { HostDoc, NewRun, RunDoc } from '../../src/store/types.js';
+import { DuplicateRunError, UsageError } from '../../src/errors.js';
+import { MONITOR_RETENTION_MS, monitorMinute, type ClaimRequest, type RunStore } from '../../src/store/run-store.js';
+import type { HostDoc, MonitorSample, NewRun, RunDoc } from '../../src/store/types.js';
 
 export type OpenForTest = () => Promise<{ store: RunStore; cleanup: () => Promise<void> }>;
 
@@ -809,6 +809,86 @@ export function runStoreConformance(name: string, open: OpenForTest): void {
         await store.registerHost(hostDoc('alpha', 'tok-new'));
         expect(await store.heartbeatHost('alpha', 'tok-a', { state: 'idle' })).toBe(false);
         expect((await store.getHost('alpha'))!.token).toBe('tok-new');
+      });
+    });
+
+    describe('monitor history', () => {
+      const MINUTE = 60_000;
+      /** A minute boundary half an hour ago: samples at `base + k minutes + s seconds` land in minute k. */
+      const base = () => monitorMinute(Date.now()) - 30 * MINUTE;
+      const sample = (host: string, time: number, extra: Partial<MonitorSample> = {}): MonitorSample => ({
+        host,
+        time,
+        state: 'idle',
+        slots: 2,
+        running: [],
+        ...extra,
+      });
+
+      it('lists what was recorded, every field kept, ordered by host then time', async () => {
+        const t = base();
+        const disk = { path: '/data', used_percent: 42.5, free_bytes: 1e12 };
+        const samples = [
+          sample('beta', t + 5_000),
+          sample('alpha', t + MINUTE + 7_000, { state: 'busy', running: [12, 13], disk }),
+          sample('alpha', t + 3_000, { state: 'disk_full', slots: 4, disk }),
+        ];
+        for (const s of samples) await store.recordMonitor(s);
+        expect(await store.listMonitor({ sinceMs: t - HOUR })).toEqual([samples[2], samples[1], samples[0]]);
+      });
+
+      it('keeps one sample per host and minute: a later sample of the minute replaces the earlier', async () => {
+        const t = base();
+        await store.recordMonitor(sample('alpha', t + 10_000, { state: 'busy', running: [1], disk: undefined }));
+        const disk = { path: '/d', used_percent: 1, free_bytes: 2 };
+        await store.recordMonitor(sample('alpha', t + 20_000, { state: 'busy', running: [1], disk }));
+        const last = sample('alpha', t + 50_000, { state: 'stopped', running: [] });
+        await store.recordMonitor(last);
+        await store.recordMonitor(sample('beta', t + 30_000)); // same minute, other host
+        await store.recordMonitor(sample('alpha', t + MINUTE)); // next minute
+        const listed = await store.listMonitor({ sinceMs: t - HOUR });
+        expect(listed).toEqual([last, sample('alpha', t + MINUTE), sample('beta', t + 30_000)]);
+        expect(listed[0]!.disk).toBeUndefined(); // replaced, not merged
+      });
+
+      it('selects by host and by time taken', async () => {
+        const t = base();
+        for (let k = 0; k < 5; k += 1) {
+          await store.recordMonitor(sample('alpha', t + k * MINUTE));
+          await store.recordMonitor(sample('beta', t + k * MINUTE + 1));
+        }
+        const taken = (list: MonitorSample[]) => list.map((s) => `${s.host}@${s.time - t}`);
+        expect(taken(await store.listMonitor({ host: 'beta', sinceMs: t + 3 * MINUTE }))).toEqual([
+          'beta@180001',
+          'beta@240001',
+        ]);
+        expect(taken(await store.listMonitor({ sinceMs: t + 3 * MINUTE + 1 }))).toEqual([
+          'alpha@240000',
+          'beta@180001',
+          'beta@240001',
+        ]);
+        expect(await store.listMonitor({ host: 'gamma', sinceMs: t - HOUR })).toEqual([]);
+        expect(await store.listMonitor({ sinceMs: t + HOUR })).toEqual([]);
+      });
+
+      it('never lists samples older than 7 days', async () => {
+        const now = Date.now();
+        await store.recordMonitor(sample('alpha', now - MONITOR_RETENTION_MS - 5 * MINUTE));
+        const kept = sample('alpha', now - MONITOR_RETENTION_MS + HOUR);
+        await store.recordMonitor(kept);
+        expect(await store.listMonitor({ sinceMs: 0 })).toEqual([kept]);
+      });
+
+      it('writes no sample on a host heartbeat: sampling is the caller’s, by recordMonitor only', async () => {
+        await store.registerHost(hostDoc('alpha', 'tok-a'));
+        expect(await store.heartbeatHost('alpha', 'tok-a', { state: 'busy', running: [1] })).toBe(true);
+        expect(await store.listMonitor({ sinceMs: 0 })).toEqual([]);
+      });
+
+      it('refuses a sample time or a query start that is not a time', async () => {
+        await expect(store.recordMonitor(sample('alpha', Number.NaN))).rejects.toBeInstanceOf(UsageError);
+        await expect(store.listMonitor({ sinceMs: Number.POSITIVE_INFINITY })).rejects.toBeInstanceOf(UsageError);
+        expect(await store.listMonitor({ sinceMs: 0 })).toEqual([]);
       });
     });
 

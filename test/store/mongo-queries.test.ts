@@ -4,7 +4,7 @@
 
 import { describe, expect, it } from 'vitest';
 
-import { runFromDoc } from '../../src/store/mongo/documents.js';
+import { monitorDoc, monitorFromDoc, runFromDoc } from '../../src/store/mongo/documents.js';
 import {
   abandonUpdate,
   claimFilter,
@@ -18,12 +18,15 @@ import {
   heartbeatUpdate,
   hostFenceFilter,
   hostHeartbeatUpdate,
+  listMonitorFilter,
   listRunsFilter,
   logFilter,
   LOG_SORT,
   MARK_DEAD_UPDATE,
   markBusyUpdate,
   markDeadFilter,
+  monitorFilter,
+  MONITOR_SORT,
   NEXT_RETRY_SORT,
   nextRetryFilter,
   overrideUpdate,
@@ -615,5 +618,38 @@ describe('hosts and log', () => {
     expect(ids(logFilter({ minPriority: 3 }))).toEqual([3, 2]);
     expect(ids(logFilter({ number: 7 }))).toEqual([2, 1]);
     expect(ids(logFilter({ number: 7, minPriority: 4 }))).toEqual([]);
+  });
+});
+
+describe('monitor history', () => {
+  const disk = { path: '/d', used_percent: 91.5, free_bytes: 7 };
+  const docs: Doc[] = [
+    monitorDoc({ host: 'beta', time: NOW - 2 * MINUTE + 5, state: 'idle', slots: 1, running: [] }, NOW - 2 * MINUTE),
+    monitorDoc({ host: 'alpha', time: NOW - MINUTE + 9, state: 'busy', slots: 2, running: [4], disk }, NOW - MINUTE),
+    monitorDoc({ host: 'alpha', time: NOW - 3 * MINUTE, state: 'disk_full', slots: 2, running: [] }, NOW - 3 * MINUTE),
+    { host: 'alpha', minute: at(NOW), time: NOW, state: 'idle', slots: 1, running: [] }, // numeric time: another tool
+  ];
+
+  it('keys a document by host and minute and keeps the sample as taken', () => {
+    expect(docs[1]).toMatchObject({ host: 'alpha', minute: at(NOW - MINUTE), time: at(NOW - MINUTE + 9) });
+    expect(monitorFromDoc(docs[1]!)).toEqual({
+      host: 'alpha',
+      time: NOW - MINUTE + 9,
+      state: 'busy',
+      slots: 2,
+      running: [4],
+      disk,
+    });
+    expect(select(docs, monitorFilter('alpha', at(NOW - MINUTE)), NOW)).toEqual([docs[1]]);
+  });
+
+  it('lists by host and time taken, in host then minute order, leaving out times that are not dates', () => {
+    const listed = (host: string | undefined, since: number) =>
+      select(docs, listMonitorFilter(host, at(since)), NOW, MONITOR_SORT).map(
+        (d) => `${d.host}@${NOW - (d.time as Date).getTime()}`,
+      );
+    expect(listed(undefined, NOW - HOUR)).toEqual(['alpha@180000', 'alpha@59991', 'beta@119995']);
+    expect(listed('alpha', NOW - 2 * MINUTE)).toEqual(['alpha@59991']);
+    expect(listed('beta', NOW - MINUTE)).toEqual([]);
   });
 });

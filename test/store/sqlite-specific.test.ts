@@ -60,7 +60,7 @@ describe('SqliteRunStore specifics', () => {
         .map((t) => t.name)
         .filter((n) => !n.startsWith('sqlite_'))
         .sort();
-      expect(tables).toEqual(['hosts', 'log', 'run_events', 'runs']);
+      expect(tables).toEqual(['hosts', 'log', 'monitor', 'run_events', 'runs']);
     } finally {
       db.close();
     }

@@ -9,6 +9,7 @@ import type {
   HostState,
   LogEntry,
   LogPriority,
+  MonitorSample,
   NewRun,
   RunDoc,
   RunEvent,
@@ -88,6 +89,11 @@ export function runFromDoc(doc: MongoDoc): RunDoc {
     }
     return value;
   };
+  // Writes address a run by its number: one stored as text or missing is reported, not silently converted.
+  if (typeof doc.number !== 'number' && typeof doc.number !== 'bigint') {
+    invalid.push(`number: expected an integer, got ${describeRaw(doc.number)}`);
+  }
+  if (doc.start === null || doc.start === undefined) invalid.push('start: missing; expected a date');
   const run: RunDoc = {
     number: num(doc.number) ?? Number(doc.number),
     start: field('start', 'a date', millis, 0),
@@ -107,7 +113,7 @@ export function runFromDoc(doc: MongoDoc): RunDoc {
     }
   }
   put(run, 'name', str(doc.name));
-  put(run, 'end', millis(doc.end));
+  put(run, 'end', field<number | undefined>('end', 'a date', millis, undefined));
   put(run, 'mode', str(doc.mode));
   put(run, 'input', str(doc.input));
 
@@ -213,6 +219,34 @@ export function hostFromDoc(doc: MongoDoc): HostDoc {
   put(host, 'proc_start', num(doc.proc_start));
   put(host, 'disk', diskFrom(doc.disk));
   return host;
+}
+
+// ----------------------------------------------------------------------------------------------- monitor
+
+/** The monitor document of a sample; `minute` is its key with the host, `time` drives the TTL index. */
+export function monitorDoc(sample: MonitorSample, minute: number): MongoDoc {
+  const doc: MongoDoc = {
+    host: sample.host,
+    minute: toDate(minute, 'time'),
+    time: toDate(sample.time, 'time'),
+    state: sample.state,
+    slots: sample.slots,
+    running: [...(sample.running ?? [])],
+  };
+  if (sample.disk !== undefined && sample.disk !== null) doc.disk = { ...sample.disk };
+  return doc;
+}
+
+export function monitorFromDoc(doc: MongoDoc): MonitorSample {
+  const sample: MonitorSample = {
+    host: str(doc.host) ?? String(doc.host),
+    time: millis(doc.time) ?? 0,
+    state: String(doc.state) as HostState,
+    slots: num(doc.slots) ?? 0,
+    running: numberArray(doc.running) ?? [],
+  };
+  put(sample, 'disk', diskFrom(doc.disk));
+  return sample;
 }
 
 // --------------------------------------------------------------------------------------------------- log

@@ -23,6 +23,7 @@ import type {
   FailureFields,
   HostPatch,
   LogQuery,
+  MonitorQuery,
   ProcessGroupFields,
   RunExpectation,
   RunFilter,
@@ -32,7 +33,18 @@ import type {
   StateCounts,
   StoreOptions,
 } from '../run-store.js';
-import type { EventNote, HostDoc, LogEntry, NewRun, RunDoc, RunEvent, RunOutput, RunState } from '../types.js';
+import { monitorMinute, monitorSince } from '../run-store.js';
+import type {
+  EventNote,
+  HostDoc,
+  LogEntry,
+  MonitorSample,
+  NewRun,
+  RunDoc,
+  RunEvent,
+  RunOutput,
+  RunState,
+} from '../types.js';
 import { RUN_STATES } from '../types.js';
 import {
   eventDoc,
@@ -42,6 +54,8 @@ import {
   logDoc,
   logFromDoc,
   millis,
+  monitorDoc,
+  monitorFromDoc,
   newRunDoc,
   previousStateOf,
   processingTimeOf,
@@ -72,8 +86,9 @@ import {
   MARK_DEAD_UPDATE,
   markBusyUpdate,
   markDeadFilter,
+  listMonitorFilter,
   monitorFilter,
-  monitorUpdate,
+  MONITOR_SORT,
   NEXT_RETRY_SORT,
   nextRetryFilter,
   overrideUpdate,
@@ -145,8 +160,6 @@ export class MongoRunStore implements RunStore {
   private readonly log: Collection<Document>;
   private readonly wakeUps: RunWakeUps;
   private readonly clock: () => number;
-  /** The minute of the last monitor document per host, so a host writes at most one per minute. */
-  private readonly monitored = new Map<string, number>();
 
   /** Use openMongoStore(); the constructor expects a connected client with the indexes in place. */
   constructor(
@@ -424,29 +437,8 @@ export class MongoRunStore implements RunStore {
 
   async heartbeatHost(host: string, token: string, patch: HostPatch = {}): Promise<boolean> {
     if (typeof token !== 'string') return false;
-    const after = await this.hosts.findOneAndUpdate(hostFenceFilter(host, token), hostHeartbeatUpdate(patch), {
-      returnDocument: 'after',
-    });
-    if (!after) return false;
-    await this.recordMonitor(after);
-    return true;
-  }
-
-  /** At most one monitor document per host per minute; best effort, a lost sample is no loss. */
-  private async recordMonitor(after: MongoDoc): Promise<void> {
-    const host = hostFromDoc(after);
-    const minute = Math.floor(this.clock() / 60_000);
-    if (this.monitored.get(host.host) === minute) return;
-    this.monitored.set(host.host, minute);
-    const status: Record<string, unknown> = { state: host.state, slots: host.slots, running: host.running };
-    if (host.disk) status.disk = host.disk;
-    try {
-      await this.monitor.updateOne(monitorFilter(host.host, new Date(minute * 60_000)), monitorUpdate(status), {
-        upsert: true,
-      });
-    } catch {
-      // the time series is for people looking back; the heartbeat itself succeeded
-    }
+    const result = await this.hosts.updateOne(hostFenceFilter(host, token), hostHeartbeatUpdate(patch));
+    return result.matchedCount === 1;
   }
 
   async getHost(host: string): Promise<HostDoc | null> {
@@ -466,6 +458,22 @@ export class MongoRunStore implements RunStore {
 
   async listHosts(): Promise<HostDoc[]> {
     return (await this.hosts.find({}).sort(HOSTS_SORT).toArray()).map(hostFromDoc);
+  }
+
+  // ---------------------------------------------------------------------------------------------- monitor
+
+  /** One document per host and minute, replaced by a later sample of that minute; the TTL index expires it. */
+  async recordMonitor(sample: MonitorSample): Promise<void> {
+    const minute = monitorMinute(sample.time);
+    const doc = monitorDoc(sample, minute);
+    await this.monitor.replaceOne(monitorFilter(sample.host, doc.minute as Date), doc, { upsert: true });
+  }
+
+  /** The TTL monitor deletes about once a minute, so the retention is applied here too. */
+  async listMonitor(query: MonitorQuery): Promise<MonitorSample[]> {
+    const since = new Date(monitorSince(query, this.clock()));
+    const docs = await this.monitor.find(listMonitorFilter(query.host, since)).sort(MONITOR_SORT).toArray();
+    return docs.map(monitorFromDoc);
   }
 
   // -------------------------------------------------------------------------------------------------- log

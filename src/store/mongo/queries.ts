@@ -27,6 +27,7 @@ import type {
   SelectionOrder,
   StaleLimits,
 } from '../run-store.js';
+import { MONITOR_RETENTION_MS } from '../run-store.js';
 import type { EventNote, RunOutput } from '../types.js';
 import { toDate } from './documents.js';
 
@@ -374,10 +375,12 @@ export function monitorFilter(host: string, minute: Date): Filter {
   return { host, minute };
 }
 
-/** The host's status as the heartbeat left it, stamped with the server's time (the TTL index expires it). */
-export function monitorUpdate(status: Record<string, unknown>): Pipeline {
-  return [{ $set: { ...Object.fromEntries(Object.entries(status).map(([k, v]) => [k, literal(v)])), time: '$$NOW' } }];
+/** Samples of one host (or all) taken at or after `since` (a date, so numeric times of other tools stay out). */
+export function listMonitorFilter(host: string | undefined, since: Date): Filter {
+  return { ...(host !== undefined ? { host } : {}), time: { $type: 'date', $gte: since } };
 }
+
+export const MONITOR_SORT: SortSpec = { host: 1, minute: 1 };
 
 // --------------------------------------------------------------------------------------------------- log
 
@@ -402,7 +405,7 @@ export interface IndexSpec {
 }
 
 /** How long the monitor collection keeps host status documents. */
-export const MONITOR_TTL_SECONDS = 7 * 24 * 3600;
+export const MONITOR_TTL_SECONDS = MONITOR_RETENTION_MS / 1000;
 
 /**
  * Indexes created at start (createIndexes is idempotent). The claim filter is an $or of two equalities on

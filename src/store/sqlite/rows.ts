@@ -8,6 +8,7 @@ import type {
   HostState,
   LogEntry,
   LogPriority,
+  MonitorSample,
   RunDoc,
   RunEvent,
   RunState,
@@ -73,7 +74,7 @@ export function runFromRow(row: Row): RunDoc {
     }
     return value;
   };
-  const numberColumn = (field: string, fallback: number): number => {
+  const numberColumn = <T extends number | undefined>(field: string, fallback: T): number | T => {
     const value = num(row[field]);
     if (value === undefined && row[field] !== null && row[field] !== undefined) {
       invalid.push(`${field}: expected a number, got ${describeRaw(row[field])}`);
@@ -98,9 +99,9 @@ export function runFromRow(row: Row): RunDoc {
       invalid.push(`${field}: expected a string, got ${describeRaw(row[field])}`);
     }
   }
+  put(doc, 'end', numberColumn('end', undefined));
   if (invalid.length > 0) doc.invalid = invalid;
   put(doc, 'name', str(row.name));
-  put(doc, 'end', num(row.end));
   put(doc, 'mode', str(row.mode));
   put(doc, 'input', str(row.input));
 
@@ -153,6 +154,18 @@ export function hostFromRow(row: Row): HostDoc {
   put(doc, 'proc_start', num(row.proc_start));
   put(doc, 'disk', diskFrom(parseJson(row.disk)));
   return doc;
+}
+
+export function monitorFromRow(row: Row): MonitorSample {
+  const sample: MonitorSample = {
+    host: str(row.host) ?? String(row.host),
+    time: num(row.time) ?? 0,
+    state: String(row.state) as HostState,
+    slots: num(row.slots) ?? 0,
+    running: numberArray(parseJson(row.running)) ?? [],
+  };
+  put(sample, 'disk', diskFrom(parseJson(row.disk)));
+  return sample;
 }
 
 export function logFromRow(row: Row): LogEntry {

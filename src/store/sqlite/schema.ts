@@ -5,7 +5,7 @@
 import type Database from 'better-sqlite3';
 
 /** PRAGMA user_version written by this code; bump it and add a step to MIGRATIONS for schema changes. */
-export const SCHEMA_VERSION = 1;
+export const SCHEMA_VERSION = 2;
 
 const V1 = `
 CREATE TABLE IF NOT EXISTS runs (
@@ -99,8 +99,24 @@ CREATE INDEX IF NOT EXISTS log_time ON log (time, id);
 CREATE INDEX IF NOT EXISTS log_number ON log (number, time, id) WHERE number IS NOT NULL;
 `;
 
+// Monitor history (DESIGN §3): one row per host and UTC minute (`minute` is the minute's start, epoch ms);
+// rows older than 7 days are deleted as new samples arrive, by the time index.
+const V2 = `
+CREATE TABLE IF NOT EXISTS monitor (
+  host        TEXT NOT NULL,
+  minute      INTEGER NOT NULL,
+  time        INTEGER NOT NULL,
+  state       TEXT NOT NULL,
+  slots       INTEGER NOT NULL,
+  running     TEXT NOT NULL DEFAULT '[]',
+  disk        TEXT,
+  PRIMARY KEY (host, minute)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS monitor_time ON monitor (time);
+`;
+
 /** MIGRATIONS[k] takes a database from user_version k to k + 1. */
-const MIGRATIONS: readonly string[] = [V1];
+const MIGRATIONS: readonly string[] = [V1, V2];
 
 /**
  * Creates or upgrades the schema in one immediate transaction, so several processes opening a fresh file

@@ -17,6 +17,7 @@ import type {
   FailureFields,
   HostPatch,
   LogQuery,
+  MonitorQuery,
   ProcessGroupFields,
   RunExpectation,
   RunFilter,
@@ -26,9 +27,30 @@ import type {
   StateCounts,
   StoreOptions,
 } from '../run-store.js';
-import type { EventNote, HostDoc, LogEntry, NewRun, RunDoc, RunEvent, RunOutput, RunState } from '../types.js';
+import { MONITOR_RETENTION_MS, monitorMinute, monitorSince } from '../run-store.js';
+import type {
+  EventNote,
+  HostDoc,
+  LogEntry,
+  MonitorSample,
+  NewRun,
+  RunDoc,
+  RunEvent,
+  RunOutput,
+  RunState,
+} from '../types.js';
 import { RUN_STATES } from '../types.js';
-import { eventFromRow, hostFromRow, logFromRow, parseJson, runFromRow, sql, toJson, type Row } from './rows.js';
+import {
+  eventFromRow,
+  hostFromRow,
+  logFromRow,
+  monitorFromRow,
+  parseJson,
+  runFromRow,
+  sql,
+  toJson,
+  type Row,
+} from './rows.js';
 import { migrate } from './schema.js';
 import { signalWake, wakeDirFor, watchWake } from './wake.js';
 import { checkNewRun } from '../decode.js';
@@ -659,6 +681,47 @@ export class SqliteRunStore implements RunStore {
 
   async listHosts(): Promise<HostDoc[]> {
     return (this.stmt('list-hosts', 'SELECT * FROM hosts ORDER BY host').all() as Row[]).map(hostFromRow);
+  }
+
+  // ---------------------------------------------------------------------------------------------- monitor
+
+  async recordMonitor(sample: MonitorSample): Promise<void> {
+    const minute = monitorMinute(sample.time);
+    const expired = this.clock() - MONITOR_RETENTION_MS;
+    this.immediate(() => {
+      this.stmt(
+        'record-monitor',
+        `INSERT INTO monitor (host, minute, time, state, slots, running, disk)
+         VALUES (@host, @minute, @time, @state, @slots, @running, @disk)
+         ON CONFLICT (host, minute) DO UPDATE SET
+           time = excluded.time, state = excluded.state, slots = excluded.slots,
+           running = excluded.running, disk = excluded.disk`,
+      ).run({
+        host: sample.host,
+        minute,
+        time: Math.floor(sample.time),
+        state: sample.state,
+        slots: sample.slots,
+        running: toJson(sample.running ?? []) ?? '[]',
+        disk: toJson(sample.disk),
+      });
+      // Expiry rides on the samples themselves (about one a minute per host), by the time index: usually
+      // it finds nothing or the one sample that just turned 7 days old.
+      this.stmt('expire-monitor', 'DELETE FROM monitor WHERE time < ?').run(expired);
+    });
+  }
+
+  async listMonitor(query: MonitorQuery): Promise<MonitorSample[]> {
+    const since = monitorSince(query, this.clock());
+    const rows = (
+      query.host === undefined
+        ? this.stmt('list-monitor', 'SELECT * FROM monitor WHERE time >= ? ORDER BY host, minute').all(since)
+        : this.stmt(
+            'list-monitor-host',
+            'SELECT * FROM monitor WHERE host = ? AND time >= ? ORDER BY minute',
+          ).all(query.host, since)
+    ) as Row[];
+    return rows.map(monitorFromRow);
   }
 
   // -------------------------------------------------------------------------------------------------- log

@@ -7,6 +7,7 @@ import {
   INDEXES,
   LIST_RUNS_SORT,
   LOG_SORT,
+  MONITOR_SORT,
   MONITOR_TTL_SECONDS,
   type SortSpec,
 } from '../../../src/store/mongo/queries.js';
@@ -48,6 +49,11 @@ describe('MongoDB indexes', () => {
     expect(serves(COLLECTIONS.runs, ['tags'], LIST_RUNS_SORT)).toBe(true);
     expect(serves(COLLECTIONS.events, ['number'], EVENTS_SORT)).toBe(true);
     expect(serves(COLLECTIONS.log, [], LOG_SORT)).toBe(true);
+  });
+
+  it('serve the monitor history of all hosts and of one host in host and minute order', () => {
+    expect(serves(COLLECTIONS.monitor, [], MONITOR_SORT)).toBe(true);
+    expect(serves(COLLECTIONS.monitor, ['host'], { minute: 1 })).toBe(true);
   });
 
   it('make run numbers and host names unique, and expire monitor documents after 7 days', () => {
