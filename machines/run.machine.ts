@@ -160,7 +160,8 @@ export const runMachine = setup({
         `run ${context.run.number}: process group ${params.output.pgid ?? '?'} survived SIGKILL`,
     }),
     interruptForLostLease: assign({ interruption: 'lease_lost' as const }),
-    interruptForStop: assign({ interruption: 'stopping' as const }),
+    // A lease already lost stays lost: a STOP after it must not turn the ending into a (refused) release.
+    interruptForStop: assign({ interruption: ({ context }) => context.interruption ?? ('stopping' as const) }),
     terminateCommand: sendTo('supervisor', { type: 'TERMINATE' }),
     takeRetry: assign({
       run: (_, params: { run: ClaimedRun }) => params.run,
