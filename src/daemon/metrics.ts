@@ -56,6 +56,8 @@ export interface DaemonMetricsOptions {
   logger: Logger;
   clock?: () => number;
   diskProbe?: (path: string) => DiskFigures;
+  /** How long a scrape waits for the store before it says runwarden_store_up 0. */
+  storeDeadlineMs?: number;
 }
 
 export interface DaemonMetrics {
@@ -94,6 +96,7 @@ export function createDaemonMetrics(options: DaemonMetricsOptions): DaemonMetric
   const { config, store, logger } = options;
   const clock = options.clock ?? Date.now;
   const diskProbe = options.diskProbe ?? diskFigures;
+  const storeDeadlineMs = options.storeDeadlineMs ?? STORE_READ_DEADLINE_MS;
   const registry = new Registry();
   collectDefaultMetrics({ register: registry });
   const registers = [registry];
@@ -107,10 +110,7 @@ export function createDaemonMetrics(options: DaemonMetricsOptions): DaemonMetric
       const figures = await Promise.race([
         Promise.all([store.countRunsByState(), store.listHosts()]).then(([counts, hosts]) => ({ counts, hosts })),
         new Promise<never>((_, reject) => {
-          deadline = setTimeout(
-            () => reject(new Error(`no answer within ${STORE_READ_DEADLINE_MS / 1000} s`)),
-            STORE_READ_DEADLINE_MS,
-          );
+          deadline = setTimeout(() => reject(new Error(`no answer within ${storeDeadlineMs} ms`)), storeDeadlineMs);
         }),
       ]);
       if (!storeUp) logger.info(`metrics: the store ${store.location} answers again`);
