@@ -1,5 +1,7 @@
 import type { Argv, CommandModule } from 'yargs';
-import { formatByteSize } from '../config/duration.js';
+import { formatByteSize, parseDuration } from '../config/duration.js';
+import type { Config } from '../config/schema.js';
+import { ConfigError, UsageError } from '../errors.js';
 import {
   configFromArgs,
   formatRelative,
@@ -9,15 +11,61 @@ import {
   withStore,
   type GlobalArgs,
 } from './common.js';
+import { formatHistory, summariseHistory } from './history.js';
 
-export const statusCommand: CommandModule<GlobalArgs, GlobalArgs> = {
+interface StatusArgs extends GlobalArgs {
+  history?: boolean;
+  since?: string;
+}
+
+/** The --since duration; its errors name the flag rather than a configuration key. */
+function sinceFlag(value: string): number {
+  try {
+    return parseDuration(value, '--since');
+  } catch (error) {
+    if (error instanceof ConfigError) throw new UsageError(error.message.replace(/^config: /, ''), 'since');
+    throw error;
+  }
+}
+
+/** `status --history`: each host's monitor samples over the last `since` (DESIGN §3 monitor). */
+async function printHistory(config: Config, args: StatusArgs): Promise<void> {
+  const sinceMs = sinceFlag(args.since ?? '1h');
+  if (sinceMs < 60_000) {
+    throw new UsageError(`--since must be at least 1m (samples are taken once a minute), got ${args.since}`, 'since');
+  }
+  const nowMs = Date.now();
+  const window = { sinceMs: nowMs - sinceMs, nowMs };
+  const { samples, hosts } = await withStore(config, async (store) => ({
+    samples: await store.listMonitor({ sinceMs: window.sinceMs }),
+    hosts: await store.listHosts(),
+  }));
+  const histories = summariseHistory(samples, window, hosts.map((h) => h.host));
+  if (args.json) return printJson({ since: window.sinceMs, now: nowMs, hosts: histories, samples });
+  process.stdout.write(`${formatHistory(histories, window)}\n`);
+}
+
+export const statusCommand: CommandModule<GlobalArgs, StatusArgs> = {
   command: 'status',
-  describe: 'hosts and the number of runs in each state',
+  describe: 'hosts and the number of runs in each state; --history: the last hour per host',
   builder: (yargs: Argv<GlobalArgs>) =>
-    yargs.example('$0 status', 'who is processing what').example('$0 status --json', 'the same as JSON'),
+    yargs
+      .option('history', {
+        type: 'boolean',
+        describe: "summarise each host's monitor samples (one per minute): states, slots, runs, disk, silences",
+      })
+      .option('since', {
+        type: 'string',
+        describe: 'with --history: how far back, as a duration ("1h", "90m", "7d"; samples are kept 7 days)',
+        implies: 'history',
+      })
+      .example('$0 status', 'who is processing what')
+      .example('$0 status --json', 'the same as JSON')
+      .example('$0 status --history --since 6h', 'what each host did in the last 6 hours, and when it fell silent'),
   handler: (args) =>
     runCommand(async () => {
       const config = configFromArgs(args);
+      if (args.history) return printHistory(config, args);
       const { hosts, counts } = await withStore(config, async (store) => ({
         hosts: await store.listHosts(),
         counts: await store.countRunsByState(),

@@ -2,8 +2,8 @@ import { fromCallback, fromPromise, type EventObject } from 'xstate';
 import type { ClaimOutput } from '../../machines/host.machine.js';
 import { formatByteSize } from '../config/duration.js';
 import { readProcStart } from '../process/proc.js';
-import type { HostPatch } from '../store/run-store.js';
-import type { DiskFigures, HostDoc, HostState } from '../store/types.js';
+import { monitorMinute, type HostPatch } from '../store/run-store.js';
+import type { DiskFigures, HostDoc, HostState, MonitorSample } from '../store/types.js';
 import { cleanupPass } from './cleanup.js';
 import { displacePreviousDaemon } from './displace.js';
 import { recoverOwnRuns } from './recover-own-runs.js';
@@ -87,6 +87,35 @@ export function hostEffects(ctx: DaemonContext, view: () => HostView) {
     return full;
   };
 
+  /** The minute of the last monitor sample, across both heartbeats (running, stopping): one per minute. */
+  let sampledMinute: number | undefined;
+  let sampling = false;
+
+  const monitorSample = (current: HostView, now: number): MonitorSample => {
+    try {
+      disk = ctx.diskProbe(config.disk.path); // a statfs a minute keeps the figures fresh while no claim measures
+    } catch {
+      // the disk gate reports a disk it cannot measure; the sample keeps the last figures
+    }
+    const { state, running } = current;
+    return { host, time: now, state, slots: config.slots, running, ...(disk ? { disk } : {}) };
+  };
+
+  /** DESIGN §3 monitor: the first sample at once, then one in each new minute. A lost sample is logged. */
+  const sampleMonitor = (current: HostView) => {
+    const now = clock();
+    const minute = monitorMinute(now);
+    if (sampling || minute === sampledMinute) return;
+    sampledMinute = minute; // one attempt per minute, so a store that is down logs once a minute
+    sampling = true;
+    store
+      .recordMonitor(monitorSample(current, now))
+      .catch((error: unknown) => logger.error(`monitor sample not recorded: ${String(error)}`))
+      .finally(() => {
+        sampling = false;
+      });
+  };
+
   // Writes the host document every check_interval, and soon after its state or running runs change.
   const heartbeat = fromCallback<EventObject, { host: string }>(({ sendBack }) => {
     let inFlight = false;
@@ -113,13 +142,18 @@ export function hostEffects(ctx: DaemonContext, view: () => HostView) {
           inFlight = false;
         });
     };
+    const follow = () => {
+      if (!displaced) sampleMonitor(view());
+      write(false);
+    };
     write(true);
+    sampleMonitor(view());
     const beat = setInterval(() => write(true), config.timeouts.check_interval);
-    // State changes reach the document within a second without a write per claimed run.
-    const follow = setInterval(() => write(false), Math.min(1000, config.timeouts.check_interval));
+    // State changes reach the document, and a new minute its monitor sample, within a second.
+    const followTimer = setInterval(follow, Math.min(1000, config.timeouts.check_interval));
     return () => {
       clearInterval(beat);
-      clearInterval(follow);
+      clearInterval(followTimer);
     };
   });
 
@@ -182,6 +216,11 @@ export function hostEffects(ctx: DaemonContext, view: () => HostView) {
   const deregister = fromPromise<void, { host: string }>(async () => {
     await cleaning;
     await store.heartbeatHost(host, ctx.hostToken, { state: 'stopped', running: [] });
+    // The last sample says the host stopped on purpose (it replaces this minute's), so the silence that
+    // follows in the history is a planned stop, not a crash.
+    await store
+      .recordMonitor(monitorSample({ state: 'stopped', running: [] }, clock()))
+      .catch((error: unknown) => logger.error(`monitor sample not recorded: ${String(error)}`));
     logger.info(`host ${host} stopped`);
   });
 
