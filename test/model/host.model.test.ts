@@ -1,0 +1,181 @@
+import { describe, expect, it } from 'vitest';
+import { createActor, SimulatedClock, type AnyEventObject, type AnyMachineSnapshot } from 'xstate';
+import { serializeSnapshot } from 'xstate/graph';
+import { hostMachine, type HostInput } from '../../machines/host.machine.js';
+import type { ClaimedRun, RunInput } from '../../machines/run.machine.js';
+import type { runMachine } from '../../machines/run.machine.js';
+import { settle } from '../machines/helpers.js';
+import { CoverageRecorder, machineUniverse } from './coverage.js';
+import { ControlledEffects } from './fake-effects.js';
+import { edgePaths, eventKind, handledEventTypes, invokedSources, type ModelPath } from './paths.js';
+
+// Model-based test of the host machine, like the run machine's: xstate/graph walks the real chart with every
+// outcome of every effect (a run claimed, nothing to claim, the disk gate shut, an error), wake-ups, signals,
+// displacement and run settlements; each generated path is replayed on a real host actor whose effects and
+// run actors are fakes. The actor must pass through the path's snapshots and keep the host's promises, and the
+// replays together must take every state and transition of the definition. Two configurations (a daemon and
+// `daemon --once`) are needed: with --once the host never idles.
+
+const POLL_MS = 1_000;
+const timing = { maxProcessingTimeMs: 60_000, maxNoOutputTimeMs: 30_000, signalEscalateMs: 1_000 };
+
+function hostInput(once: boolean): HostInput {
+  return { host: 'h1', slots: 2, idlePollMs: POLL_MS, once, maxFailures: 3, noRetryExitCodes: [], timing };
+}
+
+function claimed(number: number): ClaimedRun {
+  return { number, token: `lease-${number}`, attempt: 1, nFailures: 0, doc: { number } };
+}
+
+// Edge paths only: simple paths of the host number tens of thousands (its context remembers wake-ups, stops,
+// slots), and its history that matters (a STOP, a wake-up) is in the snapshot, unlike the run's lost lease.
+const sources = invokedSources(hostMachine);
+
+interface HostModelContext {
+  running: number[];
+  slots: number;
+  nextPollMs: number;
+}
+
+function hostEvents(snapshot: AnyMachineSnapshot): AnyEventObject[] {
+  const context = snapshot.context as HostModelContext;
+  return handledEventTypes(snapshot).flatMap((type): AnyEventObject[] => {
+    const kind = eventKind(type);
+    if (kind.kind === 'error') return [{ type, error: new Error(`${sources.get(kind.invocation)} failed`) }];
+    if (kind.kind === 'done') {
+      const src = sources.get(kind.invocation);
+      if (src === 'claimNext') {
+        const free = [1, 2, 3].find((n) => !context.running.includes(n))!;
+        return [
+          { type, output: { run: claimed(free), nextPollMs: POLL_MS } },
+          { type, output: { run: null, nextPollMs: POLL_MS } },
+          { type, output: { run: null, diskFull: true, nextPollMs: POLL_MS } },
+        ];
+      }
+      if (src === 'register' || src === 'recoverRuns' || src === 'deregister') return [{ type, output: undefined }];
+    }
+    if (kind.kind === 'after') return [{ type }];
+    if (type === 'WAKE' || type === 'STOP') return [{ type }];
+    if (type === 'DISPLACED') return [{ type, reason: 'another daemon took over host h1' }];
+    if (type === 'RUN_SETTLED') {
+      return context.running.flatMap((number) => [
+        { type, number, settlement: 'done' },
+        { type, number, settlement: 'error', error: `run ${number}: the store failed` },
+      ]);
+    }
+    throw new Error(`the host model has no events for ${type}: teach hostEvents about it`);
+  });
+}
+
+const CALLBACKS = ['run', 'heartbeat', 'wakeWatcher', 'cleaner'] as const;
+
+interface Replayed {
+  effects: ControlledEffects;
+  snapshots: AnyMachineSnapshot[];
+  /** How many of each callback effect were alive after each step (index 0: after start). */
+  alive: Array<Record<(typeof CALLBACKS)[number], number>>;
+}
+
+function aliveNow(effects: ControlledEffects): Replayed['alive'][number] {
+  return Object.fromEntries(CALLBACKS.map((src) => [src, effects.alive(src)])) as Replayed['alive'][number];
+}
+
+async function replay(path: ModelPath, input: HostInput, coverage: CoverageRecorder): Promise<Replayed> {
+  const effects = new ControlledEffects();
+  const clock = new SimulatedClock();
+  const machine = hostMachine.provide({
+    actors: {
+      register: effects.promise('register'),
+      recoverRuns: effects.promise('recoverRuns'),
+      heartbeat: effects.callback('heartbeat'),
+      wakeWatcher: effects.callback('wakeWatcher'),
+      cleaner: effects.callback('cleaner'),
+      claimNext: effects.promise('claimNext'),
+      deregister: effects.promise('deregister'),
+      run: effects.callback<RunInput>('run', (runInput) => runInput.run.number) as unknown as typeof runMachine,
+    },
+  });
+  let rootId = '';
+  const actor = createActor(machine, {
+    input,
+    clock,
+    systemId: 'host',
+    inspect: coverage.observer((event) => event.actorRef.sessionId === rootId),
+  });
+  rootId = actor.sessionId;
+  actor.start();
+  await settle();
+  const snapshots: AnyMachineSnapshot[] = [actor.getSnapshot()];
+  const alive = [aliveNow(effects)];
+  for (const [index, step] of path.steps.entries()) {
+    effects.step = index + 1;
+    const { event } = step;
+    const kind = eventKind(event.type);
+    if (kind.kind === 'done') effects.resolve(sources.get(kind.invocation)!, event.output);
+    else if (kind.kind === 'error') effects.reject(sources.get(kind.invocation)!, event.error);
+    else if (kind.kind === 'after') clock.increment((actor.getSnapshot().context as HostModelContext).nextPollMs);
+    else if (event.type === 'WAKE') effects.sendFrom('wakeWatcher', event);
+    else if (event.type === 'DISPLACED') effects.sendFrom('heartbeat', event);
+    else if (event.type === 'RUN_SETTLED') effects.sendFrom(`run#${String(event.number)}`, event);
+    else actor.send(event as Parameters<typeof actor.send>[0]);
+    await settle();
+    const snapshot = actor.getSnapshot();
+    snapshots.push(snapshot);
+    alive.push(aliveNow(effects));
+    expect(serializeSnapshot(snapshot), `${path.description}: step ${index + 1} (${event.type})`).toBe(
+      serializeSnapshot(step.state),
+    );
+    expect(snapshot.status).toBe(step.state.status);
+  }
+  actor.stop();
+  return { effects, snapshots, alive };
+}
+
+/** The host machine's promises on one replayed path; each message names what broke. */
+function hostPromises(path: ModelPath, { effects, snapshots, alive }: Replayed): string[] {
+  const problems: string[] = [];
+  const stopAt = path.steps.findIndex((step, i) => step.event.type === 'STOP' && snapshots[i]!.status === 'active');
+  if (stopAt >= 0 && effects.started.some((s) => s.src === 'claimNext' && s.step > stopAt + 1)) {
+    problems.push('claimed after STOP');
+  }
+  for (const [i, snapshot] of snapshots.entries()) {
+    const context = snapshot.context as HostModelContext;
+    const runsAlive = alive[i]!.run;
+    if (context.running.length > context.slots) problems.push(`${context.running.length} runs on ${context.slots} slots`);
+    if (snapshot.status === 'active' && runsAlive !== context.running.length) {
+      problems.push(`${runsAlive} run actors alive for ${context.running.length} running runs after step ${i}`);
+    }
+    if (snapshot.matches('stopping') && alive[i]!.heartbeat === 0) problems.push('stopping without a heartbeat');
+    const entered = snapshot.matches('stopping') && i > 0 && !snapshots[i - 1]!.matches('stopping');
+    for (const number of entered ? context.running : []) {
+      if (!effects.received.some((r) => r.src === `run#${number}` && r.event.type === 'STOP' && r.step === i)) {
+        problems.push(`run ${number} was not told to STOP when the host began stopping`);
+      }
+    }
+  }
+  if (snapshots[snapshots.length - 1]!.status === 'done') {
+    for (const src of CALLBACKS) if (alive[alive.length - 1]![src] > 0) problems.push(`${src} outlived the host actor`);
+  }
+  return problems;
+}
+
+describe('host machine, model-based', () => {
+  it('generated paths reach every state and take every transition of the real actor', async () => {
+    const coverage = new CoverageRecorder('host', machineUniverse(hostMachine));
+    const broken = new Set<string>();
+    let replayed = 0;
+    for (const input of [hostInput(false), hostInput(true)]) {
+      const paths = edgePaths(hostMachine, { input, events: hostEvents });
+      for (const path of paths) {
+        const result = await replay(path, input, coverage);
+        for (const problem of hostPromises(path, result)) broken.add(`once=${input.once} ${path.description}: ${problem}`);
+      }
+      replayed += paths.length;
+    }
+    console.log(coverage.summary(replayed));
+    expect(coverage.unknownTransitions()).toEqual([]);
+    expect([...broken]).toEqual([]);
+    expect(coverage.missingStates()).toEqual([]);
+    expect(coverage.missingTransitions()).toEqual([]);
+  });
+});
