@@ -65,7 +65,10 @@ export function nearestKey(unknownPath: string, candidates: readonly string[]): 
   let best: { path: string; score: number } | undefined;
   for (const path of candidates) {
     const candidateParts = path.split('.');
-    const distance = levenshtein(key, candidateParts[candidateParts.length - 1]);
+    const candidate = candidateParts[candidateParts.length - 1];
+    // The distance is at least the difference in length: skip the quadratic work for a key that is far off.
+    if (Math.abs(key.length - candidate.length) > limit) continue;
+    const distance = levenshtein(key, candidate);
     if (distance > limit) continue;
     const sameParent = candidateParts.slice(0, -1).join('.') === parent;
     const score = distance * 2 + (sameParent ? 0 : 1);

@@ -63,7 +63,8 @@ export function put<T extends object, K extends keyof T>(target: T, key: K, valu
 /** A short description of a bad value for a reason: `string "oops"`, `array [1,2]`, `date 2024-…`. */
 export function describeRaw(value: unknown): string {
   if (value === null || value === undefined) return 'nothing';
-  if (value instanceof Date) return `date ${value.toISOString()}`;
+  // A BSON date beyond what Date holds arrives as an invalid Date, whose toISOString throws.
+  if (value instanceof Date) return Number.isNaN(value.getTime()) ? 'an invalid date' : `date ${value.toISOString()}`;
   const kind = Array.isArray(value) ? 'array' : typeof value;
   let text: string;
   try {
