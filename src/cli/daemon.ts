@@ -1,6 +1,7 @@
 import type { Argv, CommandModule } from 'yargs';
 import { requireCommand } from '../config/index.js';
 import { startDaemon } from '../daemon/daemon.js';
+import { startInspectServer } from '../daemon/inspect-server.js';
 import { serveDaemonMetrics } from '../daemon/metrics-server.js';
 import { superviseDaemon, withoutUndying } from '../daemon/undying.js';
 import { createLogger } from '../log/logger.js';
@@ -14,6 +15,7 @@ interface DaemonArgs extends GlobalArgs {
   order?: string;
   undying?: boolean;
   metrics?: string;
+  inspect?: string;
 }
 
 export const daemonCommand: CommandModule<GlobalArgs, DaemonArgs> = {
@@ -34,6 +36,12 @@ export const daemonCommand: CommandModule<GlobalArgs, DaemonArgs> = {
           'serve Prometheus metrics on http://<observe.bind>:PORT/metrics; PORT defaults to observe.metrics_port (9391), 0 = any free port',
         ),
       )
+      .option(
+        'inspect',
+        portOptionSpec(
+          'serve the live state machines (for `runwarden inspect`, the Stately inspector) on ws://<observe.bind>:PORT; PORT defaults to observe.inspect_port (9390), 0 = any free port',
+        ),
+      )
       .example('$0 daemon --slots 4', 'process up to 4 runs at once with ./runwarden.yaml')
       .example('$0 daemon --once --store sqlite:/data/runs.db', 'drain what is eligible now, then exit')
       .example('$0 daemon --metrics=9400', 'also serve Prometheus metrics on http://127.0.0.1:9400/metrics')
@@ -47,6 +55,7 @@ export const daemonCommand: CommandModule<GlobalArgs, DaemonArgs> = {
       });
       requireCommand(config);
       const metricsPort = portFromOption('metrics', args.metrics, config.observe.metrics_port);
+      const inspectPort = portFromOption('inspect', args.inspect, config.observe.inspect_port);
       if (args.undying) {
         return superviseDaemon({
           args: withoutUndying(process.argv.slice(2)),
@@ -65,16 +74,25 @@ export const daemonCommand: CommandModule<GlobalArgs, DaemonArgs> = {
               await store.close();
               throw error;
             });
+      const inspect =
+        inspectPort === undefined
+          ? undefined
+          : await startInspectServer({ bind: config.observe.bind, port: inspectPort, logger }).catch(async (error: unknown) => {
+              await metrics?.close();
+              await store.close();
+              throw error;
+            });
       const daemon = startDaemon({
         config,
         store,
         logger,
         once: args.once ?? false,
         handleSignals: true,
-        inspectors: metrics ? [metrics.inspector] : [],
+        inspectors: [...(metrics ? [metrics.inspector] : []), ...(inspect ? [inspect.inspector] : [])],
       });
       const code = await daemon.done;
       await metrics?.close();
+      await inspect?.close();
       await logger.flush();
       await store.close();
       return code;

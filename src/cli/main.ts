@@ -9,6 +9,7 @@ import { demoCommand } from './demo.js';
 import { diagramCommand } from './diagram.js';
 import { failCommand } from './fail.js';
 import { holdCommand, releaseCommand } from './hold.js';
+import { inspectCommand } from './inspect.js';
 import { listCommand } from './list.js';
 import { logsCommand } from './logs.js';
 import { processCommand } from './process.js';
@@ -16,6 +17,7 @@ import { retryCommand } from './retry.js';
 import { showCommand } from './show.js';
 import { statusCommand } from './status.js';
 import { submitCommand } from './submit.js';
+import { topCommand } from './top.js';
 import { VERSION } from '../version.js';
 
 // runwarden's command line. Each command lives in its own file; this one only assembles them and
@@ -29,6 +31,7 @@ export async function main(argv: string[]): Promise<void> {
     .command(submitCommand)
     .command(listCommand)
     .command(statusCommand)
+    .command(topCommand)
     .command(showCommand)
     .command(logsCommand)
     .command(failCommand)
@@ -39,6 +42,7 @@ export async function main(argv: string[]): Promise<void> {
     .command(processCommand)
     .command(cleanupCommand)
     .command(diagramCommand)
+    .command(inspectCommand)
     .command(demoCommand)
     .demandCommand(1, 'name a command; see runwarden --help')
     .strict()
