@@ -101,7 +101,7 @@ export function hostEffects(ctx: DaemonContext, view: () => HostView) {
     return { host, time: now, state, slots: config.slots, running, ...(disk ? { disk } : {}) };
   };
 
-  /** DESIGN §3 monitor: the first sample at once, then one in each new minute. A lost sample is logged. */
+  /** DESIGN §3 monitor: one sample in each new minute, the first soon after start. A lost sample is logged. */
   const sampleMonitor = (current: HostView) => {
     const now = clock();
     const minute = monitorMinute(now);
@@ -147,9 +147,9 @@ export function hostEffects(ctx: DaemonContext, view: () => HostView) {
       write(false);
     };
     write(true);
-    sampleMonitor(view());
     const beat = setInterval(() => write(true), config.timeouts.check_interval);
-    // State changes reach the document, and a new minute its monitor sample, within a second.
+    // State changes reach the document, and a new minute its monitor sample, within a second. The first
+    // sample waits for this first tick: at the very start the view still shows the state being left.
     const followTimer = setInterval(follow, Math.min(1000, config.timeouts.check_interval));
     return () => {
       clearInterval(beat);
