@@ -17,6 +17,7 @@ import { retryCommand } from './retry.js';
 import { showCommand } from './show.js';
 import { statusCommand } from './status.js';
 import { submitCommand } from './submit.js';
+import { topCommand } from './top.js';
 import { VERSION } from '../version.js';
 
 // runwarden's command line. Each command lives in its own file; this one only assembles them and
@@ -30,6 +31,7 @@ export async function main(argv: string[]): Promise<void> {
     .command(submitCommand)
     .command(listCommand)
     .command(statusCommand)
+    .command(topCommand)
     .command(showCommand)
     .command(logsCommand)
     .command(failCommand)

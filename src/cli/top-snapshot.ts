@@ -1,0 +1,61 @@
+import { closeSync, fstatSync, openSync, readSync } from 'node:fs';
+import { join } from 'node:path';
+import type { RunStore } from '../store/run-store.js';
+import type { RunDoc } from '../store/types.js';
+import { lastOutputLine, type TopSnapshot } from './top-view.js';
+
+// One reading of the store for `runwarden top`: hosts, counts per state, busy runs with the last line of
+// their attempt's log, and the most recent failures.
+
+/** How much of the end of an attempt log is read for its last line: a bounded read, whatever the log's size. */
+export const LOG_TAIL_BYTES = 4096;
+
+/** Failed and abandoned runs read per refresh; more than any terminal shows. */
+const FAILURES_READ = 200;
+const BUSY_READ = 1000;
+
+/** The last `maxBytes` of a file as text, or null when it cannot be read here (another host's run). */
+export function readLogTail(file: string, maxBytes = LOG_TAIL_BYTES): string | null {
+  let fd: number;
+  try {
+    fd = openSync(file, 'r');
+  } catch {
+    return null;
+  }
+  try {
+    const size = fstatSync(fd).size;
+    const length = Math.min(size, maxBytes);
+    const buffer = Buffer.alloc(length);
+    const read = readSync(fd, buffer, 0, length, size - length);
+    return buffer.subarray(0, read).toString('utf8');
+  } catch {
+    return null;
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/** `<log_dir>/<number>/attempt-<k>.log` of the run's current attempt, as the supervisor writes it. */
+export function attemptLogFile(logDir: string, run: RunDoc): string | null {
+  const attempt = run.processing?.attempt;
+  return attempt === undefined ? null : join(logDir, String(run.number), `attempt-${attempt}.log`);
+}
+
+export async function readTopSnapshot(store: RunStore, logDir: string, now: () => number = Date.now): Promise<TopSnapshot> {
+  const [hosts, counts, busyRuns, failed, abandoned] = await Promise.all([
+    store.listHosts(),
+    store.countRunsByState(),
+    store.listRuns({ state: 'busy', limit: BUSY_READ }),
+    store.listRuns({ state: 'failed', limit: FAILURES_READ }),
+    store.listRuns({ state: 'abandoned', limit: FAILURES_READ }),
+  ]);
+  const busy = busyRuns.map((run) => {
+    const file = attemptLogFile(logDir, run);
+    const tail = file === null ? null : readLogTail(file);
+    return { run, lastOutput: tail === null ? null : lastOutputLine(tail) };
+  });
+  const failures = [...failed, ...abandoned]
+    .sort((a, b) => (b.processing?.time ?? 0) - (a.processing?.time ?? 0) || b.number - a.number)
+    .slice(0, FAILURES_READ);
+  return { hosts, counts, busy, failures, readAt: now() };
+}

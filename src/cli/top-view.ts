@@ -1,0 +1,310 @@
+import { formatByteSize, formatElapsed } from '../config/duration.js';
+import type { StateCounts } from '../store/run-store.js';
+import { RUN_STATES, type HostDoc, type RunDoc } from '../store/types.js';
+import { formatRelative, formatTime, table } from './common.js';
+
+// What `runwarden top` shows, as a pure function: a snapshot of the store, the terminal's size and the time
+// → the lines of one frame. Every line fits the width (cut, never wrapped) and the frame never has more lines
+// than the terminal has rows: lower sections shrink, then go, and say how much they left out.
+
+/** A busy run with the last line its command wrote; null when its log is not on this host. */
+export interface BusyRunView {
+  run: RunDoc;
+  lastOutput: string | null;
+}
+
+/** What one refresh read from the store (and the attempt logs). */
+export interface TopSnapshot {
+  hosts: HostDoc[];
+  counts: StateCounts;
+  /** Busy runs, in the store's order (newest number first). */
+  busy: BusyRunView[];
+  /** Failed and abandoned runs, most recently written first. */
+  failures: RunDoc[];
+  /** When this data was read (epoch ms). */
+  readAt: number;
+}
+
+export interface TopView {
+  /** Where the store is, for the title; never contains a password. */
+  location: string;
+  /** The latest data; null until the first refresh succeeded. */
+  snapshot: TopSnapshot | null;
+  /** Why the latest refresh failed, when it did; the view keeps showing the older data. */
+  error?: string;
+  intervalMs: number;
+  /** The live view names its keys on the status line; a single printed frame does not. */
+  live: boolean;
+}
+
+export interface ScreenSize {
+  columns: number;
+  rows: number;
+}
+
+const NO_LOG_HERE = '-';
+const NO_OUTPUT_YET = '(no output yet)';
+
+/**
+ * The frame for `view` on a terminal of `size` at `now`: at most `size.rows` lines, none wider than
+ * `size.columns`. In the live view (or after a failed refresh) the last line is the status line, which the
+ * live view puts on the bottom row.
+ */
+export function renderTop(view: TopView, size: ScreenSize, now: number): string[] {
+  const columns = Math.max(1, Math.floor(size.columns));
+  const rows = Math.max(0, Math.floor(size.rows));
+  const fitted = (line: string) => fitWidth(line, columns);
+  const status = statusLine(view, now);
+  const footer = status === null ? [] : [fitted(status)];
+  if (rows <= footer.length) return footer.slice(0, rows);
+  const title = titleLine(view.location, now, columns);
+  const room = rows - footer.length - 1;
+  if (room === 0) return [title, ...footer];
+
+  const snapshot = view.snapshot;
+  if (!snapshot) return [title, fitted('waiting for the first reading of the store…'), ...footer];
+  const body = [fitted(countsLine(snapshot.counts))];
+  const sections = [hostSection(snapshot, now), busySection(snapshot, now), failureSection(snapshot, now)];
+  const allotted = allotRows(sections.map(wantedRows), room - 1);
+  sections.forEach((section, i) => {
+    for (const line of sectionLines(section, allotted[i] ?? 0)) body.push(fitted(line));
+  });
+  return [title, ...body, ...footer];
+}
+
+interface Section {
+  headers: string[];
+  /** Table rows, cells already printable. */
+  items: string[][];
+  /** Shown instead of the table when there is nothing to list. */
+  empty: string;
+  /** Names what did not fit: `… 12 more busy runs`. */
+  more: (count: number) => string;
+  /** How many there are in all (the store may hold more than the snapshot read). */
+  total: number;
+}
+
+// A section starts with a blank line and its header; an empty one is a blank line and one line of text.
+const SECTION_HEAD = 2;
+
+function hiddenBeyondSnapshot(section: Section): number {
+  return Math.max(0, section.total - section.items.length);
+}
+
+function wantedRows(section: Section): number {
+  if (section.items.length === 0 && section.total === 0) return 2;
+  return SECTION_HEAD + section.items.length + (hiddenBeyondSnapshot(section) > 0 ? 1 : 0);
+}
+
+/**
+ * Rows per section, in order, within `available`: each section in turn first gets its head and one row
+ * (a section that cannot get that much is left out, and so is every section below it), then the rows left
+ * go round the sections one at a time, so one long list cannot crowd out the next.
+ */
+export function allotRows(wanted: number[], available: number): number[] {
+  const given = wanted.map(() => 0);
+  let left = available;
+  for (let i = 0; i < wanted.length; i++) {
+    const first = Math.min(wanted[i], SECTION_HEAD + 1);
+    if (left < first) break;
+    given[i] = first;
+    left -= first;
+  }
+  let grew = true;
+  while (left > 0 && grew) {
+    grew = false;
+    for (let i = 0; i < wanted.length && left > 0; i++) {
+      if (given[i] > 0 && given[i] < wanted[i]) {
+        given[i] += 1;
+        left -= 1;
+        grew = true;
+      }
+    }
+  }
+  return given;
+}
+
+function sectionLines(section: Section, allotted: number): string[] {
+  if (allotted === 0) return [];
+  if (section.items.length === 0 && section.total === 0) return ['', section.empty];
+  const room = allotted - SECTION_HEAD;
+  const all = section.items.length + hiddenBeyondSnapshot(section);
+  // When everything fits, every row is an item; otherwise the last row says how many were left out.
+  const shown = all === section.items.length && all <= room ? all : Math.min(section.items.length, room - 1);
+  const lines = ['', ...table(section.headers, section.items.slice(0, shown)).split('\n')];
+  if (all > shown) lines.push(section.more(all - shown));
+  return lines;
+}
+
+function hostSection(snapshot: TopSnapshot, now: number): Section {
+  return {
+    headers: ['HOST', 'STATE', 'HEARTBEAT', 'SLOTS', 'DISK'],
+    items: snapshot.hosts.map((h) => [
+      cell(h.host, 20),
+      cell(h.state),
+      formatRelative(h.time, now),
+      `${h.running.length}/${h.slots}`,
+      h.disk ? `${Math.round(h.disk.used_percent)}% used, ${formatByteSize(h.disk.free_bytes)} free` : '-',
+    ]),
+    empty: 'no hosts have registered yet',
+    more: (n) => `… ${n} more ${n === 1 ? 'host' : 'hosts'} (runwarden status lists all)`,
+    total: snapshot.hosts.length,
+  };
+}
+
+function busySection(snapshot: TopSnapshot, now: number): Section {
+  return {
+    headers: ['BUSY', 'ATTEMPT', 'HOST', 'ELAPSED', 'LAST OUTPUT'],
+    items: snapshot.busy.map(({ run, lastOutput }) => {
+      const p = run.processing;
+      return [
+        String(run.number),
+        p ? String(p.attempt) : '-',
+        cell(p?.host, 16),
+        p?.started !== undefined ? formatElapsed(now - p.started) : '-',
+        lastOutput === null ? NO_LOG_HERE : printable(lastOutput) || NO_OUTPUT_YET,
+      ];
+    }),
+    empty: 'no run is busy',
+    more: (n) => `… ${n} more busy ${n === 1 ? 'run' : 'runs'} (runwarden list --state busy)`,
+    total: snapshot.counts.busy ?? 0,
+  };
+}
+
+function failureSection(snapshot: TopSnapshot, now: number): Section {
+  return {
+    headers: ['FAILED', 'STATE', 'FAILS', 'HOST', 'WHEN', 'RETRY', 'REASON'],
+    items: snapshot.failures.map((run) => {
+      const p = run.processing;
+      return [
+        String(run.number),
+        p?.state ?? '-',
+        p ? String(p.n_failures) : '-',
+        cell(p?.host, 12),
+        p ? formatRelative(p.time, now) : '-',
+        p?.state === 'failed' ? formatRelative(p.next_retry, now) : '-',
+        cell(p?.reason) || '-',
+      ];
+    }),
+    empty: 'no failed or abandoned runs',
+    more: (n) => `… ${n} more failed or abandoned (runwarden list --state failed|abandoned)`,
+    total: (snapshot.counts.failed ?? 0) + (snapshot.counts.abandoned ?? 0),
+  };
+}
+
+function countsLine(counts: StateCounts): string {
+  return `runs  ${['pending' as const, ...RUN_STATES].map((state) => `${state} ${counts[state] ?? 0}`).join('  ')}`;
+}
+
+function titleLine(location: string, now: number, columns: number): string {
+  const clock = formatTime(now);
+  const name = 'runwarden top  ';
+  const room = columns - name.length - clock.length - 2;
+  if (room < 8) return fitWidth(`${name}${clock}`, columns);
+  // The end of a location (the database file, the replica set) says more than its start.
+  const where = printable(location);
+  const shown = displayWidth(where) > room ? `…${cutFromStart(where, room - 1)}` : where;
+  return `${name}${shown}${' '.repeat(columns - name.length - displayWidth(shown) - clock.length)}${clock}`;
+}
+
+function statusLine(view: TopView, now: number): string | null {
+  const every = formatElapsed(view.intervalMs).replace(/^0s$/, `${view.intervalMs}ms`);
+  if (view.error !== undefined) {
+    const age = view.snapshot ? ` (data from ${formatRelative(view.snapshot.readAt, now)})` : '';
+    return `store error, trying again every ${every}${age}: ${printable(view.error)}`;
+  }
+  return view.live ? `q or ^C quits · refreshed every ${every}` : null;
+}
+
+/** A table cell: printable, on one line, at most `max` columns wide. */
+function cell(text: string | undefined, max = Infinity): string {
+  const single = printable(text ?? '');
+  return Number.isFinite(max) ? fitWidth(single, max) : single;
+}
+
+// Escape sequences (CSI, OSC, and the two-byte ones) a command may write to colour or retitle its terminal.
+const ESCAPE_SEQUENCE = /\x1b\[[0-?]*[ -/]*[@-~]|\x9b[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b[ -/]*[0-~]?/g;
+// Other C0 and C1 controls, DEL, and the bidi overrides that would reorder the rest of the line.
+const CONTROL = /[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]/g;
+
+/**
+ * `text` as it is safe to write to the operator's terminal: escape sequences and control characters gone,
+ * whitespace (newlines too) collapsed to single spaces. Command output and documents written by other tools
+ * go through here before they reach the screen.
+ */
+export function printable(text: string): string {
+  return text
+    .replace(ESCAPE_SEQUENCE, '')
+    .replace(/[\t\n\v\f\r]/g, ' ')
+    .replace(CONTROL, '')
+    .replace(/\s+/g, ' ')
+    .trim();
+}
+
+/**
+ * The last line the command wrote, in the tail of an attempt log: what a terminal would show of it (the text
+ * after its last carriage return, for progress bars), skipping the supervisor's own `=== runwarden` lines.
+ * Empty when the command has written nothing yet.
+ */
+export function lastOutputLine(logTail: string): string {
+  const lines = logTail.split('\n');
+  for (let i = lines.length - 1; i >= 0; i--) {
+    const line = lines[i];
+    if (line.startsWith('=== runwarden ')) continue;
+    const segments = line.split('\r').map(printable).filter(Boolean);
+    const last = segments.at(-1);
+    if (last) return last;
+  }
+  return '';
+}
+
+/** Columns a character takes on a terminal: 0 for combining marks, 2 for East Asian wide ones, else 1. */
+function charWidth(char: string): number {
+  const code = char.codePointAt(0) ?? 0;
+  if (/\p{M}/u.test(char) || (code >= 0x200b && code <= 0x200f)) return 0;
+  const wide =
+    (code >= 0x1100 && code <= 0x115f) ||
+    (code >= 0x2e80 && code <= 0xa4cf) ||
+    (code >= 0xac00 && code <= 0xd7a3) ||
+    (code >= 0xf900 && code <= 0xfaff) ||
+    (code >= 0xfe30 && code <= 0xfe4f) ||
+    (code >= 0xff00 && code <= 0xff60) ||
+    (code >= 0xffe0 && code <= 0xffe6) ||
+    (code >= 0x1f300 && code <= 0x1f64f) ||
+    (code >= 0x1f900 && code <= 0x1f9ff) ||
+    (code >= 0x20000 && code <= 0x3fffd);
+  return wide ? 2 : 1;
+}
+
+export function displayWidth(text: string): number {
+  let width = 0;
+  for (const char of text) width += charWidth(char);
+  return width;
+}
+
+/** `text` cut to at most `columns` columns, ending in `…` when something was cut. */
+export function fitWidth(text: string, columns: number): string {
+  if (displayWidth(text) <= columns) return text;
+  if (columns <= 0) return '';
+  let out = '';
+  let width = 0;
+  for (const char of text) {
+    const w = charWidth(char);
+    if (width + w > columns - 1) break;
+    out += char;
+    width += w;
+  }
+  return `${out}…`;
+}
+
+/** The end of `text` that fits in `columns` columns. */
+function cutFromStart(text: string, columns: number): string {
+  const chars = [...text];
+  let width = 0;
+  let start = chars.length;
+  while (start > 0 && width + charWidth(chars[start - 1]) <= columns) {
+    start -= 1;
+    width += charWidth(chars[start]);
+  }
+  return chars.slice(start).join('');
+}
