@@ -175,7 +175,9 @@ export function formatHistory(histories: HostHistory[], window: HistoryWindow): 
       `${h.host}: ${h.samples} sample(s) ${clockTime(h.first, withDate)}–${clockTime(h.last, withDate)}, ` +
         `last ${h.latest}`,
     );
+    // most of the time first; equal shares in the order of HOST_STATES
     const states = HOST_STATES.filter((s) => h.shareByState[s] !== undefined)
+      .sort((a, b) => h.shareByState[b]! - h.shareByState[a]!)
       .map((s) => `${s} ${percent(h.shareByState[s]!)}`)
       .join(', ');
     out.push(`  ${'states'.padEnd(9)} ${states}`);

@@ -153,6 +153,11 @@ describe('formatHistory', () => {
     expect(text).toContain('gamma: no samples in this window');
   });
 
+  it('lists states by their share, most of the time first', () => {
+    const mostlyBusy = [...every(0, 44, (k) => at(k, 'busy', [1])), ...every(45, 59, (k) => at(k, 'idle'))];
+    expect(formatHistory(summariseHistory(mostlyBusy, WINDOW), WINDOW)).toMatch(/states\s+busy 75%, idle 25%\n/);
+  });
+
   it('fits 80 columns, and lists at most five silences with a count of the rest', () => {
     for (const line of text.split('\n')) expect(line.length).toBeLessThanOrEqual(80);
     const choppy = every(0, 59, (k) => at(k, 'idle')).filter((s) => Math.floor((s.time - T) / MINUTE) % 8 !== 3);
