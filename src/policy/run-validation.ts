@@ -8,6 +8,12 @@ import type { NewRun } from '../store/types.js';
 /** Longest name or input accepted: both end up in argv elements and file names. */
 export const MAX_TEXT_LENGTH = 4095;
 
+/**
+ * Longest params, as UTF-8 JSON: they reach the command as RUNWARDEN_PARAMS, one environment string, which
+ * Linux caps at 128 KiB (MAX_ARG_STRLEN, with the name and the NUL); beyond it the spawn fails with E2BIG.
+ */
+export const MAX_PARAMS_BYTES = 131_072 - 'RUNWARDEN_PARAMS='.length - 1;
+
 const SUBMIT_FIELDS = ['number', 'name', 'start', 'end', 'mode', 'tags', 'priority', 'input', 'params'] as const;
 
 function describe(value: unknown): string {
@@ -52,6 +58,23 @@ function checkCommon(problems: Problems, run: Record<string, unknown>): void {
     });
   }
   if (params !== undefined && params !== null && !isPlainObject(params)) expect(problems, 'params', 'an object', params);
+  if (isPlainObject(params)) checkParamsSize(problems, params);
+}
+
+function checkParamsSize(problems: Problems, params: Record<string, unknown>): void {
+  let bytes: number;
+  try {
+    bytes = Buffer.byteLength(JSON.stringify(params));
+  } catch (error) {
+    problems.push({ field: 'params', message: `params: cannot be written as JSON for RUNWARDEN_PARAMS (${(error as Error).message})` });
+    return;
+  }
+  if (bytes > MAX_PARAMS_BYTES) {
+    problems.push({
+      field: 'params',
+      message: `params: too large (${bytes} bytes as JSON; at most ${MAX_PARAMS_BYTES}, the limit of one environment variable)`,
+    });
+  }
 }
 
 /**

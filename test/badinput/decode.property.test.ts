@@ -2,7 +2,7 @@ import fc from 'fast-check';
 import { afterAll, describe, expect, it } from 'vitest';
 import { isPlainObject } from '../../src/config/validate.js';
 import { UsageError } from '../../src/errors.js';
-import { MAX_TEXT_LENGTH, parseSubmittedRun, validateRunDocument } from '../../src/policy/run-validation.js';
+import { MAX_PARAMS_BYTES, MAX_TEXT_LENGTH, parseSubmittedRun, validateRunDocument } from '../../src/policy/run-validation.js';
 import { checkNewRun } from '../../src/store/decode.js';
 import { runFromDoc } from '../../src/store/mongo/documents.js';
 import { runFromRow } from '../../src/store/sqlite/rows.js';
@@ -44,6 +44,15 @@ const parsed = (value: unknown): unknown => {
     return undefined;
   }
 };
+/** params reach the command as RUNWARDEN_PARAMS: a plain object whose JSON fits one environment string. */
+const goodParams = (value: unknown) => {
+  if (!isPlainObject(value)) return false;
+  try {
+    return Buffer.byteLength(JSON.stringify(value)) <= MAX_PARAMS_BYTES;
+  } catch {
+    return false; // a BigInt (a MongoDB Long) has no JSON
+  }
+};
 const stringList = (value: unknown) => Array.isArray(value) && value.every((item) => typeof item === 'string');
 const validDate = (value: unknown) => value instanceof Date && Number.isFinite(value.getTime());
 /** name and input end up in argv elements: strings of bounded length without NUL. */
@@ -59,7 +68,7 @@ function badSqliteFields(row: Record<string, unknown>): Set<string> {
   for (const field of ['end', 'priority']) if (present(row[field]) && !finiteNumber(row[field])) bad.add(field);
   for (const field of ['name', 'mode', 'input']) if (badText(field, row[field])) bad.add(field);
   if (present(row.tags) && !stringList(parsed(row.tags))) bad.add('tags');
-  if (present(row.params) && !isPlainObject(parsed(row.params))) bad.add('params');
+  if (present(row.params) && !goodParams(parsed(row.params))) bad.add('params');
   return bad;
 }
 
@@ -72,7 +81,7 @@ function badMongoFields(doc: Record<string, unknown>): Set<string> {
   if (present(doc.priority) && !finiteNumber(doc.priority)) bad.add('priority');
   for (const field of ['name', 'mode', 'input']) if (badText(field, doc[field])) bad.add(field);
   if (present(doc.tags) && !stringList(doc.tags)) bad.add('tags');
-  if (present(doc.params) && !isPlainObject(doc.params)) bad.add('params');
+  if (present(doc.params) && !goodParams(doc.params)) bad.add('params');
   const p = doc.processing;
   if (present(p) && (typeof p !== 'object' || Array.isArray(p) || p instanceof Date)) bad.add('processing');
   return bad;

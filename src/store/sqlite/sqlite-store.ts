@@ -67,15 +67,19 @@ const LIVE_STATES: readonly string[] = ['considering', 'busy'];
  * pending run. The pending candidate is the first entry of a partial index (no sort at any table size); the
  * retry candidate sorts only failed runs whose next_retry has passed, normally a handful.
  */
+// A number beyond 2^53 (written by another tool) reads back rounded and would address another row, or none:
+// such a run is never claimed (it stays pending, shown by list) instead of crashing every daemon that tries.
+const ADDRESSABLE = `number BETWEEN ${-Number.MAX_SAFE_INTEGER} AND ${Number.MAX_SAFE_INTEGER}`;
+
 export const CLAIM_SQL = {
   pending: (oldest: boolean): string =>
     `SELECT number, priority, start FROM runs INDEXED BY ${oldest ? 'runs_pending_oldest' : 'runs_pending_newest'}
-      WHERE state IS NULL AND held = 0
+      WHERE state IS NULL AND held = 0 AND ${ADDRESSABLE}
       ORDER BY priority DESC, start ${oldest ? 'ASC' : 'DESC'}, number ${oldest ? 'ASC' : 'DESC'}
       LIMIT 1`,
   retry: (oldest: boolean): string =>
     `SELECT number, priority, start FROM runs INDEXED BY runs_retry
-      WHERE state = 'failed' AND held = 0 AND next_retry <= ?
+      WHERE state = 'failed' AND held = 0 AND next_retry <= ? AND ${ADDRESSABLE}
       ORDER BY priority DESC, start ${oldest ? 'ASC' : 'DESC'}, number ${oldest ? 'ASC' : 'DESC'}
       LIMIT 1`,
   nextRetry: `SELECT min(next_retry) AS t FROM runs INDEXED BY runs_retry
