@@ -3,7 +3,7 @@
 // a reason. Also the checks every backend applies to a new run before it is written.
 
 import { UsageError } from '../errors.js';
-import type { NewRun, Processing, RunOutput, RunState } from './types.js';
+import type { DiskFigures, HostState, MonitorSample, NewRun, Processing, RunOutput, RunState } from './types.js';
 
 export function num(value: unknown): number | undefined {
   if (typeof value === 'number' && Number.isFinite(value)) return value;
@@ -122,4 +122,31 @@ export function processingFrom(
   put(p, 'targets', stringArray(structured(fields.targets)));
   put(p, 'resources', numberMap(structured(fields.resources)));
   return p;
+}
+
+/** Disk figures from a stored object; anything else is no figures. */
+export function diskFrom(value: unknown): DiskFigures | undefined {
+  if (!isObject(value)) return undefined;
+  return {
+    path: str(value.path) ?? '',
+    used_percent: num(value.used_percent) ?? 0,
+    free_bytes: num(value.free_bytes) ?? 0,
+  };
+}
+
+/** A monitor sample from a backend's fields; `time` and `structured` as for processingFrom. */
+export function monitorSampleFrom(
+  fields: Record<string, unknown>,
+  time: (value: unknown) => number | undefined,
+  structured: (value: unknown) => unknown = (value) => value,
+): MonitorSample {
+  const sample: MonitorSample = {
+    host: str(fields.host) ?? String(fields.host),
+    time: time(fields.time) ?? 0,
+    state: String(fields.state) as HostState,
+    slots: num(fields.slots) ?? 0,
+    running: numberArray(structured(fields.running)) ?? [],
+  };
+  put(sample, 'disk', diskFrom(structured(fields.disk)));
+  return sample;
 }

@@ -4,7 +4,6 @@
 
 import { UsageError } from '../../errors.js';
 import type {
-  DiskFigures,
   HostDoc,
   HostState,
   LogEntry,
@@ -19,7 +18,9 @@ import type {
 import {
   checkNewRun,
   describeRaw,
+  diskFrom,
   isObject,
+  monitorSampleFrom,
   num,
   numberArray,
   outputList,
@@ -178,15 +179,6 @@ export function eventDoc(event: RunEvent, seq: number | undefined): MongoDoc {
 
 // ------------------------------------------------------------------------------------------------- hosts
 
-function diskFrom(value: unknown): DiskFigures | undefined {
-  if (!isObject(value)) return undefined;
-  return {
-    path: str(value.path) ?? '',
-    used_percent: num(value.used_percent) ?? 0,
-    free_bytes: num(value.free_bytes) ?? 0,
-  };
-}
-
 export function hostDoc(host: HostDoc): MongoDoc {
   const doc: MongoDoc = {
     host: host.host,
@@ -238,15 +230,7 @@ export function monitorDoc(sample: MonitorSample, minute: number): MongoDoc {
 }
 
 export function monitorFromDoc(doc: MongoDoc): MonitorSample {
-  const sample: MonitorSample = {
-    host: str(doc.host) ?? String(doc.host),
-    time: millis(doc.time) ?? 0,
-    state: String(doc.state) as HostState,
-    slots: num(doc.slots) ?? 0,
-    running: numberArray(doc.running) ?? [],
-  };
-  put(sample, 'disk', diskFrom(doc.disk));
-  return sample;
+  return monitorSampleFrom(doc, millis);
 }
 
 // --------------------------------------------------------------------------------------------------- log

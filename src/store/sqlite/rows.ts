@@ -3,7 +3,6 @@
 // and later validation of the run fails it with a reason.
 
 import type {
-  DiskFigures,
   HostDoc,
   HostState,
   LogEntry,
@@ -16,7 +15,9 @@ import type {
 
 import {
   describeRaw,
+  diskFrom,
   isObject,
+  monitorSampleFrom,
   num,
   numberArray,
   outputList,
@@ -130,15 +131,6 @@ export function eventFromRow(row: Row): RunEvent {
   return ev;
 }
 
-function diskFrom(value: unknown): DiskFigures | undefined {
-  if (!isObject(value)) return undefined;
-  return {
-    path: str(value.path) ?? '',
-    used_percent: num(value.used_percent) ?? 0,
-    free_bytes: num(value.free_bytes) ?? 0,
-  };
-}
-
 export function hostFromRow(row: Row): HostDoc {
   const doc: HostDoc = {
     host: str(row.host) ?? String(row.host),
@@ -157,15 +149,7 @@ export function hostFromRow(row: Row): HostDoc {
 }
 
 export function monitorFromRow(row: Row): MonitorSample {
-  const sample: MonitorSample = {
-    host: str(row.host) ?? String(row.host),
-    time: num(row.time) ?? 0,
-    state: String(row.state) as HostState,
-    slots: num(row.slots) ?? 0,
-    running: numberArray(parseJson(row.running)) ?? [],
-  };
-  put(sample, 'disk', diskFrom(parseJson(row.disk)));
-  return sample;
+  return monitorSampleFrom(row, num, parseJson);
 }
 
 export function logFromRow(row: Row): LogEntry {
