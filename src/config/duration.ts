@@ -25,7 +25,8 @@ export function showValue(value: unknown): string {
     try {
       text = JSON.stringify(value) ?? String(value);
     } catch {
-      text = String(value);
+      // Cyclic (a YAML alias inside its own anchor) or holding a BigInt; String() can throw too (a toString key).
+      text = `${typeOf(value)} that cannot be shown as JSON`;
     }
   }
   return text.length > 120 ? `${text.slice(0, 117)}...` : text;
