@@ -110,7 +110,8 @@ export function formatTimeOfDay(ms: number): string {
   return new Date(ms).toISOString().slice(11);
 }
 
-const ACTOR_WIDTH = 18;
+/** Fits `run-123456/supervisor`. */
+const ACTOR_WIDTH = 21;
 
 /** One line for people: `TIME  ACTOR  FROM --EVENT--> TO`, or `TIME  ACTOR  is STATE` for a current state. */
 export function formatInspectLine(line: InspectLine): string {

@@ -176,6 +176,9 @@ export async function startInspectServer(options: InspectServerOptions): Promise
     inspector,
     viewers: () => viewers.size,
     close: async () => {
+      // The package converts each event in a setTimeout(0); a timer queued now runs after those, so the last
+      // transitions (the host reaching `stopped`) reach the viewers before the goodbye.
+      await new Promise<void>((resolve) => setTimeout(resolve, 0));
       const closing = [...connected].map(
         (socket) =>
           new Promise<void>((resolve) => {

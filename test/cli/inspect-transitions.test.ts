@@ -155,17 +155,17 @@ describe('printing', () => {
       to: 'busy.supervising',
     };
     expect(formatInspectLine(line)).toBe(
-      '10:57:25.123Z  run-42              considering --xstate.done.actor.preflight--> busy.supervising',
+      '10:57:25.123Z  run-42                 considering --xstate.done.actor.preflight--> busy.supervising',
     );
     expect(formatInspectLine({ ...line, from: null, event: 'xstate.init', to: 'considering' })).toBe(
-      '10:57:25.123Z  run-42              (start) --xstate.init--> considering',
+      '10:57:25.123Z  run-42                 (start) --xstate.init--> considering',
     );
     expect(JSON.parse(inspectLineJson(line))).toEqual({ ...line, time: '2026-12-03T10:57:25.123Z' });
   });
 
   it('a current-state line', () => {
     expect(formatInspectLine({ kind: 'current', time: T0, actor: 'host', state: 'running.idle' })).toBe(
-      '10:57:25.123Z  host                is running.idle',
+      '10:57:25.123Z  host                   is running.idle',
     );
   });
 });

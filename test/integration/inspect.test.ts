@@ -143,6 +143,14 @@ describe('runwarden daemon --inspect / runwarden inspect', () => {
     const ended = (await follower) as { exitCode?: number; stderr?: string };
     expect(ended.exitCode).toBe(0);
     expect(ended.stderr).toContain('the daemon closed the inspector connection (daemon stopping)');
+    // The last transitions reach the viewers before the goodbye.
+    expect(
+      inOrder(followed(), [
+        run('running\\.idle', 'STOP', '\\S+', 'host'),
+        run('\\S+', '\\S+', 'stopped', 'host'),
+      ]),
+      followed(),
+    ).not.toBeNull();
     expect(((await jsonFollower) as { exitCode?: number }).exitCode).toBe(0);
   });
 
