@@ -232,6 +232,19 @@ describe('daemon --inspect: the server', () => {
     actor.stop();
   });
 
+  it('GET / is the bridge page for the hosted Stately inspector: it embeds it and feeds it from this socket', async () => {
+    const server = await serve();
+    const page = await fetch(`http://127.0.0.1:${server.port}/`);
+    expect(page.status).toBe(200);
+    expect(page.headers.get('content-type')).toBe('text/html; charset=utf-8');
+    const html = await page.text();
+    expect(html).toContain('<iframe id="inspector" src="https://stately.ai/inspect"></iframe>');
+    // It connects back to whatever address it was loaded from (a tunnel's local port, say).
+    expect(html).toContain("new WebSocket((location.protocol === 'https:' ? 'wss://' : 'ws://') + location.host + '/')");
+    expect(html).toContain("e.data.type === '@statelyai.connected'");
+    expect((await fetch(`http://127.0.0.1:${server.port}/other`)).status).toBe(404);
+  });
+
   it('close() tells the viewers the daemon is stopping (1001) and stops listening', async () => {
     const server = await serve();
     const viewer = await view(server);
