@@ -1,0 +1,212 @@
+import { randomInt } from 'node:crypto';
+import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { isSameProcess } from '../../src/process/proc.js';
+import type { RunDoc, RunEvent } from '../../src/store/types.js';
+
+// What the chaos tests share: the seed and its PRNG, the attempt plans the command reads, and the evidence
+// the command leaves outside the output root (violations, journal, process records), read back as figures.
+
+/** The processing command; see the comments in the script for how it proves exclusion. */
+export const attemptCommand = join(dirname(fileURLToPath(import.meta.url)), 'attempt-command.sh');
+
+/** RUNWARDEN_CHAOS_SEED when set (a replay), else a fresh one. */
+export function chaosSeed(): number {
+  const given = process.env.RUNWARDEN_CHAOS_SEED;
+  if (given === undefined || given === '') return randomInt(1, 2 ** 31);
+  const seed = Number(given);
+  if (!Number.isSafeInteger(seed)) throw new Error(`RUNWARDEN_CHAOS_SEED: expected an integer, got "${given}"`);
+  return seed;
+}
+
+export function replayHint(seed: number, file: string): string {
+  return `replay with RUNWARDEN_CHAOS_SEED=${seed} npx vitest run ${file}`;
+}
+
+/** mulberry32: a small seeded PRNG; uniform in [0, 1). */
+export function mulberry32(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4_294_967_296;
+  };
+}
+
+/** An integer in [lo, hi]. */
+export function between(random: () => number, lo: number, hi: number): number {
+  return lo + Math.floor(random() * (hi - lo + 1));
+}
+
+/** One attempt of a run: how many steps of the command's step time it works, and its exit code. */
+export interface AttemptPlan {
+  steps: number;
+  exitCode: number;
+}
+
+export interface Evidence {
+  root: string;
+  plans: string;
+}
+
+export function prepareEvidence(dir: string): Evidence {
+  const root = join(dir, 'evidence');
+  for (const sub of ['journal', 'violations', 'procs', 'stale']) mkdirSync(join(root, sub), { recursive: true });
+  const plans = join(dir, 'plans');
+  mkdirSync(plans, { recursive: true });
+  return { root, plans };
+}
+
+/** Writes run `number`'s plan: line k is attempt k; the last line serves every later attempt. */
+export function writePlan(evidence: Evidence, number: number, attempts: AttemptPlan[]): void {
+  writeFileSync(join(evidence.plans, String(number)), attempts.map((a) => `${a.steps} ${a.exitCode}\n`).join(''));
+}
+
+/** process.command for the config, as YAML flow (JSON). */
+export function commandYaml(evidence: Evidence, stepSeconds: number): string {
+  return JSON.stringify([
+    'sh',
+    attemptCommand,
+    '{number}',
+    '{output}',
+    '{attempt}',
+    '{host}',
+    evidence.root,
+    evidence.plans,
+    String(stepSeconds),
+  ]);
+}
+
+function listDir(dir: string): string[] {
+  return existsSync(dir) ? readdirSync(dir).sort() : [];
+}
+
+/** Every exclusion violation an attempt recorded, as "file: text". */
+export function violations(evidence: Evidence): string[] {
+  const dir = join(evidence.root, 'violations');
+  return listDir(dir).map((f) => `${f}: ${readFileSync(join(dir, f), 'utf8').trim()}`);
+}
+
+/** Stale locks taken over (a killed attempt's leftover that clean_output did not remove). */
+export function staleTakeovers(evidence: Evidence): number {
+  const dir = join(evidence.root, 'stale');
+  return listDir(dir).reduce((n, f) => n + readFileSync(join(dir, f), 'utf8').trim().split('\n').length, 0);
+}
+
+/** An attempt's command as it recorded itself: leader and grandchild, each with its /proc start time. */
+export interface AttemptProcess {
+  record: string;
+  pid: number;
+  start: number;
+  grandchild: number;
+  grandchildStart: number;
+}
+
+export function attemptProcesses(evidence: Evidence): AttemptProcess[] {
+  const dir = join(evidence.root, 'procs');
+  return listDir(dir).map((record) => {
+    const [pid, start, grandchild, grandchildStart] = readFileSync(join(dir, record), 'utf8').trim().split(' ').map(Number);
+    return { record, pid: pid!, start: start!, grandchild: grandchild!, grandchildStart: grandchildStart! };
+  });
+}
+
+/** The attempts whose command or grandchild is still alive (the pid and its start time both match). */
+export function aliveAttempts(processes: AttemptProcess[]): AttemptProcess[] {
+  return processes.filter((p) => isSameProcess(p.pid, p.start) || isSameProcess(p.grandchild, p.grandchildStart));
+}
+
+/** One attempt's command as the journal saw it: the first and last times it wrote (centiseconds of uptime). */
+interface JournalSpan {
+  attempt: string;
+  first: number;
+  last: number;
+}
+
+/** Commands started per run according to the journal. */
+export function journalAttempts(evidence: Evidence): Map<number, number> {
+  const counts = new Map<number, number>();
+  for (const [number, spans] of journalSpans(evidence)) counts.set(number, spans.length);
+  return counts;
+}
+
+function journalSpans(evidence: Evidence): Map<number, JournalSpan[]> {
+  const dir = join(evidence.root, 'journal');
+  const result = new Map<number, JournalSpan[]>();
+  for (const file of listDir(dir)) {
+    const spans = new Map<string, JournalSpan>();
+    for (const line of readFileSync(join(dir, file), 'utf8').split('\n')) {
+      if (line === '') continue;
+      const [, attempt, time] = line.split(' ');
+      const t = Number(time);
+      const span = spans.get(attempt!);
+      if (!span) spans.set(attempt!, { attempt: attempt!, first: t, last: t });
+      else {
+        span.first = Math.min(span.first, t);
+        span.last = Math.max(span.last, t);
+      }
+    }
+    result.set(Number(file), [...spans.values()]);
+  }
+  return result;
+}
+
+/**
+ * Pairs of attempts of one run that were alive at the same time: one wrote to the journal strictly after the
+ * other had started, and vice versa. Each time is a real observation of the same clock, so a pair is proof.
+ */
+export function journalOverlaps(evidence: Evidence): string[] {
+  const found: string[] = [];
+  for (const [number, spans] of journalSpans(evidence)) {
+    for (let i = 0; i < spans.length; i++) {
+      for (let j = i + 1; j < spans.length; j++) {
+        const x = spans[i]!;
+        const y = spans[j]!;
+        if (x.first < y.last && y.first < x.last) {
+          found.push(
+            `run ${number}: ${x.attempt} [${x.first}..${x.last}] overlaps ${y.attempt} [${y.first}..${y.last}] (cs of uptime)`,
+          );
+        }
+      }
+    }
+  }
+  return found;
+}
+
+/**
+ * Minimal consistency of one run's history with its document: a chain of transitions starting from nothing,
+ * attempts rising by one at each claim, nothing after a terminal state, and the document matching the end.
+ */
+export function runHistoryProblems(run: RunDoc, events: RunEvent[]): string[] {
+  const problems: string[] = [];
+  const where = (i: number) => `run ${run.number} event ${i} (${events[i]!.from ?? '-'}>${events[i]!.to}@${events[i]!.attempt})`;
+  if (events.length === 0) return [`run ${run.number}: no events`];
+  if (events[0]!.from !== null || events[0]!.to !== 'considering' || events[0]!.attempt !== 1) {
+    problems.push(`${where(0)}: the first event must be a claim of attempt 1`);
+  }
+  for (let i = 1; i < events.length; i++) {
+    const previous = events[i - 1]!;
+    const event = events[i]!;
+    if (event.from !== previous.to) problems.push(`${where(i)}: from ≠ the previous event's to (${previous.to})`);
+    if (previous.to === 'done' || previous.to === 'abandoned') problems.push(`${where(i)}: after a terminal state`);
+    const expected = event.to === 'considering' ? previous.attempt + 1 : previous.attempt;
+    if (event.attempt !== expected) problems.push(`${where(i)}: attempt should be ${expected}`);
+    if (event.time < previous.time) problems.push(`${where(i)}: time goes back`);
+  }
+  const last = events.at(-1)!;
+  const p = run.processing;
+  if (!p) problems.push(`run ${run.number}: events but no processing document`);
+  else {
+    if (p.state !== last.to) problems.push(`run ${run.number}: state ${p.state} but the last event says ${last.to}`);
+    if (p.attempt !== last.attempt) problems.push(`run ${run.number}: attempt ${p.attempt}, last event ${last.attempt}`);
+    const failures = events.filter((e) => e.to === 'failed').length + (p.state === 'abandoned' ? 1 : 0);
+    if (p.n_failures !== failures) problems.push(`run ${run.number}: n_failures ${p.n_failures}, events say ${failures}`);
+  }
+  const dones = events.filter((e) => e.to === 'done').length;
+  if (p?.state === 'done' && (dones !== 1 || run.outputs.length !== 1)) {
+    problems.push(`run ${run.number}: done ${dones} times with ${run.outputs.length} registered outputs`);
+  }
+  return problems;
+}
