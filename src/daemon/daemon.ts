@@ -44,7 +44,7 @@ export interface DaemonHandle {
 
 type HostSnapshot = SnapshotFrom<typeof hostMachine>;
 
-function hostStateOf(snapshot: HostSnapshot | undefined): HostState {
+export function hostStateOf(snapshot: HostSnapshot | undefined): HostState {
   if (!snapshot) return 'starting';
   if (snapshot.matches('starting') || snapshot.matches('recovering')) return 'starting';
   if (snapshot.matches('stopping') || snapshot.matches('deregistering')) return 'stopping';

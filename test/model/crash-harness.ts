@@ -4,7 +4,8 @@ import { createActor, type AnyActorRef, type SnapshotFrom } from 'xstate';
 import type { RunInput } from '../../machines/run.machine.js';
 import { defaultConfig, type Config } from '../../src/config/schema.js';
 import { supervisorTiming, type DaemonContext } from '../../src/daemon/context.js';
-import { provideRunMachine } from '../../src/daemon/daemon.js';
+import { hostStateOf, provideMachines, provideRunMachine } from '../../src/daemon/daemon.js';
+import type { HostView } from '../../src/daemon/host-effects.js';
 import { createLogger, type Logger } from '../../src/log/logger.js';
 import type { RunStore } from '../../src/store/run-store.js';
 import type { RunDoc } from '../../src/store/types.js';
@@ -54,6 +55,8 @@ export interface CrashableStore {
   crashed: boolean;
   /** Resolves when the crash happened. */
   whenCrashed: Promise<void>;
+  /** Crash now, whatever the daemon is doing (the caller stops its actor). */
+  crashNow(): void;
 }
 
 const never = () => new Promise<never>(() => undefined);
@@ -69,6 +72,10 @@ export function crashableStore(
     pgids: [],
     crashed: false,
     whenCrashed: new Promise<void>((resolve) => (markCrashed = resolve)),
+    crashNow: () => {
+      state.crashed = true;
+      markCrashed();
+    },
   };
   const counts = new Map<string, number>();
   const rewrite = (method: string, args: unknown[]): unknown[] => {
@@ -100,9 +107,8 @@ export function crashableStore(
           if (method === 'recordProcessGroup') state.pgids.push((args[2] as { pgid: number }).pgid);
           const at = options.crashAt;
           if (at && at.write === method && at.occurrence === occurrence) {
-            state.crashed = true;
+            state.crashNow();
             options.onCrash?.();
-            markCrashed();
             return never();
           }
           return out;
@@ -227,4 +233,25 @@ export async function processToEnd(
     await processAttempt(ctx, claimed);
   }
   throw new Error(`run ${number} did not settle in 10 attempts`);
+}
+
+/** A real host actor with its real effects over `ctx`, as startDaemon builds it, minus the process's signals. */
+export function createHost(ctx: DaemonContext) {
+  let latest: SnapshotFrom<ReturnType<typeof provideMachines>> | undefined;
+  const view = (): HostView => ({ state: hostStateOf(latest), running: latest ? [...latest.context.running] : [] });
+  const { config } = ctx;
+  const actor = createActor(provideMachines(ctx, view), {
+    systemId: 'host',
+    input: {
+      host: config.host,
+      slots: config.slots,
+      idlePollMs: config.timeouts.idle_poll,
+      once: false,
+      maxFailures: config.retry.max_failures,
+      noRetryExitCodes: config.process.no_retry_exit_codes,
+      timing: supervisorTiming(config),
+    },
+  });
+  actor.subscribe({ next: (s) => (latest = s), error: () => undefined });
+  return actor;
 }
