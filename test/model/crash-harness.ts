@@ -216,6 +216,8 @@ export async function processToEnd(
   clock: TestClock,
   number: number,
   onObserve: (doc: RunDoc) => void,
+  /** Called with each fresh claim, while the new owner's lease is live and before its attempt runs. */
+  onClaimed: (doc: RunDoc) => Promise<void> = async () => undefined,
 ): Promise<string[]> {
   const tokens: string[] = [];
   for (let round = 0; round < 10; round += 1) {
@@ -229,6 +231,7 @@ export async function processToEnd(
     const claimed = await ctx.store.claimNextRun({ host: ctx.host, pid: process.pid, order: 'newest' });
     if (!claimed) throw new Error(`run ${number} is ${p?.state ?? 'pending'} and cannot be claimed`);
     onObserve(claimed);
+    await onClaimed(claimed);
     tokens.push(claimed.processing!.token);
     await processAttempt(ctx, claimed);
   }

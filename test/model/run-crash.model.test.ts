@@ -205,7 +205,21 @@ async function crashScenario(mode: Mode, point: CrashPoint | undefined, recovery
       problems.push(...(await checkStaleTokenRefused(store, NUMBER, first.token)).map((p) => `after recovery: ${p}`));
     }
   }
-  const tokens = await processToEnd(ctx, clock, NUMBER, observe);
+  // Whenever a new owner holds a live lease, every earlier owner's token must be refused (no two owners).
+  const earlier = first.token ? [first.token] : [];
+  let tokens: string[] = [];
+  try {
+    tokens = await processToEnd(ctx, clock, NUMBER, observe, async (claimed) => {
+      for (const token of earlier) {
+        const refused = await checkStaleTokenRefused(store, NUMBER, token);
+        problems.push(...refused.map((p) => `while attempt ${claimed.processing!.attempt} is live: ${p}`));
+      }
+      earlier.push(claimed.processing!.token);
+    });
+  } catch (error) {
+    // A broken guarantee can leave the run where no healthy daemon finishes it: report it with the rest.
+    problems.push(`processing to the end failed: ${error instanceof Error ? error.message : String(error)}`);
+  }
   const final = await store.getRun(NUMBER);
   problems.push(...checkRunHistory(await store.listRunEvents(NUMBER), final));
   const state = final?.processing?.state;
