@@ -3,7 +3,7 @@ import { createInspector, type StatelyInspectionEvent } from '@statelyai/inspect
 import { WebSocket, WebSocketServer } from 'ws';
 import type { AnyActorRef, InspectionEvent } from 'xstate';
 import type { Logger } from '../log/logger.js';
-import { currentActorPayload, inspectablePayload } from './inspection-payload.js';
+import { currentActorPayload, inspectablePayload, snapshotOf } from './inspection-payload.js';
 import { hostPort, listenOn } from './listen.js';
 
 // `daemon --inspect`: the inspection events of the host actor and of every run and supervisor actor it spawns,
@@ -124,7 +124,7 @@ export async function startInspectServer(options: InspectServerOptions): Promise
     socket.on('error', () => forget(socket));
     // Announce the actors alive now, each with its current snapshot; the live stream starts right after the
     // last of them, so a viewer never sees an actor's events before the actor.
-    const current = [...live.values()].filter(({ ref }) => ref.getSnapshot()?.status === 'active');
+    const current = [...live.values()].filter(({ ref }) => snapshotOf(ref)?.status === 'active');
     let pending = current.length;
     const join = () => {
       if (connected.has(socket)) viewers.add(socket);
@@ -144,7 +144,7 @@ export async function startInspectServer(options: InspectServerOptions): Promise
     if (event.type === '@xstate.actor') {
       // Actors that ended without a final snapshot event (an error) leave here too.
       for (const [sessionId, { ref }] of live) {
-        const status = ref.getSnapshot()?.status;
+        const status = snapshotOf(ref)?.status;
         if (status !== undefined && status !== 'active') live.delete(sessionId);
       }
       live.set(event.actorRef.sessionId, { ref: event.actorRef as AnyActorRef, rootId: event.rootId });

@@ -76,6 +76,18 @@ export function plainCopy(value: unknown): unknown {
   return safely(() => plain(value, 0, []));
 }
 
+/**
+ * An actor's snapshot, or undefined while it has none: XState's production build returns undefined while an
+ * actor initialises, its development build throws.
+ */
+export function snapshotOf(ref: AnyActorRef): { status?: unknown } | undefined {
+  try {
+    return ref.getSnapshot() as { status?: unknown } | undefined;
+  } catch {
+    return undefined;
+  }
+}
+
 /** The readable name of an actor: its system id (`host`, `run-42`), else its parent's name and its own id. */
 export function actorName(ref: AnyActorRef): string {
   const systemId = (ref as { systemId?: unknown }).systemId;
@@ -150,6 +162,6 @@ export function currentActorPayload(ref: AnyActorRef, rootId: string): Inspectio
   return {
     type: '@xstate.actor',
     rootId,
-    actorRef: describedActor(ref, () => plainCopy(ref.getSnapshot())),
+    actorRef: describedActor(ref, () => plainCopy(snapshotOf(ref))),
   } as unknown as InspectionEvent;
 }

@@ -232,6 +232,26 @@ describe('daemon --inspect: the server', () => {
     actor.stop();
   });
 
+  it('forgets actors that finished: a later viewer hears only of those alive', async () => {
+    const server = await serve();
+    const quick = setup({}).createMachine({ id: 'quick', initial: 'a', states: { a: { always: 'b' }, b: { type: 'final' } } });
+    const parent = setup({ actors: { quick } }).createMachine({
+      id: 'parent',
+      initial: 'working',
+      states: { working: { invoke: { src: 'quick', onDone: 'finished' } }, finished: {} },
+    });
+    const actor = createActor(parent, { inspect: server.inspector });
+    actor.start();
+    await waitFor(() => actor.getSnapshot().value === 'finished', 'the parent to see its child finish');
+    const viewer = await view(server);
+    await waitFor(() => viewer.messages.length >= 1, 'the announcement');
+    // Settle: a second viewer's announcement arrives only after everything queued for the first.
+    const second = await view(server);
+    await waitFor(() => second.messages.length >= 1, 'the second announcement');
+    expect(viewer.messages.map((m) => [m.type, m.name, m.snapshot?.value])).toEqual([['@xstate.actor', 'parent', 'finished']]);
+    actor.stop();
+  });
+
   it('GET / is the bridge page for the hosted Stately inspector: it embeds it and feeds it from this socket', async () => {
     const server = await serve();
     const page = await fetch(`http://127.0.0.1:${server.port}/`);
