@@ -1,8 +1,9 @@
-import { mkdirSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import type { SnapshotFrom } from 'xstate';
 import { createDaemonContext, type DaemonContext } from '../../src/daemon/context.js';
+import { outputDirName } from '../../src/policy/placeholders.js';
 import { groupAlive } from '../../src/process/kill-group.js';
 import { openStore } from '../../src/store/open-store.js';
 import type { RunStore } from '../../src/store/run-store.js';
@@ -22,7 +23,7 @@ const NUMBER = 5;
 
 /** Under the first daemon the command hangs and ignores SIGTERM (so stopping lasts); under the newcomer it succeeds. */
 const SCRIPT = `out=$1
-if [ "$2" = hang ]; then trap '' TERM; exec sleep 1000; fi
+if [ "$2" = hang ]; then trap '' TERM; : > "$out/hanging"; exec sleep 1000; fi
 echo ok > "$out/result.txt"`;
 
 type HostSnapshot = SnapshotFrom<ReturnType<typeof createHost>>;
@@ -31,8 +32,8 @@ interface HostCrash {
   at: string;
   /** Runs submitted before the first daemon starts. */
   submit: boolean;
-  /** Sent to the first daemon once, when this holds (a signal). */
-  stopWhen?: (s: HostSnapshot, pgids: number[]) => boolean;
+  /** Sent to the first daemon once, when this holds (a signal); `hanging` says the command ignores SIGTERM now. */
+  stopWhen?: (s: HostSnapshot, pgids: number[], hanging: boolean) => boolean;
   crashWhen: (s: HostSnapshot, pgids: number[]) => boolean;
 }
 
@@ -46,7 +47,7 @@ const CRASHES: HostCrash[] = [
   {
     at: 'stopping (command ignores SIGTERM)',
     submit: true,
-    stopWhen: busyWithCommand,
+    stopWhen: (s, pgids, hanging) => busyWithCommand(s, pgids) && hanging,
     crashWhen: (s) => s.matches('stopping'),
   },
   {
@@ -110,7 +111,8 @@ async function crashAndTakeOver(crash: HostCrash): Promise<{ problems: string[];
   let stopSent = false;
   const watch = (s: HostSnapshot) => {
     if (crashable.crashed) return true;
-    if (crash.stopWhen && !stopSent && crash.stopWhen(s, crashable.pgids)) {
+    const hanging = existsSync(join(config.process.output_root, outputDirName(NUMBER), 'hanging'));
+    if (crash.stopWhen && !stopSent && crash.stopWhen(s, crashable.pgids, hanging)) {
       stopSent = true;
       actor!.send({ type: 'STOP' });
       return false;
