@@ -294,7 +294,7 @@ export function fitWidth(text: string, columns: number): string {
     out += char;
     width += w;
   }
-  return `${out}…`;
+  return `${out.trimEnd()}…`;
 }
 
 /** The end of `text` that fits in `columns` columns. */
