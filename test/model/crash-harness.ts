@@ -128,6 +128,18 @@ export function crashDaemon(ctx: DaemonContext, actor: AnyActorRef | undefined):
   actor?.stop();
 }
 
+/** After a test: SIGKILLs the process groups dead daemons left behind, then closes the stores. */
+export async function reap(groups: number[], stores: RunStore[]): Promise<void> {
+  for (const pgid of groups) {
+    try {
+      process.kill(-pgid, 'SIGKILL');
+    } catch {
+      // already gone
+    }
+  }
+  for (const s of stores) await s.close();
+}
+
 /** The pid of a process that has exited and been reaped. */
 export async function deadPid(): Promise<number> {
   const child = execa('true');

@@ -70,8 +70,4 @@ export class ControlledEffects {
   alive(src: string): number {
     return this.senders.get(src)?.length ?? 0;
   }
-
-  running(src: string): boolean {
-    return this.pending.has(src);
-  }
 }

@@ -9,7 +9,16 @@ import { openStore } from '../../src/store/open-store.js';
 import type { RunStore } from '../../src/store/run-store.js';
 import { stateName } from '../machines/helpers.js';
 import { tempDir, waitFor } from '../helpers/cli.js';
-import { crashableStore, crashDaemon, createHost, deadPid, modelConfig, silentLogger, TestClock } from './crash-harness.js';
+import {
+  crashableStore,
+  crashDaemon,
+  createHost,
+  deadPid,
+  modelConfig,
+  reap,
+  silentLogger,
+  TestClock,
+} from './crash-harness.js';
 import { checkRunHistory, checkStaleTokenRefused } from './invariants.js';
 
 // Crash injection into the host machine with its real effects, a real SQLite store and real commands: the
@@ -71,14 +80,7 @@ beforeEach(() => {
 
 afterEach(async () => {
   for (const host of hosts.splice(0)) host.stop();
-  for (const pgid of orphanGroups.splice(0)) {
-    try {
-      process.kill(-pgid, 'SIGKILL');
-    } catch {
-      // already gone
-    }
-  }
-  for (const s of stores.splice(0)) await s.close();
+  await reap(orphanGroups.splice(0), stores.splice(0));
   removeRoot();
 });
 

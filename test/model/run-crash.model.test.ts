@@ -24,6 +24,7 @@ import {
   silentLogger,
   TestClock,
   type CrashPoint,
+  reap,
 } from './crash-harness.js';
 import { checkAttemptsGrow, checkRunHistory, checkRunSettled, checkStaleTokenRefused } from './invariants.js';
 
@@ -70,14 +71,7 @@ beforeEach(() => {
 });
 
 afterEach(async () => {
-  for (const pgid of orphanGroups.splice(0)) {
-    try {
-      process.kill(-pgid, 'SIGKILL');
-    } catch {
-      // already gone
-    }
-  }
-  for (const s of stores.splice(0)) await s.close();
+  await reap(orphanGroups.splice(0), stores.splice(0));
   removeRoot();
 });
 

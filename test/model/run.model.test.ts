@@ -29,21 +29,9 @@ function claimed(attempt: number, nFailures: number): ClaimedRun {
   return { number: 7, token: `lease-${attempt}`, attempt, nFailures, doc: { number: 7 } };
 }
 
+/** The chart only carries the plan to its supervisor, and the fake supervisor never reads it. */
 function planFor(run: ClaimedRun): CommandPlan {
-  return {
-    number: run.number,
-    token: run.token,
-    attempt: run.attempt,
-    argv: ['process', String(run.number)],
-    cwd: '.',
-    env: {},
-    logFile: '/dev/null',
-    outputDir: '/out',
-    errorFile: '/err',
-    targets: [],
-    resources: {},
-    startedAt: 0,
-  };
+  return { number: run.number, token: run.token, attempt: run.attempt } as CommandPlan;
 }
 
 // max_failures 2: the first failure waits for a retry, the retried attempt's failure abandons the run.
