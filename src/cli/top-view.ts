@@ -173,16 +173,15 @@ function busySection(snapshot: TopSnapshot, now: number): Section {
 
 function failureSection(snapshot: TopSnapshot, now: number): Section {
   return {
-    headers: ['FAILED', 'STATE', 'FAILS', 'HOST', 'WHEN', 'RETRY', 'REASON'],
+    headers: ['FAILED', 'STATE', 'FAILS', 'HOST', 'WHEN', 'REASON'],
     items: snapshot.failures.map((run) => {
       const p = run.processing;
       return [
         String(run.number),
-        p?.state ?? '-',
+        failureState(run, now),
         p ? String(p.n_failures) : '-',
         cell(p?.host, 12),
         p ? formatRelative(p.time, now) : '-',
-        p?.state === 'failed' ? formatRelative(p.next_retry, now) : '-',
         cell(p?.reason) || '-',
       ];
     }),
@@ -190,6 +189,14 @@ function failureSection(snapshot: TopSnapshot, now: number): Section {
     more: (n) => `… ${n} more failed or abandoned (runwarden list --state failed|abandoned)`,
     total: (snapshot.counts.failed ?? 0) + (snapshot.counts.abandoned ?? 0),
   };
+}
+
+/** A failed run's state says when it is retried (one column, so the reason keeps the width). */
+function failureState(run: RunDoc, now: number): string {
+  const p = run.processing;
+  if (p?.state !== 'failed') return p?.state ?? '-';
+  if (p.next_retry === undefined) return 'failed';
+  return p.next_retry > now ? `retry in ${formatElapsed(p.next_retry - now)}` : 'retry due';
 }
 
 function countsLine(counts: StateCounts): string {

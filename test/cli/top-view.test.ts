@@ -112,26 +112,28 @@ describe('renderTop', () => {
       ],
       failures: [
         failedRun(1039, 'exit code 3: calibration missing for run 1039'),
+        failedRun(1020, 'host stopped', { next_retry: NOW - 5 * SECOND }),
         failedRun(1001, 'gave up: 10 failures reached retry.max_failures (10); last failure: stalled', {
           state: 'abandoned',
           next_retry: undefined,
         }),
       ],
     });
-    snapshot.counts = counts({ pending: 12, busy: 2, done: 830, failed: 1, abandoned: 1 });
+    snapshot.counts = counts({ pending: 12, busy: 2, done: 830, failed: 2, abandoned: 1 });
     const lines = renderTop(view(snapshot), { columns: 80, rows: 24 }, NOW);
     expectFits(lines, 80, 24);
     expect(lines[0]).toMatch(/^runwarden top  sqlite:\/srv\/runwarden\/runs\.db +2026-01-15 12:00:00Z$/);
     expect(lines[0]).toHaveLength(80);
-    expect(lines[1]).toBe('runs  pending 12  considering 0  busy 2  done 830  failed 1  abandoned 0'.replace('abandoned 0', 'abandoned 1'));
+    expect(lines[1]).toBe('runs  pending 12  considering 0  busy 2  done 830  failed 2  abandoned 1');
     expect(lines).toContainEqual(expect.stringMatching(/^daq01 +busy +3s ago +2\/4 +42% used, 512GiB free$/));
     expect(lines).toContainEqual(expect.stringMatching(/^daq02 +idle +12s ago +0\/4/));
     expect(lines).toContainEqual(expect.stringMatching(/^old +dead +3s ago +2\/4 +-$/));
     expect(lines).toContainEqual(expect.stringMatching(/^1042 +2 +daq01 +2m5s +processing chunk 17 of 40$/));
     // Another host's attempt log is not on this host.
     expect(lines).toContainEqual(expect.stringMatching(/^1041 +1 +daq02 +2m5s +-$/));
-    expect(lines).toContainEqual(expect.stringMatching(/^1039 +failed +2 +daq01 +40s ago +in 5m +exit code 3: calibration missi…$/));
-    expect(lines).toContainEqual(expect.stringMatching(/^1001 +abandoned +2 +daq01 +40s ago +- +gave up: 10 failures reached r…$/));
+    expect(lines).toContainEqual(expect.stringMatching(/^1039 +retry in 5m +2 +daq01 +40s ago +exit code 3: calibration missing fo…$/));
+    expect(lines).toContainEqual(expect.stringMatching(/^1020 +retry due +2 +daq01 +40s ago +host stopped$/));
+    expect(lines).toContainEqual(expect.stringMatching(/^1001 +abandoned +2 +daq01 +40s ago +gave up: 10 failures reached retry\.…$/));
     expect(lines.at(-1)).toBe('q or ^C quits · refreshed every 1s');
     expect(lines.some((l) => l.startsWith('…'))).toBe(false);
   });
@@ -196,7 +198,7 @@ describe('renderTop', () => {
     expectFits(lines, 80, 24);
     expect(lines).toHaveLength(24);
     const busyShown = lines.filter((l) => /^\d+ +2 +daq01 +2m5s +line \d+$/.test(l)).length;
-    const failuresShown = lines.filter((l) => /^\d+ +failed /.test(l)).length;
+    const failuresShown = lines.filter((l) => /^\d+ +retry in 5m /.test(l)).length;
     expect(busyShown).toBeGreaterThan(0);
     expect(failuresShown).toBeGreaterThan(0);
     expect(lines).toContain(`… ${500 - busyShown} more busy runs (runwarden list --state busy)`);
@@ -231,7 +233,7 @@ describe('renderTop', () => {
     expect(hostsOnly.join('\n')).not.toMatch(/BUSY|FAILED/);
     expect(at(9).join('\n')).toMatch(/BUSY/);
     expect(at(9).join('\n')).not.toMatch(/FAILED/);
-    expect(at(12).join('\n')).toMatch(/FAILED[\s\S]*^8 +failed/m);
+    expect(at(12).join('\n')).toMatch(/FAILED[\s\S]*^8 +retry in 5m/m);
     for (let rows = 0; rows <= 30; rows++) expectFits(at(rows), 80, rows);
   });
 

@@ -208,14 +208,14 @@ describe.skipIf(!hasTmux)(`runwarden top in a tmux pane of 80x24 (${tmuxVersion.
       await openPane();
       await shell('echo BEFORE-TOP');
       await screenMatching(/^BEFORE-TOP$/m, 'the shell to echo');
-      const frame = await startTop(/^1 +1 +testhost +\d+s +step \d+ of 100000\n[\s\S]*^2 +failed/m);
+      const frame = await startTop(/^1 +1 +testhost +\d+s +step \d+ of 100000\n[\s\S]*^2 +retry in/m);
       const rows = frame.split('\n').slice(0, 24);
       expect(rows[0]).toMatch(/^runwarden top  .*runs\.db +\d{4}-\d\d-\d\d \d\d:\d\d:\d\dZ$/);
       expect(rows[1]).toBe('runs  pending 0  considering 0  busy 1  done 0  failed 1  abandoned 0');
       expect(frame).toMatch(/^HOST +STATE +HEARTBEAT +SLOTS +DISK\ntesthost +busy +\d+s ago +1\/2 +\d+% used, [\d.]+\w+ free$/m);
       expect(frame).toMatch(/^BUSY +ATTEMPT +HOST +ELAPSED +LAST OUTPUT$/m);
       expect(frame).toMatch(
-        /^FAILED +STATE +FAILS +HOST +WHEN +RETRY +REASON\n2 +failed +1 +testhost +\d+s ago +in \S+ +calibration missing for( run 2| ?r?u?n?…)$/m,
+        /^FAILED +STATE +FAILS +HOST +WHEN +REASON\n2 +retry in \S+ +1 +testhost +\d+s ago +calibration missing for run 2$/m,
       );
       expect(rows[23]).toBe('q or ^C quits · refreshed every 1s');
       // Live: the run's newest line replaces the one first seen.
