@@ -19,6 +19,7 @@ import { statusCommand } from './status.js';
 import { submitCommand } from './submit.js';
 import { topCommand } from './top.js';
 import { VERSION } from '../version.js';
+import { exitCodeOf } from '../errors.js';
 
 // runwarden's command line. Each command lives in its own file; this one only assembles them and
 // makes every usage error exit 2 with the problem named (DESIGN §7).
@@ -51,8 +52,10 @@ export async function main(argv: string[]): Promise<void> {
     .alias('h', 'help')
     .epilogue('Exit codes: 0 ok, 1 runtime error, 2 usage or configuration error.')
     .wrap(Math.min(110, process.stdout.columns ?? 100))
-    .fail((message, error) => {
+    .fail((message, error, instance) => {
       if (error) throw error;
+      // yargs does not say which argument is missing: its usage line for the command does.
+      if (/^Not enough non-option arguments/.test(message)) instance.showHelp();
       process.stderr.write(`runwarden: ${message}\nSee runwarden --help.\n`);
       process.exit(2);
     });
@@ -61,5 +64,6 @@ export async function main(argv: string[]): Promise<void> {
 
 main(hideBin(process.argv)).catch((error: unknown) => {
   process.stderr.write(`runwarden: ${error instanceof Error ? error.message : String(error)}\n`);
-  process.exitCode = 1;
+  // A UsageError thrown by a yargs check() arrives here: still exit 2.
+  process.exitCode = exitCodeOf(error);
 });

@@ -81,8 +81,8 @@ export const submitCommand: CommandModule<GlobalArgs, SubmitArgs> = {
       .option('param', { type: 'string', array: true, describe: 'key=value, repeatable; as {params.key}' })
       .conflicts('file', ['input', 'name', 'start', 'end', 'mode', 'tag', 'priority', 'param'])
       .check((argv) => {
-        if (argv.file === undefined && argv.number === undefined) throw new Error('give a run number or --file');
-        if (argv.file !== undefined && argv.number !== undefined) throw new Error('give a run number or --file, not both');
+        if (argv.file === undefined && argv.number === undefined) throw new UsageError('give a run number or --file', 'number');
+        if (argv.file !== undefined && argv.number !== undefined) throw new UsageError('give a run number or --file, not both', 'file');
         return true;
       })
       .example('$0 submit 1042 --input /data/raw/1042 --mode background', 'one run')
