@@ -50,7 +50,11 @@ const busyWithCommand = (s: HostSnapshot, pgids: number[]) => s.matches({ runnin
 
 const CRASHES: HostCrash[] = [
   { at: 'recovering (host registered)', submit: true, crashWhen: (s) => s.matches('recovering') },
-  { at: 'running.claiming (claim committed, its answer lost)', submit: true, crashWhen: (s) => s.matches({ running: 'claiming' }) },
+  {
+    at: 'running.claiming (claim committed, its answer lost)',
+    submit: true,
+    crashWhen: (s) => s.matches({ running: 'claiming' }),
+  },
   { at: 'running.busy (command running)', submit: true, crashWhen: busyWithCommand },
   { at: 'running.idle (nothing to do)', submit: false, crashWhen: (s) => s.matches({ running: 'idle' }) },
   {
@@ -84,7 +88,17 @@ afterEach(async () => {
   removeRoot();
 });
 
-async function crashAndTakeOver(crash: HostCrash): Promise<{ problems: string[]; state: string; orphans: number; repaired: boolean }> {
+interface TakeOver {
+  problems: string[];
+  /** The first daemon's state when it died. */
+  state: string;
+  /** Its commands still running after its death. */
+  orphans: number;
+  /** It held the run when it died, so the newcomer had to fail that attempt. */
+  repaired: boolean;
+}
+
+async function crashAndTakeOver(crash: HostCrash): Promise<TakeOver> {
   scenarios += 1;
   const dir = join(root, `scenario-${scenarios}`);
   mkdirSync(dir);
@@ -137,7 +151,8 @@ async function crashAndTakeOver(crash: HostCrash): Promise<{ problems: string[];
 
   // The newcomer on the same host.
   const store = await open();
-  const next = createDaemonContext({ config: { ...config, process: { ...config.process, command: ['sh', script, '{output}', 'ok'] } }, store, logger: silentLogger(HOST), clock: clock.read });
+  const healthy = { ...config, process: { ...config.process, command: ['sh', script, '{output}', 'ok'] } };
+  const next = createDaemonContext({ config: healthy, store, logger: silentLogger(HOST), clock: clock.read });
   const newcomer = createHost(next);
   hosts.push(newcomer);
   newcomer.start();

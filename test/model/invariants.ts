@@ -27,7 +27,9 @@ export function checkRunHistory(events: RunEvent[], doc: RunDoc | null): string[
   for (const [i, event] of events.entries()) {
     const at = `event ${i + 1} (${event.from ?? 'pending'} → ${event.to}, attempt ${event.attempt})`;
     const expectedFrom: From = previous ? previous.to : null;
-    if (event.from !== expectedFrom) problems.push(`${at}: from ${event.from} but the run was ${expectedFrom ?? 'pending'}`);
+    if (event.from !== expectedFrom) {
+      problems.push(`${at}: from ${event.from} but the run was ${expectedFrom ?? 'pending'}`);
+    }
     if (!(LEGAL[String(event.from)] ?? []).includes(event.to)) problems.push(`${at}: not a legal transition`);
     const attemptBefore = previous?.attempt ?? 0;
     if (event.to === 'considering' && event.attempt !== attemptBefore + 1) {

@@ -102,7 +102,13 @@ interface FirstDaemon {
 }
 
 /** The first daemon claims the run and processes its first attempt, dying right after `crashAt` if given. */
-async function firstDaemon(dir: string, script: string, clock: TestClock, mode: Mode, crashAt?: CrashPoint): Promise<FirstDaemon> {
+async function firstDaemon(
+  dir: string,
+  script: string,
+  clock: TestClock,
+  mode: Mode,
+  crashAt?: CrashPoint,
+): Promise<FirstDaemon> {
   const real = await open(dir, clock);
   await real.insertRun({
     number: NUMBER,
@@ -121,20 +127,27 @@ async function firstDaemon(dir: string, script: string, clock: TestClock, mode: 
   const config = modelConfig(dir, HOST, script);
   ctx = createDaemonContext({ config, store: crashable.store, logger: silentLogger(HOST), clock: clock.read });
   await real.registerHost({
-    host: HOST, pid, token: ctx.hostToken, state: 'busy', time: clock.now, started: clock.now, version: 'test', slots: 1, running: [],
+    host: HOST,
+    pid,
+    token: ctx.hostToken,
+    state: 'busy',
+    time: clock.now,
+    started: clock.now,
+    version: 'test',
+    slots: 1,
+    running: [],
   });
+  // Only this daemon writes until it dies, so the token on record is the one its claim took.
   const finish = async (state: string): Promise<FirstDaemon> => {
     orphanGroups.push(...crashable.pgids);
     const token = (await real.getRun(NUMBER))?.processing?.token;
-    return { writes: crashable.writes, pgids: crashable.pgids, token: claimedToken ?? token, state, crashed: crashable.crashed };
+    return { writes: crashable.writes, pgids: crashable.pgids, token, state, crashed: crashable.crashed };
   };
-  let claimedToken: string | undefined;
   const claimed = await Promise.race([
     crashable.store.claimNextRun({ host: HOST, pid, order: 'newest' }),
     crashable.whenCrashed.then(() => null),
   ]);
   if (!claimed) return finish('(claimed; no run actor yet)');
-  claimedToken = claimed.processing!.token;
   actor = createActor(provideRunMachine(ctx), { input: runInputFor(config, claimed) });
   actor.start();
   let stopSent = false;
@@ -142,7 +155,8 @@ async function firstDaemon(dir: string, script: string, clock: TestClock, mode: 
     () => {
       const s = actor!.getSnapshot();
       // The host stops while the command runs, once its process group is on record.
-      if (mode === 'hang-stop' && !stopSent && !crashable.crashed && s.matches({ busy: 'supervising' }) && crashable.pgids.length > 0) {
+      const commandRecorded = s.matches({ busy: 'supervising' }) && crashable.pgids.length > 0;
+      if (mode === 'hang-stop' && !stopSent && !crashable.crashed && commandRecorded) {
         stopSent = true;
         actor!.send({ type: 'STOP' });
       }
@@ -186,7 +200,9 @@ async function crashScenario(mode: Mode, point: CrashPoint | undefined, recovery
   if (point) {
     if (recovery === 'restart') {
       await recoverOwnRuns(ctx, await store.getHost(HOST));
-      for (const pgid of first.pgids) if (groupAlive(pgid)) problems.push(`orphaned process group ${pgid} survived the restart`);
+      for (const pgid of first.pgids.filter((g) => groupAlive(g))) {
+        problems.push(`orphaned process group ${pgid} survived the restart`);
+      }
     } else {
       const { max_busy_time: busy, max_considering_time: considering } = ctx.config.timeouts;
       clock.advance(Math.max(busy, considering) + 1);

@@ -90,7 +90,9 @@ function fakeSupervisor(effects: ControlledEffects) {
     states: {
       running: {
         on: {
-          TERMINATE: { actions: () => effects.received.push({ src: 'supervisor', event: { type: 'TERMINATE' }, step: effects.step }) },
+          TERMINATE: {
+            actions: () => effects.received.push({ src: 'supervisor', event: { type: 'TERMINATE' }, step: effects.step }),
+          },
           FINISH: { target: 'finished', actions: assign({ output: ({ event }) => event.output }) },
           CRASH: {
             actions: () => {
@@ -143,7 +145,8 @@ async function replay(path: ModelPath, coverage: CoverageRecorder): Promise<Repl
       if (src === 'supervisor') {
         const supervisor = current.children.supervisor;
         if (!supervisor) throw new Error('the path finishes the supervisor, but none is running');
-        supervisor.send(kind.kind === 'done' ? { type: 'FINISH', output: event.output as SupervisorResult } : { type: 'CRASH' });
+        const output = event.output as SupervisorResult;
+        supervisor.send(kind.kind === 'done' ? { type: 'FINISH', output } : { type: 'CRASH' });
       } else if (kind.kind === 'done') {
         effects.resolve(src, event.output);
       } else {
