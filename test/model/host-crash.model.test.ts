@@ -30,9 +30,13 @@ import { checkRunHistory, checkStaleTokenRefused } from './invariants.js';
 const HOST = 'h1';
 const NUMBER = 5;
 
-/** Under the first daemon the command hangs and ignores SIGTERM (so stopping lasts); under the newcomer it succeeds. */
+/**
+ * Under the first daemon the command hangs and ignores SIGTERM (so stopping lasts); under the newcomer it waits
+ * for the test's go-ahead file (so its lease is observed live), then succeeds.
+ */
 const SCRIPT = `out=$1
 if [ "$2" = hang ]; then trap '' TERM; : > "$out/hanging"; exec sleep 1000; fi
+while [ ! -e "$3" ]; do sleep 0.02; done
 echo ok > "$out/result.txt"`;
 
 type HostSnapshot = SnapshotFrom<ReturnType<typeof createHost>>;
@@ -151,7 +155,8 @@ async function crashAndTakeOver(crash: HostCrash): Promise<TakeOver> {
 
   // The newcomer on the same host.
   const store = await open();
-  const healthy = { ...config, process: { ...config.process, command: ['sh', script, '{output}', 'ok'] } };
+  const goAhead = join(dir, 'go');
+  const healthy = { ...config, process: { ...config.process, command: ['sh', script, '{output}', 'ok', goAhead] } };
   const next = createDaemonContext({ config: healthy, store, logger: silentLogger(HOST), clock: clock.read });
   const newcomer = createHost(next);
   hosts.push(newcomer);
@@ -161,6 +166,15 @@ async function crashAndTakeOver(crash: HostCrash): Promise<TakeOver> {
   const hostDoc = await store.getHost(HOST);
   if (hostDoc?.pid !== process.pid) problems.push(`the host document names pid ${hostDoc?.pid}, not the newcomer's`);
   if (crash.submit) {
+    // While the newcomer's attempt is live, the dead daemon's token must be refused (no two owners).
+    await waitFor(async () => {
+      const p = (await store.getRun(NUMBER))?.processing;
+      return p?.state === 'busy' && p.pid === process.pid;
+    }, 'the newcomer to be busy with the run');
+    if (deadToken) {
+      problems.push(...(await checkStaleTokenRefused(store, NUMBER, deadToken)).map((p) => `while live: ${p}`));
+    }
+    writeFileSync(goAhead, '');
     const done = await waitFor(async () => {
       const doc = await store.getRun(NUMBER);
       return doc?.processing?.state === 'done' ? doc : null;
