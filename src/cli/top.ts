@@ -24,12 +24,14 @@ const KILLED_BY: Partial<Record<NodeJS.Signals, number>> = { SIGTERM: 143, SIGHU
 /** Keys that quit: q, Q and ^C (raw mode turns ^C into a byte instead of SIGINT). */
 const QUIT_KEYS = new Set([0x71, 0x51, 0x03]);
 
+/** The --interval duration (a bare number is seconds); its errors name the flag, not a configuration key. */
 function intervalFrom(value: string | undefined): number {
   let ms: number;
   try {
-    ms = parseDuration(value === undefined ? '1s' : /^\s*\d+(\.\d+)?\s*$/.test(value) ? Number(value) : value, 'interval');
+    ms = parseDuration(value === undefined ? '1s' : /^\s*\d+(\.\d+)?\s*$/.test(value) ? Number(value) : value, '--interval');
   } catch (error) {
-    throw error instanceof ConfigError ? new UsageError(`--interval: ${error.message.replace(/^config: interval: /, '')}`, 'interval') : error;
+    if (error instanceof ConfigError) throw new UsageError(error.message.replace(/^config: /, ''), 'interval');
+    throw error;
   }
   if (ms < MIN_INTERVAL_MS) throw new UsageError(`--interval: at least ${MIN_INTERVAL_MS}ms, got ${value}`, 'interval');
   return ms;
