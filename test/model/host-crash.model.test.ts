@@ -102,6 +102,29 @@ interface TakeOver {
   repaired: boolean;
 }
 
+/** The newcomer finishes the run; `deadAttempt` is the attempt the dead daemon held, failed by the restart. */
+async function settledByNewcomer(store: RunStore, deadAttempt: number | undefined): Promise<string[]> {
+  let done;
+  try {
+    done = await waitFor(async () => {
+      const doc = await store.getRun(NUMBER);
+      return doc?.processing?.state === 'done' ? doc : null;
+    }, `run ${NUMBER} to be done by the newcomer`, { timeoutMs: 10_000 });
+  } catch (error) {
+    // A broken guarantee can leave the run where the newcomer never finishes it: report it with the rest.
+    return [error instanceof Error ? error.message : String(error)];
+  }
+  const events = await store.listRunEvents(NUMBER);
+  const problems = checkRunHistory(events, done);
+  if (deadAttempt !== undefined) {
+    const repair = events.find((e) => e.attempt === deadAttempt && e.to === 'failed');
+    if (!repair || repair.detail?.kind !== 'restart') {
+      problems.push(`the dead daemon's attempt was not failed by the restart: ${JSON.stringify(repair)}`);
+    }
+  }
+  return problems;
+}
+
 async function crashAndTakeOver(crash: HostCrash): Promise<TakeOver> {
   scenarios += 1;
   const dir = join(root, `scenario-${scenarios}`);
@@ -175,18 +198,7 @@ async function crashAndTakeOver(crash: HostCrash): Promise<TakeOver> {
       problems.push(...(await checkStaleTokenRefused(store, NUMBER, deadToken)).map((p) => `while live: ${p}`));
     }
     writeFileSync(goAhead, '');
-    const done = await waitFor(async () => {
-      const doc = await store.getRun(NUMBER);
-      return doc?.processing?.state === 'done' ? doc : null;
-    }, `run ${NUMBER} to be done by the newcomer`);
-    const events = await store.listRunEvents(NUMBER);
-    problems.push(...checkRunHistory(events, done));
-    if (heldByDead) {
-      const repair = events.find((e) => e.attempt === atCrash.processing!.attempt && e.to === 'failed');
-      if (!repair || repair.detail?.kind !== 'restart') {
-        problems.push(`the dead daemon's attempt was not failed by the restart: ${JSON.stringify(repair)}`);
-      }
-    }
+    problems.push(...(await settledByNewcomer(store, heldByDead ? atCrash.processing!.attempt : undefined)));
     if (deadToken) problems.push(...(await checkStaleTokenRefused(store, NUMBER, deadToken)));
   }
   for (const pgid of orphans) {
@@ -222,5 +234,5 @@ describe('host machine, crash injection with real effects, SQLite and commands',
     // busy and stopping also leave its hanging command behind.
     expect(repaired).toBe(3);
     expect(orphans).toBe(2);
-  });
+  }, 120_000);
 });
