@@ -9,6 +9,7 @@ import { CONFIG_KEYS, knownKeyPaths, type Config, type FieldKind } from '../../s
 import { isPlainObject, validateConfig } from '../../src/config/validate.js';
 import { ConfigError } from '../../src/errors.js';
 import { SEEDS, junkValue, nastyText } from './arbitraries.js';
+import { outcomeCounter } from './figures.js';
 
 // Broken configurations: arbitrary YAML-ish objects with wrong types, unknown keys, bad durations and
 // contradictions. validateConfig either returns a Config that keeps every invariant the daemon relies on, or
@@ -17,14 +18,7 @@ import { SEEDS, junkValue, nastyText } from './arbitraries.js';
 const RUNS = Number(process.env.BADINPUT_RUNS ?? 1_500);
 const options = { cwd: '/srv/runwarden', hostName: () => 'daq01' };
 const KNOWN = new Set(knownKeyPaths());
-const figures: Record<string, Record<string, number>> = {};
-function count(group: string, key: string): void {
-  figures[group] ??= {};
-  figures[group][key] = (figures[group][key] ?? 0) + 1;
-}
-afterAll(() => {
-  console.log(`bad-input figures (config, seed ${SEEDS.config}):\n${JSON.stringify(figures, null, 1)}`);
-});
+const count = outcomeCounter(`config, seed ${SEEDS.config}`);
 
 /** Values a key of each kind accepts. Durations stay apart so that no contradiction arises by chance. */
 const GOOD: Record<FieldKind, fc.Arbitrary<unknown>> = {

@@ -1,5 +1,5 @@
 import fc from 'fast-check';
-import { afterAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { isPlainObject } from '../../src/config/validate.js';
 import { UsageError } from '../../src/errors.js';
 import { MAX_PARAMS_BYTES, MAX_TEXT_LENGTH, parseSubmittedRun, validateRunDocument } from '../../src/policy/run-validation.js';
@@ -8,6 +8,7 @@ import { runFromDoc } from '../../src/store/mongo/documents.js';
 import { runFromRow } from '../../src/store/sqlite/rows.js';
 import { RUN_STATES, type RunDoc } from '../../src/store/types.js';
 import { RUN_FIELDS, SEEDS, junkValue, mostlyGoodRun, rawMongoDoc, rawSqliteRow } from './arbitraries.js';
+import { outcomeCounter } from './figures.js';
 
 // Run documents written straight into the store by another tool, at the decoding layer: whatever a row or a
 // document holds, decoding never throws, and the run is either usable or its problems (the daemon's failure
@@ -15,14 +16,7 @@ import { RUN_FIELDS, SEEDS, junkValue, mostlyGoodRun, rawMongoDoc, rawSqliteRow 
 // drops or converts a bad value fails here.
 
 const RUNS = Number(process.env.BADINPUT_RUNS ?? 1_500);
-const figures: Record<string, Record<string, number>> = {};
-function count(group: string, key: string): void {
-  figures[group] ??= {};
-  figures[group][key] = (figures[group][key] ?? 0) + 1;
-}
-afterAll(() => {
-  console.log(`bad-input figures (decode, seed ${SEEDS.decode}):\n${JSON.stringify(figures, null, 1)}`);
-});
+const count = outcomeCounter(`decode, seed ${SEEDS.decode}`);
 
 const FIELD_NAMES = [...RUN_FIELDS, 'processing', 'run'];
 const PROBLEM = new RegExp(`^(${FIELD_NAMES.join('|')})(\\[\\d+\\])?: \\S`);
