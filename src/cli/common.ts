@@ -1,8 +1,8 @@
 import type { Argv } from 'yargs';
-import { formatElapsed } from '../config/duration.js';
+import { formatDuration, formatElapsed, parseDuration } from '../config/duration.js';
 import { loadConfig, type ConfigFlags } from '../config/index.js';
 import type { Config } from '../config/schema.js';
-import { exitCodeOf } from '../errors.js';
+import { ConfigError, UsageError, exitCodeOf } from '../errors.js';
 import { openStore } from '../store/open-store.js';
 import type { RunStore } from '../store/run-store.js';
 
@@ -111,4 +111,22 @@ export function truncate(text: string | undefined, max: number): string {
   if (!text) return '';
   const single = text.replace(/\s+/g, ' ').trim();
   return single.length > max ? `${single.slice(0, max - 1)}…` : single;
+}
+
+/**
+ * A duration flag such as `--interval 2s` or `--since 1h` (a bare number is seconds), at least `min.ms`; its errors
+ * name the flag rather than a configuration key, and exit 2.
+ */
+export function durationFlag(value: string, flag: string, min: { ms: number; why?: string }): number {
+  let ms: number;
+  try {
+    ms = parseDuration(/^\s*\d+(\.\d+)?\s*$/.test(value) ? Number(value) : value, `--${flag}`);
+  } catch (error) {
+    if (error instanceof ConfigError) throw new UsageError(error.message.replace(/^config: /, ''), flag);
+    throw error;
+  }
+  if (ms < min.ms) {
+    throw new UsageError(`--${flag}: at least ${formatDuration(min.ms)}${min.why ? ` (${min.why})` : ''}, got ${value}`, flag);
+  }
+  return ms;
 }

@@ -1,9 +1,9 @@
 import type { Argv, CommandModule } from 'yargs';
-import { formatByteSize, parseDuration } from '../config/duration.js';
+import { formatByteSize } from '../config/duration.js';
 import type { Config } from '../config/schema.js';
-import { ConfigError, UsageError } from '../errors.js';
 import {
   configFromArgs,
+  durationFlag,
   formatRelative,
   printJson,
   runCommand,
@@ -18,22 +18,9 @@ interface StatusArgs extends GlobalArgs {
   since?: string;
 }
 
-/** The --since duration; its errors name the flag rather than a configuration key. */
-function sinceFlag(value: string): number {
-  try {
-    return parseDuration(value, '--since');
-  } catch (error) {
-    if (error instanceof ConfigError) throw new UsageError(error.message.replace(/^config: /, ''), 'since');
-    throw error;
-  }
-}
-
 /** `status --history`: each host's monitor samples over the last `since` (DESIGN §3 monitor). */
 async function printHistory(config: Config, args: StatusArgs): Promise<void> {
-  const sinceMs = sinceFlag(args.since ?? '1h');
-  if (sinceMs < 60_000) {
-    throw new UsageError(`--since must be at least 1m (samples are taken once a minute), got ${args.since}`, 'since');
-  }
+  const sinceMs = durationFlag(args.since ?? '1h', 'since', { ms: 60_000, why: 'samples are taken once a minute' });
   const nowMs = Date.now();
   const window = { sinceMs: nowMs - sinceMs, nowMs };
   const { samples, hosts } = await withStore(config, async (store) => ({

@@ -1,9 +1,8 @@
 import type { Argv, CommandModule } from 'yargs';
-import { parseDuration } from '../config/duration.js';
-import { ConfigError, UsageError } from '../errors.js';
+import { UsageError } from '../errors.js';
 import { openStore } from '../store/open-store.js';
 import type { RunStore } from '../store/run-store.js';
-import { configFromArgs, printJson, runCommand, type GlobalArgs } from './common.js';
+import { configFromArgs, durationFlag, printJson, runCommand, type GlobalArgs } from './common.js';
 import { LiveScreen } from './live-screen.js';
 import { readTopSnapshot } from './top-snapshot.js';
 import { renderTop, type ScreenSize, type TopView } from './top-view.js';
@@ -23,19 +22,6 @@ const KILLED_BY: Partial<Record<NodeJS.Signals, number>> = { SIGTERM: 143, SIGHU
 
 /** Keys that quit: q, Q and ^C (raw mode turns ^C into a byte instead of SIGINT). */
 const QUIT_KEYS = new Set([0x71, 0x51, 0x03]);
-
-/** The --interval duration (a bare number is seconds); its errors name the flag, not a configuration key. */
-function intervalFrom(value: string | undefined): number {
-  let ms: number;
-  try {
-    ms = parseDuration(value === undefined ? '1s' : /^\s*\d+(\.\d+)?\s*$/.test(value) ? Number(value) : value, '--interval');
-  } catch (error) {
-    if (error instanceof ConfigError) throw new UsageError(error.message.replace(/^config: /, ''), 'interval');
-    throw error;
-  }
-  if (ms < MIN_INTERVAL_MS) throw new UsageError(`--interval: at least ${MIN_INTERVAL_MS}ms, got ${value}`, 'interval');
-  return ms;
-}
 
 /** The size of a printed frame: the terminal's when there is one, else $COLUMNS × $LINES, else 80×24. */
 function printedFrameSize(): ScreenSize {
@@ -65,7 +51,7 @@ export const topCommand: CommandModule<GlobalArgs, TopArgs> = {
   handler: (args) =>
     runCommand(async () => {
       const config = configFromArgs(args);
-      const intervalMs = intervalFrom(args.interval);
+      const intervalMs = durationFlag(args.interval ?? '1s', 'interval', { ms: MIN_INTERVAL_MS });
       if (!args.once) {
         if (args.json) throw new UsageError('--json: only with --once (the live view is for people)', 'json');
         if (!process.stdout.isTTY) {

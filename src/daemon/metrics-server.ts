@@ -1,8 +1,7 @@
 import { createServer, type Server } from 'node:http';
-import type { AddressInfo } from 'node:net';
 import type { InspectionEvent } from 'xstate';
-import { UsageError } from '../errors.js';
 import type { Logger } from '../log/logger.js';
+import { hostPort, listenOn } from './listen.js';
 import { createDaemonMetrics, type DaemonMetricsOptions } from './metrics.js';
 
 // The HTTP side of `daemon --metrics`: GET /metrics answers the Prometheus text, nothing else is served.
@@ -23,37 +22,6 @@ export interface MetricsServer {
   /** http://ADDRESS:PORT/metrics */
   url: string;
   close(): Promise<void>;
-}
-
-/** Why listening failed, in words that say which setting to change. */
-function listenError(error: NodeJS.ErrnoException, bind: string, port: number): Error {
-  switch (error.code) {
-    case 'EADDRINUSE':
-      return new UsageError(
-        `--metrics: port ${port} on ${bind} is already in use; choose another with --metrics=PORT or observe.metrics_port`,
-        'observe.metrics_port',
-      );
-    case 'EACCES':
-      return new UsageError(
-        `--metrics: not allowed to listen on port ${port} (ports below 1024 need privileges); ` +
-          'choose another with --metrics=PORT or observe.metrics_port',
-        'observe.metrics_port',
-      );
-    case 'EADDRNOTAVAIL':
-    case 'ENOTFOUND':
-    case 'EAI_AGAIN':
-      return new UsageError(
-        `--metrics: cannot listen on ${bind}: no such local address (observe.bind)`,
-        'observe.bind',
-      );
-    default:
-      return new Error(`--metrics: cannot listen on ${bind}:${port}: ${error.message}`);
-  }
-}
-
-function urlOf(address: AddressInfo): string {
-  const host = address.family === 'IPv6' ? `[${address.address}]` : address.address;
-  return `http://${host}:${address.port}/metrics`;
 }
 
 export async function startMetricsServer(options: MetricsServerOptions): Promise<MetricsServer> {
@@ -77,19 +45,11 @@ export async function startMetricsServer(options: MetricsServerOptions): Promise
     );
   });
 
-  await new Promise<void>((resolve, reject) => {
-    const onError = (error: NodeJS.ErrnoException) => reject(listenError(error, bind, port));
-    server.once('error', onError);
-    server.listen(port, bind, () => {
-      server.off('error', onError);
-      resolve();
-    });
-  });
+  const address = await listenOn(server, { bind, port, flag: 'metrics', portKey: 'observe.metrics_port' });
   // After listening, a socket error must not become an uncaught exception that stops the daemon.
   server.on('error', (error) => logger.error(`metrics: ${error.message}`));
 
-  const address = server.address() as AddressInfo;
-  const url = urlOf(address);
+  const url = `http://${hostPort(address)}/metrics`;
   logger.info(`metrics: serving Prometheus text on ${url}`);
   return {
     port: address.port,

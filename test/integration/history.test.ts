@@ -141,7 +141,7 @@ describe('runwarden status --history', () => {
     expect(bad.stderr).toContain('--since: not a duration');
     const short = await sandbox.run(['status', '--history', '--since', '10s']);
     expect(short.exitCode).toBe(2);
-    expect(short.stderr).toContain('--since must be at least 1m');
+    expect(short.stderr).toContain('--since: at least 1m (samples are taken once a minute)');
     const alone = await sandbox.run(['status', '--since', '1h']);
     expect(alone.exitCode).toBe(2);
     expect(alone.stderr).toMatch(/history/);
