@@ -10,11 +10,13 @@ import {
   between,
   chaosSeed,
   commandYaml,
+  describeOrphans,
   journalAttempts,
   journalOverlaps,
   mulberry32,
   prepareEvidence,
   replayHint,
+  reportingEvidence,
   runHistoryProblems,
   staleTakeovers,
   violations,
@@ -124,114 +126,114 @@ it(
     /** Commands alive right after a kill: the next daemon that completes its recovery must have killed them. */
     let pending: AttemptProcess[] = [];
     let daemon: ReturnType<typeof sandbox.start> | undefined;
-    const checkOrphansGone = (after: string) => {
-      const survivors = aliveAttempts(pending);
-      expect(survivors.map((p) => p.record), `orphans alive after ${after}; ${hint}`).toEqual([]);
+    const checkOrphansGone = async (after: string) => {
+      const survivors = await describeOrphans(s, aliveAttempts(pending));
+      expect(survivors, `orphans alive after ${after}; ${hint}`).toEqual([]);
       pending = [];
     };
 
     try {
-      for (let kill = 0; kill < KILLS; kill++) {
-        daemon = sandbox.start(['daemon', '--slots', String(SLOTS)]);
-        const pid = daemon.pid!;
-        if (random() < 0.25) {
-          // A kill during start-up: before, during or just after registering and recovering.
-          startupKills++;
-          await new Promise((r) => setTimeout(r, between(random, 0, 1500)));
-        } else {
-          await recovered(s, pid, hint);
-          checkOrphansGone(`restart ${kill}`);
-          const target = thresholds[kill]!;
-          await waitFor(async () => (await finishedCount(s)) >= target, `${target} runs finished (${hint})`, {
-            timeoutMs: 60_000,
-          });
-          await new Promise((r) => setTimeout(r, between(random, 0, 1000)));
-        }
-        daemon.kill('SIGKILL');
-        await daemon;
-        // The daemon is gone; whatever command still runs is its orphan (it survived in its own group).
-        const orphans = aliveAttempts(attemptProcesses(evidence));
-        orphansAfterKill += orphans.length;
-        pending = [...pending, ...orphans];
-        if (kill === Math.floor(KILLS / 2)) {
-          await s.insertRuns(Array.from({ length: LATE_RUNS }, (_, i) => newRun(FIRST_RUNS + i + 1)));
-        }
-      }
-
-      daemon = sandbox.start(['daemon', '--slots', String(SLOTS)]);
-      await recovered(s, daemon.pid!, hint);
-      orphansFoundAlive = aliveAttempts(pending).length;
-      checkOrphansGone('the last restart');
-      const total = FIRST_RUNS + LATE_RUNS;
-      await waitFor(async () => (await finishedCount(s)) === total, `all ${total} runs finished (${hint})`, {
-        timeoutMs: 90_000,
-      });
-      daemon.kill('SIGTERM');
-      const stopped = await daemon;
-      expect(stopped.exitCode, `the last daemon stops cleanly; ${hint}`).toBe(0);
-
-      // Every run as designed, and its history consistent.
-      const problems: string[] = [];
-      let attempts = 0;
-      let maxAttempts = 0;
-      let restartFailures = 0;
-      let orphansKilledAtRestart = 0;
-      for (let number = 1; number <= total; number++) {
-        const run = (await s.getRun(number))!;
-        const p = run.processing!;
-        const expected = kinds.get(number) === 'always-fails' || kinds.get(number) === 'no-retry' ? 'abandoned' : 'done';
-        if (p.state !== expected) problems.push(`run ${number} (${kinds.get(number)}) is ${p.state}: ${p.reason ?? ''}`);
-        if (p.state === 'done') {
-          const result = join(sandbox.dir, 'out', String(number).padStart(6, '0'), 'result.txt');
-          const written = existsSync(result) ? readFileSync(result, 'utf8').trim() : '(none)';
-          if (written !== `${number} ${p.attempt} ${HOST}`) {
-            problems.push(`run ${number}: done by attempt ${p.attempt} but its output says ${written}`);
+      await reportingEvidence(evidence, hint, async () => {
+        for (let kill = 0; kill < KILLS; kill++) {
+          daemon = sandbox.start(['daemon', '--slots', String(SLOTS)]);
+          const pid = daemon.pid!;
+          if (random() < 0.25) {
+            // A kill during start-up: before, during or just after registering and recovering.
+            startupKills++;
+            await new Promise((r) => setTimeout(r, between(random, 0, 1500)));
+          } else {
+            await recovered(s, pid, hint);
+            await checkOrphansGone(`restart ${kill}`);
+            const target = thresholds[kill]!;
+            await waitFor(async () => (await finishedCount(s)) >= target, `${target} runs finished (${hint})`, {
+              timeoutMs: 60_000,
+            });
+            await new Promise((r) => setTimeout(r, between(random, 0, 1000)));
+          }
+          daemon.kill('SIGKILL');
+          await daemon;
+          // The daemon is gone; whatever command still runs is its orphan (it survived in its own group).
+          const orphans = aliveAttempts(attemptProcesses(evidence));
+          orphansAfterKill += orphans.length;
+          pending = [...pending, ...orphans];
+          if (kill === Math.floor(KILLS / 2)) {
+            await s.insertRuns(Array.from({ length: LATE_RUNS }, (_, i) => newRun(FIRST_RUNS + i + 1)));
           }
         }
-        const events = await s.listRunEvents(number);
-        problems.push(...runHistoryProblems(run, events));
-        attempts += p.attempt;
-        maxAttempts = Math.max(maxAttempts, p.attempt);
-        for (const e of events) {
-          if (e.detail?.kind !== 'restart') continue;
-          restartFailures++;
-          if (e.detail.killed_pgid !== undefined) orphansKilledAtRestart++;
+
+        daemon = sandbox.start(['daemon', '--slots', String(SLOTS)]);
+        await recovered(s, daemon.pid!, hint);
+        orphansFoundAlive = aliveAttempts(pending).length;
+        await checkOrphansGone('the last restart');
+        const total = FIRST_RUNS + LATE_RUNS;
+        await waitFor(async () => (await finishedCount(s)) === total, `all ${total} runs finished (${hint})`, {
+          timeoutMs: 90_000,
+        });
+        daemon.kill('SIGTERM');
+        const stopped = await daemon;
+        expect(stopped.exitCode, `the last daemon stops cleanly; ${hint}`).toBe(0);
+
+        // Every run as designed, and its history consistent.
+        const problems: string[] = [];
+        let attempts = 0;
+        let maxAttempts = 0;
+        let restartFailures = 0;
+        let orphansKilledAtRestart = 0;
+        for (let number = 1; number <= total; number++) {
+          const run = (await s.getRun(number))!;
+          const p = run.processing!;
+          const expected = kinds.get(number) === 'always-fails' || kinds.get(number) === 'no-retry' ? 'abandoned' : 'done';
+          if (p.state !== expected) problems.push(`run ${number} (${kinds.get(number)}) is ${p.state}: ${p.reason ?? ''}`);
+          if (p.state === 'done') {
+            const result = join(sandbox.dir, 'out', String(number).padStart(6, '0'), 'result.txt');
+            const written = existsSync(result) ? readFileSync(result, 'utf8').trim() : '(none)';
+            if (written !== `${number} ${p.attempt} ${HOST}`) {
+              problems.push(`run ${number}: done by attempt ${p.attempt} but its output says ${written}`);
+            }
+          }
+          const events = await s.listRunEvents(number);
+          problems.push(...runHistoryProblems(run, events));
+          attempts += p.attempt;
+          maxAttempts = Math.max(maxAttempts, p.attempt);
+          for (const e of events) {
+            if (e.detail?.kind !== 'restart') continue;
+            restartFailures++;
+            if (e.detail.killed_pgid !== undefined) orphansKilledAtRestart++;
+          }
         }
-      }
-      expect(problems, hint).toEqual([]);
+        expect(problems, hint).toEqual([]);
 
-      // No attempt's process is alive; no two attempts of one run overlapped.
-      const processes = attemptProcesses(evidence);
-      expect(aliveAttempts(processes).map((p) => p.record), `alive attempt processes; ${hint}`).toEqual([]);
-      expect(violations(evidence), `lock violations; ${hint}`).toEqual([]);
-      expect(journalOverlaps(evidence), `journal overlaps; ${hint}`).toEqual([]);
-      const commandsStarted = [...journalAttempts(evidence).values()].reduce((a, b) => a + b, 0);
-      // Every attempt that reached its command left a process record and a journal entry.
-      expect(processes.length, hint).toBeLessThanOrEqual(commandsStarted);
+        // No attempt's process is alive; no two attempts of one run overlapped.
+        const processes = attemptProcesses(evidence);
+        expect(aliveAttempts(processes).map((p) => p.record), `alive attempt processes; ${hint}`).toEqual([]);
+        expect(violations(evidence), `lock violations; ${hint}`).toEqual([]);
+        expect(journalOverlaps(evidence), `journal overlaps; ${hint}`).toEqual([]);
+        const commandsStarted = [...journalAttempts(evidence).values()].reduce((a, b) => a + b, 0);
 
-      const figures = {
-        seed,
-        runs: total,
-        kills: KILLS,
-        startup_kills: startupKills,
-        restarts: KILLS,
-        attempts,
-        max_attempts_of_a_run: maxAttempts,
-        commands_started: commandsStarted,
-        orphans_alive_after_kill: orphansAfterKill,
-        orphans_killed_at_restart: orphansKilledAtRestart,
-        orphans_alive_at_last_restart: orphansFoundAlive,
-        runs_failed_by_restart: restartFailures,
-        stale_locks_taken_over: staleTakeovers(evidence),
-        done: (await s.countRunsByState()).done,
-        abandoned: (await s.countRunsByState()).abandoned,
-        lost: total - (await finishedCount(s)),
-        doubled: journalOverlaps(evidence).length + violations(evidence).length,
-        duration_s: Math.round((Date.now() - began) / 100) / 10,
-      };
-      console.log(`chaos figures: ${JSON.stringify(figures)}`);
-      // Kills that found no orphan prove nothing about recovery; the seed must have produced some.
-      expect(orphansKilledAtRestart, `no restart found an orphan to kill; ${hint}`).toBeGreaterThan(0);
+        const figures = {
+          seed,
+          runs: total,
+          kills: KILLS,
+          startup_kills: startupKills,
+          restarts: KILLS,
+          attempts,
+          max_attempts_of_a_run: maxAttempts,
+          commands_started: commandsStarted,
+          orphans_alive_after_kill: orphansAfterKill,
+          orphans_killed_at_restart: orphansKilledAtRestart,
+          orphans_alive_at_last_restart: orphansFoundAlive,
+          runs_failed_by_restart: restartFailures,
+          stale_locks_taken_over: staleTakeovers(evidence),
+          done: (await s.countRunsByState()).done,
+          abandoned: (await s.countRunsByState()).abandoned,
+          lost: total - (await finishedCount(s)),
+          doubled: journalOverlaps(evidence).length + violations(evidence).length,
+          duration_s: Math.round((Date.now() - began) / 100) / 10,
+        };
+        console.log(`chaos figures: ${JSON.stringify(figures)}`);
+        // Kills that found no orphan prove nothing about recovery; the seed must have produced some.
+        expect(orphansKilledAtRestart, `no restart found an orphan to kill; ${hint}`).toBeGreaterThan(0);
+      });
     } finally {
       daemon?.kill('SIGKILL');
       await daemon;

@@ -3,6 +3,7 @@ import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { isSameProcess } from '../../src/process/proc.js';
+import type { RunStore } from '../../src/store/run-store.js';
 import type { RunDoc, RunEvent } from '../../src/store/types.js';
 
 // What the chaos tests share: the seed and its PRNG, the attempt plans the command reads, and the evidence
@@ -209,4 +210,36 @@ export function runHistoryProblems(run: RunDoc, events: RunEvent[]): string[] {
     problems.push(`run ${run.number}: done ${dones} times with ${run.outputs.length} registered outputs`);
   }
   return problems;
+}
+
+/**
+ * Runs a chaos scenario; when it fails (an assertion or a wait that timed out), the error also tells what the
+ * commands recorded by then, since a broken guarantee often shows first as runs that never finish.
+ */
+export async function reportingEvidence(evidence: Evidence, hint: string, scenario: () => Promise<void>): Promise<void> {
+  try {
+    await scenario();
+  } catch (error) {
+    const found = [...violations(evidence), ...journalOverlaps(evidence)];
+    if (error instanceof Error && found.length > 0) {
+      error.message +=
+        `\n${found.length} exclusion violation(s) recorded by the commands (${hint}):\n  ` + found.slice(0, 10).join('\n  ');
+    }
+    throw error;
+  }
+}
+
+/** For a failure message: each surviving orphan with what the store knew of its run (was its group recorded?). */
+export async function describeOrphans(store: RunStore, orphans: AttemptProcess[]): Promise<string[]> {
+  return Promise.all(
+    orphans.map(async (o) => {
+      const number = Number(o.record.split('-')[0]);
+      const p = (await store.getRun(number))?.processing;
+      const last = (await store.listRunEvents(number)).at(-1);
+      return (
+        `${o.record} (pid ${o.pid}, grandchild ${o.grandchild}): run ${number} is ${p?.state} on ${p?.host} ` +
+        `attempt ${p?.attempt}, recorded pgid ${p?.pgid ?? 'none'}; last event ${last?.from}>${last?.to}: ${last?.reason ?? ''}`
+      );
+    }),
+  );
 }

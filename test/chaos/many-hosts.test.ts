@@ -11,11 +11,13 @@ import {
   between,
   chaosSeed,
   commandYaml,
+  describeOrphans,
   journalAttempts,
   journalOverlaps,
   mulberry32,
   prepareEvidence,
   replayHint,
+  reportingEvidence,
   runHistoryProblems,
   violations,
   writePlan,
@@ -24,21 +26,26 @@ import {
 } from './evidence.js';
 import { reapAttempts } from './reap.js';
 
-// Issue 5.3: three daemons with different host names on one SQLite file share 300 runs. One is SIGKILLed
-// midway and left down: the others fail its busy runs after max_busy_time and process them. Later another
-// is SIGKILLed and restarted at once: its restart kills its orphaned commands. Each run is done exactly once
-// and no two attempts of a run ever ran at once (the command's O_EXCL lock and journal prove it).
+// Issue 5.3: three daemons with different host names on one SQLite file share 324 runs (300 short ones, and
+// before each kill a batch of 12 slow ones). One is SIGKILLed midway and left down: the others fail its busy
+// runs after max_busy_time and process them. Later another is SIGKILLed and restarted at once: its restart
+// kills its orphaned commands. Each run is done exactly once and no two attempts of a run ever ran at once
+// (the command's O_EXCL lock and its journal prove it).
 //
-// Why two kills and not one: an orphan that is still running when the others take its run over would overlap
-// the new attempt (cleanup cannot kill a command on another host, and the restart no longer owns the run).
-// The takeover is safe only for orphans that end within max_busy_time; every slow command here ends well
-// inside it, and the restart case restarts before max_busy_time. See the report for the hazard itself.
+// Why two kills and not one: an orphan still running when the others take its run over overlaps the new
+// attempt (cleanup cannot kill a command on another host, and the restarted host no longer owns the run, so
+// it does not kill it either). The takeover is safe only for orphans that end within max_busy_time: every
+// slow command here ends well inside it, and the restart case restarts long before it.
 
 const FILE = 'test/chaos/many-hosts.test.ts';
 const HOSTS = ['a', 'b', 'c'] as const;
-const RUNS = 300;
+const SHORT_RUNS = 300;
+// Before each kill a batch of slow runs at a higher priority: more than the other two hosts have slots, so the
+// host to be killed surely takes some of them while its short runs end.
+const SLOW_BATCH = 12;
+const RUNS = SHORT_RUNS + 2 * SLOW_BATCH;
 const STEP_SECONDS = 0.05;
-const SLOW_STEPS: [number, number] = [60, 100]; // 3-5 s: outlives a restart, ends before max_busy_time (10 s)
+const SLOW_STEPS: [number, number] = [80, 120]; // 4-6 s: outlives a restart, ends before max_busy_time (10 s)
 
 const sandbox = useSandbox('runwarden-hosts-');
 
@@ -77,7 +84,7 @@ function ofHost(processes: AttemptProcess[], host: string): AttemptProcess[] {
 }
 
 it(
-  'three hosts on one store: 300 runs done once each; a killed host is taken over, a restarted one kills its orphans',
+  'three hosts on one store: 324 runs done once each; a killed host is taken over, a restarted one kills its orphans',
   async () => {
     const seed = chaosSeed();
     const hint = replayHint(seed, FILE);
@@ -87,11 +94,9 @@ it(
     const evidence = prepareEvidence(sandbox.dir);
     config(evidence);
 
-    const slow = new Set<number>();
+    const isSlow = (number: number) => number > SHORT_RUNS;
     for (let number = 1; number <= RUNS; number++) {
-      const isSlow = random() < 0.08;
-      if (isSlow) slow.add(number);
-      const steps = () => (isSlow ? between(random, ...SLOW_STEPS) : between(random, 1, 6));
+      const steps = () => (isSlow(number) ? between(random, ...SLOW_STEPS) : between(random, 1, 6));
       const failsOnce = random() < 0.05;
       writePlan(evidence, number, [
         { steps: steps(), exitCode: failsOnce ? 3 : 0 },
@@ -100,7 +105,14 @@ it(
     }
     const s = await sandbox.openStore();
     const now = Date.now();
-    await s.insertRuns(Array.from({ length: RUNS }, (_, i) => ({ number: i + 1, start: now - 1_000_000 + i * 1000 })));
+    const newRun = (number: number) => ({
+      number,
+      start: now - 1_000_000 + number * 1000,
+      ...(isSlow(number) ? { priority: 5 } : {}),
+    });
+    await s.insertRuns(Array.from({ length: SHORT_RUNS }, (_, i) => newRun(i + 1)));
+    const submitSlowBatch = (batch: number) =>
+      s.insertRuns(Array.from({ length: SLOW_BATCH }, (_, i) => newRun(SHORT_RUNS + batch * SLOW_BATCH + i + 1)));
 
     const slots = Object.fromEntries(HOSTS.map((h) => [h, between(random, 2, 4)])) as Record<string, number>;
     const daemons = new Map<string, ReturnType<typeof sandbox.start>>();
@@ -117,17 +129,16 @@ it(
         `host ${host} (pid ${pid}) to register and recover (${hint})`,
         { timeoutMs: 30_000 },
       );
-    /** Waits until `host` has finished `after` runs in all and holds a slow run that started under 1 s ago. */
-    const slowRunOf = (host: string, after: number) =>
+    /** Waits until `host` holds a slow run whose command started under 1 s ago (so it runs ≥ 3 s more). */
+    const slowRunOf = (host: string) =>
       waitFor(
         async () => {
-          if ((await finishedCount(s)) < after) return null;
           const young = (await s.listRuns({ host, state: 'busy' })).filter(
-            (r) => slow.has(r.number) && r.processing!.pgid !== undefined && Date.now() - r.processing!.started! < 1000,
+            (r) => isSlow(r.number) && r.processing!.pgid !== undefined && Date.now() - r.processing!.started! < 1000,
           );
           return young.length > 0 ? young : null;
         },
-        `host ${host} to hold a young slow run after ${after} finished (${hint})`,
+        `host ${host} to hold a young slow run (${hint})`,
         { timeoutMs: 60_000, intervalMs: 20 },
       );
     const kill = async (host: string) => {
@@ -138,105 +149,110 @@ it(
     };
 
     try {
-      for (const host of HOSTS) await recovered(host, start(host));
+      await reportingEvidence(evidence, hint, async () => {
+        for (const host of HOSTS) await recovered(host, start(host));
 
-      // Kill b and leave it down: a and c take its runs over once max_busy_time passed.
-      await slowRunOf('b', 80);
-      await kill('b');
-      const takenOver = await held(s, 'b');
-      const orphansOfB = ofHost(aliveAttempts(attemptProcesses(evidence)), 'b');
-      expect(takenOver.length, hint).toBeGreaterThan(0);
-      expect(orphansOfB.length, `b's commands survive its SIGKILL; ${hint}`).toBeGreaterThan(0);
-      for (const run of takenOver) {
-        await waitFor(
-          async () => {
-            const p = (await s.getRun(run.number))!.processing!;
-            return p.state === 'done' && p.host !== 'b';
-          },
-          `run ${run.number} of b to be done by another host (${hint})`,
-          { timeoutMs: 60_000 },
-        );
-        const repair = (await s.listRunEvents(run.number)).find(
-          (e) => e.attempt === run.processing!.attempt && e.to === 'failed',
-        );
-        expect(repair?.host, `run ${run.number}: failed by cleanup on another host; ${hint}`).toMatch(/^[ac]$/);
-        expect(repair?.reason).toMatch(/^host b said it was (busy|considering) at .*timeouts\.max_(busy|considering)_time passed/);
-      }
-      expect((await s.getHost('b'))?.state, `b presumed dead; ${hint}`).toBe('dead');
-      const takeoverOrphansLeft = aliveAttempts(orphansOfB).length;
-
-      // b comes back; later c is killed and restarted at once: its restart kills its orphaned commands.
-      await recovered('b', start('b'));
-      const cHeld = await slowRunOf('c', 180);
-      await kill('c');
-      const orphansOfC = ofHost(aliveAttempts(attemptProcesses(evidence)), 'c');
-      expect(orphansOfC.length, `c's commands survive its SIGKILL; ${hint}`).toBeGreaterThan(0);
-      await recovered('c', start('c'));
-      expect(aliveAttempts(orphansOfC).map((p) => p.record), `c's orphans after its restart; ${hint}`).toEqual([]);
-      const killedAtRestart: number[] = [];
-      for (const run of cHeld) {
-        const failed = (await s.listRunEvents(run.number)).find(
-          (e) => e.attempt === run.processing!.attempt && e.to === 'failed',
-        );
-        expect(failed?.detail, `run ${run.number}: failed by c's restart; ${hint}`).toMatchObject({ kind: 'restart' });
-        if (failed?.detail?.killed_pgid === run.processing!.pgid) killedAtRestart.push(run.number);
-      }
-      expect(killedAtRestart.length, `c's restart killed a slow run's orphan; ${hint}`).toBeGreaterThan(0);
-
-      await waitFor(async () => (await finishedCount(s)) === RUNS, `all ${RUNS} runs finished (${hint})`, {
-        timeoutMs: 60_000,
-      });
-      for (const host of HOSTS) {
-        const daemon = daemons.get(host)!;
-        daemon.kill('SIGTERM');
-        expect((await daemon).exitCode, `${host} stops cleanly; ${hint}`).toBe(0);
-        daemons.delete(host);
-      }
-
-      const problems: string[] = [];
-      const donePerHost: Record<string, number> = { a: 0, b: 0, c: 0 };
-      let attempts = 0;
-      let repairedByCleanup = 0;
-      for (let number = 1; number <= RUNS; number++) {
-        const run = (await s.getRun(number))!;
-        const p = run.processing!;
-        if (p.state !== 'done') problems.push(`run ${number} is ${p.state}: ${p.reason ?? ''}`);
-        else donePerHost[p.host] = (donePerHost[p.host] ?? 0) + 1;
-        const result = join(sandbox.dir, 'out', String(number).padStart(6, '0'), 'result.txt');
-        const written = existsSync(result) ? readFileSync(result, 'utf8').trim() : '(none)';
-        if (written !== `${number} ${p.attempt} ${p.host}`) {
-          problems.push(`run ${number}: done by ${p.host} attempt ${p.attempt} but its output says ${written}`);
+        // Kill b and leave it down: a and c take its runs over once max_busy_time passed.
+        await waitFor(async () => (await finishedCount(s)) >= 80, `80 runs finished (${hint})`, { timeoutMs: 60_000 });
+        await submitSlowBatch(0);
+        await slowRunOf('b');
+        await kill('b');
+        const takenOver = await held(s, 'b');
+        const orphansOfB = ofHost(aliveAttempts(attemptProcesses(evidence)), 'b');
+        expect(takenOver.length, hint).toBeGreaterThan(0);
+        expect(orphansOfB.length, `b's commands survive its SIGKILL; ${hint}`).toBeGreaterThan(0);
+        for (const run of takenOver) {
+          await waitFor(
+            async () => {
+              const p = (await s.getRun(run.number))!.processing!;
+              return p.state === 'done' && p.host !== 'b';
+            },
+            `run ${run.number} of b to be done by another host (${hint})`,
+            { timeoutMs: 60_000 },
+          );
+          const repair = (await s.listRunEvents(run.number)).find(
+            (e) => e.attempt === run.processing!.attempt && e.to === 'failed',
+          );
+          expect(repair?.host, `run ${run.number}: failed by cleanup on another host; ${hint}`).toMatch(/^[ac]$/);
+          expect(repair?.reason).toMatch(/^host b said it was (busy|considering) at .*timeouts\.max_(busy|considering)_time passed/);
         }
-        const events = await s.listRunEvents(number);
-        problems.push(...runHistoryProblems(run, events));
-        attempts += p.attempt;
-        repairedByCleanup += events.filter((e) => e.detail?.by === 'cleanup').length;
-      }
-      expect(problems, hint).toEqual([]);
-      expect(aliveAttempts(attemptProcesses(evidence)).map((p) => p.record), `alive attempts; ${hint}`).toEqual([]);
-      expect(violations(evidence), `lock violations; ${hint}`).toEqual([]);
-      expect(journalOverlaps(evidence), `journal overlaps; ${hint}`).toEqual([]);
+        expect((await s.getHost('b'))?.state, `b presumed dead; ${hint}`).toBe('dead');
+        const takeoverOrphansLeft = aliveAttempts(orphansOfB).length;
 
-      const figures = {
-        seed,
-        runs: RUNS,
-        hosts: HOSTS.length,
-        slots,
-        kills: 2,
-        restarts: 2,
-        done_per_host: donePerHost,
-        attempts,
-        commands_started: [...journalAttempts(evidence).values()].reduce((a, b) => a + b, 0),
-        runs_of_b_taken_over: takenOver.length,
-        orphans_of_b_after_kill: orphansOfB.length,
-        orphans_of_b_alive_at_takeover_end: takeoverOrphansLeft,
-        repaired_by_cleanup: repairedByCleanup,
-        orphans_of_c_killed_at_restart: killedAtRestart.length,
-        lost: RUNS - (await finishedCount(s)),
-        doubled: journalOverlaps(evidence).length + violations(evidence).length,
-        duration_s: Math.round((Date.now() - began) / 100) / 10,
-      };
-      console.log(`many-hosts figures: ${JSON.stringify(figures)}`);
+        // b comes back; later c is killed and restarted at once: its restart kills its orphaned commands.
+        await recovered('b', start('b'));
+        await submitSlowBatch(1);
+        const cHeld = await slowRunOf('c');
+        await kill('c');
+        const orphansOfC = ofHost(aliveAttempts(attemptProcesses(evidence)), 'c');
+        expect(orphansOfC.length, `c's commands survive its SIGKILL; ${hint}`).toBeGreaterThan(0);
+        await recovered('c', start('c'));
+        expect(await describeOrphans(s, aliveAttempts(orphansOfC)), `c's orphans after its restart; ${hint}`).toEqual([]);
+        const killedAtRestart: number[] = [];
+        for (const run of cHeld) {
+          const failed = (await s.listRunEvents(run.number)).find(
+            (e) => e.attempt === run.processing!.attempt && e.to === 'failed',
+          );
+          expect(failed?.detail, `run ${run.number}: failed by c's restart; ${hint}`).toMatchObject({ kind: 'restart' });
+          if (failed?.detail?.killed_pgid === run.processing!.pgid) killedAtRestart.push(run.number);
+        }
+        expect(killedAtRestart.length, `c's restart killed a slow run's orphan; ${hint}`).toBeGreaterThan(0);
+
+        await waitFor(async () => (await finishedCount(s)) === RUNS, `all ${RUNS} runs finished (${hint})`, {
+          timeoutMs: 60_000,
+        });
+        for (const host of HOSTS) {
+          const daemon = daemons.get(host)!;
+          daemon.kill('SIGTERM');
+          expect((await daemon).exitCode, `${host} stops cleanly; ${hint}`).toBe(0);
+          daemons.delete(host);
+        }
+
+        const problems: string[] = [];
+        const donePerHost: Record<string, number> = { a: 0, b: 0, c: 0 };
+        let attempts = 0;
+        let repairedByCleanup = 0;
+        for (let number = 1; number <= RUNS; number++) {
+          const run = (await s.getRun(number))!;
+          const p = run.processing!;
+          if (p.state !== 'done') problems.push(`run ${number} is ${p.state}: ${p.reason ?? ''}`);
+          else donePerHost[p.host] = (donePerHost[p.host] ?? 0) + 1;
+          const result = join(sandbox.dir, 'out', String(number).padStart(6, '0'), 'result.txt');
+          const written = existsSync(result) ? readFileSync(result, 'utf8').trim() : '(none)';
+          if (written !== `${number} ${p.attempt} ${p.host}`) {
+            problems.push(`run ${number}: done by ${p.host} attempt ${p.attempt} but its output says ${written}`);
+          }
+          const events = await s.listRunEvents(number);
+          problems.push(...runHistoryProblems(run, events));
+          attempts += p.attempt;
+          repairedByCleanup += events.filter((e) => e.detail?.by === 'cleanup').length;
+        }
+        expect(problems, hint).toEqual([]);
+        expect(aliveAttempts(attemptProcesses(evidence)).map((p) => p.record), `alive attempts; ${hint}`).toEqual([]);
+        expect(violations(evidence), `lock violations; ${hint}`).toEqual([]);
+        expect(journalOverlaps(evidence), `journal overlaps; ${hint}`).toEqual([]);
+
+        const figures = {
+          seed,
+          runs: RUNS,
+          hosts: HOSTS.length,
+          slots,
+          kills: 2,
+          restarts: 2,
+          done_per_host: donePerHost,
+          attempts,
+          commands_started: [...journalAttempts(evidence).values()].reduce((a, b) => a + b, 0),
+          runs_of_b_taken_over: takenOver.length,
+          orphans_of_b_after_kill: orphansOfB.length,
+          orphans_of_b_alive_at_takeover_end: takeoverOrphansLeft,
+          repaired_by_cleanup: repairedByCleanup,
+          orphans_of_c_killed_at_restart: killedAtRestart.length,
+          lost: RUNS - (await finishedCount(s)),
+          doubled: journalOverlaps(evidence).length + violations(evidence).length,
+          duration_s: Math.round((Date.now() - began) / 100) / 10,
+        };
+        console.log(`many-hosts figures: ${JSON.stringify(figures)}`);
+      });
     } finally {
       for (const daemon of daemons.values()) daemon.kill('SIGKILL');
       await Promise.all(daemons.values());
