@@ -1,12 +1,14 @@
 import { repairFailureOutcome } from '../policy/failure-decision.js';
 import { groupAlive, killProcessGroup } from '../process/kill-group.js';
+import { killOrphanedCommands } from '../process/orphan-scan.js';
 import { isSameProcess, readProcStat } from '../process/proc.js';
 import type { HostDoc, RunDoc } from '../store/types.js';
 import type { DaemonContext } from './context.js';
 
 // Restart after kill -9 (DESIGN §1 "fast recovery of its own runs"): the new incarnation kills the process
 // groups its predecessor recorded (pgid + start time, so a recycled pid is never hit) and fails those runs at
-// once, instead of letting them wait for max_busy_time. They become eligible again at once.
+// once, instead of letting them wait for max_busy_time. They become eligible again at once. A /proc scan for
+// commands tagged with a gone daemon of this host (RUNWARDEN_DAEMON) kills the groups no record names.
 
 export interface RecoveredRun {
   number: number;
@@ -39,6 +41,48 @@ function groupIsOurs(pgid: number, procStart: number | undefined): boolean {
   return !(leader !== undefined && procStart !== undefined && leader.starttime !== procStart);
 }
 
+/** Kills the recorded group of `run` when it is still ours; returns its pgid when it did. */
+async function killRecordedGroup(run: RunDoc, escalateMs: number): Promise<number | undefined> {
+  const p = run.processing!;
+  if (p.pgid === undefined || p.pgid <= 1 || !groupIsOurs(p.pgid, p.proc_start)) return undefined;
+  const outcome = await killProcessGroup(p.pgid, {
+    escalateMs,
+    ...(p.proc_start !== undefined ? { procStart: p.proc_start } : {}),
+  });
+  if (outcome === 'unkillable') {
+    throw new Error(
+      `run ${run.number}: could not kill process group ${p.pgid} left by the previous daemon: it survived SIGKILL`,
+    );
+  }
+  return p.pgid;
+}
+
+/**
+ * Kills the commands of earlier daemons of this host that no run record names (found through their
+ * RUNWARDEN_DAEMON): groups of runs another host has taken over since, or spawned just before a SIGKILL, before
+ * their pgid was recorded. Returns the pgid killed per "run/attempt".
+ */
+async function killUnrecordedOrphans(ctx: DaemonContext): Promise<Map<string, number>> {
+  const { config, logger, host, store } = ctx;
+  const killed = await killOrphanedCommands({ host, store: store.location }, config.timeouts.signal_escalate);
+  const byAttempt = new Map<string, number>();
+  for (const group of killed) {
+    const members = group.scope === 'group' ? '' : `pid(s) ${group.pids.join(', ')} of `;
+    const what = `run ${group.run ?? '?'} attempt ${group.attempt ?? '?'}, ${members}process group ${group.pgid}`;
+    if (group.outcome === 'unkillable') {
+      throw new Error(`could not kill an orphaned command of a previous daemon (${what}): it survived SIGKILL`);
+    }
+    logger.warn(
+      `killed an orphaned command of a previous daemon: ${what} (daemon pid ${group.daemonPid} is gone)`,
+      group.run !== undefined ? { number: group.run } : {},
+    );
+    if (group.run !== undefined && group.attempt !== undefined) {
+      byAttempt.set(`${group.run}/${group.attempt}`, group.pgid);
+    }
+  }
+  return byAttempt;
+}
+
 export async function recoverOwnRuns(ctx: DaemonContext, previous: HostDoc | null): Promise<RecoveredRun[]> {
   const { store, config, logger, host } = ctx;
   const held = [
@@ -46,24 +90,16 @@ export async function recoverOwnRuns(ctx: DaemonContext, previous: HostDoc | nul
     ...(await store.listRuns({ host, state: 'busy' })),
   ].filter((run) => run.processing && orphaned(run, previous));
 
-  // Every orphaned group is killed in parallel: a restart must not wait signal_escalate per run.
+  // Every orphan is dead before any run is failed, so no host can start a run again while its old command
+  // still runs. The recorded groups are killed in parallel (a restart must not wait signal_escalate per run),
+  // then the /proc scan kills what no record named.
+  const recordedKills = await Promise.all(held.map((run) => killRecordedGroup(run, config.timeouts.signal_escalate)));
+  const scanKills = await killUnrecordedOrphans(ctx);
+
   return Promise.all(
-    held.map(async (run): Promise<RecoveredRun> => {
+    held.map(async (run, index): Promise<RecoveredRun> => {
       const p = run.processing!;
-      let killedPgid: number | undefined;
-      if (p.pgid !== undefined && p.pgid > 1 && groupIsOurs(p.pgid, p.proc_start)) {
-        const outcome = await killProcessGroup(p.pgid, {
-          escalateMs: config.timeouts.signal_escalate,
-          ...(p.proc_start !== undefined ? { procStart: p.proc_start } : {}),
-        });
-        if (outcome === 'unkillable') {
-          throw new Error(
-            `run ${run.number}: could not kill process group ${p.pgid} left by the previous daemon: ` +
-              `it survived SIGKILL`,
-          );
-        }
-        killedPgid = p.pgid;
-      }
+      const killedPgid = recordedKills[index] ?? scanKills.get(`${run.number}/${p.attempt}`);
       const why =
         `host ${host} restarted while the run was ${p.state} (daemon pid ${p.pid} is gone)` +
         (killedPgid !== undefined ? `; killed its orphaned command (process group ${killedPgid})` : '');

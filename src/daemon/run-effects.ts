@@ -6,6 +6,7 @@ import type { ClaimedRun, PreflightOutput } from '../../machines/run.machine.js'
 import type { AttemptFailure, CommandPlan, FencedWriteResult } from '../../machines/types.js';
 import { resourcesForAttempt, targetsForAttempt } from '../policy/degradation.js';
 import { commandEnvironment, outputDirName, substituteArgv } from '../policy/placeholders.js';
+import { DAEMON_TAG_VARIABLE, ownDaemonTag } from '../process/orphan-scan.js';
 import { abandonReason } from '../policy/failure-decision.js';
 import { retryDelay } from '../policy/retry-delay.js';
 import { validateRunDocument } from '../policy/run-validation.js';
@@ -75,6 +76,8 @@ export async function failureReason(ctx: DaemonContext, failure: AttemptFailure)
 
 export function runEffects(ctx: DaemonContext) {
   const { config, store, logger, clock } = ctx;
+  // Names this daemon (or foreground `process N`) in every command, so a successor finds orphans no record names.
+  const daemonTag = ownDaemonTag(ctx.host, store.location);
 
   const preflight = fromPromise<PreflightOutput, { run: ClaimedRun }>(async ({ input }) => {
     const { run } = input;
@@ -128,6 +131,7 @@ export function runEffects(ctx: DaemonContext) {
     const env: Record<string, string> = {};
     for (const [key, value] of Object.entries(process.env)) if (value !== undefined) env[key] = value;
     Object.assign(env, config.process.env, commandEnvironment(values, errorFile));
+    env[DAEMON_TAG_VARIABLE] = daemonTag;
     const startedAt = clock();
     const ok = await store.markBusy(
       run.number,

@@ -31,7 +31,13 @@ export const BUILTIN_PLACEHOLDERS = [
  * Names a resource may not take: they would shadow a built-in placeholder, the `params.` prefix, or one of
  * the RUNWARDEN_* variables the command receives.
  */
-export const RESERVED_RESOURCE_NAMES: readonly string[] = [...BUILTIN_PLACEHOLDERS, 'params', 'run_number', 'error_file'];
+export const RESERVED_RESOURCE_NAMES: readonly string[] = [
+  ...BUILTIN_PLACEHOLDERS,
+  'params',
+  'run_number',
+  'error_file',
+  'daemon',
+];
 
 /**
  * `{identifier}` or `{params.KEY}`. Braces around anything else (a space, a `$`, ...) are literal text, so an

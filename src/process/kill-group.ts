@@ -45,7 +45,7 @@ export function signalGroup(pgid: number, signal: NodeJS.Signals): void {
 }
 
 /** Signal one process if it is still the one we saw (pid + start time); ESRCH/EPERM are ignored. */
-function signalVerified(pid: number, starttime: number, signal: NodeJS.Signals): void {
+export function signalVerified(pid: number, starttime: number, signal: NodeJS.Signals): void {
   if (!isSameProcess(pid, starttime)) return;
   try {
     process.kill(pid, signal);
