@@ -1,7 +1,7 @@
 import { execa } from 'execa';
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it } from 'vitest';
 import { groupAlive } from '../../src/process/kill-group.js';
 import { readProcStart } from '../../src/process/proc.js';
 import type { RunStore } from '../../src/store/run-store.js';
@@ -152,6 +152,99 @@ describe('restart after kill -9', () => {
     expect(failed.reason).toContain('restarted while the run was busy');
     expect(failed.reason).not.toContain('killed');
     expect((await s.getHost('testhost'))!.pid).not.toBe(pid);
+  });
+});
+
+/** Starts run `number` under a daemon, SIGKILLs that daemon, and returns the orphan it left behind. */
+async function orphanOfKilledDaemon(number: number) {
+  hangOnceConfig();
+  await submit(String(number));
+  const first = startDaemon();
+  const out = join(sandbox.dir, 'out', String(number).padStart(6, '0'));
+  const leader = await readPid(join(out, 'leader.pid'));
+  const grandchild = await readPid(join(out, 'child.pid'));
+  const s = await sandbox.openStore();
+  const busy = await waitFor(async () => {
+    const p = (await s.getRun(number))?.processing;
+    return p?.state === 'busy' && p.pgid !== undefined ? p : null;
+  }, 'the process group to be recorded');
+  first.kill('SIGKILL');
+  await first;
+  orphanGroups.push(leader);
+  expect(isAlive(leader)).toBe(true);
+  expect(isAlive(grandchild)).toBe(true);
+  return { s, busy, leader, grandchild };
+}
+
+/** Orphan groups to SIGKILL after the test, should the restart under test have failed to. */
+const orphanGroups: number[] = [];
+
+describe('orphans no run record names (found through RUNWARDEN_DAEMON)', () => {
+  afterEach(() => {
+    for (const pgid of orphanGroups.splice(0)) {
+      try {
+        process.kill(-pgid, 'SIGKILL');
+      } catch {
+        // gone, as it should be
+      }
+    }
+  });
+
+  it("a restart kills its predecessor's command of a run another host has taken over since", async () => {
+    const { s, busy, leader, grandchild } = await orphanOfKilledDaemon(15);
+    // Another host's cleanup fails the silent run and that host claims it: processing names otherhost now.
+    const repaired = await s.overrideRun(
+      15,
+      { state: 'busy', token: busy.token },
+      { to: 'failed', reason: 'host testhost said it was busy, then nothing', n_failures: 1, next_retry: Date.now() },
+      { host: 'otherhost' },
+    );
+    expect(repaired).toBe(true);
+    const failedToken = (await s.getRun(15))!.processing!.token;
+    const claimed = await s.claimRun(
+      15,
+      { host: 'otherhost', pid: 999_999, order: 'newest' },
+      { state: 'failed', token: failedToken },
+    );
+    expect(claimed?.processing).toMatchObject({ host: 'otherhost', attempt: 2, state: 'considering' });
+
+    const second = startDaemon();
+    await hostWhen(s, 'idle');
+    expect((await s.getHost('testhost'))!.pid).toBe(second.pid);
+    expect(isAlive(leader)).toBe(false);
+    expect(isAlive(grandchild)).toBe(false);
+    expect(groupAlive(leader)).toBe(false);
+    // The run is otherhost's: the restart killed the orphan but wrote nothing into the run.
+    expect((await s.getRun(15))!.processing).toMatchObject({ host: 'otherhost', attempt: 2, state: 'considering' });
+    const warnings = await waitFor(async () => {
+      const text = (await s.listLog({ minPriority: 2 })).map((e) => e.message).join('\n');
+      return text.includes('killed an orphaned command') ? text : null;
+    }, 'the warning about the killed orphan');
+    expect(warnings).toContain(
+      `killed an orphaned command of a previous daemon: run 15 attempt 1, process group ${leader} ` +
+        `(daemon pid ${busy.pid} is gone)`,
+    );
+  });
+
+  it('a restart kills a command whose process group never reached the store (SIGKILL right after the spawn)', async () => {
+    const { s, busy, leader, grandchild } = await orphanOfKilledDaemon(16);
+    // As if the daemon had died before its recordProcessGroup write landed.
+    const raw = (s as unknown as { db: import('better-sqlite3').Database }).db;
+    raw.prepare('UPDATE runs SET pgid = NULL, proc_start = NULL WHERE number = 16').run();
+    expect((await s.getRun(16))!.processing!.pgid).toBeUndefined();
+
+    startDaemon();
+    const done = await waitFor(async () => {
+      const run = await s.getRun(16);
+      return run?.processing?.state === 'done' ? run : null;
+    }, 'run 16 to be retried to done');
+    expect(isAlive(leader)).toBe(false);
+    expect(isAlive(grandchild)).toBe(false);
+    expect(done.processing).toMatchObject({ attempt: 2, n_failures: 1 });
+    const failed = (await s.listRunEvents(16)).find((e) => e.to === 'failed')!;
+    // The scan tells the repair which group it killed for this attempt.
+    expect(failed.reason).toContain(`killed its orphaned command (process group ${leader})`);
+    expect(failed.detail).toMatchObject({ kind: 'restart', previous_pid: busy.pid, killed_pgid: leader });
   });
 });
 

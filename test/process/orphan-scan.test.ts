@@ -65,7 +65,11 @@ function command(script: string, env: Record<string, string>): { child: ChildPro
 }
 
 function tagged(tag: DaemonTag, run: number, attempt: number): Record<string, string> {
-  return { [DAEMON_TAG_VARIABLE]: formatDaemonTag(tag), RUNWARDEN_RUN_NUMBER: String(run), RUNWARDEN_ATTEMPT: String(attempt) };
+  return {
+    [DAEMON_TAG_VARIABLE]: formatDaemonTag(tag),
+    RUNWARDEN_RUN_NUMBER: String(run),
+    RUNWARDEN_ATTEMPT: String(attempt),
+  };
 }
 
 /** Waits for a pid the command wrote into `file` (in the sandbox dir) and registers it for reaping. */
@@ -91,7 +95,8 @@ describe('daemon tag', () => {
     const tag: DaemonTag = { host: 'h/with spaces"and quotes', store: 'mongodb://u:***@a,b/runs', pid: 42, procStart: 7 };
     expect(parseDaemonTag(formatDaemonTag(tag))).toEqual(tag);
     expect(parseDaemonTag(formatDaemonTag({ host: 'h', store: 's', pid: 1 }))).toEqual({ host: 'h', store: 's', pid: 1 });
-    for (const junk of ['', 'h/1/2', '{}', '{"host":"h","store":"s","pid":0}', '{"host":"h","store":"s","pid":1.5}', 'null']) {
+    const junks = ['', 'h/1/2', '{}', 'null', '{"host":"h","store":"s","pid":0}', '{"host":"h","store":"s","pid":1.5}'];
+    for (const junk of junks) {
       expect(parseDaemonTag(junk), junk).toBeUndefined();
     }
     expect(parseDaemonTag('{"host":"h","store":"s","pid":3,"proc_start":"x"}')).toBeUndefined();
@@ -133,7 +138,7 @@ describe('killOrphanedCommands', () => {
     for (const p of family) expect(isSameProcess(p.pid, p.start), `pid ${p.pid}`).toBe(false);
     expect(processGroupMembers(first.pid)).toEqual([]);
     expect(processGroupMembers(second.pid)).toEqual([]);
-    const summary = killed.map((k) => ({ pgid: k.pgid, run: k.run, attempt: k.attempt, scope: k.scope, outcome: k.outcome }));
+    const summary = killed.map(({ pgid, run, attempt, scope, outcome }) => ({ pgid, run, attempt, scope, outcome }));
     expect(summary).toHaveLength(4);
     expect(summary).toEqual(
       expect.arrayContaining([
@@ -170,7 +175,10 @@ describe('killOrphanedCommands', () => {
     const ofOtherHost = command(FAMILY, { ...tagged({ ...gone.tag, host: `${host}-other` }, 2, 1), PREFIX: 'host' });
     const ofOtherStore = command(FAMILY, { ...tagged({ ...gone.tag, store: `${store}-other` }, 3, 1), PREFIX: 'store' });
     const untagged = command(FAMILY, { PREFIX: 'untagged' });
-    const survivors = [ofLive, ofOtherHost, ofOtherStore, untagged].map((c) => ({ pid: c.pid, start: readProcStart(c.pid)! }));
+    const survivors = [ofLive, ofOtherHost, ofOtherStore, untagged].map((c) => ({
+      pid: c.pid,
+      start: readProcStart(c.pid)!,
+    }));
     for (const prefix of ['live', 'host', 'store', 'untagged']) survivors.push(await pidIn(`${prefix}.child.pid`));
     await killDaemon(gone);
 
@@ -181,7 +189,8 @@ describe('killOrphanedCommands', () => {
   it('a tag whose daemon pid now belongs to another process (recycled) is an orphan; that process is spared', async () => {
     // The "daemon" lives, but started at another time than the tag says: the tagged daemon is gone.
     const holder = await fakeDaemon();
-    const orphan = command(FAMILY, { ...tagged({ ...holder.tag, procStart: holder.tag.procStart! + 1 }, 4, 3), PREFIX: 'o' });
+    const recycledTag = { ...holder.tag, procStart: holder.tag.procStart! + 1 };
+    const orphan = command(FAMILY, { ...tagged(recycledTag, 4, 3), PREFIX: 'o' });
     const grandchild = await pidIn('o.child.pid');
 
     const killed = await killOrphanedCommands({ host, store }, 300);
