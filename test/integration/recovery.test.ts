@@ -3,6 +3,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { groupAlive } from '../../src/process/kill-group.js';
+import { parseDaemonTag } from '../../src/process/orphan-scan.js';
 import { readProcStart } from '../../src/process/proc.js';
 import type { RunStore } from '../../src/store/run-store.js';
 import type { HostDoc } from '../../src/store/types.js';
@@ -245,6 +246,32 @@ describe('orphans no run record names (found through RUNWARDEN_DAEMON)', () => {
     // The scan tells the repair which group it killed for this attempt.
     expect(failed.reason).toContain(`killed its orphaned command (process group ${leader})`);
     expect(failed.detail).toMatchObject({ kind: 'restart', previous_pid: busy.pid, killed_pgid: leader });
+  });
+
+  it('a daemon starting leaves alone the command of a live foreground `process N`, which its tag names', async () => {
+    hangOnceConfig();
+    await submit('17');
+    const foreground = sandbox.start(['process', '17']);
+    const leader = await readPid(join(sandbox.dir, 'out/000017/leader.pid'));
+    const grandchild = await readPid(join(sandbox.dir, 'out/000017/child.pid'));
+    orphanGroups.push(leader);
+    const s = await sandbox.openStore();
+    const environ = readFileSync(`/proc/${leader}/environ`, 'utf8').split('\0');
+    const tag = environ.find((entry) => entry.startsWith('RUNWARDEN_DAEMON='))!.slice('RUNWARDEN_DAEMON='.length);
+    expect(parseDaemonTag(tag)).toEqual({
+      host: 'testhost',
+      store: s.location,
+      pid: foreground.pid,
+      procStart: readProcStart(foreground.pid!),
+    });
+
+    startDaemon();
+    await hostWhen(s, 'idle');
+    expect(isAlive(leader)).toBe(true);
+    expect(isAlive(grandchild)).toBe(true);
+    expect((await s.getRun(17))!.processing).toMatchObject({ state: 'busy', pid: foreground.pid });
+    const warnings = (await s.listLog({ minPriority: 2 })).map((e) => e.message).join('\n');
+    expect(warnings).not.toContain('orphaned command');
   });
 });
 
