@@ -1,8 +1,6 @@
 import type { Argv, CommandModule } from 'yargs';
 import { requireCommand } from '../config/index.js';
 import { startDaemon } from '../daemon/daemon.js';
-import { startInspectServer } from '../daemon/inspect-server.js';
-import { serveDaemonMetrics } from '../daemon/metrics-server.js';
 import { superviseDaemon, withoutUndying } from '../daemon/undying.js';
 import { createLogger } from '../log/logger.js';
 import { openStore } from '../store/open-store.js';
@@ -70,14 +68,15 @@ export const daemonCommand: CommandModule<GlobalArgs, DaemonArgs> = {
       const metrics =
         metricsPort === undefined
           ? undefined
-          : await serveDaemonMetrics({ config, store, logger, port: metricsPort }).catch(async (error: unknown) => {
+          : // Loaded only when asked for: prom-client and the WebSocket libraries cost every start ~120 ms.
+            await (await import('../daemon/metrics-server.js')).serveDaemonMetrics({ config, store, logger, port: metricsPort }).catch(async (error: unknown) => {
               await store.close();
               throw error;
             });
       const inspect =
         inspectPort === undefined
           ? undefined
-          : await startInspectServer({ bind: config.observe.bind, port: inspectPort, logger }).catch(async (error: unknown) => {
+          : await (await import('../daemon/inspect-server.js')).startInspectServer({ bind: config.observe.bind, port: inspectPort, logger }).catch(async (error: unknown) => {
               await metrics?.close();
               await store.close();
               throw error;

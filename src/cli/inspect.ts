@@ -1,4 +1,4 @@
-import WebSocket from 'ws';
+import type WebSocket from 'ws';
 import type { Argv, CommandModule } from 'yargs';
 import type { Config } from '../config/schema.js';
 import { UsageError } from '../errors.js';
@@ -58,7 +58,9 @@ export function inspectUrl(args: { url?: string; port?: number }, config: Config
  * those frames can arrive with the handshake and be emitted before an `await` on the opening returns, so the
  * listener is attached before the socket opens.
  */
-function connect(url: string, onMessage: (message: unknown) => void): Promise<WebSocket> {
+async function connect(url: string, onMessage: (message: unknown) => void): Promise<WebSocket> {
+  // Loaded here, not at start-up: every other command would pay for the WebSocket library.
+  const { default: WebSocket } = await import('ws');
   return new Promise((resolve, reject) => {
     const socket = new WebSocket(url, { handshakeTimeout: CONNECT_TIMEOUT_MS });
     socket.on('message', (data) => {
