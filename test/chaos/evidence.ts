@@ -5,6 +5,7 @@ import { fileURLToPath } from 'node:url';
 import { isSameProcess } from '../../src/process/proc.js';
 import type { RunStore } from '../../src/store/run-store.js';
 import type { RunDoc, RunEvent } from '../../src/store/types.js';
+import { checkRunHistory } from '../model/invariants.js';
 
 // What the chaos tests share: the seed and its PRNG, the attempt plans the command reads, and the evidence
 // the command leaves outside the output root (violations, journal, process records), read back as figures.
@@ -177,37 +178,25 @@ export function journalOverlaps(evidence: Evidence): string[] {
 }
 
 /**
- * Minimal consistency of one run's history with its document: a chain of transitions starting from nothing,
- * attempts rising by one at each claim, nothing after a terminal state, and the document matching the end.
+ * The shared history invariants (test/model/invariants.ts), plus what holds in these scenarios, where only the
+ * daemons write (no operator): the first event claims attempt 1, nothing follows a terminal state, time never
+ * goes back, every failure is counted exactly, and a done run was done exactly once with one output.
  */
 export function runHistoryProblems(run: RunDoc, events: RunEvent[]): string[] {
-  const problems: string[] = [];
-  const where = (i: number) => `run ${run.number} event ${i} (${events[i]!.from ?? '-'}>${events[i]!.to}@${events[i]!.attempt})`;
-  if (events.length === 0) return [`run ${run.number}: no events`];
-  if (events[0]!.from !== null || events[0]!.to !== 'considering' || events[0]!.attempt !== 1) {
-    problems.push(`${where(0)}: the first event must be a claim of attempt 1`);
-  }
+  const problems = checkRunHistory(events, run).map((problem) => `run ${run.number}: ${problem}`);
   for (let i = 1; i < events.length; i++) {
     const previous = events[i - 1]!;
-    const event = events[i]!;
-    if (event.from !== previous.to) problems.push(`${where(i)}: from ≠ the previous event's to (${previous.to})`);
-    if (previous.to === 'done' || previous.to === 'abandoned') problems.push(`${where(i)}: after a terminal state`);
-    const expected = event.to === 'considering' ? previous.attempt + 1 : previous.attempt;
-    if (event.attempt !== expected) problems.push(`${where(i)}: attempt should be ${expected}`);
-    if (event.time < previous.time) problems.push(`${where(i)}: time goes back`);
+    if (previous.to === 'done' || previous.to === 'abandoned') problems.push(`run ${run.number} event ${i + 1}: after a terminal state`);
+    if (events[i]!.time < previous.time) problems.push(`run ${run.number} event ${i + 1}: time goes back`);
   }
-  const last = events.at(-1)!;
   const p = run.processing;
-  if (!p) problems.push(`run ${run.number}: events but no processing document`);
-  else {
-    if (p.state !== last.to) problems.push(`run ${run.number}: state ${p.state} but the last event says ${last.to}`);
-    if (p.attempt !== last.attempt) problems.push(`run ${run.number}: attempt ${p.attempt}, last event ${last.attempt}`);
+  if (p) {
     const failures = events.filter((e) => e.to === 'failed').length + (p.state === 'abandoned' ? 1 : 0);
     if (p.n_failures !== failures) problems.push(`run ${run.number}: n_failures ${p.n_failures}, events say ${failures}`);
-  }
-  const dones = events.filter((e) => e.to === 'done').length;
-  if (p?.state === 'done' && (dones !== 1 || run.outputs.length !== 1)) {
-    problems.push(`run ${run.number}: done ${dones} times with ${run.outputs.length} registered outputs`);
+    const dones = events.filter((e) => e.to === 'done').length;
+    if (p.state === 'done' && (dones !== 1 || run.outputs.length !== 1)) {
+      problems.push(`run ${run.number}: done ${dones} times with ${run.outputs.length} registered outputs`);
+    }
   }
   return problems;
 }
