@@ -1,6 +1,7 @@
 import { formatByteSize, formatElapsed } from '../config/duration.js';
 import type { StateCounts } from '../store/run-store.js';
 import { RUN_STATES, type HostDoc, type RunDoc } from '../store/types.js';
+import { printable } from '../policy/terminal-text.js';
 import { formatRelative, formatTime, table } from './common.js';
 
 // What `runwarden top` shows, as a pure function: a snapshot of the store, the terminal's size and the time
@@ -227,25 +228,6 @@ function statusLine(view: TopView, now: number): string | null {
 function cell(text: string | undefined, max = Infinity): string {
   const single = printable(text ?? '');
   return Number.isFinite(max) ? fitWidth(single, max) : single;
-}
-
-// Escape sequences (CSI, OSC, and the two-byte ones) a command may write to colour or retitle its terminal.
-const ESCAPE_SEQUENCE = /\x1b\[[0-?]*[ -/]*[@-~]|\x9b[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b[ -/]*[0-~]?/g;
-// Other C0 and C1 controls, DEL, and the bidi overrides that would reorder the rest of the line.
-const CONTROL = /[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]/g;
-
-/**
- * `text` as it is safe to write to the operator's terminal: escape sequences and control characters gone,
- * whitespace (newlines too) collapsed to single spaces. Command output and documents written by other tools
- * go through here before they reach the screen.
- */
-export function printable(text: string): string {
-  return text
-    .replace(ESCAPE_SEQUENCE, '')
-    .replace(/[\t\n\v\f\r]/g, ' ')
-    .replace(CONTROL, '')
-    .replace(/\s+/g, ' ')
-    .trim();
 }
 
 /**

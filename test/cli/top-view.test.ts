@@ -8,11 +8,11 @@ import {
   displayWidth,
   fitWidth,
   lastOutputLine,
-  printable,
   renderTop,
   type TopSnapshot,
   type TopView,
 } from '../../src/cli/top-view.js';
+import { printable } from '../../src/policy/terminal-text.js';
 import { openStore } from '../../src/store/open-store.js';
 import type { StateCounts } from '../../src/store/run-store.js';
 import type { HostDoc, RunDoc } from '../../src/store/types.js';
