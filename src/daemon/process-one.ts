@@ -45,8 +45,9 @@ type RunSnapshot = SnapshotFrom<typeof runMachine>;
 
 function settlementOf(snapshot: RunSnapshot): RunSettlement | undefined {
   if (snapshot.matches({ failed: 'waitingForRetry' })) return 'failed';
-  if (snapshot.status !== 'done') return undefined;
+  // `abandoned.recorded` is final only within `abandoned`: the machine as a whole never reaches done there.
   if (snapshot.matches({ abandoned: 'recorded' })) return 'abandoned';
+  if (snapshot.status !== 'done') return undefined;
   for (const state of ['done', 'released', 'lost', 'unkillable', 'error'] as const) {
     if (snapshot.matches(state)) return state;
   }
