@@ -43,7 +43,13 @@ export function processActor(ctx: DaemonContext) {
       ctx.logger.warn(`run ${plan.number}: cannot watch ${plan.outputDir} for changes: ${String(error)}`);
     }
 
-    spawnCommand({ argv: plan.argv, cwd: plan.cwd, env: plan.env, logFile: plan.logFile })
+    spawnCommand({
+      argv: plan.argv,
+      cwd: plan.cwd,
+      env: plan.env,
+      logFile: plan.logFile,
+      escalateMs: ctx.config.timeouts.signal_escalate,
+    })
       .then((started) => {
         handle = started;
         ctx.liveCommands.add(started);

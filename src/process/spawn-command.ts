@@ -2,8 +2,10 @@
 // No XState here: the supervisor machine drives a CommandHandle from a callback actor.
 //
 // Hot path (benchmarks spawn thousands of commands): per spawn there is one mkdir + open of the log file, one
-// read of /proc/<pid>/stat (the start time) and, after the leader exited, one `kill(-pgid, 0)`; /proc is scanned
-// only when that finds something left in the group, or when the caller signals the command.
+// read of /proc/<pid>/stat (the start time) and, after the leader exited, one `kill(-pgid, 0)` and one
+// asynchronous pass over /proc for processes carrying the attempt's marker (RUNWARDEN_ATTEMPT_ID: processes that
+// left the group with setsid or a double fork); it reads the environment only of processes younger than the
+// leader. /proc is scanned synchronously only when something is left in the group, or when the caller signals.
 
 import { createWriteStream, mkdirSync, openSync, statSync, type WriteStream } from 'node:fs';
 import { dirname } from 'node:path';
@@ -11,7 +13,14 @@ import type { Readable } from 'node:stream';
 import { finished } from 'node:stream/promises';
 import { StringDecoder } from 'node:string_decoder';
 import { execa } from 'execa';
-import { groupAlive, groupEscapees, pollUntil, signalGroup, signalEscapees } from './kill-group.js';
+import {
+  ATTEMPT_MARKER_VARIABLE,
+  findMarkedProcesses,
+  killMarkedProcessesNow,
+  newAttemptMarker,
+  sweepMarkedProcesses,
+} from './attempt-marker.js';
+import { groupAlive, groupEscapees, pollUntil, signalGroup, signalEscapees, signalVerified } from './kill-group.js';
 import { isSameProcess, processGroupMembers, readProcStart } from './proc.js';
 
 export interface CommandSpec {
@@ -27,6 +36,11 @@ export interface CommandSpec {
   logFile: string;
   /** Lines of stderr kept for `stderrTail`; default 20. */
   stderrTailLines?: number;
+  /**
+   * How long a process of the attempt that left its group and is still alive after the leader exited gets
+   * between SIGTERM and SIGKILL (the daemon passes timeouts.signal_escalate); default 0: SIGKILL at once.
+   */
+  escalateMs?: number;
 }
 
 export interface CommandExit {
@@ -39,11 +53,11 @@ export interface CommandExit {
   /** From the spawn to the leader's exit (not including the clean-up of stragglers). */
   durationMs: number;
   /**
-   * Processes still alive after the leader exited that were SIGKILLed: members of the group, plus descendants
-   * that had left the group and were recorded when the command was signalled.
+   * Processes still alive after the leader exited that were killed: members of the group, descendants that had
+   * left the group and were recorded when the command was signalled, and processes carrying the attempt's marker.
    */
   groupLeftovers: number;
-  /** Processes of the group still alive when `exited` gave up waiting (normally 0; > 0 means unkillable). */
+  /** Processes of the attempt still alive when `exited` gave up waiting (normally 0; > 0 means unkillable). */
   groupRemaining: number;
   /** Set when the log file could not be written (e.g. disk full); output after that point was discarded. */
   logError?: string;
@@ -53,14 +67,19 @@ export interface CommandHandle {
   pid: number;
   pgid: number;
   procStart: number | undefined;
-  /** Resolves once the leader exited AND no process of its group is left (stragglers are SIGKILLed); never rejects. */
+  /** The value of RUNWARDEN_ATTEMPT_ID in the command's environment (and so in every process it starts). */
+  attemptMarker: string;
+  /**
+   * Resolves once the leader exited AND no process of its group, and none carrying the attempt's marker, is
+   * left (stragglers are SIGKILLed); never rejects.
+   */
   exited: Promise<CommandExit>;
   /**
    * Called whenever the command writes bytes to stdout or stderr (once per chunk read, so possibly very often:
    * keep it cheap). Returns a function that removes the listener.
    */
   onOutput(listener: () => void): () => void;
-  /** Signal the whole group; on SIGKILL also tree-kill descendants that left the group. */
+  /** Signal the whole group and every process carrying the attempt's marker; on SIGKILL also tree-kill descendants that left the group. */
   signal(signal: 'SIGTERM' | 'SIGKILL'): void;
 }
 
@@ -113,6 +132,8 @@ export async function spawnCommand(spec: CommandSpec): Promise<CommandHandle> {
     throw new SpawnError('cannot start the command: argv is empty', 'EINVAL');
   }
   const tailLines = Math.max(0, spec.stderrTailLines ?? 20);
+  const escalateMs = Math.max(0, spec.escalateMs ?? 0);
+  const attemptMarker = newAttemptMarker();
 
   let fd: number;
   try {
@@ -148,7 +169,7 @@ export async function spawnCommand(spec: CommandSpec): Promise<CommandHandle> {
   try {
     subprocess = execa(argv0, spec.argv.slice(1), {
       cwd: spec.cwd,
-      env: spec.env,
+      env: { ...spec.env, [ATTEMPT_MARKER_VARIABLE]: attemptMarker },
       extendEnv: false,
       shell: false,
       detached: true,
@@ -182,6 +203,7 @@ export async function spawnCommand(spec: CommandSpec): Promise<CommandHandle> {
   // Synchronously after the spawn: the leader cannot have been reaped yet, so this is its start time.
   const procStart = readProcStart(pid);
   const pgid = pid;
+  const markerScope = { marker: attemptMarker, ...(procStart !== undefined ? { since: procStart } : {}) };
 
   const listeners: Array<() => void> = [];
   const decoder = new StringDecoder('utf8');
@@ -205,6 +227,8 @@ export async function spawnCommand(spec: CommandSpec): Promise<CommandHandle> {
 
   /** True once the group is known empty: from then on its number may be reused and must not be signalled. */
   let groupDone = false;
+  /** True once `exited` is settled: every process of the attempt is gone, nothing is left to signal. */
+  let attemptOver = false;
   /** Descendants that had left the group when the caller signalled it (pid -> start time). */
   const escapees = new Map<number, number>();
   const recordEscapees = (): void => {
@@ -247,6 +271,10 @@ export async function spawnCommand(spec: CommandSpec): Promise<CommandHandle> {
     }
     if (groupRemaining === 0) groupDone = true;
     if (escapees.size > 0) groupLeftovers += killEscapees();
+    // Processes that left the group (setsid, a double fork into a new session) still carry the marker.
+    const swept = await sweepMarkedProcesses(markerScope, escalateMs);
+    groupLeftovers += swept.found;
+    groupRemaining += swept.remaining;
 
     // stdout/stderr close when every holder is gone; one that left the group may keep them open: stop reading.
     let graceTimer: NodeJS.Timeout | undefined;
@@ -279,6 +307,7 @@ export async function spawnCommand(spec: CommandSpec): Promise<CommandHandle> {
         ` leftovers=${groupLeftovers}${groupRemaining > 0 ? ` remaining=${groupRemaining}` : ''}\n`,
     );
     if (logError !== undefined) exit.logError = logError;
+    attemptOver = true;
     return exit;
   };
 
@@ -303,6 +332,7 @@ export async function spawnCommand(spec: CommandSpec): Promise<CommandHandle> {
     pid,
     pgid,
     procStart,
+    attemptMarker,
     exited,
     onOutput(listener: () => void): () => void {
       listeners.push(listener);
@@ -312,15 +342,27 @@ export async function spawnCommand(spec: CommandSpec): Promise<CommandHandle> {
       };
     },
     signal(sig: 'SIGTERM' | 'SIGKILL'): void {
-      if (groupDone) return;
+      if (attemptOver) return;
+      if (groupDone) {
+        // The group is gone but the sweep of marked processes may still be under way: a kill must not wait.
+        if (sig === 'SIGKILL') killMarkedProcessesNow(markerScope);
+        return;
+      }
       recordEscapees();
       signalGroup(pgid, sig);
       if (sig === 'SIGKILL') {
         killEscapees();
         signalEscapees(pgid, 'SIGKILL', { leaderPid: pid, procStart });
+        killMarkedProcessesNow(markerScope);
       } else {
+        const termed = new Set<number>();
+        for (const p of findMarkedProcesses(markerScope)) {
+          if (p.pgrp === pgid) continue;
+          termed.add(p.pid);
+          signalVerified(p.pid, p.starttime, 'SIGTERM');
+        }
         for (const [p, start] of escapees) {
-          if (!isSameProcess(p, start)) continue;
+          if (termed.has(p) || !isSameProcess(p, start)) continue;
           try {
             process.kill(p, 'SIGTERM');
           } catch {

@@ -154,14 +154,31 @@ describe('spawnCommand: the group dies with the command', () => {
     expect(readFileSync(box.path('logs', '7', 'attempt-1.log'), 'utf8')).toMatch(/leftovers=[1-9]/);
   });
 
-  it('exited still resolves when a process that left the group keeps stdout open', async () => {
-    // Not tracked without a signal (no /proc scan on the hot path): the escapee survives; the test reaps it.
+  it('exited still resolves when a process that left the group keeps stdout open, and that process is killed', async () => {
     const handle = await start(spec(['sh', '-c', 'setsid sleep 1000 & echo $! > escapee.pid; echo leader done']));
     const exit = await handle.exited;
     expect(exit.exitCode).toBe(0);
     const pid = Number(readFileSync(box.path('escapee.pid'), 'utf8'));
     box.trackPid(pid);
+    expect(isSameProcess(pid, undefined)).toBe(false);
+    expect(exit.groupLeftovers).toBeGreaterThanOrEqual(1);
     expect(readFileSync(box.path('logs', '7', 'attempt-1.log'), 'utf8')).toContain('leader done\n');
+  });
+
+  it('a daemonized grandchild (new session, ignores SIGTERM) gets SIGTERM, then SIGKILL after escalateMs', async () => {
+    const script = [
+      `setsid sh -c 'sh -c "trap \\"\\" TERM; echo \\$\\$ > daemon.pid; while :; do sleep 1; done" & exit 0' </dev/null >/dev/null 2>&1 &`,
+      'while [ ! -s daemon.pid ]; do sleep 0.02; done',
+    ].join('\n');
+    const handle = await start(spec(['sh', '-c', script], { escalateMs: 200 }));
+    const exit = await handle.exited;
+    const pid = Number(readFileSync(box.path('daemon.pid'), 'utf8'));
+    box.trackPid(pid);
+    expect(exit.exitCode).toBe(0);
+    expect(exit.groupRemaining).toBe(0);
+    expect(isSameProcess(pid, undefined)).toBe(false);
+    // Every process of the attempt carries the marker, the handle says which.
+    expect(handle.attemptMarker).toMatch(/^[0-9a-f-]{36}$/);
   });
 
   it('SIGTERM then SIGKILL through the handle ends a command and grandchild that ignore SIGTERM', async () => {
