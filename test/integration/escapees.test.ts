@@ -123,7 +123,7 @@ describe('processes that left the command group', () => {
     await stateOf(s, 2, 'busy');
     daemon.kill('SIGTERM');
     const result = await daemon;
-    expect(result.exitCode, result.stderr).toBe(0);
+    expect(result.exitCode, String(result.stderr)).toBe(0);
     expect(survivors(escapees)).toEqual([]);
   });
 
