@@ -58,8 +58,16 @@ export function configFromArgs(args: GlobalArgs, extra: ConfigFlags = {}): Confi
   return loadConfig({ ...(file ? { file } : {}), cwd: process.cwd(), env: process.env, flags });
 }
 
-export async function withStore<T>(config: Config, use: (store: RunStore) => Promise<T>): Promise<T> {
-  const store = await openStore(config.store);
+/**
+ * Opens the store for one command's work and closes it after. Only commands that add work (submit; the daemon and
+ * demo open their own) pass `create: true`; every other command refuses a SQLite store that does not exist.
+ */
+export async function withStore<T>(
+  config: Config,
+  use: (store: RunStore) => Promise<T>,
+  options: { create?: boolean } = {},
+): Promise<T> {
+  const store = await openStore(config.store, { create: options.create ?? false });
   try {
     return await use(store);
   } finally {

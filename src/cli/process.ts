@@ -65,7 +65,7 @@ export const processCommand: CommandModule<GlobalArgs, ProcessArgs> = {
       const number = numberArgument(args.number);
       const config = configFromArgs(args);
       requireCommand(config);
-      const store = await openStore(config.store);
+      const store = await openStore(config.store, { create: false });
       const logger = createLogger({ level: config.log_level, host: config.host, store });
       let signalsSeen = 0;
       let stop = () => {};

@@ -114,7 +114,7 @@ export const submitCommand: CommandModule<GlobalArgs, SubmitArgs> = {
           process.stdout.write(
             count === 1 ? `submitted run ${runs[0]!.number}\n` : `submitted ${count} runs (${runs[0]!.number} … ${runs.at(-1)!.number})\n`,
           );
-      });
+      }, { create: true });
     }),
 };
 

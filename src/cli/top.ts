@@ -61,7 +61,7 @@ export const topCommand: CommandModule<GlobalArgs, TopArgs> = {
           );
         }
       }
-      const store = await openStore(config.store);
+      const store = await openStore(config.store, { create: false });
       try {
         if (!args.once) return await runLiveView(store, config.process.log_dir, intervalMs);
         const snapshot = await readTopSnapshot(store, config.process.log_dir);

@@ -229,4 +229,10 @@ export interface StoreOptions {
   clock?: () => number;
   /** How often watchNewRuns polls where the backend has no push notification (timeouts.idle_poll). */
   idlePollMs?: number;
+  /**
+   * Whether opening may create the store (a SQLite file and its directories). Default true: the daemon, submit
+   * and demo create it. Commands that only read or change existing runs pass false, so a mistyped path is
+   * refused (StoreUnavailableError naming it) instead of showing an empty, healthy store.
+   */
+  create?: boolean;
 }

@@ -103,6 +103,7 @@ describe('runwarden CLI', () => {
   });
 
   it('runtime errors exit 1: an unknown run, an unopenable store', async () => {
+    expect((await runCli(['submit', '1', ...store()], { cwd: dir })).exitCode).toBe(0);
     const missing = await runCli(['show', '404', ...store()], { cwd: dir });
     expect(missing.exitCode).toBe(1);
     expect(missing.stderr).toContain('run 404 not found');

@@ -47,3 +47,44 @@ describe('process N', () => {
     expect(result).toMatchObject({ number: 6, outcome: 'abandoned', run: { processing: { state: 'abandoned' } } });
   });
 });
+
+describe('a store that does not exist', () => {
+  it('is refused by every command that does not add work (exit 1, path named), and nothing is created', async () => {
+    config(['true']);
+    const store = 'sqlite:./typo/nested/runs.db';
+    const commands = [
+      ['status'],
+      ['status', '--history'],
+      ['list'],
+      ['show', '1'],
+      ['top', '--once'],
+      ['logs', '1'],
+      ['cleanup'],
+      ['fail', '1'],
+      ['abandon', '1'],
+      ['retry', '1'],
+      ['hold', '1'],
+      ['release', '1'],
+      ['process', '1'],
+    ];
+    const results = await Promise.all(commands.map((args) => sandbox.run([...args, '--store', store])));
+    results.forEach((result, i) => {
+      const what = commands[i]!.join(' ');
+      expect(result.exitCode, `${what}: ${result.stdout}${result.stderr}`).toBe(1);
+      expect(result.stderr, what).toContain(`no SQLite store at ${join(sandbox.dir, 'typo/nested/runs.db')}`);
+    });
+    expect(existsSync(join(sandbox.dir, 'typo')), 'the mistyped directory was created').toBe(false);
+
+    // An existing directory with a mistyped file name: no file appears either.
+    const inDir = await sandbox.run(['list', '--store', 'sqlite:./runs-typo.db']);
+    expect(inDir.exitCode).toBe(1);
+    expect(readdirSync(sandbox.dir).filter((f) => f.startsWith('runs-typo'))).toEqual([]);
+
+    // submit creates the store (and its directory); then the read-only commands work on it.
+    const submitted = await sandbox.run(['submit', '7', '--store', store]);
+    expect(submitted.exitCode, submitted.stderr).toBe(0);
+    const listed = await sandbox.run(['list', '--store', store]);
+    expect(listed.exitCode, listed.stderr).toBe(0);
+    expect(listed.stdout).toMatch(/^7 +pending/m);
+  });
+});

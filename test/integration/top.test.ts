@@ -85,7 +85,7 @@ describe('runwarden top without a terminal', () => {
     writeFileSync(join(sandbox.dir, 'not-a-dir'), '');
     const unopenable = await sandbox.run(['top', '--once', '--store', 'sqlite:./not-a-dir/runs.db']);
     expect(unopenable.exitCode).toBe(1);
-    expect(unopenable.stderr).toMatch(/^runwarden: cannot open SQLite store at .*not-a-dir\/runs\.db: /);
+    expect(unopenable.stderr).toMatch(/^runwarden: no SQLite store at .*not-a-dir\/runs\.db: /);
   });
 });
 

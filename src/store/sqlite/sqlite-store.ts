@@ -804,10 +804,18 @@ function before(a: Candidate, b: Candidate, oldest: boolean): boolean {
  */
 export async function openSqliteStore(file: string, options?: StoreOptions): Promise<SqliteRunStore> {
   const absolute = path.resolve(file);
+  const create = options?.create ?? true;
+  if (!create && !fs.existsSync(absolute)) {
+    throw new StoreUnavailableError(
+      `no SQLite store at ${absolute}: the file does not exist (check --store, RUNWARDEN_STORE or store: in the ` +
+        `configuration; runwarden submit, daemon and demo create a new store)`,
+    );
+  }
   let db: Database.Database | undefined;
   try {
-    fs.mkdirSync(path.dirname(absolute), { recursive: true });
-    db = new Database(absolute, { timeout: BUSY_TIMEOUT_MS });
+    if (create) fs.mkdirSync(path.dirname(absolute), { recursive: true });
+    // fileMustExist: a store deleted between the check above and here is still not created.
+    db = new Database(absolute, { timeout: BUSY_TIMEOUT_MS, fileMustExist: !create });
     db.pragma(`busy_timeout = ${BUSY_TIMEOUT_MS}`);
     db.pragma('journal_mode = WAL');
     db.pragma('synchronous = NORMAL');
