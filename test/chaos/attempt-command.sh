@@ -6,7 +6,8 @@
 # start/alive/end lines with one clock (/proc/uptime, centiseconds) to a per-run journal for a second check.
 #
 # argv: NUMBER OUTPUT ATTEMPT HOST EVIDENCE_DIR PLANS_DIR STEP_SECONDS
-# PLANS_DIR/NUMBER holds one line per attempt, "STEPS EXIT_CODE"; the last line serves later attempts.
+# PLANS_DIR/NUMBER holds one line per attempt, "STEPS EXIT_CODE [GATE]"; the last line serves later attempts.
+# With a GATE file the attempt goes on working after its steps until the test creates the gate.
 number=$1 out=$2 attempt=$3 host=$4 ev=$5 plans=$6 step=$7
 
 read -r stat < /proc/$$/stat
@@ -68,9 +69,9 @@ read -r gstat < "/proc/$grandchild/stat"
 set -- $gstat
 echo "$$ $mystart $grandchild ${22}" > "$ev/procs/$number-$host-$attempt-$$"
 
-steps=1 code=0 k=0
-while read -r s c; do
-  k=$((k + 1)) steps=$s code=$c
+steps=1 code=0 gate= k=0
+while read -r s c g; do
+  k=$((k + 1)) steps=$s code=$c gate=$g
   [ "$k" -ge "$attempt" ] && break
 done < "$plans/$number"
 
@@ -81,6 +82,11 @@ while [ "$i" -lt "$steps" ]; do
   echo "step $i of attempt $attempt" >> "$out/data.txt"
   note alive
   still_mine || violation "attempt ($me) found its lock replaced by ($current) while running"
+done
+while [ -n "$gate" ] && [ ! -e "$gate" ]; do
+  sleep "$step"
+  note alive
+  still_mine || violation "attempt ($me) found its lock replaced by ($current) while waiting for its gate"
 done
 
 still_mine || violation "attempt ($me) found its lock replaced by ($current) at its end"

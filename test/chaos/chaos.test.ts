@@ -2,16 +2,17 @@ import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { expect, it } from 'vitest';
 import type { RunStore } from '../../src/store/run-store.js';
+import type { RunEvent } from '../../src/store/types.js';
 import { waitFor, writeConfig } from '../helpers/cli.js';
 import { useSandbox } from '../helpers/sandbox.js';
 import {
   aliveAttempts,
   attemptProcesses,
   between,
+  commandEvidenceProblems,
   chaosSeed,
   commandYaml,
   describeOrphans,
-  journalAttempts,
   journalOverlaps,
   mulberry32,
   prepareEvidence,
@@ -23,6 +24,7 @@ import {
   writePlan,
   type AttemptPlan,
   type AttemptProcess,
+  type CommandTally,
   type Evidence,
 } from './evidence.js';
 import { reapAttempts } from './reap.js';
@@ -175,6 +177,7 @@ it(
 
         // Every run as designed, and its history consistent.
         const problems: string[] = [];
+        const histories = new Map<number, RunEvent[]>();
         let attempts = 0;
         let maxAttempts = 0;
         let restartFailures = 0;
@@ -193,6 +196,7 @@ it(
           }
           const events = await s.listRunEvents(number);
           problems.push(...runHistoryProblems(run, events));
+          histories.set(number, events);
           attempts += p.attempt;
           maxAttempts = Math.max(maxAttempts, p.attempt);
           for (const e of events) {
@@ -202,13 +206,16 @@ it(
           }
         }
         expect(problems, hint).toEqual([]);
+        // The evidence below is only worth something if the commands wrote it: one journal per run, one command
+        // per busy transition.
+        const tally: CommandTally = { busyTransitions: 0, commandsStarted: 0, busyWithoutCommand: 0 };
+        expect(commandEvidenceProblems(evidence, histories, tally), `command evidence; ${hint}`).toEqual([]);
 
         // No attempt's process is alive; no two attempts of one run overlapped.
         const processes = attemptProcesses(evidence);
         expect(aliveAttempts(processes).map((p) => p.record), `alive attempt processes; ${hint}`).toEqual([]);
         expect(violations(evidence), `lock violations; ${hint}`).toEqual([]);
         expect(journalOverlaps(evidence), `journal overlaps; ${hint}`).toEqual([]);
-        const commandsStarted = [...journalAttempts(evidence).values()].reduce((a, b) => a + b, 0);
 
         const figures = {
           seed,
@@ -218,7 +225,9 @@ it(
           restarts: KILLS,
           attempts,
           max_attempts_of_a_run: maxAttempts,
-          commands_started: commandsStarted,
+          commands_started: tally.commandsStarted,
+          busy_transitions: tally.busyTransitions,
+          busy_without_command: tally.busyWithoutCommand,
           orphans_alive_after_kill: orphansAfterKill,
           orphans_killed_at_restart: orphansKilledAtRestart,
           orphans_alive_at_last_restart: orphansFoundAlive,

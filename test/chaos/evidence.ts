@@ -43,10 +43,14 @@ export function between(random: () => number, lo: number, hi: number): number {
   return lo + Math.floor(random() * (hi - lo + 1));
 }
 
-/** One attempt of a run: how many steps of the command's step time it works, and its exit code. */
+/**
+ * One attempt of a run: how many steps of the command's step time it works, and its exit code. With a gate, it
+ * then goes on working (a step at a time) until the gate file exists: its end depends on the test, not on speed.
+ */
 export interface AttemptPlan {
   steps: number;
   exitCode: number;
+  gate?: string;
 }
 
 export interface Evidence {
@@ -64,7 +68,7 @@ export function prepareEvidence(dir: string): Evidence {
 
 /** Writes run `number`'s plan: line k is attempt k; the last line serves every later attempt. */
 export function writePlan(evidence: Evidence, number: number, attempts: AttemptPlan[]): void {
-  writeFileSync(join(evidence.plans, String(number)), attempts.map((a) => `${a.steps} ${a.exitCode}\n`).join(''));
+  writeFileSync(join(evidence.plans, String(number)), attempts.map((a) => `${a.steps} ${a.exitCode}${a.gate ? ` ${a.gate}` : ''}\n`).join(''));
 }
 
 /** process.command for the config, as YAML flow (JSON). */
@@ -127,13 +131,6 @@ interface JournalSpan {
   last: number;
 }
 
-/** Commands started per run according to the journal. */
-export function journalAttempts(evidence: Evidence): Map<number, number> {
-  const counts = new Map<number, number>();
-  for (const [number, spans] of journalSpans(evidence)) counts.set(number, spans.length);
-  return counts;
-}
-
 function journalSpans(evidence: Evidence): Map<number, JournalSpan[]> {
   const dir = join(evidence.root, 'journal');
   const result = new Map<number, JournalSpan[]>();
@@ -153,6 +150,82 @@ function journalSpans(evidence: Evidence): Map<number, JournalSpan[]> {
     result.set(Number(file), [...spans.values()]);
   }
   return result;
+}
+
+/** Per run: attempt number → how many commands the journal saw start for it (from "start HOST:ATTEMPT:PID"). */
+function journalStarts(evidence: Evidence): Map<number, Map<number, number>> {
+  const dir = join(evidence.root, 'journal');
+  const result = new Map<number, Map<number, number>>();
+  for (const file of listDir(dir)) {
+    const starts = new Map<number, number>();
+    for (const line of readFileSync(join(dir, file), 'utf8').split('\n')) {
+      const [kind, who] = line.split(' ');
+      if (kind !== 'start' || who === undefined) continue;
+      const attempt = Number(who.split(':').at(-2));
+      starts.set(attempt, (starts.get(attempt) ?? 0) + 1);
+    }
+    result.set(Number(file), starts);
+  }
+  return result;
+}
+
+/** What the evidence check counted over all runs, for the figures. */
+export interface CommandTally {
+  busyTransitions: number;
+  commandsStarted: number;
+  /** Busy transitions whose command never started: the daemon died between marking busy and spawning. */
+  busyWithoutCommand: number;
+}
+
+/**
+ * The evidence is there: every run has a non-empty journal, every command that started belongs to an attempt
+ * with exactly one busy transition (and only one command per attempt), and every busy transition started a
+ * command, except an attempt whose daemon died between writing busy and spawning (then a restart or cleanup
+ * ended that attempt and killed nothing). Without this the exclusion checks would pass on missing files.
+ */
+export function commandEvidenceProblems(
+  evidence: Evidence,
+  histories: Map<number, RunEvent[]>,
+  tally: CommandTally,
+): string[] {
+  const problems: string[] = [];
+  const starts = journalStarts(evidence);
+  for (const [number, events] of histories) {
+    const started = starts.get(number) ?? new Map<number, number>();
+    const journal = join(evidence.root, 'journal', String(number));
+    if (!existsSync(journal) || readFileSync(journal, 'utf8').trim() === '') problems.push(`run ${number}: no journal`);
+    const busy = new Map<number, number>();
+    for (const e of events) if (e.to === 'busy') busy.set(e.attempt, (busy.get(e.attempt) ?? 0) + 1);
+    for (const [attempt, n] of busy) {
+      tally.busyTransitions += n;
+      if (n !== 1) problems.push(`run ${number} attempt ${attempt}: ${n} busy transitions`);
+      if (started.has(attempt)) continue;
+      const end = events.find((e) => e.attempt === attempt && e.from === 'busy');
+      const byRecovery = end?.detail?.kind === 'restart' || end?.detail?.by === 'cleanup';
+      if (byRecovery && end?.detail?.killed_pgid === undefined) tally.busyWithoutCommand++;
+      else {
+        problems.push(
+          `run ${number} attempt ${attempt}: busy, but its command never wrote to the journal ` +
+            `(ended ${end ? `${end.to}: ${end.reason ?? ''}` : 'never'})`,
+        );
+      }
+    }
+    for (const [attempt, n] of started) {
+      tally.commandsStarted += n;
+      if (!busy.has(attempt)) problems.push(`run ${number} attempt ${attempt}: a command started without a busy transition`);
+      if (n !== 1) problems.push(`run ${number} attempt ${attempt}: ${n} commands started`);
+    }
+  }
+  for (const number of starts.keys()) {
+    if (!histories.has(number)) problems.push(`journal of run ${number}, a run the test never submitted`);
+  }
+  if (tally.commandsStarted + tally.busyWithoutCommand !== tally.busyTransitions) {
+    problems.push(
+      `${tally.commandsStarted} commands started + ${tally.busyWithoutCommand} killed before spawning ≠ ` +
+        `${tally.busyTransitions} busy transitions`,
+    );
+  }
+  return problems;
 }
 
 /**

@@ -1,18 +1,18 @@
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { expect, it } from 'vitest';
 import type { RunStore } from '../../src/store/run-store.js';
-import type { RunDoc } from '../../src/store/types.js';
+import type { RunDoc, RunEvent } from '../../src/store/types.js';
 import { waitFor, writeConfig } from '../helpers/cli.js';
 import { useSandbox } from '../helpers/sandbox.js';
 import {
   aliveAttempts,
   attemptProcesses,
   between,
+  commandEvidenceProblems,
   chaosSeed,
   commandYaml,
   describeOrphans,
-  journalAttempts,
   journalOverlaps,
   mulberry32,
   prepareEvidence,
@@ -22,6 +22,7 @@ import {
   violations,
   writePlan,
   type AttemptProcess,
+  type CommandTally,
   type Evidence,
 } from './evidence.js';
 import { reapAttempts } from './reap.js';
@@ -34,8 +35,10 @@ import { reapAttempts } from './reap.js';
 //
 // Why two kills and not one: an orphan still running when the others take its run over overlaps the new
 // attempt (cleanup cannot kill a command on another host, and the restarted host no longer owns the run, so
-// it does not kill it either). The takeover is safe only for orphans that end within max_busy_time: every
-// slow command here ends well inside it, and the restart case restarts long before it.
+// it does not kill it either). The takeover is safe only for orphans that end within max_busy_time. So the
+// slow commands end on a gate, a file the test creates, not after a number of steps: b's batch is let go right
+// after b's kill and the test waits for its orphans to end (long before max_busy_time, however slow the
+// machine); c's batch is held until c's restart has killed its orphans. CPU speed changes neither.
 
 const FILE = 'test/chaos/many-hosts.test.ts';
 const HOSTS = ['a', 'b', 'c'] as const;
@@ -45,7 +48,7 @@ const SHORT_RUNS = 300;
 const SLOW_BATCH = 12;
 const RUNS = SHORT_RUNS + 2 * SLOW_BATCH;
 const STEP_SECONDS = 0.05;
-const SLOW_STEPS: [number, number] = [80, 120]; // 4-6 s: outlives a restart, ends before max_busy_time (10 s)
+const SLOW_STEPS: [number, number] = [2, 6]; // then each slow command works on until its batch's gate opens
 
 const sandbox = useSandbox('runwarden-hosts-');
 
@@ -95,14 +98,17 @@ it(
     config(evidence);
 
     const isSlow = (number: number) => number > SHORT_RUNS;
+    const gates = [join(sandbox.dir, 'gate-0'), join(sandbox.dir, 'gate-1')];
+    const gateOf = (number: number) => (isSlow(number) ? { gate: gates[Math.floor((number - SHORT_RUNS - 1) / SLOW_BATCH)]! } : {});
     for (let number = 1; number <= RUNS; number++) {
       const steps = () => (isSlow(number) ? between(random, ...SLOW_STEPS) : between(random, 1, 6));
       const failsOnce = random() < 0.05;
       writePlan(evidence, number, [
-        { steps: steps(), exitCode: failsOnce ? 3 : 0 },
-        { steps: steps(), exitCode: 0 },
+        { steps: steps(), exitCode: failsOnce ? 3 : 0, ...gateOf(number) },
+        { steps: steps(), exitCode: 0, ...gateOf(number) },
       ]);
     }
+    const openGate = (batch: number) => writeFileSync(gates[batch]!, '');
     const s = await sandbox.openStore();
     const now = Date.now();
     const newRun = (number: number) => ({
@@ -129,16 +135,16 @@ it(
         `host ${host} (pid ${pid}) to register and recover (${hint})`,
         { timeoutMs: 30_000 },
       );
-    /** Waits until `host` holds a slow run whose command started under 1 s ago (so it runs ≥ 3 s more). */
+    /** Waits until `host` holds a slow run whose command is on record (it runs until its gate opens). */
     const slowRunOf = (host: string) =>
       waitFor(
         async () => {
-          const young = (await s.listRuns({ host, state: 'busy' })).filter(
-            (r) => isSlow(r.number) && r.processing!.pgid !== undefined && Date.now() - r.processing!.started! < 1000,
+          const slow = (await s.listRuns({ host, state: 'busy' })).filter(
+            (r) => isSlow(r.number) && r.processing!.pgid !== undefined,
           );
-          return young.length > 0 ? young : null;
+          return slow.length > 0 ? slow : null;
         },
-        `host ${host} to hold a young slow run (${hint})`,
+        `host ${host} to hold a slow run (${hint})`,
         { timeoutMs: 60_000, intervalMs: 20 },
       );
     const kill = async (host: string) => {
@@ -161,6 +167,11 @@ it(
         const orphansOfB = ofHost(aliveAttempts(attemptProcesses(evidence)), 'b');
         expect(takenOver.length, hint).toBeGreaterThan(0);
         expect(orphansOfB.length, `b's commands survive its SIGKILL; ${hint}`).toBeGreaterThan(0);
+        // Let b's batch end: its orphans must be gone before max_busy_time lets a and c take b's runs over.
+        openGate(0);
+        await waitFor(() => aliveAttempts(orphansOfB).length === 0, `b's orphans to end at their gate (${hint})`, {
+          timeoutMs: 30_000,
+        });
         for (const run of takenOver) {
           await waitFor(
             async () => {
@@ -177,7 +188,6 @@ it(
           expect(repair?.reason).toMatch(/^host b said it was (busy|considering) at .*timeouts\.max_(busy|considering)_time passed/);
         }
         expect((await s.getHost('b'))?.state, `b presumed dead; ${hint}`).toBe('dead');
-        const takeoverOrphansLeft = aliveAttempts(orphansOfB).length;
 
         // b comes back; later c is killed and restarted at once: its restart kills its orphaned commands.
         await recovered('b', start('b'));
@@ -197,6 +207,7 @@ it(
           if (failed?.detail?.killed_pgid === run.processing!.pgid) killedAtRestart.push(run.number);
         }
         expect(killedAtRestart.length, `c's restart killed a slow run's orphan; ${hint}`).toBeGreaterThan(0);
+        openGate(1);
 
         await waitFor(async () => (await finishedCount(s)) === RUNS, `all ${RUNS} runs finished (${hint})`, {
           timeoutMs: 60_000,
@@ -209,6 +220,7 @@ it(
         }
 
         const problems: string[] = [];
+        const histories = new Map<number, RunEvent[]>();
         const donePerHost: Record<string, number> = { a: 0, b: 0, c: 0 };
         let attempts = 0;
         let repairedByCleanup = 0;
@@ -224,10 +236,15 @@ it(
           }
           const events = await s.listRunEvents(number);
           problems.push(...runHistoryProblems(run, events));
+          histories.set(number, events);
           attempts += p.attempt;
           repairedByCleanup += events.filter((e) => e.detail?.by === 'cleanup').length;
         }
         expect(problems, hint).toEqual([]);
+        // The evidence below is only worth something if the commands wrote it: one journal per run, one command
+        // per busy transition.
+        const tally: CommandTally = { busyTransitions: 0, commandsStarted: 0, busyWithoutCommand: 0 };
+        expect(commandEvidenceProblems(evidence, histories, tally), `command evidence; ${hint}`).toEqual([]);
         expect(aliveAttempts(attemptProcesses(evidence)).map((p) => p.record), `alive attempts; ${hint}`).toEqual([]);
         expect(violations(evidence), `lock violations; ${hint}`).toEqual([]);
         expect(journalOverlaps(evidence), `journal overlaps; ${hint}`).toEqual([]);
@@ -241,10 +258,11 @@ it(
           restarts: 2,
           done_per_host: donePerHost,
           attempts,
-          commands_started: [...journalAttempts(evidence).values()].reduce((a, b) => a + b, 0),
+          commands_started: tally.commandsStarted,
+          busy_transitions: tally.busyTransitions,
+          busy_without_command: tally.busyWithoutCommand,
           runs_of_b_taken_over: takenOver.length,
           orphans_of_b_after_kill: orphansOfB.length,
-          orphans_of_b_alive_at_takeover_end: takeoverOrphansLeft,
           repaired_by_cleanup: repairedByCleanup,
           orphans_of_c_killed_at_restart: killedAtRestart.length,
           lost: RUNS - (await finishedCount(s)),

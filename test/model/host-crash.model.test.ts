@@ -230,6 +230,15 @@ describe('host machine, crash injection with real effects, SQLite and commands',
         `${orphans} orphaned command(s) left running, killed by the newcomer`,
     );
     expect(broken).toEqual([]);
+    // Every crash landed in the state it was aimed at (a crash that never came would fail here, not pass on less).
+    expect(crashed).toEqual([
+      'recovering',
+      'running.claiming',
+      'running.busy',
+      'running.idle',
+      'stopping',
+      'deregistering',
+    ]);
     // Crashing in claiming (the claim commits as the store is called), busy and stopping leaves a claimed run;
     // busy and stopping also leave its hanging command behind.
     expect(repaired).toBe(3);

@@ -41,13 +41,57 @@ const OTHER_HOST = 'h2';
 
 type Mode = 'ok' | 'exit3' | 'exit42' | 'hang-stop' | 'bad-input';
 
-/** How the first attempt goes; every later attempt writes its output and exits 0. */
-const MODES: Array<{ mode: Mode; firstAttempt: string; settles: 'done' | 'abandoned' }> = [
-  { mode: 'ok', firstAttempt: 'succeeds', settles: 'done' },
-  { mode: 'exit3', firstAttempt: 'exits 3 and is retried', settles: 'done' },
-  { mode: 'exit42', firstAttempt: 'exits with a no-retry code', settles: 'abandoned' },
-  { mode: 'hang-stop', firstAttempt: 'hangs until its host stops and releases it', settles: 'done' },
-  { mode: 'bad-input', firstAttempt: 'fails preflight (every attempt does)', settles: 'abandoned' },
+const CLAIMED = 'after claimNextRun#1 ((claimed; no run actor yet))';
+const BUSY = 'after markBusy#1 (considering)';
+const SPAWNED = 'after recordProcessGroup#1 (busy.supervising)';
+
+/**
+ * How the first attempt goes (every later attempt writes its output and exits 0), and what the injection must
+ * find: each committed write of the first daemon as a crash point, with the machine state it died in, and how
+ * many orphaned commands the restarts kill. Exact, so a write that goes missing (or a crash that never lands)
+ * fails the test instead of shrinking the evidence.
+ */
+const MODES: Array<{
+  mode: Mode;
+  firstAttempt: string;
+  settles: 'done' | 'abandoned';
+  crashes: string[];
+  /** Orphans the restarts must kill; undefined where a quick command may or may not have ended by then. */
+  orphansKilled?: number;
+}> = [
+  {
+    mode: 'ok',
+    firstAttempt: 'succeeds',
+    settles: 'done',
+    crashes: [CLAIMED, BUSY, SPAWNED, 'after finishRun#1 (busy.registering)'],
+  },
+  {
+    mode: 'exit3',
+    firstAttempt: 'exits 3 and is retried',
+    settles: 'done',
+    crashes: [CLAIMED, BUSY, SPAWNED, 'after failRun#1 (failed.recording)'],
+  },
+  {
+    mode: 'exit42',
+    firstAttempt: 'exits with a no-retry code',
+    settles: 'abandoned',
+    crashes: [CLAIMED, BUSY, SPAWNED, 'after abandonRun#1 (abandoned.recording)'],
+  },
+  {
+    mode: 'hang-stop',
+    firstAttempt: 'hangs until its host stops and releases it',
+    settles: 'done',
+    crashes: [CLAIMED, BUSY, SPAWNED, 'after releaseRun#1 (releasing)'],
+    // The hanging command outlives its daemon only when the crash comes after it was spawned and recorded, and
+    // before the stop killed it.
+    orphansKilled: 1,
+  },
+  {
+    mode: 'bad-input',
+    firstAttempt: 'fails preflight (every attempt does)',
+    settles: 'abandoned',
+    crashes: [CLAIMED, 'after failRun#1 (failed.recording)'],
+  },
 ];
 
 const SCRIPT = `out=$1; attempt=$2; mode=$3
@@ -242,19 +286,21 @@ async function crashScenario(mode: Mode, point: CrashPoint | undefined, recovery
 }
 
 describe('run machine, crash injection with real effects, SQLite and commands', () => {
-  for (const { mode, firstAttempt, settles } of MODES) {
+  for (const { mode, firstAttempt, settles, crashes, orphansKilled: expectedOrphans } of MODES) {
     it(`the first attempt ${firstAttempt}: a crash after each of its writes, then restart or cleanup`, async () => {
       const reference = await crashScenario(mode, undefined, 'restart');
       expect(reference.problems).toEqual([]);
       expect(reference.settled).toBe(settles);
       const points = reference.first.writes;
-      expect(points.length).toBeGreaterThan(0);
+      expect(points.map(describePoint)).toEqual(crashes.map((c) => c.replace(/ \(.*$/, '')));
       const broken: string[] = [];
       const states = new Set<string>();
       let orphansKilled = 0;
+      let recoveries = 0;
       for (const point of points) {
         for (const recovery of ['restart', 'cleanup'] as const) {
           const outcome = await crashScenario(mode, point, recovery);
+          recoveries += 1;
           if (recovery === 'restart') orphansKilled += outcome.orphans;
           states.add(`${describePoint(point)} (${outcome.first.state})`);
           for (const p of outcome.problems) broken.push(`${describePoint(point)}, ${recovery}: ${p}`);
@@ -266,8 +312,12 @@ describe('run machine, crash injection with real effects, SQLite and commands', 
           `; ${orphansKilled} orphaned command(s) killed by restarts`,
       );
       expect(broken).toEqual([]);
-      // The hanging command outlives its daemon: the restart after that crash had a real orphan to kill.
-      if (mode === 'hang-stop') expect(orphansKilled).toBeGreaterThan(0);
+      // Each crash point crashed in the state listed, and was recovered from both ways.
+      expect([...states]).toEqual(crashes);
+      expect(recoveries).toBe(crashes.length * 2);
+      // A command that ends by itself may still be alive right after the crash that follows its spawn: at most one.
+      if (expectedOrphans === undefined) expect(orphansKilled).toBeLessThanOrEqual(1);
+      else expect(orphansKilled).toBe(expectedOrphans);
     });
   }
 });
