@@ -1,0 +1,185 @@
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { loadConfig } from '../../src/config/index.js';
+import type { Config } from '../../src/config/schema.js';
+import { startDaemon, type DaemonHandle } from '../../src/daemon/daemon.js';
+import { failRunByOperator } from '../../src/daemon/operator-actions.js';
+import { openStore } from '../../src/store/open-store.js';
+import type { RunStore } from '../../src/store/run-store.js';
+import type { RunEvent } from '../../src/store/types.js';
+import { tempDir, waitFor } from '../helpers/cli.js';
+import { deadPid, silentLogger, TestClock } from '../model/crash-harness.js';
+
+// Backoff growth at every place that schedules a retry (DESIGN §4: base × U(jitter) × factor ^ min(n, max_exponent),
+// n = failures before this one). A real daemon over a real SQLite file and real commands; the daemon and the store
+// share a test clock that moves only when the test says, so next_retry − (the time of the failed event written in
+// the same transaction) is exactly the delay the daemon chose. With jitter [1, 1] and factor 3 the delays after
+// failures 1..4 must be 1 s, 3 s, 9 s, 9 s (max_exponent 2): a count that stays 0 or is off by one shows at once.
+
+const HOST = 'backoff';
+const EXPECTED_DELAYS = [1_000, 3_000, 9_000, 9_000];
+
+let dir: string;
+let cleanup: () => void;
+let clock: TestClock;
+let store: RunStore;
+let daemon: DaemonHandle | undefined;
+
+beforeEach(async () => {
+  ({ dir, cleanup } = tempDir('runwarden-backoff-'));
+  clock = new TestClock();
+  store = await openStore(`sqlite:${join(dir, 'runs.db')}`, { clock: clock.read });
+});
+
+afterEach(async () => {
+  if (daemon) {
+    daemon.stop();
+    await daemon.done;
+    daemon = undefined;
+  }
+  await store.close();
+  cleanup();
+});
+
+function config(command: string[], extra: string[] = []): Config {
+  return loadConfig({
+    cwd: dir,
+    env: {},
+    flags: {
+      store: `sqlite:${join(dir, 'runs.db')}`,
+      host: HOST,
+      set: [
+        `process.command=${JSON.stringify(command)}`,
+        'timeouts.check_interval=0.1s',
+        'timeouts.idle_poll=0.05s',
+        'timeouts.cleanup_interval=0.05s',
+        'timeouts.signal_escalate=0.5s',
+        'timeouts.max_considering_time=1h',
+        'timeouts.max_busy_time=2h',
+        'timeouts.presumed_dead=3h',
+        'retry.base=1s',
+        'retry.factor=3',
+        'retry.max_exponent=2',
+        'retry.jitter=[1, 1]',
+        'retry.max_failures=10',
+        'disk.max_used_percent=100',
+        'disk.min_free_bytes=0',
+        ...extra,
+      ],
+    },
+  });
+}
+
+function start(cfg: Config): DaemonHandle {
+  daemon = startDaemon({ config: cfg, store, logger: silentLogger(HOST), clock: clock.read });
+  return daemon;
+}
+
+/** The k-th event into `failed` of run `number`, once it exists. */
+async function nthFailure(number: number, k: number, what: string): Promise<RunEvent> {
+  return waitFor(
+    async () => (await store.listRunEvents(number)).filter((e) => e.to === 'failed')[k - 1],
+    `failure ${k} of run ${number} (${what})`,
+  );
+}
+
+/** next_retry − the failed event's time, and n_failures, as the run says right after failure k. */
+async function delayAfter(number: number, k: number, what: string): Promise<{ delay: number; nFailures: number }> {
+  const event = await nthFailure(number, k, what);
+  const p = (await store.getRun(number))!.processing!;
+  expect(p.state, `run ${number} after failure ${k} (${what})`).toBe('failed');
+  return { delay: p.next_retry! - event.time, nFailures: p.n_failures };
+}
+
+/** Lets the retry come due: the clock moves to next_retry, so the run is eligible exactly then. */
+async function comeDue(number: number): Promise<void> {
+  const p = (await store.getRun(number))!.processing!;
+  clock.advance(p.next_retry! - clock.now);
+}
+
+describe('backoff grows with the failure count at every call site', () => {
+  it('the daemon recording its command failures: 1 s, 3 s, 9 s, 9 s', async () => {
+    start(config(['sh', '-c', 'exit 3']));
+    await store.insertRun({ number: 1, start: 1 });
+    const delays: number[] = [];
+    for (let k = 1; k <= EXPECTED_DELAYS.length; k++) {
+      const { delay, nFailures } = await delayAfter(1, k, 'the command exits 3');
+      expect(nFailures).toBe(k);
+      delays.push(delay);
+      await comeDue(1);
+    }
+    expect(delays).toEqual(EXPECTED_DELAYS);
+  });
+
+  it('cleanup failing a run whose owner went silent: 1 s, 3 s, 9 s, 9 s', async () => {
+    // Held, so the daemon never claims it itself: only a silent owner (a dead pid on another host) does, and the
+    // daemon's cleanup pass fails it once max_considering_time has passed on the store's clock.
+    const cfg = config(['sh', '-c', 'exit 0']);
+    start(cfg);
+    await store.insertRun({ number: 2, start: 1, tags: ['hold'] });
+    const ghost = { host: 'ghost', pid: await deadPid(), order: 'newest' as const };
+    const delays: number[] = [];
+    for (let k = 1; k <= EXPECTED_DELAYS.length; k++) {
+      const before = (await store.getRun(2))!.processing;
+      const claimed = await store.claimRun(2, ghost, { state: before?.state ?? null, token: before?.token ?? null });
+      expect(claimed?.processing?.state, `the silent owner's claim ${k}`).toBe('considering');
+      clock.advance(cfg.timeouts.max_considering_time + 1);
+      const event = await nthFailure(2, k, 'cleanup');
+      expect(event.detail).toMatchObject({ by: 'cleanup', kind: 'stale' });
+      const p = (await store.getRun(2))!.processing!;
+      expect(p.n_failures).toBe(k);
+      delays.push(p.next_retry! - event.time);
+    }
+    expect(delays).toEqual(EXPECTED_DELAYS);
+  });
+
+  it('an operator failing a run the daemon finished: 1 s, 3 s, 9 s, 9 s', async () => {
+    const cfg = config(['sh', '-c', 'echo ok > "$RUNWARDEN_OUTPUT/result"']);
+    start(cfg);
+    await store.insertRun({ number: 3, start: 1 });
+    const operator = { store, config: cfg, host: 'desk', user: 'tester', random: Math.random, clock: clock.read };
+    const delays: number[] = [];
+    for (let k = 1; k <= EXPECTED_DELAYS.length; k++) {
+      await waitFor(async () => (await store.getRun(3))!.processing?.state === 'done', `run 3 done (attempt ${k})`);
+      await failRunByOperator(operator, 3, `bad calibration ${k}`);
+      const { delay, nFailures } = await delayAfter(3, k, 'operator fail');
+      expect(nFailures).toBe(k);
+      delays.push(delay);
+      await comeDue(3);
+    }
+    expect(delays).toEqual(EXPECTED_DELAYS);
+  });
+
+  it('a restarted daemon failing the runs its predecessor held: eligible at once (no backoff)', async () => {
+    // A restart is not the run's fault: its retry is due at the restart's own time, however many failures came
+    // before. Each round a dead predecessor of this host holds the run, and a fresh daemon recovers it.
+    const cfg = config(['sh', '-c', 'exit 0'], []);
+    await store.insertRun({ number: 4, start: 1, tags: ['hold'] });
+    const delays: number[] = [];
+    const failures: number[] = [];
+    for (let k = 1; k <= EXPECTED_DELAYS.length; k++) {
+      const previous = await deadPid();
+      const before = (await store.getRun(4))!.processing;
+      const claimed = await store.claimRun(
+        4,
+        { host: HOST, pid: previous, order: 'newest' },
+        { state: before?.state ?? null, token: before?.token ?? null },
+      );
+      expect(claimed?.processing?.state).toBe('considering');
+      clock.advance(1);
+      const d = start(cfg);
+      const event = await nthFailure(4, k, 'restart');
+      expect(event.detail).toMatchObject({ kind: 'restart', previous_pid: previous });
+      const p = (await store.getRun(4))!.processing!;
+      delays.push(p.next_retry! - event.time);
+      failures.push(p.n_failures);
+      d.stop();
+      expect(await d.done).toBe(0);
+      daemon = undefined;
+      clock.advance(1);
+    }
+    expect(delays).toEqual([0, 0, 0, 0]);
+    expect(failures).toEqual([1, 2, 3, 4]);
+  });
+});
