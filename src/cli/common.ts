@@ -3,6 +3,7 @@ import { formatDuration, formatElapsed, parseDuration } from '../config/duration
 import { loadConfig, type ConfigFlags } from '../config/index.js';
 import type { Config } from '../config/schema.js';
 import { ConfigError, UsageError, exitCodeOf } from '../errors.js';
+import { isDateMs, isoTimeOrInvalid } from '../time-range.js';
 import { openStore } from '../store/open-store.js';
 import type { RunStore } from '../store/run-store.js';
 
@@ -102,8 +103,10 @@ export function table(headers: string[], rows: string[][]): string {
   return [line(headers), ...rows.map(line)].join('\n');
 }
 
+/** `2024-05-01 12:00:00Z`; `-` when absent; `invalid time (…)` for a value no Date holds (never throws). */
 export function formatTime(ms: number | undefined): string {
-  if (ms === undefined || !Number.isFinite(ms)) return '-';
+  if (ms === undefined) return '-';
+  if (!isDateMs(ms)) return isoTimeOrInvalid(ms);
   return new Date(ms).toISOString().replace('T', ' ').replace(/\.\d{3}Z$/, 'Z');
 }
 

@@ -4,6 +4,7 @@
 import { formatByteSize, formatElapsed } from '../config/duration.js';
 import { monitorMinute } from '../store/run-store.js';
 import { HOST_STATES, type HostState, type MonitorSample } from '../store/types.js';
+import { isDateMs, isoTimeOrInvalid } from '../time-range.js';
 
 const MINUTE_MS = 60_000;
 /** Silences listed one by one in the text; the rest are counted. */
@@ -131,6 +132,7 @@ export function summariseHistory(
 
 /** `10:07Z`, with the date when the window is longer than a day. */
 function clockTime(ms: number, withDate: boolean): string {
+  if (!isDateMs(ms)) return isoTimeOrInvalid(ms);
   const iso = new Date(ms).toISOString();
   return withDate ? `${iso.slice(0, 10)} ${iso.slice(11, 16)}Z` : `${iso.slice(11, 16)}Z`;
 }

@@ -5,6 +5,7 @@ import { repairFailureOutcome } from '../policy/failure-decision.js';
 import { retryDelay } from '../policy/retry-delay.js';
 import type { RunOverride, RunStore } from '../store/run-store.js';
 import type { RunDoc, RunState } from '../store/types.js';
+import { isoTimeOrInvalid } from '../time-range.js';
 
 // The cleanup pass (DESIGN §4): repairs what crashed or vanished hosts left behind, from any host. Each repair
 // is one fenced write (store.overrideRun on the state and token just read), so two hosts cleaning at once never
@@ -45,9 +46,6 @@ export interface CleanupReport {
   errors: Array<{ number: number; kind: RepairKind; error: string }>;
 }
 
-function isoTime(ms: number): string {
-  return Number.isFinite(ms) ? new Date(ms).toISOString() : `an unreadable time (${String(ms)})`;
-}
 
 /** The failure a repair records: counted, with backoff, or abandoned once max_failures is reached. */
 function failureOverride(deps: CleanupDeps, run: RunDoc, what: string): RunOverride {
@@ -65,7 +63,7 @@ function staleReason(deps: CleanupDeps, run: RunDoc): string {
   const p = run.processing!;
   const limit = p.state === 'busy' ? 'timeouts.max_busy_time' : 'timeouts.max_considering_time';
   return (
-    `host ${p.host} said it was ${p.state} at ${isoTime(p.time)} (${formatElapsed(deps.clock() - p.time)} ago), ` +
+    `host ${p.host} said it was ${p.state} at ${isoTimeOrInvalid(p.time)} (${formatElapsed(deps.clock() - p.time)} ago), ` +
     `then nothing; ${limit} passed, failed by cleanup on host ${deps.host}`
   );
 }
@@ -113,7 +111,7 @@ export async function cleanupPass(deps: CleanupDeps): Promise<CleanupReport> {
 
   for (const host of await store.markSilentHostsDead(config.timeouts.presumed_dead)) {
     report.deadHosts.push({ host: host.host, silentSince: host.time });
-    await warn(`host ${host.host} presumed dead: silent since ${isoTime(host.time)}`);
+    await warn(`host ${host.host} presumed dead: silent since ${isoTimeOrInvalid(host.time)}`);
   }
 
   const stale = await store.listStaleRuns({

@@ -82,7 +82,10 @@ export function runEffects(ctx: DaemonContext) {
   const preflight = fromPromise<PreflightOutput, { run: ClaimedRun }>(async ({ input }) => {
     const { run } = input;
     const doc = docOf(run);
-    const problems = [...(doc.invalid ?? []), ...validateRunDocument(doc)];
+    // A field decoding already reported is not reported twice.
+    const decoded = doc.invalid ?? [];
+    const reported = (problem: string) => decoded.some((d) => d.split(':')[0] === problem.split(':')[0]);
+    const problems = [...decoded, ...validateRunDocument(doc).filter((p) => !reported(p))];
     if (problems.length > 0) throw new Error(`invalid run document: ${problems.join('; ')}`);
     if (doc.input !== undefined && doc.input !== '' && !existsSync(doc.input)) {
       throw new Error(`input does not exist: ${doc.input}`);

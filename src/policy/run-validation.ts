@@ -4,6 +4,7 @@
 import { nearestKey, isPlainObject } from '../config/validate.js';
 import { UsageError } from '../errors.js';
 import type { NewRun } from '../store/types.js';
+import { MAX_DATE_MS, isDateMs } from '../time-range.js';
 
 /** Longest name or input accepted: both end up in argv elements and file names. */
 export const MAX_TEXT_LENGTH = 4095;
@@ -87,16 +88,17 @@ export function validateRunDocument(run: unknown): string[] {
   if (typeof run.number !== 'number' || !Number.isSafeInteger(run.number) || run.number < 0) {
     expect(problems, 'number', 'a non-negative integer', run.number);
   }
-  if (typeof run.start !== 'number' || !Number.isFinite(run.start)) expect(problems, 'start', 'a time in epoch milliseconds', run.start);
-  if (run.end !== undefined && run.end !== null && (typeof run.end !== 'number' || !Number.isFinite(run.end))) {
-    expect(problems, 'end', 'a time in epoch milliseconds', run.end);
-  }
+  if (!isDateMs(run.start)) expect(problems, 'start', TIME_IN_RANGE, run.start);
+  if (run.end !== undefined && run.end !== null && !isDateMs(run.end)) expect(problems, 'end', TIME_IN_RANGE, run.end);
   if (run.priority !== undefined && run.priority !== null && (typeof run.priority !== 'number' || !Number.isFinite(run.priority))) {
     expect(problems, 'priority', 'a number', run.priority);
   }
   checkCommon(problems, run);
   return problems.map((problem) => problem.message);
 }
+
+/** What a stored time must be: epoch ms that a date can hold. */
+const TIME_IN_RANGE = `a time in epoch milliseconds within ±${MAX_DATE_MS} (the range of a date)`;
 
 const ISO_8601 = /^(\d{4}-\d{2}-\d{2})(?:[T ](\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?)(Z|[+-]\d{2}:?\d{2})?)?$/i;
 
@@ -105,7 +107,7 @@ const ISO_8601 = /^(\d{4}-\d{2}-\d{2})(?:[T ](\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?)(
  * a date and time without an offset is local time (JavaScript's rule).
  */
 function parseTime(value: unknown): number | undefined {
-  if (typeof value === 'number') return Number.isFinite(value) ? value : undefined;
+  if (typeof value === 'number') return isDateMs(value) ? value : undefined;
   if (typeof value !== 'string') return undefined;
   const match = ISO_8601.exec(value.trim());
   if (!match) return undefined;
@@ -113,7 +115,7 @@ function parseTime(value: unknown): number | undefined {
   let text = time === undefined ? date : `${date}T${time}`;
   if (zone !== undefined) text += /^[+-]\d{4}$/.test(zone) ? `${zone.slice(0, 3)}:${zone.slice(3)}` : zone.toUpperCase();
   const ms = Date.parse(text);
-  return Number.isNaN(ms) ? undefined : ms;
+  return isDateMs(ms) ? ms : undefined;
 }
 
 function parseNumber(value: unknown): number | undefined {
@@ -122,7 +124,9 @@ function parseNumber(value: unknown): number | undefined {
   return undefined;
 }
 
-const TIME_ACCEPTED = 'an ISO-8601 time (e.g. "2024-05-01T12:00:00Z") or epoch milliseconds';
+const TIME_ACCEPTED =
+  'an ISO-8601 time (e.g. "2024-05-01T12:00:00Z") or epoch milliseconds, ' +
+  'between -271821-04-20 and +275760-09-13 (the range of a date)';
 
 /**
  * A run from `submit --file` (one JSON line) or from CLI arguments, checked and normalised. `where` starts

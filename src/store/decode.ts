@@ -3,6 +3,7 @@
 // a reason. Also the checks every backend applies to a new run before it is written.
 
 import { UsageError } from '../errors.js';
+import { MAX_DATE_MS, isDateMs } from '../time-range.js';
 import type { DiskFigures, HostState, MonitorSample, NewRun, Processing, RunOutput, RunState } from './types.js';
 
 export function num(value: unknown): number | undefined {
@@ -75,13 +76,19 @@ export function describeRaw(value: unknown): string {
   return `${kind} ${text.length > 40 ? `${text.slice(0, 39)}…` : text}`;
 }
 
+/** How a decoded time field beyond what a date holds is described in `invalid` and `problems`. */
+export const OUT_OF_DATE_RANGE = `outside the range of a date (±${MAX_DATE_MS} ms)`;
+
 /** What every backend refuses in a new run, each as a UsageError naming the field. */
 export function checkNewRun(run: NewRun): void {
   if (!Number.isSafeInteger(run.number)) {
     throw new UsageError(`run number must be an integer, got ${String(run.number)}`, 'number');
   }
-  if (typeof run.start !== 'number' || !Number.isFinite(run.start)) {
-    throw new UsageError(`run ${run.number}: start must be a time in epoch ms`, 'start');
+  if (!isDateMs(run.start)) {
+    throw new UsageError(`run ${run.number}: start must be a time in epoch ms within ±${MAX_DATE_MS}`, 'start');
+  }
+  if (run.end !== undefined && run.end !== null && !isDateMs(run.end)) {
+    throw new UsageError(`run ${run.number}: end must be a time in epoch ms within ±${MAX_DATE_MS}`, 'end');
   }
   if (run.tags !== undefined && (!Array.isArray(run.tags) || run.tags.some((t) => typeof t !== 'string'))) {
     throw new UsageError(`run ${run.number}: tags must be a list of strings`, 'tags');

@@ -29,6 +29,8 @@ function fieldOf(problem: string): string {
 const present = (value: unknown) => value !== null && value !== undefined;
 const finiteNumber = (value: unknown) =>
   (typeof value === 'number' && Number.isFinite(value)) || (typeof value === 'bigint' && Number.isFinite(Number(value)));
+/** A time in epoch ms that a Date can hold (±8.64e15). */
+const dateNumber = (value: unknown) => finiteNumber(value) && Math.abs(Number(value)) <= 8.64e15;
 const runNumber = (value: unknown) =>
   (typeof value === 'number' || typeof value === 'bigint') && Number.isSafeInteger(Number(value)) && Number(value) >= 0;
 const parsed = (value: unknown): unknown => {
@@ -58,8 +60,9 @@ const badText = (field: string, value: unknown) =>
 function badSqliteFields(row: Record<string, unknown>): Set<string> {
   const bad = new Set<string>();
   if (!runNumber(row.number)) bad.add('number');
-  if (!finiteNumber(row.start)) bad.add('start');
-  for (const field of ['end', 'priority']) if (present(row[field]) && !finiteNumber(row[field])) bad.add(field);
+  if (!dateNumber(row.start)) bad.add('start');
+  if (present(row.end) && !dateNumber(row.end)) bad.add('end');
+  if (present(row.priority) && !finiteNumber(row.priority)) bad.add('priority');
   for (const field of ['name', 'mode', 'input']) if (badText(field, row[field])) bad.add(field);
   if (present(row.tags) && !stringList(parsed(row.tags))) bad.add('tags');
   if (present(row.params) && !goodParams(parsed(row.params))) bad.add('params');
@@ -70,8 +73,8 @@ function badSqliteFields(row: Record<string, unknown>): Set<string> {
 function badMongoFields(doc: Record<string, unknown>): Set<string> {
   const bad = new Set<string>();
   if (!runNumber(doc.number)) bad.add('number');
-  if (!(validDate(doc.start) || finiteNumber(doc.start))) bad.add('start');
-  if (present(doc.end) && !(validDate(doc.end) || finiteNumber(doc.end))) bad.add('end');
+  if (!(validDate(doc.start) || dateNumber(doc.start))) bad.add('start');
+  if (present(doc.end) && !(validDate(doc.end) || dateNumber(doc.end))) bad.add('end');
   if (present(doc.priority) && !finiteNumber(doc.priority)) bad.add('priority');
   for (const field of ['name', 'mode', 'input']) if (badText(field, doc[field])) bad.add(field);
   if (present(doc.tags) && !stringList(doc.tags)) bad.add('tags');

@@ -3,6 +3,7 @@
 // here; the bad field is reported in `invalid` (or left out) and later validation fails the run with it.
 
 import { UsageError } from '../../errors.js';
+import { isDateMs } from '../../time-range.js';
 import type {
   HostDoc,
   HostState,
@@ -40,6 +41,12 @@ export function millis(value: unknown): number | undefined {
     return Number.isFinite(t) ? t : undefined;
   }
   return num(value);
+}
+
+/** Epoch ms of a run's date field; a number beyond what a date holds is no date. */
+function dateMillis(value: unknown): number | undefined {
+  const ms = millis(value);
+  return isDateMs(ms) ? ms : undefined;
 }
 
 /** A BSON date for epoch ms; refuses what Date cannot hold (beyond ±8.64e15 ms). */
@@ -97,7 +104,7 @@ export function runFromDoc(doc: MongoDoc): RunDoc {
   if (doc.start === null || doc.start === undefined) invalid.push('start: missing; expected a date');
   const run: RunDoc = {
     number: num(doc.number) ?? Number(doc.number),
-    start: field('start', 'a date', millis, 0),
+    start: field('start', 'a date', dateMillis, 0),
     tags: field(
       'tags',
       'an array of strings',
@@ -114,7 +121,7 @@ export function runFromDoc(doc: MongoDoc): RunDoc {
     }
   }
   put(run, 'name', str(doc.name));
-  put(run, 'end', field<number | undefined>('end', 'a date', millis, undefined));
+  put(run, 'end', field<number | undefined>('end', 'a date', dateMillis, undefined));
   put(run, 'mode', str(doc.mode));
   put(run, 'input', str(doc.input));
 

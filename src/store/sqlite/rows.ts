@@ -13,7 +13,9 @@ import type {
   RunState,
 } from '../types.js';
 
+import { isDateMs } from '../../time-range.js';
 import {
+  OUT_OF_DATE_RANGE,
   describeRaw,
   diskFrom,
   isObject,
@@ -82,9 +84,15 @@ export function runFromRow(row: Row): RunDoc {
     }
     return value ?? fallback;
   };
+  /** A time column: a number a date can hold; one beyond is kept (shown as an invalid time) and reported. */
+  const timeColumn = <T extends number | undefined>(field: string, fallback: T): number | T => {
+    const value = numberColumn(field, fallback);
+    if (value !== undefined && !isDateMs(value)) invalid.push(`${field}: ${OUT_OF_DATE_RANGE}, got ${value}`);
+    return value;
+  };
   const doc: RunDoc = {
     number: num(row.number) ?? Number(row.number),
-    start: numberColumn('start', 0),
+    start: timeColumn('start', 0),
     tags: jsonColumn(
       'tags',
       'an array of strings',
@@ -100,7 +108,7 @@ export function runFromRow(row: Row): RunDoc {
       invalid.push(`${field}: expected a string, got ${describeRaw(row[field])}`);
     }
   }
-  put(doc, 'end', numberColumn('end', undefined));
+  put(doc, 'end', timeColumn('end', undefined));
   if (invalid.length > 0) doc.invalid = invalid;
   put(doc, 'name', str(row.name));
   put(doc, 'mode', str(row.mode));
