@@ -6,6 +6,7 @@ import { ConfigError, UsageError, exitCodeOf } from '../errors.js';
 import { isDateMs, isoTimeOrInvalid } from '../time-range.js';
 import { openStore } from '../store/open-store.js';
 import type { RunStore } from '../store/run-store.js';
+import { jsonText } from './json-output.js';
 
 // What every command shares: the global options, loading the configuration, opening the store,
 // printing either for people or as JSON, and turning errors into exit codes (DESIGN §7).
@@ -76,8 +77,9 @@ export async function withStore<T>(
   }
 }
 
+/** `--json` output: times as ISO 8601 strings (jsonText). */
 export function printJson(value: unknown): void {
-  process.stdout.write(`${JSON.stringify(value, null, 2)}\n`);
+  process.stdout.write(`${jsonText(value)}\n`);
 }
 
 /** Runs a command's body; errors become one line on stderr and the exit code DESIGN §7 gives them. */

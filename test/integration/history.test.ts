@@ -15,6 +15,18 @@ const sandbox = useSandbox();
 const MINUTE = 60_000;
 const HOST = 'histhost';
 
+const ISO = /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$/;
+
+/** The JSON with every ISO 8601 time string turned back into epoch ms. */
+function withEpochTimes(value: unknown): unknown {
+  if (typeof value === 'string' && ISO.test(value)) return Date.parse(value);
+  if (Array.isArray(value)) return value.map(withEpochTimes);
+  if (value && typeof value === 'object') {
+    return Object.fromEntries(Object.entries(value).map(([k, v]) => [k, withEpochTimes(v)]));
+  }
+  return value;
+}
+
 interface HistoryJson {
   since: number;
   now: number;
@@ -95,7 +107,9 @@ describe('runwarden status --history', () => {
 
     const json = await sandbox.run(['status', '--history', '--json']);
     expect(json.exitCode, json.stderr).toBe(0);
-    const report = JSON.parse(json.stdout) as HistoryJson;
+    // --json gives times as ISO 8601 strings; the checks below compare them as epoch ms.
+    expect(JSON.parse(json.stdout)).toMatchObject({ since: expect.stringMatching(ISO), now: expect.stringMatching(ISO) });
+    const report = withEpochTimes(JSON.parse(json.stdout)) as HistoryJson;
     expect(report.now - report.since).toBe(3_600_000);
     expect(report.hosts.map((h) => h.host)).toEqual(['crashed', HOST]);
     // The daemon keeps sampling while this test runs: its samples are those of minute M0 and later.
@@ -123,7 +137,7 @@ describe('runwarden status --history', () => {
     ]);
     // Nothing older than 7 days, not even with the longest window.
     const weekRun = await sandbox.run(['status', '--history', '--since', '7d', '--json']);
-    const week = JSON.parse(weekRun.stdout) as HistoryJson;
+    const week = withEpochTimes(JSON.parse(weekRun.stdout)) as HistoryJson;
     expect(week.samples.filter((s) => s.running.includes(9))).toEqual([]);
     expect(Math.min(...week.samples.map((s) => s.time))).toBe(at(-50) + 1_500);
 

@@ -88,3 +88,35 @@ describe('a store that does not exist', () => {
     expect(listed.stdout).toMatch(/^7 +pending/m);
   });
 });
+
+describe('--json', () => {
+  it('gives every time as an ISO 8601 string; params keep what the user wrote', async () => {
+    config(['sh', '-c', 'echo ok > "$1/out"', 'sh', '{output}']);
+    await (await sandbox.openStore()).insertRun({ number: 3, start: Date.now(), tags: [], params: { start: 5, time: 7 } });
+    const processed = await sandbox.run(['process', '3', '--json']);
+    expect(processed.exitCode, processed.stderr).toBe(0);
+    const iso = expect.stringMatching(/^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$/);
+    const processing = { time: iso, started: iso, ended: iso };
+    expect(JSON.parse(processed.stdout)).toMatchObject({ run: { start: iso, processing, outputs: [{ at: iso }] } });
+
+    await (await sandbox.openStore()).registerHost({
+      host: 'lab1', pid: 1, token: 't', state: 'idle', time: Date.now(), started: Date.now(), version: 'x', slots: 1, running: [],
+    });
+    const [list, show, status, top] = await Promise.all([
+      sandbox.run(['list', '--json']),
+      sandbox.run(['show', '3', '--json']),
+      sandbox.run(['status', '--json']),
+      sandbox.run(['top', '--once', '--json']),
+    ]);
+    expect(JSON.parse(list.stdout)).toMatchObject([{ number: 3, start: iso, params: { start: 5, time: 7 }, processing }]);
+    const shown = JSON.parse(show.stdout) as { events: Array<{ time: unknown; from: unknown; to: unknown }> };
+    expect(shown).toMatchObject({ run: { start: iso, processing } });
+    expect(shown.events.map((e) => [e.time, e.to])).toEqual([
+      [iso, 'considering'],
+      [iso, 'busy'],
+      [iso, 'done'],
+    ]);
+    expect(JSON.parse(status.stdout)).toMatchObject({ hosts: [{ host: 'lab1', time: iso, started: iso }], counts: { done: 1 } });
+    expect(JSON.parse(top.stdout)).toMatchObject({ readAt: iso });
+  });
+});
