@@ -4,7 +4,16 @@
 
 import { UsageError } from '../errors.js';
 import { MAX_DATE_MS, isDateMs } from '../time-range.js';
-import type { DiskFigures, HostState, MonitorSample, NewRun, Processing, RunOutput, RunState } from './types.js';
+import type {
+  DiskFigures,
+  DrainingAttempt,
+  HostState,
+  MonitorSample,
+  NewRun,
+  Processing,
+  RunOutput,
+  RunState,
+} from './types.js';
 
 export function num(value: unknown): number | undefined {
   if (typeof value === 'number' && Number.isFinite(value)) return value;
@@ -128,7 +137,24 @@ export function processingFrom(
   put(p, 'signal', str(fields.signal));
   put(p, 'targets', stringArray(structured(fields.targets)));
   put(p, 'resources', numberMap(structured(fields.resources)));
+  put(p, 'draining', drainingFrom(structured(fields.draining), time));
   return p;
+}
+
+/** A draining record from a stored object; anything without a host, an attempt and a time is none. */
+export function drainingFrom(
+  value: unknown,
+  time: (value: unknown) => number | undefined,
+): DrainingAttempt | undefined {
+  if (!isObject(value)) return undefined;
+  const host = str(value.host);
+  const attempt = num(value.attempt);
+  const until = time(value.until);
+  if (host === undefined || attempt === undefined || until === undefined) return undefined;
+  const d: DrainingAttempt = { host, pid: num(value.pid) ?? 0, attempt, until };
+  put(d, 'pgid', num(value.pgid));
+  put(d, 'proc_start', num(value.proc_start));
+  return d;
 }
 
 /** Disk figures from a stored object; anything else is no figures. */

@@ -52,6 +52,18 @@ export interface RunOverride {
   n_failures: number;
   /** Required when `to` is failed: when the run becomes eligible again. */
   next_retry?: number;
+  /**
+   * How long after the owner's last heartbeat its command may still run (drainLimitMs): a busy run taken
+   * away keeps its attempt as `processing.draining` until then, or until the owner confirms it gone. Every
+   * daemon and operator write passes it; without it a busy run is taken with no fence (tests only).
+   */
+  drainMs?: number;
+}
+
+/** Names the attempt whose command is confirmed gone; only a draining record naming it is cleared. */
+export interface GoneAttempt {
+  host: string;
+  attempt: number;
 }
 
 /** Limits of the cleanup pass, as durations: the backend measures them against its own clock. */
@@ -147,7 +159,7 @@ export interface RunStore {
 
   /**
    * Atomically takes the first eligible run (not tagged hold/abandon; never processed, or failed with
-   * next_retry ≤ now) in order priority desc, then start per `order`; sets state considering, host, pid,
+   * next_retry ≤ now and no previous attempt still draining, see Processing.draining) in order priority desc, then start per `order`; sets state considering, host, pid,
    * attempt+1, a fresh token and time in one write. Null when nothing is eligible.
    */
   claimNextRun(request: ClaimRequest): Promise<RunDoc | null>;
@@ -166,13 +178,27 @@ export interface RunStore {
   /**
    * Claims one given run (`runwarden process N`) when it is still as `expected`: like claimNextRun, one write
    * with a fresh token, whatever its state or tags; the caller decides what may be taken. Null when the run
-   * changed in between (or does not exist).
+   * changed in between (or does not exist). Taking a busy run records its attempt as draining for `drainMs`
+   * after its last heartbeat; a draining record still in force is kept (the new attempt must wait for it
+   * before it starts a command), an expired one is cleared. `note` goes into the claim's run_events entry
+   * (who forced it and why).
    */
-  claimRun(number: number, request: ClaimRequest, expected: RunExpectation): Promise<RunDoc | null>;
+  claimRun(
+    number: number,
+    request: ClaimRequest,
+    expected: RunExpectation,
+    options?: { drainMs?: number; note?: EventNote },
+  ): Promise<RunDoc | null>;
+  /**
+   * The old owner's word that the command of `gone` has ended: clears the run's draining record when it
+   * names that host and attempt (one conditional write). False when there was no such record.
+   */
+  confirmAttemptGone(number: number, gone: GoneAttempt): Promise<boolean>;
   /**
    * Compare-and-set for operator and cleanup writes: when the run is still in `expected` (state and token),
    * applies `change` with a fresh token and appends the event (its host is `note.host`, the writer). False,
-   * writing nothing, when the run changed in between: two cleaners never both fail one stale run.
+   * writing nothing, when the run changed in between: two cleaners never both fail one stale run. A busy
+   * run's attempt is kept as draining (see claimRun); from other states a draining record is kept as it is.
    */
   overrideRun(
     number: number,

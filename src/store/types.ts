@@ -14,6 +14,27 @@ export interface RunOutput {
   at: number;
 }
 
+/**
+ * The attempt a run was taken from while it was busy (an operator's fail/abandon, cleanup's stale takeover,
+ * `process N --force`): its command may still be running. No attempt of the run starts a command while this
+ * record is set and `until` has not passed; the old owner clears it (confirmAttemptGone) once its command is
+ * gone. Never holds the old lease token.
+ */
+export interface DrainingAttempt {
+  host: string;
+  /** The old owner's pid (the daemon or foreground `process N`). */
+  pid: number;
+  attempt: number;
+  /** The old command's process group and its start time, when they were recorded. */
+  pgid?: number;
+  proc_start?: number;
+  /**
+   * Store time by which the old command is gone for certain: its last lease heartbeat plus the drain limit
+   * (max_busy_time and the kill escalation), since an owner that cannot renew its lease kills its command.
+   */
+  until: number;
+}
+
 /** The processing sub-document; absent on a run nobody has touched yet. */
 export interface Processing {
   state: RunState;
@@ -36,6 +57,8 @@ export interface Processing {
   signal?: string;
   targets?: string[];
   resources?: Record<string, number>;
+  /** The previous attempt, taken away while busy, whose command may still be stopping. */
+  draining?: DrainingAttempt;
 }
 
 export interface RunDoc {

@@ -738,6 +738,136 @@ export function runStoreConformance(name: string, open: OpenForTest): void {
       });
     });
 
+    describe('drain fence (a busy run taken away keeps its attempt until its command is gone)', () => {
+      const by = { host: 'ops' };
+      const fail = (drainMs?: number) => ({
+        to: 'failed' as const,
+        reason: 'failed by hand',
+        n_failures: 1,
+        next_retry: Date.now() - HOUR,
+        ...(drainMs !== undefined ? { drainMs } : {}),
+      });
+
+      /** Run `number` claimed by alpha (pid 4242), busy, with its process group recorded. */
+      async function busyRun(number: number): Promise<{ token: string; time: number }> {
+        await store.insertRun(run(number));
+        const token = (await claimOnly(store, number)).processing!.token;
+        expect(await store.markBusy(number, token, { started: Date.now() })).toBe(true);
+        expect(await store.recordProcessGroup(number, token, { pgid: 777, proc_start: 888 })).toBe(true);
+        return { token, time: (await store.getRun(number))!.processing!.time };
+      }
+
+      it('overrideRun of a busy run records the attempt as draining; no claim takes it until it is confirmed gone', async () => {
+        const { token, time } = await busyRun(1);
+        expect(await store.overrideRun(1, { state: 'busy', token }, fail(HOUR), by)).toBe(true);
+        const taken = (await store.getRun(1))!;
+        expect(taken.processing!.draining).toEqual({
+          host: 'alpha',
+          pid: 4242,
+          attempt: 1,
+          pgid: 777,
+          proc_start: 888,
+          until: time + HOUR,
+        });
+        // the old lease token is never kept where people could see it
+        expect(JSON.stringify(taken.processing!.draining)).not.toContain(token);
+        // next_retry has passed, but the previous command may still run
+        expect(await store.claimNextRun(claimer('beta'))).toBeNull();
+        expect(await store.nextRetryAt()).toBe(time + HOUR);
+        // only the record naming this host and attempt is cleared
+        expect(await store.confirmAttemptGone(1, { host: 'beta', attempt: 1 })).toBe(false);
+        expect(await store.confirmAttemptGone(1, { host: 'alpha', attempt: 2 })).toBe(false);
+        expect(await store.confirmAttemptGone(2, { host: 'alpha', attempt: 1 })).toBe(false);
+        expect(await store.claimNextRun(claimer('beta'))).toBeNull();
+        expect(await store.confirmAttemptGone(1, { host: 'alpha', attempt: 1 })).toBe(true);
+        expect((await store.getRun(1))!.processing!.draining).toBeUndefined();
+        expect(await store.confirmAttemptGone(1, { host: 'alpha', attempt: 1 })).toBe(false);
+        expect(await store.nextRetryAt()).toBeLessThan(Date.now());
+        const again = await claimOnly(store, 1, claimer('beta'));
+        expect(again.processing).toMatchObject({ attempt: 2, host: 'beta' });
+        expect(again.processing!.draining).toBeUndefined();
+      });
+
+      it('a draining record whose time has passed no longer holds the run back, and the claim clears it', async () => {
+        const { token } = await busyRun(1);
+        expect(await store.overrideRun(1, { state: 'busy', token }, fail(0), by)).toBe(true);
+        expect((await store.getRun(1))!.processing!.draining).toBeDefined();
+        const again = await claimOnly(store, 1, claimer('beta'));
+        expect(again.processing!.draining).toBeUndefined();
+      });
+
+      it('taking a considering run records nothing (no command starts before busy); a later override keeps the record', async () => {
+        await store.insertRun(run(1));
+        const token = (await claimOnly(store, 1)).processing!.token;
+        expect(await store.overrideRun(1, { state: 'considering', token }, fail(HOUR), by)).toBe(true);
+        expect((await store.getRun(1))!.processing!.draining).toBeUndefined();
+
+        const busy = await busyRun(2);
+        expect(await store.overrideRun(2, { state: 'busy', token: busy.token }, fail(HOUR), by)).toBe(true);
+        const failed = (await store.getRun(2))!.processing!;
+        // abandon, then retry, of the failed run: the previous attempt may still be stopping
+        const abandon = { to: 'abandoned' as const, reason: 'r', n_failures: 1, drainMs: HOUR };
+        expect(await store.overrideRun(2, { state: 'failed', token: failed.token }, abandon, by)).toBe(true);
+        const abandoned = (await store.getRun(2))!.processing!;
+        expect(abandoned.draining).toEqual(failed.draining);
+        expect(await store.overrideRun(2, { state: 'abandoned', token: abandoned.token }, fail(HOUR), by)).toBe(true);
+        expect((await store.getRun(2))!.processing!.draining).toEqual(failed.draining);
+        // run 1 (taken while considering) is eligible, run 2 is not
+        expect((await store.claimNextRun(claimer('beta')))?.number).toBe(1);
+        expect(await store.claimNextRun(claimer('beta'))).toBeNull();
+      });
+
+      it('claimRun of a busy run records the attempt taken over and the note in run_events', async () => {
+        const { token, time } = await busyRun(1);
+        const note = { reason: 'forced by me@ops', detail: { by: 'operator' } };
+        const forced = await store.claimRun(1, claimer('ops', 'newest', 77), { state: 'busy', token }, {
+          drainMs: HOUR,
+          note,
+        });
+        expect(forced?.processing).toMatchObject({ state: 'considering', host: 'ops', pid: 77, attempt: 2 });
+        expect(forced!.processing!.draining).toEqual({
+          host: 'alpha',
+          pid: 4242,
+          attempt: 1,
+          pgid: 777,
+          proc_start: 888,
+          until: time + HOUR,
+        });
+        await expectAllFencedRefused(store, 1, token);
+        expect((await store.listRunEvents(1)).at(-1)).toMatchObject({
+          from: 'busy',
+          to: 'considering',
+          host: 'ops',
+          attempt: 2,
+          reason: 'forced by me@ops',
+          detail: { by: 'operator' },
+        });
+        // the new owner's writes leave the record alone; the old owner's confirmation clears it
+        expect(await store.heartbeatRun(1, forced!.processing!.token)).toBe(true);
+        expect((await store.getRun(1))!.processing!.draining).toBeDefined();
+        expect(await store.confirmAttemptGone(1, { host: 'alpha', attempt: 1 })).toBe(true);
+        expect((await store.getRun(1))!.processing!.draining).toBeUndefined();
+      });
+
+      it('claimRun of a run whose previous attempt still drains keeps the record; an expired one is cleared', async () => {
+        const first = await busyRun(1);
+        expect(await store.overrideRun(1, { state: 'busy', token: first.token }, fail(HOUR), by)).toBe(true);
+        const failed = (await store.getRun(1))!.processing!;
+        const claimed = await store.claimRun(1, claimer('ops'), { state: 'failed', token: failed.token }, {
+          drainMs: HOUR,
+        });
+        expect(claimed!.processing!.draining).toEqual(failed.draining);
+
+        const second = await busyRun(2);
+        expect(await store.overrideRun(2, { state: 'busy', token: second.token }, fail(0), by)).toBe(true);
+        const expired = (await store.getRun(2))!.processing!;
+        const fresh = await store.claimRun(2, claimer('ops'), { state: 'failed', token: expired.token }, {
+          drainMs: HOUR,
+        });
+        expect(fresh!.processing!.draining).toBeUndefined();
+      });
+    });
+
     describe('nextRetryAt', () => {
       it('is null without failed runs and the earliest next_retry otherwise', async () => {
         expect(await store.nextRetryAt()).toBeNull();

@@ -243,6 +243,8 @@ describe('claim: update', () => {
       attempt: 4,
       time: at(NOW),
       n_failures: 2,
+      // no previous attempt left to drain (a busy run taken by process --force would be recorded here)
+      draining: null,
     });
     expect(after!.event_seq).toBe(5);
     expect(runFromDoc(after!)).toMatchObject({ number: 6, name: 'r6', params: { a: 1 } });

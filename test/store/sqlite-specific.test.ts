@@ -248,9 +248,12 @@ describe('SqliteRunStore specifics', () => {
         const pending = plan(CLAIM_SQL.pending(oldest));
         expect(pending).toMatch(/USING (COVERING )?INDEX runs_pending_(newest|oldest)/);
         expect(pending).not.toMatch(/TEMP B-TREE/);
-        expect(plan(CLAIM_SQL.retry(oldest), Date.now())).toMatch(/USING INDEX runs_retry/);
+        expect(plan(CLAIM_SQL.retry(oldest), { now: Date.now() })).toMatch(/USING INDEX runs_retry/);
       }
       expect(plan(CLAIM_SQL.nextRetry)).toMatch(/runs_retry/);
+      // runs waiting for a previous attempt to stop come from their own partial index
+      expect(plan(CLAIM_SQL.nextRetry)).toMatch(/runs_draining/);
+      expect(plan(CLAIM_SQL.nextRetry)).not.toMatch(/SCAN runs(?! USING)/);
     } finally {
       db.close();
     }

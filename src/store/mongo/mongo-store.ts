@@ -21,6 +21,7 @@ import type {
   BusyFields,
   ClaimRequest,
   FailureFields,
+  GoneAttempt,
   HostPatch,
   LogQuery,
   MonitorQuery,
@@ -68,7 +69,11 @@ import {
   claimSort,
   claimUpdate,
   COLLECTIONS,
+  confirmGoneUpdate,
   COUNT_BY_STATE,
+  DRAINING_RETRY_SORT,
+  drainingFilter,
+  drainingRetryFilter,
   EVENTS_SORT,
   expectationFilter,
   failUpdate,
@@ -278,15 +283,27 @@ export class MongoRunStore implements RunStore {
     return runFromDoc(after);
   }
 
-  async claimRun(number: number, request: ClaimRequest, expected: RunExpectation): Promise<RunDoc | null> {
+  async claimRun(
+    number: number,
+    request: ClaimRequest,
+    expected: RunExpectation,
+    options: { drainMs?: number; note?: EventNote } = {},
+  ): Promise<RunDoc | null> {
     const after = await this.runs.findOneAndUpdate(
       expectationFilter(number, expected),
-      claimUpdate(request, randomUUID()),
+      claimUpdate(request, randomUUID(), options.drainMs),
       { returnDocument: 'after' },
     );
     if (!after) return null;
-    await this.appendEvent(after, expected.state, 'considering', undefined);
+    await this.appendEvent(after, expected.state, 'considering', options.note);
     return runFromDoc(after);
+  }
+
+  async confirmAttemptGone(number: number, gone: GoneAttempt): Promise<boolean> {
+    const result = await this.runs.updateOne(drainingFilter(number, gone), confirmGoneUpdate());
+    if (result.matchedCount !== 1) return false;
+    this.wakeUps.notify(); // eligible now rather than at the draining record's end
+    return true;
   }
 
   async overrideRun(
@@ -321,12 +338,22 @@ export class MongoRunStore implements RunStore {
   }
 
   async nextRetryAt(): Promise<number | null> {
-    const doc = await this.runs.findOne(nextRetryFilter(), {
-      sort: NEXT_RETRY_SORT,
-      projection: { 'processing.next_retry': 1 },
-    });
-    const processing = doc?.processing as Record<string, unknown> | undefined;
-    return millis(processing?.next_retry) ?? null;
+    const [ready, draining] = await Promise.all([
+      this.runs.findOne(nextRetryFilter(), { sort: NEXT_RETRY_SORT, projection: { 'processing.next_retry': 1 } }),
+      // runs waiting for a previous attempt to stop are eligible at max(next_retry, draining.until)
+      this.runs.findOne(drainingRetryFilter(), {
+        sort: DRAINING_RETRY_SORT,
+        projection: { 'processing.next_retry': 1, 'processing.draining.until': 1 },
+      }),
+    ]);
+    const times: number[] = [];
+    const readyAt = millis((ready?.processing as Record<string, unknown> | undefined)?.next_retry);
+    if (readyAt !== undefined) times.push(readyAt);
+    const p = draining?.processing as Record<string, unknown> | undefined;
+    const retryAt = millis(p?.next_retry);
+    const until = millis((p?.draining as Record<string, unknown> | undefined)?.until);
+    if (retryAt !== undefined && until !== undefined) times.push(Math.max(retryAt, until));
+    return times.length > 0 ? Math.min(...times) : null;
   }
 
   // ----------------------------------------------------------------------------------------- fenced writes

@@ -126,6 +126,53 @@ function optional(values: Record<string, unknown>): { set: Document; unset: stri
   return { set, unset };
 }
 
+// ------------------------------------------------------------------------------------------- drain fence
+
+/** True (an aggregation expression) while the run's previous attempt may still be stopping. */
+const DRAINING_IN_FORCE: Document = {
+  $and: [
+    { $eq: [{ $type: '$processing.draining.until' }, 'date'] },
+    { $gt: ['$processing.draining.until', '$$NOW'] },
+  ],
+};
+
+/**
+ * The `processing.draining` a write taking the run away leaves (issue 12): a busy attempt becomes the record,
+ * until its last heartbeat + drainMs (server time); otherwise the current record stays when it is still in
+ * force (or always, for an override), and is set to null when a claim finds it expired.
+ */
+function drainingAfter(drainMs: number | undefined, keepExpired: boolean): Document {
+  const kept = keepExpired
+    ? { $ifNull: ['$processing.draining', null] }
+    : { $cond: [DRAINING_IN_FORCE, '$processing.draining', null] };
+  if (drainMs === undefined) return kept;
+  const lastBeat = { $cond: [{ $eq: [{ $type: '$processing.time' }, 'date'] }, '$processing.time', '$$NOW'] };
+  return {
+    $cond: [
+      { $eq: ['$processing.state', 'busy'] },
+      {
+        host: '$processing.host',
+        pid: '$processing.pid',
+        attempt: '$processing.attempt',
+        pgid: '$processing.pgid',
+        proc_start: '$processing.proc_start',
+        until: { $add: [lastBeat, literal(drainMs)] },
+      },
+      kept,
+    ],
+  };
+}
+
+/** The runs whose draining record names `gone` (host and attempt): confirmAttemptGone clears it. */
+export function drainingFilter(number: number, gone: { host: string; attempt: number }): Filter {
+  return { number, 'processing.draining.host': gone.host, 'processing.draining.attempt': gone.attempt };
+}
+
+/** Clears the draining record and stamps the wake-up field: the run may be eligible now. */
+export function confirmGoneUpdate(): Pipeline {
+  return [setProcessing({ draining: null }, false, true)];
+}
+
 // ------------------------------------------------------------------------------------------------ claim
 
 /**
@@ -140,7 +187,8 @@ export function claimFilter(): Filter {
       {
         'processing.state': 'failed',
         'processing.next_retry': { $type: 'date' },
-        $expr: { $lte: ['$processing.next_retry', '$$NOW'] },
+        // and no previous attempt still draining
+        $expr: { $and: [{ $lte: ['$processing.next_retry', '$$NOW'] }, { $not: [DRAINING_IN_FORCE] }] },
       },
     ],
   };
@@ -156,7 +204,7 @@ export function claimSort(order: SelectionOrder): SortSpec {
  * The claim write: considering, owner host and pid, a fresh token, attempt + 1, server time, n_failures kept;
  * the previous attempt's outcome is cleared. One update, so a claim is all or nothing.
  */
-export function claimUpdate(request: ClaimRequest, token: string): Pipeline {
+export function claimUpdate(request: ClaimRequest, token: string, drainMs?: number): Pipeline {
   return transition(
     'considering',
     {
@@ -165,6 +213,7 @@ export function claimUpdate(request: ClaimRequest, token: string): Pipeline {
       token: literal(token),
       attempt: { $add: [numberOr('$processing.attempt', 0), 1] },
       n_failures: numberOr('$processing.n_failures', 0),
+      draining: drainingAfter(drainMs, false),
     },
     ATTEMPT_FIELDS,
   );
@@ -182,15 +231,29 @@ export function expectationFilter(number: number, expected: RunExpectation): Fil
   };
 }
 
+/** Failed runs that are not held, with no previous attempt still draining: nextRetryAt's next_retry. */
 export function nextRetryFilter(): Filter {
   return {
     'processing.state': 'failed',
     tags: { $nin: [...HELD_TAGS] },
     'processing.next_retry': { $type: 'date' },
+    $expr: { $not: [DRAINING_IN_FORCE] },
   };
 }
 
 export const NEXT_RETRY_SORT: SortSpec = { 'processing.next_retry': 1 };
+
+/** Failed runs that are not held and wait for a previous attempt to stop: eligible at max(next_retry, until). */
+export function drainingRetryFilter(): Filter {
+  return {
+    'processing.state': 'failed',
+    tags: { $nin: [...HELD_TAGS] },
+    'processing.next_retry': { $type: 'date' },
+    $expr: DRAINING_IN_FORCE,
+  };
+}
+
+export const DRAINING_RETRY_SORT: SortSpec = { 'processing.draining.until': 1 };
 
 // ----------------------------------------------------------------------------------------- fenced writes
 
@@ -291,6 +354,7 @@ export function overrideUpdate(change: RunOverride, token: string, writer: strin
       host: { $ifNull: ['$processing.host', literal(writer)] },
       pid: { $ifNull: ['$processing.pid', 0] },
       attempt: { $ifNull: ['$processing.attempt', 0] },
+      draining: drainingAfter(change.drainMs, true),
     },
     ['exit_code', 'signal', ...(failed ? [] : ['next_retry'])],
     failed,

@@ -5,7 +5,7 @@
 import type Database from 'better-sqlite3';
 
 /** PRAGMA user_version written by this code; bump it and add a step to MIGRATIONS for schema changes. */
-export const SCHEMA_VERSION = 2;
+export const SCHEMA_VERSION = 3;
 
 const V1 = `
 CREATE TABLE IF NOT EXISTS runs (
@@ -115,8 +115,19 @@ CREATE TABLE IF NOT EXISTS monitor (
 CREATE INDEX IF NOT EXISTS monitor_time ON monitor (time);
 `;
 
+// The drain fence (issue 12): the attempt a busy run was taken from, as JSON (host, pid, attempt, pgid?,
+// proc_start?, until), and its `until` as a column the claim can compare. Both are set and cleared together.
+// The partial index serves nextRetryAt for the (rare) runs that wait for a previous attempt to stop.
+function addDrainFence(db: Database.Database): void {
+  const columns = new Set((db.pragma('table_info(runs)') as { name: string }[]).map((c) => c.name));
+  // a database taken back to an earlier user_version by hand may have the columns already
+  if (!columns.has('draining')) db.exec('ALTER TABLE runs ADD COLUMN draining TEXT');
+  if (!columns.has('draining_until')) db.exec('ALTER TABLE runs ADD COLUMN draining_until INTEGER');
+  db.exec(`CREATE INDEX IF NOT EXISTS runs_draining ON runs (draining_until) WHERE draining_until IS NOT NULL`);
+}
+
 /** MIGRATIONS[k] takes a database from user_version k to k + 1. */
-const MIGRATIONS: readonly string[] = [V1, V2];
+const MIGRATIONS: ReadonlyArray<string | ((db: Database.Database) => void)> = [V1, V2, addDrainFence];
 
 /**
  * Creates or upgrades the schema in one immediate transaction, so several processes opening a fresh file
@@ -131,7 +142,9 @@ export function migrate(db: Database.Database): void {
       );
     }
     for (let v = version; v < SCHEMA_VERSION; v += 1) {
-      db.exec(MIGRATIONS[v]);
+      const migration = MIGRATIONS[v];
+      if (typeof migration === 'string') db.exec(migration);
+      else migration(db);
     }
     if (version !== SCHEMA_VERSION) db.pragma(`user_version = ${SCHEMA_VERSION}`);
   });

@@ -15,6 +15,7 @@ import type {
   BusyFields,
   ClaimRequest,
   FailureFields,
+  GoneAttempt,
   HostPatch,
   LogQuery,
   MonitorQuery,
@@ -77,13 +78,21 @@ export const CLAIM_SQL = {
       WHERE state IS NULL AND held = 0 AND ${ADDRESSABLE}
       ORDER BY priority DESC, start ${oldest ? 'ASC' : 'DESC'}, number ${oldest ? 'ASC' : 'DESC'}
       LIMIT 1`,
+  // A run whose previous attempt may still be stopping (draining_until in the future) is not a candidate.
   retry: (oldest: boolean): string =>
     `SELECT number, priority, start FROM runs INDEXED BY runs_retry
-      WHERE state = 'failed' AND held = 0 AND next_retry <= ? AND ${ADDRESSABLE}
+      WHERE state = 'failed' AND held = 0 AND next_retry <= @now AND ${ADDRESSABLE}
+        AND (draining_until IS NULL OR draining_until <= @now)
       ORDER BY priority DESC, start ${oldest ? 'ASC' : 'DESC'}, number ${oldest ? 'ASC' : 'DESC'}
       LIMIT 1`,
-  nextRetry: `SELECT min(next_retry) AS t FROM runs INDEXED BY runs_retry
-      WHERE state = 'failed' AND held = 0 AND next_retry IS NOT NULL`,
+  // The earliest time a failed run may be claimed: its next_retry, or later while a previous attempt drains.
+  nextRetry: `SELECT min(t) AS t FROM (
+      SELECT * FROM (SELECT next_retry AS t FROM runs INDEXED BY runs_retry
+        WHERE state = 'failed' AND held = 0 AND next_retry IS NOT NULL AND draining_until IS NULL
+        ORDER BY next_retry LIMIT 1)
+      UNION ALL
+      SELECT max(next_retry, draining_until) AS t FROM runs INDEXED BY runs_draining
+        WHERE draining_until IS NOT NULL AND state = 'failed' AND held = 0 AND next_retry IS NOT NULL)`,
 } as const;
 
 interface Candidate {
@@ -97,6 +106,53 @@ interface Lease {
   host: string | null;
   attempt: number | null;
   outputs: string | null;
+}
+
+/** What the drain fence needs of a run's current attempt. */
+interface AttemptRow {
+  state: string | null;
+  host: unknown;
+  pid: unknown;
+  attempt: unknown;
+  pgid: unknown;
+  proc_start: unknown;
+  time: unknown;
+  draining: unknown;
+  draining_until: unknown;
+}
+
+function finiteNumber(value: unknown): number | undefined {
+  return typeof value === 'number' && Number.isFinite(value) ? value : undefined;
+}
+
+/**
+ * The draining columns a write that takes the run from `row` leaves: a busy attempt becomes the draining
+ * record (until its last heartbeat + drainMs); otherwise a record still in force at `now` stays, and an
+ * expired one is cleared only when `clearExpired` (a claim; an override leaves it as it is).
+ */
+function drainingAfter(
+  row: AttemptRow,
+  drainMs: number | undefined,
+  now: number,
+  clearExpired: boolean,
+): { draining: string | null; draining_until: number | null } {
+  if (row.state === 'busy' && drainMs !== undefined) {
+    const until = (finiteNumber(row.time) ?? now) + drainMs;
+    const record: Record<string, unknown> = {
+      host: typeof row.host === 'string' ? row.host : '',
+      pid: finiteNumber(row.pid) ?? 0,
+      attempt: finiteNumber(row.attempt) ?? 0,
+      until,
+    };
+    if (finiteNumber(row.pgid) !== undefined) record.pgid = row.pgid;
+    if (finiteNumber(row.proc_start) !== undefined) record.proc_start = row.proc_start;
+    return { draining: toJson(record), draining_until: until };
+  }
+  const until = finiteNumber(row.draining_until);
+  if (until !== undefined && (until > now || !clearExpired)) {
+    return { draining: typeof row.draining === 'string' ? row.draining : null, draining_until: until };
+  }
+  return { draining: null, draining_until: null };
 }
 
 type Statement = Database.Statement<unknown[], unknown>;
@@ -343,19 +399,31 @@ export class SqliteRunStore implements RunStore {
     const pending = this.stmt(`claim-pending:${oldest}`, CLAIM_SQL.pending(oldest)).get() as
       | Candidate
       | undefined;
-    const retry = this.stmt(`claim-retry:${oldest}`, CLAIM_SQL.retry(oldest)).get(now) as Candidate | undefined;
+    const retry = this.stmt(`claim-retry:${oldest}`, CLAIM_SQL.retry(oldest)).get({ now }) as
+      | Candidate
+      | undefined;
     const pick = pending && retry ? (before(pending, retry, oldest) ? pending : retry) : (pending ?? retry);
     if (!pick) return null;
 
-    return this.takeRun(pick.number, request, now);
+    return this.takeRun(pick.number, request, now, undefined);
   }
 
-  /** The claim write itself, inside the caller's transaction: considering, fresh token, attempt + 1. */
-  private takeRun(number: number, request: ClaimRequest, now: number): RunDoc | null {
+  /**
+   * The claim write itself, inside the caller's transaction: considering, fresh token, attempt + 1. A busy
+   * attempt taken over (`process N --force`) is kept as draining for `drainMs` after its last heartbeat.
+   */
+  private takeRun(
+    number: number,
+    request: ClaimRequest,
+    now: number,
+    drainMs: number | undefined,
+    note?: EventNote,
+  ): RunDoc | null {
     const prev = this.stmt(
       'claim-prev',
-      'SELECT state, attempt, n_failures FROM runs WHERE number = ?',
-    ).get(number) as { state: RunState | null; attempt: unknown; n_failures: unknown };
+      `SELECT state, host, pid, attempt, pgid, proc_start, time, draining, draining_until, n_failures
+         FROM runs WHERE number = ?`,
+    ).get(number) as AttemptRow & { state: RunState | null; n_failures: unknown };
     const attempt = (typeof prev.attempt === 'number' && Number.isFinite(prev.attempt) ? prev.attempt : 0) + 1;
     const nFailures =
       typeof prev.n_failures === 'number' && Number.isFinite(prev.n_failures) ? prev.n_failures : 0;
@@ -366,7 +434,7 @@ export class SqliteRunStore implements RunStore {
       `UPDATE runs SET state = 'considering', host = @host, pid = @pid, token = @token, attempt = @attempt,
               time = @now, n_failures = @n_failures, started = NULL, ended = NULL, reason = NULL,
               next_retry = NULL, exit_code = NULL, signal = NULL, pgid = NULL, proc_start = NULL,
-              targets = NULL, resources = NULL
+              targets = NULL, resources = NULL, draining = @draining, draining_until = @draining_until
         WHERE number = @number`,
     ).run({
       host: request.host,
@@ -376,26 +444,47 @@ export class SqliteRunStore implements RunStore {
       now,
       n_failures: nFailures,
       number,
+      ...drainingAfter(prev, drainMs, now, true),
     });
-    this.appendEvent(number, now, { host: request.host, attempt }, prev.state, 'considering', undefined);
+    this.appendEvent(number, now, { host: request.host, attempt }, prev.state, 'considering', note);
     return this.readRun(number);
   }
 
   /** The run's state and token when it still matches what the caller saw; null otherwise. */
-  private matching(number: number, expected: RunExpectation): Lease | null {
+  private matching(number: number, expected: RunExpectation): (Lease & AttemptRow) | null {
     const row = this.stmt(
       'expect',
-      'SELECT state, host, attempt, outputs, token FROM runs WHERE number = ?',
-    ).get(number) as (Lease & { token: string | null }) | undefined;
+      `SELECT state, host, pid, attempt, pgid, proc_start, time, draining, draining_until, outputs, token
+         FROM runs WHERE number = ?`,
+    ).get(number) as (Lease & AttemptRow & { token: string | null }) | undefined;
     if (!row) return null;
     if ((row.state ?? null) !== expected.state) return null;
     if (expected.state !== null && (row.token ?? '') !== (expected.token ?? '')) return null;
     return row;
   }
 
-  async claimRun(number: number, request: ClaimRequest, expected: RunExpectation): Promise<RunDoc | null> {
+  async claimRun(
+    number: number,
+    request: ClaimRequest,
+    expected: RunExpectation,
+    options: { drainMs?: number; note?: EventNote } = {},
+  ): Promise<RunDoc | null> {
     const now = this.clock();
-    return this.immediate(() => (this.matching(number, expected) ? this.takeRun(number, request, now) : null));
+    return this.immediate(() =>
+      this.matching(number, expected) ? this.takeRun(number, request, now, options.drainMs, options.note) : null,
+    );
+  }
+
+  async confirmAttemptGone(number: number, gone: GoneAttempt): Promise<boolean> {
+    const info = this.stmt(
+      'confirm-gone',
+      `UPDATE runs SET draining = NULL, draining_until = NULL
+        WHERE number = @number AND draining_until IS NOT NULL AND json_valid(draining)
+          AND json_extract(draining, '$.host') = @host AND json_extract(draining, '$.attempt') = @attempt`,
+    ).run({ number, host: gone.host, attempt: gone.attempt });
+    // The run may be eligible now rather than at draining_until: idle daemons should look.
+    if (info.changes === 1) signalWake(this.wakeDir);
+    return info.changes === 1;
   }
 
   async overrideRun(
@@ -415,7 +504,8 @@ export class SqliteRunStore implements RunStore {
         'override-run',
         `UPDATE runs SET state = @to, token = @token, time = @now, ended = @now, reason = @reason,
                 n_failures = @n_failures, next_retry = @next_retry, exit_code = NULL, signal = NULL,
-                host = coalesce(host, @writer), pid = coalesce(pid, 0), attempt = coalesce(attempt, 0)
+                host = coalesce(host, @writer), pid = coalesce(pid, 0), attempt = coalesce(attempt, 0),
+                draining = @draining, draining_until = @draining_until
           WHERE number = @number`,
       ).run({
         to: change.to,
@@ -426,6 +516,7 @@ export class SqliteRunStore implements RunStore {
         next_retry: change.to === 'failed' ? sql(change.next_retry) : null,
         writer: note.host,
         number,
+        ...drainingAfter(row, change.drainMs, now, false),
       });
       this.appendEvent(number, now, row, expected.state, change.to, note, { reason: change.reason });
       return true;
