@@ -6,6 +6,7 @@ import { retryDelay } from '../policy/retry-delay.js';
 import type { RunOverride, RunStore } from '../store/run-store.js';
 import type { RunDoc, RunState } from '../store/types.js';
 import { isoTimeOrInvalid } from '../time-range.js';
+import type { LeaseObservations } from './lease-observations.js';
 
 // The cleanup pass (DESIGN §4): repairs what crashed or vanished hosts left behind, from any host. Each repair
 // is one fenced write (store.overrideRun on the state and token just read), so two hosts cleaning at once never
@@ -24,6 +25,19 @@ export interface CleanupDeps {
   logger?: Pick<Logger, 'warn'>;
   random: () => number;
   clock: () => number;
+  /**
+   * A daemon's memory of the leases it saw in its earlier passes (monotonic clock). With it, a lease is
+   * failed as stale only once this cleaner saw it unchanged for the limit, whatever the wall clocks say.
+   * Without it (the one-pass `runwarden cleanup` an operator runs on purpose) the store's time alone judges.
+   */
+  observations?: LeaseObservations;
+  /**
+   * The runs this live daemon is processing right now: never failed by its own cleanup, whatever the store's
+   * times say (restart recovery handles the runs of a previous incarnation of this host).
+   */
+  ownLiveRuns?: () => readonly number[];
+  /** This daemon's pid, as written in processing.pid of the runs it claimed. */
+  pid?: number;
 }
 
 export type RepairKind = 'stale' | 'no_output' | 'tagged_abandon';
@@ -64,7 +78,9 @@ function staleReason(deps: CleanupDeps, run: RunDoc): string {
   const limit = p.state === 'busy' ? 'timeouts.max_busy_time' : 'timeouts.max_considering_time';
   return (
     `host ${p.host} said it was ${p.state} at ${isoTimeOrInvalid(p.time)} (${formatElapsed(deps.clock() - p.time)} ago), ` +
-    `then nothing; ${limit} passed, failed by cleanup on host ${deps.host}`
+    `then nothing; ${limit} passed` +
+    (deps.observations ? ` (seen unchanged for ${formatElapsed(deps.observations.unchangedFor(run))})` : '') +
+    `, failed by cleanup on host ${deps.host}`
   );
 }
 
@@ -114,9 +130,22 @@ export async function cleanupPass(deps: CleanupDeps): Promise<CleanupReport> {
     await warn(`host ${host.host} presumed dead: silent since ${isoTimeOrInvalid(host.time)}`);
   }
 
-  const stale = await store.listStaleRuns({
-    maxConsideringMs: config.timeouts.max_considering_time,
-    maxBusyMs: config.timeouts.max_busy_time,
+  const limits = { maxConsideringMs: config.timeouts.max_considering_time, maxBusyMs: config.timeouts.max_busy_time };
+  if (deps.observations) {
+    // Every live lease is watched (not only those the store already calls stale), so the watch starts soon
+    // after the owner's last write and a dead owner's run is taken over about one limit after it went silent.
+    const live = [...(await store.listRuns({ state: 'considering' })), ...(await store.listRuns({ state: 'busy' }))];
+    deps.observations.observe(live);
+  }
+  const own = new Set(deps.ownLiveRuns?.() ?? []);
+  const isOwnLiveRun = (run: RunDoc) =>
+    own.has(run.number) && run.processing?.host === deps.host && run.processing?.pid === (deps.pid ?? process.pid);
+  // The store's time comparison is the pre-filter; the monotonic watch has the last word.
+  const stale = (await store.listStaleRuns(limits)).filter((run) => {
+    if (isOwnLiveRun(run)) return false;
+    if (!deps.observations) return true;
+    const limit = run.processing?.state === 'busy' ? limits.maxBusyMs : limits.maxConsideringMs;
+    return deps.observations.unchangedFor(run) >= limit;
   });
   for (const run of stale) {
     await repair(run, 'stale', (r) => failureOverride(deps, r, staleReason(deps, r)));

@@ -16,6 +16,8 @@ export interface DaemonContext {
   /** The host document's token, set at registration. */
   hostToken: string;
   clock: () => number;
+  /** Monotonic milliseconds (performance.now): what stale-lease judgement measures, immune to clock steps. */
+  monotonic: () => number;
   random: () => number;
   /** Measures the output disk for the disk gate (statfs); tests may substitute a probe. */
   diskProbe: (path: string) => DiskFigures;
@@ -28,6 +30,7 @@ export interface DaemonContextOptions {
   store: RunStore;
   logger: Logger;
   clock?: () => number;
+  monotonic?: () => number;
   random?: () => number;
   diskProbe?: (path: string) => DiskFigures;
 }
@@ -41,6 +44,7 @@ export function createDaemonContext(options: DaemonContextOptions): DaemonContex
     host: options.config.host,
     hostToken: randomUUID(),
     clock: options.clock ?? Date.now,
+    monotonic: options.monotonic ?? (() => performance.now()),
     random: options.random ?? Math.random,
     diskProbe: options.diskProbe ?? diskFigures,
     liveCommands: new Set(),

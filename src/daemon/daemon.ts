@@ -21,6 +21,8 @@ export interface DaemonOptions {
   logger: Logger;
   once?: boolean;
   clock?: () => number;
+  /** Monotonic milliseconds for stale-lease judgement; performance.now() unless a test substitutes one. */
+  monotonic?: () => number;
   random?: () => number;
   /** Measures the output disk; tests substitute a probe to shut and open the disk gate. */
   diskProbe?: (path: string) => DiskFigures;

@@ -5,6 +5,7 @@ import { readProcStart } from '../process/proc.js';
 import { monitorMinute, type HostPatch } from '../store/run-store.js';
 import type { DiskFigures, HostDoc, HostState, MonitorSample } from '../store/types.js';
 import { cleanupPass } from './cleanup.js';
+import { LeaseObservations } from './lease-observations.js';
 import { displacePreviousDaemon } from './displace.js';
 import { recoverOwnRuns } from './recover-own-runs.js';
 import type { DaemonContext } from './context.js';
@@ -163,9 +164,21 @@ export function hostEffects(ctx: DaemonContext, view: () => HostView) {
   // DESIGN §4 cleanup: any host repairs what others left behind; a first pass at start, then every
   // cleanup_interval. Passes never overlap, and each repair is a fenced write another cleaner cannot double.
   const cleaner = fromCallback<EventObject, { host: string }>(({ sendBack }) => {
+    // Kept across passes: a lease is stale only once this daemon saw it unchanged for the limit.
+    const observations = new LeaseObservations(ctx.monotonic);
     const pass = () => {
       if (cleaning) return;
-      cleaning = cleanupPass({ store, config, host, logger, random: ctx.random, clock })
+      cleaning = cleanupPass({
+        store,
+        config,
+        host,
+        logger,
+        random: ctx.random,
+        clock,
+        observations,
+        ownLiveRuns: () => view().running,
+        pid: process.pid,
+      })
         .then((report) => {
           // A repaired run may be eligible again at once: look now rather than at the next poll.
           if (report.repairs.length > 0) sendBack({ type: 'WAKE' });

@@ -4,6 +4,7 @@ import type Database from 'better-sqlite3';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { defaultConfig, type Config } from '../../src/config/schema.js';
 import { cleanupPass, type CleanupReport } from '../../src/daemon/cleanup.js';
+import { LeaseObservations } from '../../src/daemon/lease-observations.js';
 import { openStore } from '../../src/store/open-store.js';
 import type { RunStore } from '../../src/store/run-store.js';
 import type { RunDoc } from '../../src/store/types.js';
@@ -209,6 +210,43 @@ describe('cleanupPass', () => {
     expect((await now.getRun(23))!.processing!.reason).toBe('by hand');
     expect(await now.listRunEvents(23)).toHaveLength(eventsOf23);
     expect((await now.getRun(24))!.processing).toBeUndefined();
+  });
+
+  it("with a daemon's lease observations: stale only once seen unchanged for the limit on the monotonic clock", async () => {
+    const now = await open();
+    const hourAgo = await openPast(HOUR);
+    for (const n of [41, 42, 43]) await now.insertRun({ number: n, start: n });
+    const dead = await claim(hourAgo, 41, 'ghost', true); // owner gone: the lease never changes again
+    const beating = await claim(hourAgo, 42, 'ghost', true); // owner alive, its heartbeats written with an old clock
+    await claim(hourAgo, 43, 'cleaner', true); // this daemon's own live run, pid as the claim wrote it
+    let monotonic = 0;
+    const observations = new LeaseObservations(() => monotonic);
+    const watched = {
+      ...deps(now, 'cleaner'),
+      observations,
+      ownLiveRuns: () => [43],
+      pid: 4_000_000,
+    };
+    let beatClock = Date.now() - HOUR;
+    const beat = await open(() => (beatClock += 1_000));
+    const passAt = async (ms: number) => {
+      monotonic = ms;
+      expect(await beat.heartbeatRun(42, beating.processing!.token)).toBe(true);
+      return cleanupPass(watched);
+    };
+
+    // All three look an hour old to the store; nothing is failed before it was watched for max_busy_time (2m).
+    expect((await passAt(0)).repairs).toEqual([]);
+    expect((await passAt(119_999)).repairs).toEqual([]);
+    const report = await passAt(120_000);
+    expect(report.repairs.map((r) => [r.number, r.kind, r.from, r.to])).toEqual([[41, 'stale', 'busy', 'failed']]);
+    expect(report.repairs[0]!.reason).toContain('(seen unchanged for 2m)');
+    expect(await hourAgo.heartbeatRun(41, dead.processing!.token)).toBe(false);
+    for (const ms of [240_000, 10 * HOUR]) expect((await passAt(ms)).repairs).toEqual([]);
+    expect((await now.getRun(42))!.processing).toMatchObject({ state: 'busy', attempt: 1, n_failures: 0 });
+    expect((await now.getRun(43))!.processing).toMatchObject({ state: 'busy', attempt: 1, n_failures: 0 });
+    // Bounded: only the live runs of the latest pass are remembered.
+    expect(observations.size).toBe(2);
   });
 
   it('reports a run it cannot repair and goes on with the others', async () => {
