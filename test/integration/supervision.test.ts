@@ -10,7 +10,9 @@ import { useSandbox } from '../helpers/sandbox.js';
 const sandbox = useSandbox();
 
 describe('stall and timeout', () => {
-  it('tells a silent command (stalled) from a chatty slow one (timed out) and spares a quiet file writer', async () => {
+  it('tells a silent command (stalled) from a chatty slow one (timed out) and spares quiet file writers, deep ones too', async () => {
+    // The stall window (2 s) is about 7 times the writers' cadence (0.3 s), so a loaded machine does not kill a
+    // writer, and the writers go on for 2.4 windows, so a writer whose changes are not seen is surely stalled.
     const work = sandbox.script(
       'work.sh',
       [
@@ -18,8 +20,10 @@ describe('stall and timeout', () => {
         'case $1 in',
         '  1) sleep 1000 ;;', // silent: stalled
         '  2) while true; do echo tick; sleep 0.1; done ;;', // chatty, never ends: timed out
-        // quiet on stdout and stderr for 2.4 s, but its output directory keeps changing: done
-        '  3) for i in 1 2 3 4 5 6 7 8; do echo $i > "$out/part-$i"; sleep 0.3; done ;;',
+        // quiet on stdout and stderr, but new files keep appearing at the top of its output directory: done
+        '  3) for i in $(seq 1 16); do echo $i > "$out/part-$i"; sleep 0.3; done ;;',
+        // quiet, and only a file deep below its output directory keeps growing: done (the watch is recursive)
+        '  4) mkdir -p "$out/a/b"; for i in $(seq 1 16); do echo $i >> "$out/a/b/data"; sleep 0.3; done ;;',
         'esac',
       ].join('\n'),
     );
@@ -27,7 +31,7 @@ describe('stall and timeout', () => {
       sandbox.dir,
       `store: sqlite:./runs.db
 host: testhost
-slots: 3
+slots: 4
 process:
   command: ["sh", ${JSON.stringify(work)}, "{number}", "{output}"]
   output_root: ./out
@@ -36,28 +40,32 @@ timeouts:
   check_interval: 1s
   idle_poll: 1h
   signal_escalate: 0.5s
-  max_no_output_time: 1s
-  max_processing_time: 4s
+  max_no_output_time: 2s
+  max_processing_time: 8s
 retry: {base: 1h, factor: 2, max_exponent: 3, jitter: [0.5, 1.5], max_failures: 3}
 `,
     );
-    for (const n of ['1', '2', '3']) expect((await sandbox.run(['submit', n])).exitCode).toBe(0);
+    for (const n of ['1', '2', '3', '4']) expect((await sandbox.run(['submit', n])).exitCode).toBe(0);
     const result = await sandbox.run(['daemon', '--once']);
     expect(result.exitCode, result.stderr).toBe(0);
 
     const store = await sandbox.openStore();
     const stalled = (await store.getRun(1))!.processing!;
     expect(stalled.state).toBe('failed');
-    expect(stalled.reason).toBe('stalled: no output for 1s');
+    expect(stalled.reason).toBe('stalled: no output for 2s');
     const timedOut = (await store.getRun(2))!.processing!;
     expect(timedOut.state).toBe('failed');
-    expect(timedOut.reason).toBe('timed out after 4s');
-    expect((await store.getRun(3))!.processing!.state).toBe('done');
-    expect(readFileSync(join(sandbox.dir, 'out/000003/part-8'), 'utf8').trim()).toBe('8');
+    expect(timedOut.reason).toBe('timed out after 8s');
+    const top = (await store.getRun(3))!.processing!;
+    expect(top.state, top.reason).toBe('done');
+    expect(readFileSync(join(sandbox.dir, 'out/000003/part-16'), 'utf8').trim()).toBe('16');
+    const deep = (await store.getRun(4))!.processing!;
+    expect(deep.state, deep.reason).toBe('done');
+    expect(readFileSync(join(sandbox.dir, 'out/000004/a/b/data'), 'utf8').trim().split('\n')).toHaveLength(16);
     // Both reasons, and their kinds, are in the run's history.
     const failedEvent = async (n: number) => (await store.listRunEvents(n)).find((e) => e.to === 'failed')!;
-    expect(await failedEvent(1)).toMatchObject({ reason: 'stalled: no output for 1s', detail: { kind: 'stalled' } });
-    expect(await failedEvent(2)).toMatchObject({ reason: 'timed out after 4s', detail: { kind: 'timed_out' } });
+    expect(await failedEvent(1)).toMatchObject({ reason: 'stalled: no output for 2s', detail: { kind: 'stalled' } });
+    expect(await failedEvent(2)).toMatchObject({ reason: 'timed out after 8s', detail: { kind: 'timed_out' } });
   });
 });
 
