@@ -1,4 +1,5 @@
-import { closeSync, existsSync, openSync, readdirSync, readSync, statSync } from 'node:fs';
+import { closeSync, createReadStream, existsSync, openSync, readdirSync, readSync, statSync } from 'node:fs';
+import { pipeline } from 'node:stream/promises';
 import { join } from 'node:path';
 import type { Argv, CommandModule } from 'yargs';
 import { RunNotFoundError, UsageError } from '../errors.js';
@@ -6,7 +7,8 @@ import { configFromArgs, printJson, runCommand, withStore, type GlobalArgs } fro
 import { numberArgument } from './submit.js';
 
 // `runwarden logs N`: the output of a run's attempt, as the supervisor wrote it to
-// <log_dir>/<number>/attempt-<k>.log; --follow keeps printing until the attempt's closing line.
+// <log_dir>/<number>/attempt-<k>.log, copied byte for byte (never decoded, so invalid UTF-8 passes through and
+// a log of any size streams in small chunks); --follow keeps printing until the attempt's closing line.
 
 interface LogsArgs extends GlobalArgs {
   number?: string;
@@ -26,16 +28,58 @@ export function attemptsIn(dir: string): number[] {
     .sort((a, b) => a - b);
 }
 
-function readFrom(file: string, offset: number): { text: string; offset: number } {
-  const size = statSync(file).size;
-  if (size <= offset) return { text: '', offset };
+/** Bytes of the end of a log `--json` decodes into its `text`: a JSON string has to fit in memory. */
+export const JSON_TEXT_MAX_BYTES = 16 * 1024 * 1024;
+/** How much of the end of what was printed `--follow` keeps to look for the closing line in. */
+const CLOSING_WINDOW_BYTES = 4096;
+
+function sizeOf(file: string): number {
+  return statSync(file).size;
+}
+
+/** The bytes [start, end) of `file` decoded as UTF-8 (for --json only: the stream path never decodes). */
+function readText(file: string, start: number, end: number): string {
   const fd = openSync(file, 'r');
   try {
-    const buffer = Buffer.alloc(size - offset);
-    const read = readSync(fd, buffer, 0, buffer.length, offset);
-    return { text: buffer.subarray(0, read).toString('utf8'), offset: offset + read };
+    const buffer = Buffer.alloc(Math.max(0, end - start));
+    const read = readSync(fd, buffer, 0, buffer.length, start);
+    return buffer.subarray(0, read).toString('utf8');
   } finally {
     closeSync(fd);
+  }
+}
+
+/** True when stdout was closed by its reader (`logs -f | head`): the reader has seen enough. */
+function isClosedPipe(error: unknown): boolean {
+  const code = (error as NodeJS.ErrnoException | undefined)?.code;
+  return code === 'EPIPE' || code === 'ERR_STREAM_DESTROYED' || code === 'ERR_STREAM_PREMATURE_CLOSE';
+}
+
+/**
+ * Copies the bytes [start, end) of `file` to stdout as they are (no decoding: invalid UTF-8 passes through, and a
+ * log of any size streams in small chunks with back-pressure). Returns the bytes the last chunk ended with (at
+ * most CLOSING_WINDOW_BYTES) as latin1, so every byte is one character.
+ */
+async function copyToStdout(file: string, start: number, end: number): Promise<string> {
+  if (end <= start) return '';
+  let tail = '';
+  const source = createReadStream(file, { start, end: end - 1, highWaterMark: 256 * 1024 });
+  source.on('data', (chunk) => {
+    tail = (tail + (chunk as Buffer).subarray(-CLOSING_WINDOW_BYTES).toString('latin1')).slice(-CLOSING_WINDOW_BYTES);
+  });
+  await pipeline(source, process.stdout, { end: false });
+  return tail;
+}
+
+async function printLog(file: string, follow: boolean): Promise<void> {
+  let offset = sizeOf(file);
+  let seen = await copyToStdout(file, 0, offset);
+  while (follow && !CLOSING_LINE.test(seen)) {
+    await new Promise((resolve) => setTimeout(resolve, 250));
+    const size = sizeOf(file);
+    if (size < offset) offset = 0; // replaced meanwhile: start again from its beginning
+    seen = (seen + (await copyToStdout(file, offset, size))).slice(-CLOSING_WINDOW_BYTES);
+    offset = Math.max(offset, size);
   }
 }
 
@@ -68,17 +112,19 @@ export const logsCommand: CommandModule<GlobalArgs, LogsArgs> = {
       }
       const file = join(dir, `attempt-${attempt}.log`);
       if (args.json) {
-        return printJson({ number, attempt, file, attempts, text: readFrom(file, 0).text });
+        // A JSON string has to fit in memory: the last JSON_TEXT_MAX_BYTES of a larger log, and where they start.
+        const size = sizeOf(file);
+        const textOffset = Math.max(0, size - JSON_TEXT_MAX_BYTES);
+        return printJson({ number, attempt, file, attempts, size, text_offset: textOffset, text: readText(file, textOffset, size) });
       }
-      let { text, offset } = readFrom(file, 0);
-      process.stdout.write(text);
-      if (!args.follow) return;
-      let seen = text;
-      while (!CLOSING_LINE.test(seen)) {
-        await new Promise((resolve) => setTimeout(resolve, 250));
-        ({ text, offset } = readFrom(file, offset));
-        process.stdout.write(text);
-        seen = seen.slice(-4096) + text;
+      // `runwarden logs -f N | head` closes our stdout: that is the reader's way of saying "enough" (exit 0).
+      process.stdout.on('error', (error) => {
+        if (isClosedPipe(error)) process.exit(0);
+      });
+      try {
+        await printLog(file, args.follow ?? false);
+      } catch (error) {
+        if (!isClosedPipe(error)) throw error;
       }
     }),
 };

@@ -27,6 +27,8 @@ export interface Config {
     log_dir: string;
     require_output: boolean;
     clean_output: boolean;
+    /** Bytes of command output an attempt log keeps; later output is discarded after one marker line. */
+    max_log_bytes: number;
     no_retry_exit_codes: number[];
     targets: string[];
     drop_targets_after: Record<string, number>;
@@ -94,6 +96,7 @@ export function defaultConfig(cwd: string, host: string = defaultHostName()): Co
       log_dir: resolve(cwd, 'logs'),
       require_output: true,
       clean_output: true,
+      max_log_bytes: 100 * 1024 * 1024,
       no_retry_exit_codes: [],
       targets: [],
       drop_targets_after: {},
@@ -155,6 +158,7 @@ export const CONFIG_KEYS = {
     log_dir: 'path',
     require_output: 'boolean',
     clean_output: 'boolean',
+    max_log_bytes: 'bytes',
     no_retry_exit_codes: 'integer-list',
     targets: 'string-list',
     drop_targets_after: 'count-map',

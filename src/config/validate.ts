@@ -211,6 +211,17 @@ export function maskStoreUrl(url: string): string {
   return url.replace(/^([a-z][a-z0-9+.-]*:\/\/[^:@/]*):[^@/]*@/i, '$1:***@');
 }
 
+/** The smallest log bound: the supervisor's own lines must fit in an attempt log. */
+const MIN_LOG_BYTES = 4096;
+
+function maxLogBytes(check: Checker, value: unknown, fallback: number): number {
+  const bytes = check.bytes('process.max_log_bytes', value, fallback);
+  if (bytes < MIN_LOG_BYTES) {
+    check.fail('process.max_log_bytes', `an attempt log must keep at least ${MIN_LOG_BYTES} bytes ("4KiB"), got ${showValue(value)}`);
+  }
+  return bytes;
+}
+
 function readStringList(check: Checker, field: string, value: unknown, example: string, noCommas: boolean): string[] {
   if (value === undefined) return [];
   const list = check.array(field, value, 'a list of strings', example);
@@ -394,6 +405,7 @@ export function validateConfig(raw: unknown, options: ValidateOptions): Config {
       log_dir: check.path('process.log_dir', p.log_dir, defaults.process.log_dir, cwd),
       require_output: check.boolean('process.require_output', p.require_output, defaults.process.require_output),
       clean_output: check.boolean('process.clean_output', p.clean_output, defaults.process.clean_output),
+      max_log_bytes: maxLogBytes(check, p.max_log_bytes, defaults.process.max_log_bytes),
       no_retry_exit_codes: noRetry,
       targets: readStringList(check, 'process.targets', p.targets, '["peaks", "events"]', true),
       drop_targets_after: dropTargetsAfter,

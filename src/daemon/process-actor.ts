@@ -49,6 +49,7 @@ export function processActor(ctx: DaemonContext) {
       env: plan.env,
       logFile: plan.logFile,
       escalateMs: ctx.config.timeouts.signal_escalate,
+      maxLogBytes: ctx.config.process.max_log_bytes,
     })
       .then((started) => {
         handle = started;

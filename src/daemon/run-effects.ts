@@ -1,5 +1,5 @@
-import { existsSync } from 'node:fs';
-import { mkdir, readdir, readFile, rm } from 'node:fs/promises';
+import { constants as fsConstants, existsSync } from 'node:fs';
+import { mkdir, open, opendir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { fromCallback, fromPromise, type EventObject } from 'xstate';
 import type { ClaimedRun, PreflightOutput } from '../../machines/run.machine.js';
@@ -10,6 +10,7 @@ import { DAEMON_TAG_VARIABLE, ownDaemonTag } from '../process/orphan-scan.js';
 import { abandonReason } from '../policy/failure-decision.js';
 import { retryDelay } from '../policy/retry-delay.js';
 import { validateRunDocument } from '../policy/run-validation.js';
+import { printableLines } from '../policy/terminal-text.js';
 import type { RunDoc } from '../store/types.js';
 import type { DaemonContext } from './context.js';
 import { formatDuration } from '../config/duration.js';
@@ -17,9 +18,12 @@ import { formatDuration } from '../config/duration.js';
 // The effects of the run machine: every store write is fenced by the attempt's lease token, and each
 // returns `ok: false` instead of writing when the lease is gone.
 
-/** Keeps a stored reason readable and bounded, whatever a command wrote. */
+/**
+ * Keeps a stored reason readable, safe for a terminal and bounded, whatever a command wrote: escape sequences
+ * and control characters are stripped (newlines kept), so `show`, `top` and the operator log never replay them.
+ */
 function boundedReason(text: string, max = 2000): string {
-  const clean = text.replace(/\r/g, '').trim();
+  const clean = printableLines(text);
   return clean.length > max ? `${clean.slice(0, max - 1)}…` : clean;
 }
 
@@ -32,27 +36,70 @@ function docOf(run: ClaimedRun): RunDoc {
   return run.doc as RunDoc;
 }
 
+/** True when `dir` has at least one entry; reads one entry, not the whole listing (it may hold 100,000 files). */
 async function hasEntries(dir: string): Promise<boolean> {
   try {
-    return (await readdir(dir)).length > 0;
+    const handle = await opendir(dir, { bufferSize: 1 });
+    try {
+      return (await handle.read()) !== null;
+    } finally {
+      await handle.close().catch(() => undefined);
+    }
   } catch {
     return false;
   }
 }
 
-async function readErrorFile(path: string | undefined): Promise<string | undefined> {
+/** Bytes of the error file read: a reason is one line, and a command must not make the daemon read gigabytes. */
+export const ERROR_FILE_MAX_BYTES = 64 * 1024;
+
+/**
+ * The command's own failure reason from its error file. The command owns that path, so what is there may be a
+ * FIFO (an open would block for ever), a symlink to anything, or huge: it is opened without blocking and without
+ * following a symlink, used only when it is a regular file, and read up to ERROR_FILE_MAX_BYTES.
+ */
+async function readErrorFile(path: string | undefined, warn: (message: string) => void): Promise<string | undefined> {
   if (!path) return undefined;
+  let handle;
   try {
-    const text = (await readFile(path, 'utf8')).trim();
-    return text.length > 0 ? text : undefined;
-  } catch {
+    handle = await open(path, fsConstants.O_RDONLY | fsConstants.O_NONBLOCK | fsConstants.O_NOFOLLOW);
+  } catch (error) {
+    const code = (error as NodeJS.ErrnoException).code;
+    if (code === 'ELOOP') warn(`error file ${path} is a symbolic link: ignored`);
+    else if (code !== 'ENOENT') warn(`cannot read error file ${path}: ${(error as Error).message}`);
     return undefined;
+  }
+  try {
+    const stat = await handle.stat();
+    if (!stat.isFile()) {
+      warn(`error file ${path} is not a regular file: ignored`);
+      return undefined;
+    }
+    const buffer = Buffer.alloc(Math.min(ERROR_FILE_MAX_BYTES, stat.size));
+    const { bytesRead } = await handle.read(buffer, 0, buffer.length, 0);
+    const text = buffer.subarray(0, bytesRead).toString('utf8').trim();
+    return text.length > 0 ? text : undefined;
+  } catch (error) {
+    warn(`cannot read error file ${path}: ${(error as Error).message}`);
+    return undefined;
+  } finally {
+    await handle.close().catch(() => undefined);
   }
 }
 
 /** The reason stored for a failed attempt: the command's own words when it wrote the error file. */
 export async function failureReason(ctx: DaemonContext, failure: AttemptFailure): Promise<string> {
-  const written = await readErrorFile(failure.errorFile);
+  let ignored: string | undefined;
+  const written = await readErrorFile(failure.errorFile, (message) => {
+    ignored = message;
+    ctx.logger.warn(message);
+  });
+  const reason = reasonFor(ctx, failure, written);
+  // The error file was there but unusable: say so, so the operator does not look for it in vain.
+  return ignored ? boundedReason(`${reason} (${ignored})`) : reason;
+}
+
+function reasonFor(ctx: DaemonContext, failure: AttemptFailure, written: string | undefined): string {
   switch (failure.kind) {
     case 'timed_out':
       return boundedReason(
@@ -115,7 +162,9 @@ export function runEffects(ctx: DaemonContext) {
       })(),
       (async () => {
         await mkdir(logDir, { recursive: true });
-        await rm(errorFile, { force: true });
+        // Whatever a previous attempt left at this path (a file, a FIFO, a symlink, a directory) goes; rm never
+        // follows a symlink, it removes the link.
+        await rm(errorFile, { force: true, recursive: true });
       })(),
     ]);
     const values = {

@@ -7,7 +7,19 @@
 // left the group with setsid or a double fork); it reads the environment only of processes younger than the
 // leader. /proc is scanned synchronously only when something is left in the group, or when the caller signals.
 
-import { createWriteStream, mkdirSync, openSync, statSync, type WriteStream } from 'node:fs';
+import {
+  closeSync,
+  constants as fsConstants,
+  createWriteStream,
+  fstatSync,
+  lstatSync,
+  mkdirSync,
+  openSync,
+  statSync,
+  unlinkSync,
+  type Stats,
+  type WriteStream,
+} from 'node:fs';
 import { dirname } from 'node:path';
 import type { Readable } from 'node:stream';
 import { finished } from 'node:stream/promises';
@@ -41,6 +53,11 @@ export interface CommandSpec {
    * between SIGTERM and SIGKILL (the daemon passes timeouts.signal_escalate); default 0: SIGKILL at once.
    */
   escalateMs?: number;
+  /**
+   * Bytes of command output the log keeps; what comes later is discarded after one marker line (it still counts
+   * as output for the caller's listeners). Default: no bound.
+   */
+  maxLogBytes?: number;
 }
 
 export interface CommandExit {
@@ -61,6 +78,8 @@ export interface CommandExit {
   groupRemaining: number;
   /** Set when the log file could not be written (e.g. disk full); output after that point was discarded. */
   logError?: string;
+  /** Bytes of output discarded because the log reached `maxLogBytes` (0 when it never did). */
+  discardedBytes: number;
 }
 
 export interface CommandHandle {
@@ -122,6 +141,44 @@ function spawnFailureMessage(spec: CommandSpec, code: string | undefined, detail
   return `cannot start ${name}: ${code ?? 'error'}${detail ? ` (${detail})` : ''}`;
 }
 
+const LOG_OPEN_FLAGS = fsConstants.O_WRONLY | fsConstants.O_APPEND | fsConstants.O_CREAT | fsConstants.O_NOFOLLOW;
+
+function kindOf(stat: Stats): string {
+  if (stat.isFIFO()) return 'a FIFO';
+  if (stat.isSymbolicLink()) return 'a symbolic link';
+  if (stat.isSocket()) return 'a socket';
+  if (stat.isCharacterDevice() || stat.isBlockDevice()) return 'a device';
+  if (stat.isDirectory()) return 'a directory';
+  return 'something other than a regular file';
+}
+
+/**
+ * Opens an attempt log for appending. A previous attempt's command can write into the log directory, so what is
+ * at this path may be a FIFO (a blocking open would freeze the daemon), a symbolic link, a device: the open
+ * never blocks (O_NONBLOCK) nor follows a link (O_NOFOLLOW), and what is not a regular file is removed and a
+ * fresh file created. A directory there is an error (the attempt fails with it), never removed.
+ */
+function openAttemptLog(path: string): { fd: number; replaced?: string } {
+  let fd: number | undefined;
+  try {
+    fd = openSync(path, LOG_OPEN_FLAGS | fsConstants.O_NONBLOCK, 0o644);
+    if (fstatSync(fd).isFile()) return { fd };
+    closeSync(fd);
+    fd = undefined;
+  } catch (error) {
+    if (fd !== undefined) closeSync(fd);
+    // ENXIO: a FIFO nobody reads; ELOOP: a symbolic link; EISDIR: a directory.
+    const code = codeOf(error);
+    if (code !== 'ENXIO' && code !== 'ELOOP' && code !== 'EWOULDBLOCK' && code !== 'EAGAIN') throw error;
+  }
+  const stat = lstatSync(path);
+  if (stat.isDirectory()) throw new Error('it is a directory');
+  const replaced = kindOf(stat);
+  unlinkSync(path);
+  // O_EXCL: if something else appears here meanwhile, fail rather than open it.
+  return { fd: openSync(path, LOG_OPEN_FLAGS | fsConstants.O_EXCL, 0o644), replaced };
+}
+
 /**
  * Start `spec.argv` (never through a shell) as the leader of a new process group, its output appended to
  * `spec.logFile`. Rejects with SpawnError when the executable cannot be started (or the log file not opened).
@@ -136,9 +193,10 @@ export async function spawnCommand(spec: CommandSpec): Promise<CommandHandle> {
   const attemptMarker = newAttemptMarker();
 
   let fd: number;
+  let replaced: string | undefined;
   try {
     mkdirSync(dirname(spec.logFile), { recursive: true });
-    fd = openSync(spec.logFile, 'a');
+    ({ fd, replaced } = openAttemptLog(spec.logFile));
   } catch (error) {
     throw new SpawnError(`cannot open log file ${JSON.stringify(spec.logFile)}: ${(error as Error).message}`, codeOf(error));
   }
@@ -162,6 +220,7 @@ export async function spawnCommand(spec: CommandSpec): Promise<CommandHandle> {
     await finished(log).catch(() => undefined);
   };
 
+  if (replaced) writeLog(`=== runwarden ${stamp()} removed ${replaced} found at the log's path\n`);
   writeLog(`=== runwarden ${stamp()} start argv=${JSON.stringify(spec.argv)} cwd=${JSON.stringify(spec.cwd)}\n`);
   const started = performance.now();
 
@@ -208,8 +267,35 @@ export async function spawnCommand(spec: CommandSpec): Promise<CommandHandle> {
   const listeners: Array<() => void> = [];
   const decoder = new StringDecoder('utf8');
   let stderrKept = '';
+  const maxLogBytes = spec.maxLogBytes ?? Infinity;
+  let outputBytes = 0;
+  let discardedBytes = 0;
+  let lastByteNewline = true;
+  /** The command's output into the log, up to maxLogBytes; then one marker line, and the rest only counted. */
+  const logOutput = (chunk: string | Buffer): void => {
+    const bytes = typeof chunk === 'string' ? Buffer.from(chunk) : chunk;
+    const room = maxLogBytes - outputBytes;
+    if (room <= 0) {
+      discardedBytes += bytes.length;
+      return;
+    }
+    const kept = bytes.length <= room ? bytes : bytes.subarray(0, room);
+    outputBytes += kept.length;
+    if (kept.length > 0) {
+      writeLog(kept);
+      lastByteNewline = kept[kept.length - 1] === 0x0a;
+    }
+    if (kept.length < bytes.length) {
+      discardedBytes += bytes.length - kept.length;
+      writeLog(
+        `${lastByteNewline ? '' : '\n'}=== runwarden ${stamp()} log cut at ${maxLogBytes} bytes of output;` +
+          ' further output discarded ===\n',
+      );
+      lastByteNewline = true;
+    }
+  };
   const onData = (chunk: string | Buffer, isStderr: boolean): void => {
-    writeLog(chunk);
+    logOutput(chunk);
     if (isStderr && tailLines > 0) {
       stderrKept += typeof chunk === 'string' ? chunk : decoder.write(chunk);
       if (stderrKept.length > 2 * STDERR_KEEP_CHARS) stderrKept = stderrKept.slice(-STDERR_KEEP_CHARS);
@@ -301,10 +387,12 @@ export async function spawnCommand(spec: CommandSpec): Promise<CommandHandle> {
       durationMs: Math.round(durationMs),
       groupLeftovers,
       groupRemaining,
+      discardedBytes,
     };
     await closeLog(
-      `=== runwarden ${stamp()} exit code=${exitCode} signal=${signal} duration_ms=${exit.durationMs}` +
-        ` leftovers=${groupLeftovers}${groupRemaining > 0 ? ` remaining=${groupRemaining}` : ''}\n`,
+      `${lastByteNewline ? '' : '\n'}=== runwarden ${stamp()} exit code=${exitCode} signal=${signal} duration_ms=${exit.durationMs}` +
+        ` leftovers=${groupLeftovers}${groupRemaining > 0 ? ` remaining=${groupRemaining}` : ''}` +
+        `${discardedBytes > 0 ? ` discarded_bytes=${discardedBytes}` : ''}\n`,
     );
     if (logError !== undefined) exit.logError = logError;
     attemptOver = true;
@@ -323,6 +411,7 @@ export async function spawnCommand(spec: CommandSpec): Promise<CommandHandle> {
           durationMs: Math.round(performance.now() - started),
           groupLeftovers: 0,
           groupRemaining: 0,
+          discardedBytes: 0,
         });
       });
     });

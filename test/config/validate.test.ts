@@ -255,3 +255,12 @@ describe('describeConfig', () => {
     expect(describeConfig(validateConfig({ store }, options)).store).toBe(shown);
   });
 });
+
+describe('validateConfig: process.max_log_bytes', () => {
+  it('takes a size with a unit, defaults to 100 MiB, and refuses one too small or not a size, naming the field', () => {
+    expect(validateConfig({}, options).process.max_log_bytes).toBe(100 * 2 ** 20);
+    expect(validateConfig({ process: { max_log_bytes: '1GiB' } }, options).process.max_log_bytes).toBe(2 ** 30);
+    expect(refusal({ process: { max_log_bytes: 100 } }).message).toMatch(/^config: process\.max_log_bytes: .*at least 4096 bytes/);
+    expect(refusal({ process: { max_log_bytes: 'lots' } }).message).toMatch(/^config: process\.max_log_bytes: not a size/);
+  });
+});

@@ -23,6 +23,11 @@ export function cleanEnv(extra: Record<string, string> = {}): Record<string, str
   return { ...env, ...extra };
 }
 
+/** The program and arguments that run the CLI with `args` (for a test that spawns it its own way). */
+export function cliCommand(args: string[]): [string, string[]] {
+  return [process.execPath, ['--import', tsxLoader, cliEntry, ...args]];
+}
+
 export function runCli(args: string[], options: { cwd: string; env?: Record<string, string>; input?: string }) {
   return execa(process.execPath, ['--import', tsxLoader, cliEntry, ...args], {
     cwd: options.cwd,
