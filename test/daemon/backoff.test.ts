@@ -72,7 +72,7 @@ function config(command: string[], extra: string[] = []): Config {
 }
 
 function start(cfg: Config): DaemonHandle {
-  daemon = startDaemon({ config: cfg, store, logger: silentLogger(HOST), clock: clock.read });
+  daemon = startDaemon({ config: cfg, store, logger: silentLogger(HOST), clock: clock.read, monotonic: clock.read });
   return daemon;
 }
 
@@ -124,8 +124,13 @@ describe('backoff grows with the failure count at every call site', () => {
       const before = (await store.getRun(2))!.processing;
       const claimed = await store.claimRun(2, ghost, { state: before?.state ?? null, token: before?.token ?? null });
       expect(claimed?.processing?.state, `the silent owner's claim ${k}`).toBe('considering');
-      clock.advance(cfg.timeouts.max_considering_time + 1);
-      const event = await nthFailure(2, k, 'cleanup');
+      // Cleanup judges a lease stale once it saw it unchanged for the limit on its monotonic clock (the test
+      // clock here too): move time on by the limit until a pass that saw the claim before judges it.
+      const event = await waitFor(async () => {
+        const found = (await store.listRunEvents(2)).filter((e) => e.to === 'failed')[k - 1];
+        if (!found) clock.advance(cfg.timeouts.max_considering_time + 1);
+        return found;
+      }, `failure ${k} of run 2 (cleanup)`, { intervalMs: 100 });
       expect(event.detail).toMatchObject({ by: 'cleanup', kind: 'stale' });
       const p = (await store.getRun(2))!.processing!;
       expect(p.n_failures).toBe(k);
