@@ -15,7 +15,7 @@ export const retryCommand: CommandModule<GlobalArgs, RetryArgs> = {
   builder: (yargs: Argv<GlobalArgs>) =>
     yargs
       .positional('number', { type: 'string', describe: 'run number' })
-      .option('reset', { type: 'boolean', describe: 'also set n_failures to 0 (the attempt number keeps growing)' })
+      .option('reset', { type: 'boolean', describe: 'also set n_failures and n_interruptions to 0 (the attempt number keeps growing)' })
       .epilogue(
         'The run becomes failed with next_retry = now and reason "retry requested by USER@HOST"; the next free ' +
           'daemon claims it. Without --reset its failure count is kept, so an abandoned run at max_failures is ' +

@@ -34,6 +34,11 @@ export interface Config {
     drop_targets_after: Record<string, number>;
     minimal_targets: string[];
     resources: Record<string, ResourceRule>;
+    /**
+     * Runs in a row that fail before their command could start, for a reason of the host (the executable
+     * missing, the output or log directory not writable): at this many the host pauses claiming.
+     */
+    host_fault_threshold: number;
   };
   /** All in milliseconds. */
   timeouts: {
@@ -56,6 +61,8 @@ export interface Config {
     max_exponent: number;
     jitter: [number, number];
     max_failures: number;
+    /** Attempts ended by their host (restart, stop, presumed dead, host fault) before the run is abandoned. */
+    max_interruptions: number;
   };
   disk: { path: string; max_used_percent: number; min_free_bytes: number };
   /** `daemon --inspect` / `--metrics`: where they listen (loopback unless configured otherwise). */
@@ -102,6 +109,7 @@ export function defaultConfig(cwd: string, host: string = defaultHostName()): Co
       drop_targets_after: {},
       minimal_targets: [],
       resources: {},
+      host_fault_threshold: 3,
     },
     timeouts: {
       signal_escalate: 3_000,
@@ -115,7 +123,7 @@ export function defaultConfig(cwd: string, host: string = defaultHostName()): Co
       max_no_output_time: 30 * 60_000,
       restart_pause: 10_000,
     },
-    retry: { base: 60_000, factor: 5, max_exponent: 3, jitter: [0.5, 1.5], max_failures: 10 },
+    retry: { base: 60_000, factor: 5, max_exponent: 3, jitter: [0.5, 1.5], max_failures: 10, max_interruptions: 20 },
     disk: { path: outputRoot, max_used_percent: 95, min_free_bytes: 1_073_741_824 },
     observe: { bind: '127.0.0.1', inspect_port: 9390, metrics_port: 9391 },
   };
@@ -164,6 +172,7 @@ export const CONFIG_KEYS = {
     drop_targets_after: 'count-map',
     minimal_targets: 'string-list',
     resources: 'resource-map',
+    host_fault_threshold: 'integer',
   },
   timeouts: {
     signal_escalate: 'duration',
@@ -177,7 +186,7 @@ export const CONFIG_KEYS = {
     max_no_output_time: 'duration',
     restart_pause: 'duration',
   },
-  retry: { base: 'duration', factor: 'number', max_exponent: 'integer', jitter: 'pair', max_failures: 'integer' },
+  retry: { base: 'duration', factor: 'number', max_exponent: 'integer', jitter: 'pair', max_failures: 'integer', max_interruptions: 'integer' },
   disk: { path: 'path', max_used_percent: 'number', min_free_bytes: 'bytes' },
   observe: { bind: 'string', inspect_port: 'integer', metrics_port: 'integer' },
 } as const satisfies Readonly<Record<string, FieldKind | SectionKeys>>;

@@ -411,6 +411,12 @@ export function validateConfig(raw: unknown, options: ValidateOptions): Config {
       drop_targets_after: dropTargetsAfter,
       minimal_targets: readStringList(check, 'process.minimal_targets', p.minimal_targets, '["raw_records"]', true),
       resources,
+      host_fault_threshold: check.integer(
+        'process.host_fault_threshold',
+        p.host_fault_threshold,
+        defaults.process.host_fault_threshold,
+        1,
+      ),
     },
     timeouts,
     retry: {
@@ -419,6 +425,12 @@ export function validateConfig(raw: unknown, options: ValidateOptions): Config {
       max_exponent: check.integer('retry.max_exponent', r.max_exponent, defaults.retry.max_exponent, 0),
       jitter,
       max_failures: check.integer('retry.max_failures', r.max_failures, defaults.retry.max_failures, 1),
+      max_interruptions: check.integer(
+        'retry.max_interruptions',
+        r.max_interruptions,
+        defaults.retry.max_interruptions,
+        1,
+      ),
     },
     disk: {
       path: check.path('disk.path', d.path, outputRoot, cwd),

@@ -1,7 +1,7 @@
 import { formatElapsed } from '../config/duration.js';
 import type { Config } from '../config/schema.js';
 import type { Logger } from '../log/logger.js';
-import { repairFailureOutcome } from '../policy/failure-decision.js';
+import { interruptionOutcome, repairFailureOutcome } from '../policy/failure-decision.js';
 import { retryDelay } from '../policy/retry-delay.js';
 import type { RunOverride, RunStore } from '../store/run-store.js';
 import type { RunDoc, RunState } from '../store/types.js';
@@ -73,6 +73,21 @@ function failureOverride(deps: CleanupDeps, run: RunDoc, what: string): RunOverr
   });
 }
 
+/**
+ * A stale lease: its host went silent (crashed, presumed dead, cut off), which its command did not cause. An
+ * interruption, not a failure: eligible again at once, n_failures and the next attempt's targets unchanged;
+ * abandoned only at retry.max_interruptions.
+ */
+function interruptionOverride(deps: CleanupDeps, run: RunDoc, what: string): RunOverride {
+  return interruptionOutcome({
+    nFailures: run.processing?.n_failures ?? 0,
+    nInterruptionsBefore: run.processing?.n_interruptions ?? 0,
+    maxInterruptions: deps.config.retry.max_interruptions,
+    what,
+    retryAt: deps.clock(),
+  });
+}
+
 function staleReason(deps: CleanupDeps, run: RunDoc): string {
   const p = run.processing!;
   const limit = p.state === 'busy' ? 'timeouts.max_busy_time' : 'timeouts.max_considering_time';
@@ -111,7 +126,15 @@ export async function cleanupPass(deps: CleanupDeps): Promise<CleanupReport> {
         run.number,
         { state: p?.state ?? null, token: p?.token ?? null },
         planned,
-        { host: deps.host, detail: { by: 'cleanup', kind, ...(p ? { owner: p.host } : {}) } },
+        {
+          host: deps.host,
+          detail: {
+            by: 'cleanup',
+            kind,
+            ...(kind === 'stale' ? { interruption: 'presumed_dead' } : {}),
+            ...(p ? { owner: p.host } : {}),
+          },
+        },
       );
       if (!ok) {
         report.lost.push({ number: run.number, kind });
@@ -148,7 +171,7 @@ export async function cleanupPass(deps: CleanupDeps): Promise<CleanupReport> {
     return deps.observations.unchangedFor(run) >= limit;
   });
   for (const run of stale) {
-    await repair(run, 'stale', (r) => failureOverride(deps, r, staleReason(deps, r)));
+    await repair(run, 'stale', (r) => interruptionOverride(deps, r, staleReason(deps, r)));
   }
 
   if (config.process.require_output) {

@@ -160,7 +160,7 @@ export async function abandonRunByOperator(
 
 /**
  * `retry N [--reset]`: from failed, abandoned or done to failed with next_retry now, so a daemon claims it at
- * once. `reset` zeroes n_failures (the attempt counter is never reset). A hold tag stays: reported as a warning.
+ * once. `reset` zeroes n_failures and n_interruptions (the attempt counter is never reset). A hold tag stays: reported as a warning.
  */
 export async function retryRunByOperator(
   deps: OperatorDeps,
@@ -174,7 +174,14 @@ export async function retryRunByOperator(
     if (p.state === 'considering' || p.state === 'busy') {
       refuse(run, 'retry', `use fail ${number} first, or process ${number} --force`);
     }
-    return { to: 'failed', reason: text, n_failures: options.reset ? 0 : p.n_failures, next_retry: deps.clock() };
+    return {
+      to: 'failed',
+      reason: text,
+      n_failures: options.reset ? 0 : p.n_failures,
+      // a reset forgets interruptions too, so a run given up on at retry.max_interruptions gets its full allowance
+      ...(options.reset ? { n_interruptions: 0 } : {}),
+      next_retry: deps.clock(),
+    };
   });
   await operatorLog(deps, 1, number, `run ${number} (was ${describeState(before)}): ${text}`);
   return {

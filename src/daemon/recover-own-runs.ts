@@ -1,4 +1,4 @@
-import { repairFailureOutcome } from '../policy/failure-decision.js';
+import { interruptionOutcome } from '../policy/failure-decision.js';
 import { groupAlive, killProcessGroup } from '../process/kill-group.js';
 import { killOrphanedCommands } from '../process/orphan-scan.js';
 import { isSameProcess, readProcStat } from '../process/proc.js';
@@ -7,7 +7,8 @@ import type { DaemonContext } from './context.js';
 
 // Restart after kill -9 (DESIGN §1 "fast recovery of its own runs"): the new incarnation kills the process
 // groups its predecessor recorded (pgid + start time, so a recycled pid is never hit) and fails those runs at
-// once, instead of letting them wait for max_busy_time. They become eligible again at once. A /proc scan for
+// once, instead of letting them wait for max_busy_time. They become eligible again at once, as interrupted, not
+// failed: n_failures and the targets of the next attempt stay as they were. A /proc scan for
 // commands tagged with a gone daemon of this host (RUNWARDEN_DAEMON) kills the groups no record names.
 
 export interface RecoveredRun {
@@ -103,32 +104,39 @@ export async function recoverOwnRuns(ctx: DaemonContext, previous: HostDoc | nul
       const why =
         `host ${host} restarted while the run was ${p.state} (daemon pid ${p.pid} is gone)` +
         (killedPgid !== undefined ? `; killed its orphaned command (process group ${killedPgid})` : '');
-      // Not the run's fault as far as anyone knows: eligible again at once, but counted, so a run that kills
-      // its daemon every time is given up on eventually.
-      const outcome = repairFailureOutcome({
-        nFailuresBefore: p.n_failures,
+      // Not the run's fault as far as anyone knows: an interruption, eligible again at once and never charged
+      // as a failure; counted apart, so a run that kills its daemon every time is given up on eventually.
+      const outcome = interruptionOutcome({
+        nFailures: p.n_failures,
+        nInterruptionsBefore: p.n_interruptions ?? 0,
+        maxInterruptions: config.retry.max_interruptions,
         what: why,
-        maxFailures: config.retry.max_failures,
-        noRetryExitCodes: config.process.no_retry_exit_codes,
         retryAt: ctx.clock(),
       });
       const detail = {
         kind: 'restart',
+        interruption: 'restart',
         previous_pid: p.pid,
         ...(killedPgid !== undefined ? { killed_pgid: killedPgid } : {}),
       };
-      const { reason, n_failures } = outcome;
+      const { reason, n_failures, n_interruptions } = outcome;
       const ok =
         outcome.to === 'abandoned'
-          ? await store.abandonRun(run.number, p.token, { reason, n_failures }, { detail })
+          ? await store.abandonRun(run.number, p.token, { reason, n_failures, n_interruptions }, { detail })
           : await store.failRun(
               run.number,
               p.token,
-              { reason, n_failures, next_retry: outcome.next_retry },
+              { reason, n_failures, n_interruptions, next_retry: outcome.next_retry },
               { detail },
             );
       if (!ok) return { number: run.number, state: p.state, outcome: 'lost_race' };
-      logger.warn(`run ${run.number} ${outcome.to}: ${why}`, { number: run.number });
+      logger.warn(
+        outcome.to === 'abandoned'
+          ? `run ${run.number} abandoned: ${reason}`
+          : `run ${run.number} interrupted (${n_interruptions} of retry.max_interruptions ` +
+              `${config.retry.max_interruptions}; not counted as a failure): ${why}`,
+        { number: run.number },
+      );
       return {
         number: run.number,
         state: p.state,

@@ -287,7 +287,10 @@ export function runEffects(ctx: DaemonContext) {
   });
 
   const releaseRun = fromPromise<FencedWriteResult, { run: ClaimedRun }>(async ({ input }) => {
-    const ok = await store.releaseRun(input.run.number, input.run.token, 'host stopped');
+    // An interruption (counted in n_interruptions by the store), never a failure.
+    const ok = await store.releaseRun(input.run.number, input.run.token, 'host stopped', {
+      detail: { interruption: 'stopped' },
+    });
     if (ok) logger.info(`run ${input.run.number} released: host stopped`, { number: input.run.number });
     return { ok };
   });

@@ -46,3 +46,52 @@ export function resourcesForAttempt(
   }
   return values;
 }
+
+/** What an attempt did without, compared with the configuration: the basis of "degraded" in show/list/top. */
+export interface Degradation {
+  /** Configured targets the attempt did not get, in configured order. */
+  droppedTargets: string[];
+  /** Targets the attempt got, as stored with it. */
+  usedTargets: string[];
+  /** Resources the attempt got below their configured start: name → used and configured values. */
+  shrunkResources: Record<string, { used: number; configured: number }>;
+  /** One line for people, e.g. `targets 1 of 3 (without events, peaks); cores 4 of 8`. */
+  summary: string;
+}
+
+/** The fields of a run degradationOf reads: its processing document's targets and resources. */
+export interface AttemptRecord {
+  processing?: { targets?: readonly string[]; resources?: Readonly<Record<string, number>> } | undefined;
+}
+
+/**
+ * How the attempt recorded in `run.processing` (for a done run: the one that produced its output) fell short
+ * of the configured targets and resources; null when it did not, or when the run holds no record of them (never
+ * busy, or claimed again since). Compared with the configuration given, i.e. the one in force now.
+ */
+export function degradationOf(
+  run: AttemptRecord,
+  config: { process: { targets: readonly string[]; resources: Readonly<Record<string, ResourceRule>> } },
+): Degradation | null {
+  const p = run.processing;
+  if (!p) return null;
+  const parts: string[] = [];
+  const usedTargets = p.targets ? [...p.targets] : [];
+  const droppedTargets =
+    p.targets && config.process.targets.length > 0
+      ? config.process.targets.filter((target) => !usedTargets.includes(target))
+      : [];
+  if (droppedTargets.length > 0) {
+    const kept = config.process.targets.length - droppedTargets.length;
+    parts.push(`targets ${kept} of ${config.process.targets.length} (without ${droppedTargets.join(', ')})`);
+  }
+  const shrunkResources: Record<string, { used: number; configured: number }> = {};
+  for (const [name, rule] of Object.entries(config.process.resources)) {
+    const used = p.resources?.[name];
+    if (used === undefined || !(used < rule.start)) continue;
+    shrunkResources[name] = { used, configured: rule.start };
+    parts.push(`${name} ${used} of ${rule.start}`);
+  }
+  if (parts.length === 0) return null;
+  return { droppedTargets, usedTargets, shrunkResources, summary: parts.join('; ') };
+}

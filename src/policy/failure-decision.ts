@@ -31,13 +31,13 @@ export function decideAfterFailure(facts: FailureFacts): FailureDecision {
 }
 
 /** The stored reason of a run given up on: why, then the failure that tipped it. */
-export function abandonReason(why: string, lastFailure: string): string {
-  return `gave up: ${why}; last failure: ${lastFailure}`;
+export function abandonReason(why: string, lastFailure: string, label = 'last failure'): string {
+  return `gave up: ${why}; ${label}: ${lastFailure}`;
 }
 
 export type FailureOutcome =
-  | { to: 'failed'; reason: string; n_failures: number; next_retry: number }
-  | { to: 'abandoned'; reason: string; n_failures: number };
+  | { to: 'failed'; reason: string; n_failures: number; n_interruptions?: number; next_retry: number }
+  | { to: 'abandoned'; reason: string; n_failures: number; n_interruptions?: number };
 
 export interface RepairFailureFacts {
   nFailuresBefore: number;
@@ -63,4 +63,56 @@ export function repairFailureOutcome(facts: RepairFailureFacts): FailureOutcome 
     return { to: 'abandoned', reason: abandonReason(decision.why, facts.what), n_failures: decision.nFailures };
   }
   return { to: 'failed', reason: facts.what, n_failures: decision.nFailures, next_retry: facts.retryAt };
+}
+
+// Interruptions (DESIGN §4, issue 12 fault 4): an attempt ended by something its command did not cause — its
+// host restarted, stopped, went silent, or could not start it — is not a failure. It neither counts towards
+// max_failures nor degrades the next attempt; a separate, larger limit stops a run that takes its host down
+// with it every time (an OOM, a kernel panic) from looping for ever.
+
+export interface InterruptionFacts {
+  /** Interruptions recorded before this one. */
+  nInterruptionsBefore: number;
+  maxInterruptions: number;
+}
+
+export type InterruptionDecision =
+  | { kind: 'retry'; nInterruptions: number }
+  | { kind: 'abandon'; nInterruptions: number; why: string };
+
+/** Counts this interruption and decides: retry, or give up once retry.max_interruptions is reached. */
+export function decideAfterInterruption(facts: InterruptionFacts): InterruptionDecision {
+  const nInterruptions = Math.max(0, facts.nInterruptionsBefore) + 1;
+  if (nInterruptions >= facts.maxInterruptions) {
+    return {
+      kind: 'abandon',
+      nInterruptions,
+      why:
+        `${nInterruptions} interruption${nInterruptions === 1 ? '' : 's'} reached retry.max_interruptions ` +
+        `(${facts.maxInterruptions}): its host keeps going away while it runs`,
+    };
+  }
+  return { kind: 'retry', nInterruptions };
+}
+
+export interface InterruptionRecordFacts extends InterruptionFacts {
+  /** Failures so far: kept as they are. */
+  nFailures: number;
+  /** The interruption as people read it. */
+  what: string;
+  /** When the run becomes eligible again if it is retried. */
+  retryAt: number;
+}
+
+/**
+ * An interruption recorded by someone other than the attempt's supervisor (a restarted daemon, cleanup of a
+ * silent host): n_failures unchanged, n_interruptions + 1, abandoned with both reasons at max_interruptions.
+ */
+export function interruptionOutcome(facts: InterruptionRecordFacts): FailureOutcome {
+  const decision = decideAfterInterruption(facts);
+  const counts = { n_failures: facts.nFailures, n_interruptions: decision.nInterruptions };
+  if (decision.kind === 'abandon') {
+    return { to: 'abandoned', reason: abandonReason(decision.why, facts.what, 'last interruption'), ...counts };
+  }
+  return { to: 'failed', reason: facts.what, ...counts, next_retry: facts.retryAt };
 }

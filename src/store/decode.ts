@@ -126,6 +126,8 @@ export function processingFrom(
     attempt: num(fields.attempt) ?? 0,
     time: time(fields.time) ?? 0,
     n_failures: num(fields.n_failures) ?? 0,
+    // absent in rows written before interruptions were counted
+    n_interruptions: num(fields.n_interruptions) ?? 0,
   };
   put(p, 'pgid', num(fields.pgid));
   put(p, 'proc_start', num(fields.proc_start));

@@ -50,6 +50,8 @@ export interface RunOverride {
   to: 'failed' | 'abandoned';
   reason: string;
   n_failures: number;
+  /** The interruption count to store; absent keeps the run's count. */
+  n_interruptions?: number;
   /** Required when `to` is failed: when the run becomes eligible again. */
   next_retry?: number;
   /**
@@ -88,8 +90,10 @@ export interface ProcessGroupFields {
 
 export interface FailureFields {
   reason: string;
-  /** The failure count after this failure. */
+  /** The failure count after this failure (unchanged when the attempt was interrupted). */
   n_failures: number;
+  /** The interruption count after this write; absent keeps the run's count. */
+  n_interruptions?: number;
   next_retry: number;
   exit_code?: number;
   signal?: string;
@@ -98,11 +102,16 @@ export interface FailureFields {
 export interface AbandonFields {
   reason: string;
   n_failures: number;
+  /** The interruption count after this write; absent keeps the run's count. */
+  n_interruptions?: number;
   exit_code?: number;
   signal?: string;
 }
 
-export type HostPatch = Partial<Pick<HostDoc, 'state' | 'running' | 'disk' | 'slots'>>;
+/** `paused_reason: null` clears the reason (the host resumed). */
+export type HostPatch = Partial<Pick<HostDoc, 'state' | 'running' | 'disk' | 'slots'>> & {
+  paused_reason?: string | null;
+};
 
 export interface LogQuery {
   limit?: number;
@@ -172,7 +181,10 @@ export interface RunStore {
   finishRun(number: number, token: string, output: RunOutput, note?: EventNote): Promise<boolean>;
   failRun(number: number, token: string, fields: FailureFields, note?: EventNote): Promise<boolean>;
   abandonRun(number: number, token: string, fields: AbandonFields, note?: EventNote): Promise<boolean>;
-  /** Hands a run back unharmed (host stopping): failed, next_retry now, n_failures unchanged. */
+  /**
+   * Hands a run back unharmed (host stopping): failed, next_retry now, n_failures unchanged, one more
+   * interruption counted (n_interruptions + 1).
+   */
   releaseRun(number: number, token: string, reason: string, note?: EventNote): Promise<boolean>;
 
   /**

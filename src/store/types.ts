@@ -4,7 +4,7 @@
 export const RUN_STATES = ['considering', 'busy', 'done', 'failed', 'abandoned'] as const;
 export type RunState = (typeof RUN_STATES)[number];
 
-export const HOST_STATES = ['starting', 'idle', 'busy', 'disk_full', 'stopping', 'stopped', 'dead'] as const;
+export const HOST_STATES = ['starting', 'idle', 'busy', 'disk_full', 'paused', 'stopping', 'stopped', 'dead'] as const;
 export type HostState = (typeof HOST_STATES)[number];
 
 export interface RunOutput {
@@ -51,6 +51,11 @@ export interface Processing {
   started?: number;
   ended?: number;
   n_failures: number;
+  /**
+   * Attempts ended by something the command did not cause (its host restarted, stopped, was presumed dead or
+   * could not start it): never counted in n_failures, limited by retry.max_interruptions. Read as 0 when absent.
+   */
+  n_interruptions?: number;
   reason?: string;
   next_retry?: number;
   exit_code?: number;
@@ -126,6 +131,8 @@ export interface HostDoc {
   slots: number;
   running: number[];
   disk?: DiskFigures;
+  /** Why the host claims nothing while its state is `paused` (a host-level fault, e.g. an unwritable log_dir). */
+  paused_reason?: string;
 }
 
 /** Operator log priorities, as in bootstrax: 0 debug, 1 info, 2 warning, 3 error, 4 fatal. */

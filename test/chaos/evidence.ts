@@ -253,7 +253,7 @@ export function journalOverlaps(evidence: Evidence): string[] {
 /**
  * The shared history invariants (test/model/invariants.ts), plus what holds in these scenarios, where only the
  * daemons write (no operator): the first event claims attempt 1, nothing follows a terminal state, time never
- * goes back, every failure is counted exactly, and a done run was done exactly once with one output.
+ * goes back, every failure and interruption is counted exactly, and a done run was done exactly once with one output.
  */
 export function runHistoryProblems(run: RunDoc, events: RunEvent[]): string[] {
   const problems = checkRunHistory(events, run).map((problem) => `run ${run.number}: ${problem}`);
@@ -264,8 +264,15 @@ export function runHistoryProblems(run: RunDoc, events: RunEvent[]): string[] {
   }
   const p = run.processing;
   if (p) {
-    const failures = events.filter((e) => e.to === 'failed').length + (p.state === 'abandoned' ? 1 : 0);
+    // An attempt ended by its host (restart, stop, presumed dead, host fault) is an interruption, named in the
+    // event's detail; every other failed or abandoned attempt is a failure.
+    const endings = events.filter((e) => e.to === 'failed' || e.to === 'abandoned');
+    const interruptions = endings.filter((e) => e.detail?.interruption !== undefined).length;
+    const failures = endings.length - interruptions;
     if (p.n_failures !== failures) problems.push(`run ${run.number}: n_failures ${p.n_failures}, events say ${failures}`);
+    if ((p.n_interruptions ?? 0) !== interruptions) {
+      problems.push(`run ${run.number}: n_interruptions ${p.n_interruptions ?? 0}, events say ${interruptions}`);
+    }
     const dones = events.filter((e) => e.to === 'done').length;
     if (p.state === 'done' && (dones !== 1 || run.outputs.length !== 1)) {
       problems.push(`run ${run.number}: done ${dones} times with ${run.outputs.length} registered outputs`);

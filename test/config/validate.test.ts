@@ -29,7 +29,7 @@ describe('validateConfig: defaults', () => {
     expect(config.store).toBe('sqlite:/srv/runwarden/runwarden.db');
     expect(config.timeouts.max_processing_time).toBe(72 * 3_600_000);
     expect(config.timeouts.max_no_output_time).toBe(30 * 60_000);
-    expect(config.retry).toEqual({ base: 60_000, factor: 5, max_exponent: 3, jitter: [0.5, 1.5], max_failures: 10 });
+    expect(config.retry).toEqual({ base: 60_000, factor: 5, max_exponent: 3, jitter: [0.5, 1.5], max_failures: 10, max_interruptions: 20 });
     expect(config.disk).toEqual({ path: '/srv/runwarden/processed', max_used_percent: 95, min_free_bytes: 1_073_741_824 });
     expect(validateConfig(null, options)).toEqual(config);
   });

@@ -104,23 +104,24 @@ describe('cleanupPass', () => {
     expect(report.errors).toEqual([]);
 
     const p2 = (await now.getRun(2))!.processing!;
-    expect(p2).toMatchObject({ state: 'failed', n_failures: 1, host: 'ghost' });
+    // A silent host interrupted the run: not the run's failure (issue 12 fault 4).
+    expect(p2).toMatchObject({ state: 'failed', n_failures: 0, n_interruptions: 1, host: 'ghost' });
     const iso = new Date(two.processing!.time).toISOString();
     expect(p2.reason).toContain(`host ghost said it was busy at ${iso} (1h ago), then nothing`);
     expect(p2.reason).toContain('timeouts.max_busy_time');
     expect((await now.getRun(1))!.processing!.reason).toContain(
       `host ghost said it was considering at ${new Date(one.processing!.time).toISOString()}`,
     );
-    // retry.base 60 s × U(0.5, 1.5) at 0.5 = 1 × factor^0
-    expect(p2.next_retry!).toBeGreaterThanOrEqual(before + 60_000);
-    expect(p2.next_retry!).toBeLessThanOrEqual(after + 60_000);
+    // eligible again at once: an interruption waits for no backoff
+    expect(p2.next_retry!).toBeGreaterThanOrEqual(before);
+    expect(p2.next_retry!).toBeLessThanOrEqual(after);
     // The owner's lease is gone: its next heartbeat is refused.
     expect(await hourAgo.heartbeatRun(2, two.processing!.token)).toBe(false);
     expect((await now.listRunEvents(2)).at(-1)).toMatchObject({
       host: 'cleaner',
       from: 'busy',
       to: 'failed',
-      detail: { by: 'cleanup', kind: 'stale', owner: 'ghost' },
+      detail: { by: 'cleanup', kind: 'stale', interruption: 'presumed_dead', owner: 'ghost' },
     });
     for (const n of [3, 5]) expect((await now.getRun(n))!.processing!.state).toBe('busy');
     expect((await now.getHost('ghost'))!.state).toBe('dead');
@@ -139,25 +140,32 @@ describe('cleanupPass', () => {
     expect(again).toEqual({ deadHosts: [], repairs: [], lost: [], errors: [] });
   });
 
-  it('abandons a stale run whose failure reaches retry.max_failures, with both reasons', async () => {
+  it('abandons a stale run whose interruption reaches retry.max_interruptions, with both reasons', async () => {
     const now = await open();
     const hourAgo = await openPast(HOUR);
     await now.insertRun({ number: 7, start: 7 });
     const first = await claim(hourAgo, 7, 'ghost', true);
-    await hourAgo.failRun(7, first.processing!.token, { reason: 'x', n_failures: 2, next_retry: 0 });
+    await hourAgo.failRun(7, first.processing!.token, { reason: 'x', n_failures: 2, n_interruptions: 2, next_retry: 0 });
     const failed = (await hourAgo.getRun(7))!;
     await hourAgo.claimRun(7, { host: 'ghost', pid: 1, order: 'newest' }, {
       state: 'failed',
       token: failed.processing!.token,
     });
 
-    const report = await cleanupPass(deps(now, 'cleaner', (c) => (c.retry.max_failures = 3)));
+    // max_failures 3 is not what decides: the silent host interrupted the run, it did not fail
+    const report = await cleanupPass(
+      deps(now, 'cleaner', (c) => {
+        c.retry.max_failures = 3;
+        c.retry.max_interruptions = 3;
+      }),
+    );
     expect(report.repairs.map((r) => [r.number, r.to])).toEqual([[7, 'abandoned']]);
     const p = (await now.getRun(7))!.processing!;
     expect(p.state).toBe('abandoned');
-    expect(p.n_failures).toBe(3);
+    expect(p.n_failures).toBe(2);
+    expect(p.n_interruptions).toBe(3);
     expect(p.reason).toMatch(
-      /^gave up: 3 failures reached retry\.max_failures \(3\); last failure: host ghost said it was considering at /,
+      /^gave up: 3 interruptions reached retry\.max_interruptions \(3\): its host keeps going away while it runs; last interruption: host ghost said it was considering at /,
     );
   });
 

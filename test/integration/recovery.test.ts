@@ -100,7 +100,7 @@ describe('restart after kill -9', () => {
     expect(isAlive(leader)).toBe(false);
     expect(isAlive(grandchild)).toBe(false);
     expect(groupAlive(leader)).toBe(false);
-    expect(done.processing).toMatchObject({ attempt: 2, n_failures: 1 });
+    expect(done.processing).toMatchObject({ attempt: 2, n_failures: 0, n_interruptions: 1 });
     const events = await s.listRunEvents(11);
     expect(events.map((e) => `${e.from ?? '-'}>${e.to}@${e.attempt}`)).toEqual([
       '->considering@1',
@@ -241,7 +241,7 @@ describe('orphans no run record names (found through RUNWARDEN_DAEMON)', () => {
     }, 'run 16 to be retried to done');
     expect(isAlive(leader)).toBe(false);
     expect(isAlive(grandchild)).toBe(false);
-    expect(done.processing).toMatchObject({ attempt: 2, n_failures: 1 });
+    expect(done.processing).toMatchObject({ attempt: 2, n_failures: 0, n_interruptions: 1 });
     const failed = (await s.listRunEvents(16)).find((e) => e.to === 'failed')!;
     // The scan tells the repair which group it killed for this attempt.
     expect(failed.reason).toContain(`killed its orphaned command (process group ${leader})`);
@@ -293,7 +293,7 @@ describe('one daemon per host', () => {
       const run = await s.getRun(21);
       return run?.processing?.state === 'done' ? run : null;
     }, 'run 21 to be done by the second daemon');
-    expect(done.processing).toMatchObject({ attempt: 2, n_failures: 0 });
+    expect(done.processing).toMatchObject({ attempt: 2, n_failures: 0, n_interruptions: 1 });
     const host = (await s.getHost('testhost'))!;
     expect(host.pid).toBe(second.pid);
     expect(host.pid).not.toBe(firstPid);
@@ -415,7 +415,7 @@ retry: {base: 0, factor: 2, max_exponent: 3, jitter: [1, 1], max_failures: 3}
       const run = await s.getRun(41);
       return run?.processing?.state === 'done' ? run : null;
     }, 'run 41 to be repaired and processed');
-    expect(done.processing).toMatchObject({ host: 'testhost', attempt: 2, n_failures: 1 });
+    expect(done.processing).toMatchObject({ host: 'testhost', attempt: 2, n_failures: 0, n_interruptions: 1 });
     const failed = (await s.listRunEvents(41)).find((e) => e.to === 'failed')!;
     expect(failed.host).toBe('testhost');
     expect(failed.reason).toMatch(/host ghost said it was busy at \S+/);

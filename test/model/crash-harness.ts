@@ -167,7 +167,7 @@ export function modelConfig(dir: string, host: string, script: string): Config {
   config.timeouts.signal_escalate = 300;
   config.timeouts.max_considering_time = 60_000;
   config.timeouts.max_busy_time = 7_200_000;
-  config.retry = { base: 1_000, factor: 2, max_exponent: 3, jitter: [1, 1], max_failures: 3 };
+  config.retry = { base: 1_000, factor: 2, max_exponent: 3, jitter: [1, 1], max_failures: 3, max_interruptions: 20 };
   config.disk = { path: dir, max_used_percent: 100, min_free_bytes: 0 };
   return config;
 }

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { globToRegExp, resourcesForAttempt, targetsForAttempt } from '../../src/policy/degradation.js';
+import { degradationOf, globToRegExp, resourcesForAttempt, targetsForAttempt } from '../../src/policy/degradation.js';
 
 describe('globToRegExp', () => {
   it.each([
@@ -78,5 +78,43 @@ describe('resourcesForAttempt', () => {
       resourcesForAttempt({ cores: { start: 8, min: 2, shrink: 2 }, mem_gb: { start: 32, min: 8, shrink: 2 } }, 2),
     ).toEqual({ cores: 2, mem_gb: 8 });
     expect(resourcesForAttempt({}, 3)).toEqual({});
+  });
+});
+
+describe('degradationOf', () => {
+  const config = {
+    process: {
+      targets: ['raw_records', 'peaks', 'events'],
+      resources: { cores: { start: 8, min: 2, shrink: 2 } },
+    },
+  };
+
+  it.each([
+    ['all targets and resources', { targets: ['raw_records', 'peaks', 'events'], resources: { cores: 8 } }, null],
+    ['never busy (nothing recorded)', {}, null],
+    [
+      'fewer targets',
+      { targets: ['raw_records'], resources: { cores: 8 } },
+      { droppedTargets: ['peaks', 'events'], summary: 'targets 1 of 3 (without peaks, events)' },
+    ],
+    [
+      'fewer cores',
+      { targets: ['raw_records', 'peaks', 'events'], resources: { cores: 4 } },
+      { droppedTargets: [], shrunkResources: { cores: { used: 4, configured: 8 } }, summary: 'cores 4 of 8' },
+    ],
+    [
+      'both',
+      { targets: ['raw_records', 'peaks'], resources: { cores: 2 } },
+      { summary: 'targets 2 of 3 (without events); cores 2 of 8' },
+    ],
+  ])('%s', (_name, processing, expected) => {
+    const found = degradationOf({ processing }, config);
+    if (expected === null) expect(found).toBeNull();
+    else expect(found).toMatchObject(expected);
+  });
+
+  it('is null without a processing document or without configured targets', () => {
+    expect(degradationOf({}, config)).toBeNull();
+    expect(degradationOf({ processing: { targets: [] } }, { process: { targets: [], resources: {} } })).toBeNull();
   });
 });

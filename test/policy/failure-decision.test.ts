@@ -1,5 +1,11 @@
 import { describe, expect, it } from 'vitest';
-import { decideAfterFailure, repairFailureOutcome, type FailureDecision } from '../../src/policy/failure-decision.js';
+import {
+  decideAfterFailure,
+  decideAfterInterruption,
+  interruptionOutcome,
+  repairFailureOutcome,
+  type FailureDecision,
+} from '../../src/policy/failure-decision.js';
 
 describe('decideAfterFailure', () => {
   it.each<[string, Parameters<typeof decideAfterFailure>[0], FailureDecision]>([
@@ -33,5 +39,35 @@ describe('repairFailureOutcome', () => {
     ],
   ])('after %i failures', (nFailuresBefore, expected) => {
     expect(repairFailureOutcome({ ...base, nFailuresBefore })).toEqual(expected);
+  });
+});
+
+describe('decideAfterInterruption', () => {
+  it.each([
+    [0, 20, { kind: 'retry', nInterruptions: 1 }],
+    [18, 20, { kind: 'retry', nInterruptions: 19 }],
+    [19, 20, { kind: 'abandon', nInterruptions: 20 }],
+    [0, 1, { kind: 'abandon', nInterruptions: 1 }],
+  ])('%i before, limit %i', (nInterruptionsBefore, maxInterruptions, expected) => {
+    expect(decideAfterInterruption({ nInterruptionsBefore, maxInterruptions })).toMatchObject(expected);
+  });
+
+  it('keeps the failure count and names the limit when it gives up', () => {
+    const facts = { nFailures: 2, nInterruptionsBefore: 2, maxInterruptions: 3, what: 'host h restarted', retryAt: 5 };
+    expect(interruptionOutcome({ ...facts, nInterruptionsBefore: 0 })).toEqual({
+      to: 'failed',
+      reason: 'host h restarted',
+      n_failures: 2,
+      n_interruptions: 1,
+      next_retry: 5,
+    });
+    expect(interruptionOutcome(facts)).toEqual({
+      to: 'abandoned',
+      reason:
+        'gave up: 3 interruptions reached retry.max_interruptions (3): its host keeps going away while it runs; ' +
+        'last interruption: host h restarted',
+      n_failures: 2,
+      n_interruptions: 3,
+    });
   });
 });

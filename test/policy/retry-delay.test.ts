@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { retryDelay } from '../../src/policy/retry-delay.js';
 
-const defaults = { base: 60_000, factor: 5, max_exponent: 3, jitter: [0.5, 1.5] as [number, number], max_failures: 10 };
+const defaults = { base: 60_000, factor: 5, max_exponent: 3, jitter: [0.5, 1.5] as [number, number], max_failures: 10, max_interruptions: 20 };
 
 describe('retryDelay', () => {
   it.each([

@@ -494,6 +494,60 @@ export function runStoreConformance(name: string, open: OpenForTest): void {
         expect(third.processing!.n_failures).toBe(2);
       });
 
+      it('counts interruptions apart from failures: 0 on a fresh claim, kept across claims, set only when given', async () => {
+        await store.insertRun(run(1));
+        const first = await claimOnly(store, 1);
+        expect(first.processing!.n_interruptions).toBe(0);
+        // a restarted daemon records an interruption: n_failures unchanged
+        expect(
+          await store.failRun(1, first.processing!.token, {
+            reason: 'host restarted',
+            n_failures: 0,
+            n_interruptions: 1,
+            next_retry: Date.now() - HOUR,
+          }),
+        ).toBe(true);
+        expect((await store.getRun(1))!.processing).toMatchObject({ n_failures: 0, n_interruptions: 1 });
+        const second = await claimOnly(store, 1);
+        expect(second.processing).toMatchObject({ attempt: 2, n_failures: 0, n_interruptions: 1 });
+        // an ordinary failure leaves the interruption count as it is
+        expect(
+          await store.failRun(1, second.processing!.token, { reason: 'exit 1', n_failures: 1, next_retry: Date.now() - HOUR }),
+        ).toBe(true);
+        expect((await store.getRun(1))!.processing).toMatchObject({ n_failures: 1, n_interruptions: 1 });
+        // a release (host stopping) counts one more interruption, never a failure
+        const third = await claimOnly(store, 1);
+        expect(await store.releaseRun(1, third.processing!.token, 'host stopped')).toBe(true);
+        expect((await store.getRun(1))!.processing).toMatchObject({ n_failures: 1, n_interruptions: 2 });
+        // an override sets the count when given (retry --reset) and keeps it otherwise
+        const failed = (await store.getRun(1))!.processing!;
+        expect(
+          await store.overrideRun(
+            1,
+            { state: 'failed', token: failed.token },
+            { to: 'failed', reason: 'by hand', n_failures: 1, next_retry: Date.now() + HOUR },
+            { host: 'ops' },
+          ),
+        ).toBe(true);
+        const kept = (await store.getRun(1))!.processing!;
+        expect(kept).toMatchObject({ n_failures: 1, n_interruptions: 2 });
+        expect(
+          await store.overrideRun(
+            1,
+            { state: 'failed', token: kept.token },
+            { to: 'failed', reason: 'reset', n_failures: 0, n_interruptions: 0, next_retry: Date.now() - HOUR },
+            { host: 'ops' },
+          ),
+        ).toBe(true);
+        expect((await store.getRun(1))!.processing).toMatchObject({ n_failures: 0, n_interruptions: 0 });
+        // abandoning at max_interruptions stores the count
+        const fourth = await claimOnly(store, 1);
+        expect(
+          await store.abandonRun(1, fourth.processing!.token, { reason: 'gave up', n_failures: 0, n_interruptions: 20 }),
+        ).toBe(true);
+        expect((await store.getRun(1))!.processing).toMatchObject({ state: 'abandoned', n_failures: 0, n_interruptions: 20 });
+      });
+
       it('every fenced write returns false and changes nothing with a wrong token', async () => {
         await store.insertRun(run(1));
         const doc = await claimOnly(store, 1);
@@ -935,6 +989,16 @@ export function runStoreConformance(name: string, open: OpenForTest): void {
         expect(await store.getHost('alpha')).toEqual(before);
         expect(await store.heartbeatHost('nobody', 'tok-a')).toBe(false);
         expect(await store.getHost('nobody')).toBeNull();
+
+        // a paused host says why; resuming clears the reason
+        expect(await store.heartbeatHost('alpha', 'tok-a', { state: 'paused', paused_reason: 'log_dir unwritable' })).toBe(
+          true,
+        );
+        expect(await store.getHost('alpha')).toMatchObject({ state: 'paused', paused_reason: 'log_dir unwritable' });
+        expect(await store.heartbeatHost('alpha', 'tok-a', { state: 'idle', paused_reason: null })).toBe(true);
+        const resumed = (await store.getHost('alpha'))!;
+        expect(resumed.state).toBe('idle');
+        expect(resumed.paused_reason).toBeUndefined();
 
         await store.registerHost(hostDoc('alpha', 'tok-new'));
         expect(await store.heartbeatHost('alpha', 'tok-a', { state: 'idle' })).toBe(false);

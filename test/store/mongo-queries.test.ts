@@ -4,7 +4,7 @@
 
 import { describe, expect, it } from 'vitest';
 
-import { monitorDoc, monitorFromDoc, runFromDoc } from '../../src/store/mongo/documents.js';
+import { hostFromDoc, monitorDoc, monitorFromDoc, runFromDoc } from '../../src/store/mongo/documents.js';
 import {
   abandonUpdate,
   claimFilter,
@@ -261,6 +261,7 @@ describe('claim: update', () => {
       attempt: 1,
       time: NOW,
       n_failures: 0,
+      n_interruptions: 0,
     });
     expect((after!.processing as Doc).previous_state).toBeNull();
     expect(after!.event_seq).toBe(1);
@@ -399,6 +400,65 @@ describe('fenced writes', () => {
     expect(select(docs, claimFilter(), NOW).map((d) => d.number)).toEqual([1]);
   });
 
+  it('counts interruptions apart: a release adds one, failRun sets it only when given, old documents read 0', () => {
+    // a document written before interruptions were counted has no field: it reads as 0 and a release makes it 1
+    const old = owned('busy', { n_failures: 2 });
+    expect(runFromDoc(old[0]).processing!.n_interruptions).toBe(0);
+    const released = findOneAndUpdate(old, fencedFilter(1, token), releaseUpdate('host stopping'), NOW)!;
+    expect(runFromDoc(released).processing).toMatchObject({ n_failures: 2, n_interruptions: 1 });
+    const again = findOneAndUpdate(
+      owned('busy', { n_interruptions: 4 }),
+      fencedFilter(1, token),
+      releaseUpdate('host stopping'),
+      NOW,
+    )!;
+    expect(runFromDoc(again).processing!.n_interruptions).toBe(5);
+    const garbled = findOneAndUpdate(
+      owned('busy', { n_interruptions: 'x' }),
+      fencedFilter(1, token),
+      releaseUpdate('host stopping'),
+      NOW,
+    )!;
+    expect(runFromDoc(garbled).processing!.n_interruptions).toBe(1);
+
+    const kept = findOneAndUpdate(
+      owned('busy', { n_interruptions: 3 }),
+      fencedFilter(1, token),
+      failUpdate({ reason: 'exit 1', n_failures: 1, next_retry: NOW }),
+      NOW,
+    )!;
+    expect(runFromDoc(kept).processing).toMatchObject({ n_failures: 1, n_interruptions: 3 });
+    const set = findOneAndUpdate(
+      owned('busy', { n_interruptions: 3 }),
+      fencedFilter(1, token),
+      failUpdate({ reason: 'restarted', n_failures: 0, n_interruptions: 4, next_retry: NOW }),
+      NOW,
+    )!;
+    expect(runFromDoc(set).processing).toMatchObject({ n_failures: 0, n_interruptions: 4 });
+    const abandoned = findOneAndUpdate(
+      owned('busy'),
+      fencedFilter(1, token),
+      abandonUpdate({ reason: 'gave up', n_failures: 0, n_interruptions: 20 }),
+      NOW,
+    )!;
+    expect(runFromDoc(abandoned).processing!.n_interruptions).toBe(20);
+    const reset = findOneAndUpdate(
+      owned('failed', { n_interruptions: 20 }),
+      expectationFilter(1, { state: 'failed', token }),
+      overrideUpdate({ to: 'failed', reason: 'reset', n_failures: 0, n_interruptions: 0, next_retry: NOW }, 'f', 'ops'),
+      NOW,
+    )!;
+    expect(runFromDoc(reset).processing!.n_interruptions).toBe(0);
+    // a claim keeps the count
+    const claimed = findOneAndUpdate(
+      [processed(1, { state: 'failed', next_retry: at(NOW - MINUTE), n_interruptions: 2 })],
+      claimFilter(),
+      claimUpdate(claimer(), 'new'),
+      NOW,
+    )!;
+    expect(runFromDoc(claimed).processing).toMatchObject({ state: 'considering', n_interruptions: 2 });
+  });
+
   it('stores every client string verbatim, even one that looks like a field path or variable', () => {
     const write = (update: Filter[], state = 'busy'): Doc =>
       findOneAndUpdate(owned(state), fencedFilter(1, token), update, NOW)!;
@@ -470,6 +530,7 @@ describe('operator and repair writes', () => {
       time: NOW,
       ended: NOW,
       n_failures: 0,
+      n_interruptions: 0,
       reason: 'tagged',
     });
     expect(() => overrideUpdate({ to: 'failed', reason: 'r', n_failures: 0 }, 't', 'ops')).toThrow(/next_retry/);
@@ -607,6 +668,22 @@ describe('hosts and log', () => {
       NOW,
     )!;
     expect(after).toMatchObject({ state: 'busy', running: [1, 2], slots: 3, disk, time: at(NOW), token: 'tok-a' });
+
+    const paused = findOneAndUpdate(
+      hosts,
+      hostFenceFilter('a', 'tok-a'),
+      hostHeartbeatUpdate({ state: 'paused', paused_reason: '$log_dir unwritable' }),
+      NOW,
+    )!;
+    expect(hostFromDoc(paused)).toMatchObject({ state: 'paused', paused_reason: '$log_dir unwritable' });
+    const resumed = findOneAndUpdate(
+      hosts,
+      hostFenceFilter('a', 'tok-a'),
+      hostHeartbeatUpdate({ state: 'idle', paused_reason: null }),
+      NOW,
+    )!;
+    expect(resumed.state).toBe('idle');
+    expect(resumed).not.toHaveProperty('paused_reason');
   });
 
   it('the log filter selects by priority and run, newest first', () => {

@@ -76,6 +76,38 @@ describe('SqliteRunStore specifics', () => {
     }
   });
 
+  it('upgrades a file of schema version 3 in place: its runs read n_interruptions 0, and counting works', async () => {
+    await store.insertRun({ number: 1, start: 1 });
+    const claimed = await store.claimNextRun({ host: 'alpha', pid: 1, order: 'newest' });
+    expect(await store.failRun(1, claimed!.processing!.token, { reason: 'x', n_failures: 2, next_retry: 0 })).toBe(true);
+    await store.registerHost({
+      host: 'alpha', pid: 1, token: 't', state: 'idle', time: 1, started: 1, version: 'v', slots: 1, running: [],
+    });
+    await store.close();
+    // what a runs.db of schema version 3 looks like: no interruption count, no pause reason
+    const db = raw();
+    db.exec('ALTER TABLE runs DROP COLUMN n_interruptions');
+    db.exec('ALTER TABLE hosts DROP COLUMN paused_reason');
+    db.pragma('user_version = 3');
+    db.close();
+
+    store = await openSqliteStore(dbPath);
+    const upgraded = (await store.getRun(1))!.processing!;
+    expect(upgraded).toMatchObject({ state: 'failed', n_failures: 2, n_interruptions: 0 });
+    expect((await store.getHost('alpha'))!.paused_reason).toBeUndefined();
+    const again = await store.claimNextRun({ host: 'alpha', pid: 1, order: 'newest' });
+    expect(await store.releaseRun(1, again!.processing!.token, 'host stopped')).toBe(true);
+    expect((await store.getRun(1))!.processing).toMatchObject({ n_failures: 2, n_interruptions: 1 });
+    expect(await store.heartbeatHost('alpha', 't', { state: 'paused', paused_reason: 'log_dir' })).toBe(true);
+    expect((await store.getHost('alpha'))!.paused_reason).toBe('log_dir');
+    const check = raw();
+    try {
+      expect(check.pragma('user_version', { simple: true })).toBe(SCHEMA_VERSION);
+    } finally {
+      check.close();
+    }
+  });
+
   it('refuses a database written by a newer schema', async () => {
     const db = raw();
     db.pragma(`user_version = ${SCHEMA_VERSION + 1}`);

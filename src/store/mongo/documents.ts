@@ -200,6 +200,7 @@ export function hostDoc(host: HostDoc): MongoDoc {
   };
   if (host.proc_start !== undefined && host.proc_start !== null) doc.proc_start = host.proc_start;
   if (host.disk !== undefined && host.disk !== null) doc.disk = { ...host.disk };
+  if (host.paused_reason !== undefined && host.paused_reason !== null) doc.paused_reason = host.paused_reason;
   return doc;
 }
 
@@ -217,6 +218,7 @@ export function hostFromDoc(doc: MongoDoc): HostDoc {
   };
   put(host, 'proc_start', num(doc.proc_start));
   put(host, 'disk', diskFrom(doc.disk));
+  put(host, 'paused_reason', str(doc.paused_reason));
   return host;
 }
 

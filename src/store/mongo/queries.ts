@@ -296,6 +296,11 @@ export function finishUpdate(output: RunOutput): Pipeline {
   return stages;
 }
 
+/** `n_interruptions` set when the caller gives it; absent keeps the stored count (mergeObjects). */
+function interruptionCount(value: number | undefined): Document {
+  return value === undefined ? {} : { n_interruptions: literal(value) };
+}
+
 export function failUpdate(fields: FailureFields): Pipeline {
   const extra = optional({ exit_code: fields.exit_code, signal: fields.signal });
   return transition(
@@ -304,6 +309,7 @@ export function failUpdate(fields: FailureFields): Pipeline {
       ended: '$$NOW',
       reason: literal(fields.reason),
       n_failures: literal(fields.n_failures),
+      ...interruptionCount(fields.n_interruptions),
       // the caller's clock decided when to retry; stored as given
       next_retry: literal(toDate(fields.next_retry, 'next_retry')),
       ...extra.set,
@@ -316,17 +322,39 @@ export function abandonUpdate(fields: AbandonFields): Pipeline {
   const extra = optional({ exit_code: fields.exit_code, signal: fields.signal });
   return transition(
     'abandoned',
-    { ended: '$$NOW', reason: literal(fields.reason), n_failures: literal(fields.n_failures), ...extra.set },
+    {
+      ended: '$$NOW',
+      reason: literal(fields.reason),
+      n_failures: literal(fields.n_failures),
+      ...interruptionCount(fields.n_interruptions),
+      ...extra.set,
+    },
     ['next_retry', ...extra.unset],
   );
 }
 
-/** Hands the run back: failed, eligible again at once by the server's clock, n_failures unchanged. */
+/**
+ * Hands the run back: failed, eligible again at once by the server's clock, n_failures unchanged, one more
+ * interruption counted (a count another tool wrote as something else starts again at 1).
+ */
 export function releaseUpdate(reason: string, note?: EventNote): Pipeline {
   const extra = optional({ exit_code: note?.exit_code, signal: note?.signal });
+  const counted = {
+    $cond: [
+      { $and: [{ $isNumber: '$processing.n_interruptions' }, { $gte: ['$processing.n_interruptions', 0] }] },
+      '$processing.n_interruptions',
+      0,
+    ],
+  };
   return transition(
     'failed',
-    { ended: '$$NOW', next_retry: '$$NOW', reason: literal(reason), ...extra.set },
+    {
+      ended: '$$NOW',
+      next_retry: '$$NOW',
+      reason: literal(reason),
+      n_interruptions: { $add: [counted, 1] },
+      ...extra.set,
+    },
     extra.unset,
   );
 }
@@ -350,6 +378,7 @@ export function overrideUpdate(change: RunOverride, token: string, writer: strin
       ended: '$$NOW',
       reason: literal(change.reason),
       n_failures: literal(change.n_failures),
+      ...interruptionCount(change.n_interruptions),
       ...(failed ? { next_retry: literal(toDate(change.next_retry as number, 'next_retry')) } : {}),
       host: { $ifNull: ['$processing.host', literal(writer)] },
       pid: { $ifNull: ['$processing.pid', 0] },
@@ -413,7 +442,10 @@ export function hostHeartbeatUpdate(patch: HostPatch): Pipeline {
   if (patch.slots !== undefined) set.slots = literal(patch.slots);
   if (patch.running !== undefined) set.running = literal([...patch.running]);
   if (patch.disk !== undefined) set.disk = literal({ ...patch.disk });
-  return [{ $set: set }];
+  const stages: Pipeline = [{ $set: set }];
+  if (patch.paused_reason === null) stages.push({ $unset: ['paused_reason'] });
+  else if (patch.paused_reason !== undefined) set.paused_reason = literal(patch.paused_reason);
+  return stages;
 }
 
 /** Hosts not stopped or dead whose last heartbeat is older than `silentMs` by the server's clock. */

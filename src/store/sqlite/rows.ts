@@ -153,6 +153,7 @@ export function hostFromRow(row: Row): HostDoc {
   };
   put(doc, 'proc_start', num(row.proc_start));
   put(doc, 'disk', diskFrom(parseJson(row.disk)));
+  put(doc, 'paused_reason', str(row.paused_reason));
   return doc;
 }
 

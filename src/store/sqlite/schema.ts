@@ -5,7 +5,7 @@
 import type Database from 'better-sqlite3';
 
 /** PRAGMA user_version written by this code; bump it and add a step to MIGRATIONS for schema changes. */
-export const SCHEMA_VERSION = 3;
+export const SCHEMA_VERSION = 4;
 
 const V1 = `
 CREATE TABLE IF NOT EXISTS runs (
@@ -126,8 +126,26 @@ function addDrainFence(db: Database.Database): void {
   db.exec(`CREATE INDEX IF NOT EXISTS runs_draining ON runs (draining_until) WHERE draining_until IS NOT NULL`);
 }
 
-/** MIGRATIONS[k] takes a database from user_version k to k + 1. */
-const MIGRATIONS: ReadonlyArray<string | ((db: Database.Database) => void)> = [V1, V2, addDrainFence];
+// Interruptions (attempts ended by their host, not their command) are counted apart from failures; rows of
+// older files have NULL there and read as 0. A paused host says why in its document.
+// (ADD COLUMN has no IF NOT EXISTS: a column already there is left alone.)
+function addInterruptionCount(db: Database.Database): void {
+  addColumn(db, 'runs', 'n_interruptions', 'INTEGER');
+  addColumn(db, 'hosts', 'paused_reason', 'TEXT');
+}
+
+function addColumn(db: Database.Database, table: string, column: string, type: string): void {
+  const columns = db.prepare(`SELECT name FROM pragma_table_info(?)`).all(table) as { name: string }[];
+  if (!columns.some((c) => c.name === column)) db.exec(`ALTER TABLE ${table} ADD COLUMN ${column} ${type}`);
+}
+
+/** MIGRATIONS[k] takes a database from user_version k to k + 1: SQL, or a step that needs to look first. */
+const MIGRATIONS: ReadonlyArray<string | ((db: Database.Database) => void)> = [
+  V1,
+  V2,
+  addDrainFence,
+  addInterruptionCount,
+];
 
 /**
  * Creates or upgrades the schema in one immediate transaction, so several processes opening a fresh file
@@ -142,7 +160,7 @@ export function migrate(db: Database.Database): void {
       );
     }
     for (let v = version; v < SCHEMA_VERSION; v += 1) {
-      const migration = MIGRATIONS[v];
+      const migration = MIGRATIONS[v]!;
       if (typeof migration === 'string') db.exec(migration);
       else migration(db);
     }

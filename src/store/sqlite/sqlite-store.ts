@@ -59,6 +59,10 @@ import { checkNewRun } from '../decode.js';
 /** How long a statement waits for another process's write lock before failing with SQLITE_BUSY. */
 const BUSY_TIMEOUT_MS = 10_000;
 
+/** A release counts one more interruption; a count another tool wrote as something else starts again at 1. */
+const COUNT_ONE_MORE_INTERRUPTION =
+  "CASE WHEN typeof(n_interruptions) = 'integer' AND n_interruptions >= 0 THEN n_interruptions + 1 ELSE 1 END";
+
 /** States in which an attempt is still running and its owner may write. */
 const LIVE_STATES: readonly string[] = ['considering', 'busy'];
 
@@ -503,7 +507,8 @@ export class SqliteRunStore implements RunStore {
       this.stmt(
         'override-run',
         `UPDATE runs SET state = @to, token = @token, time = @now, ended = @now, reason = @reason,
-                n_failures = @n_failures, next_retry = @next_retry, exit_code = NULL, signal = NULL,
+                n_failures = @n_failures, n_interruptions = coalesce(@n_interruptions, n_interruptions),
+                next_retry = @next_retry, exit_code = NULL, signal = NULL,
                 host = coalesce(host, @writer), pid = coalesce(pid, 0), attempt = coalesce(attempt, 0),
                 draining = @draining, draining_until = @draining_until
           WHERE number = @number`,
@@ -513,6 +518,7 @@ export class SqliteRunStore implements RunStore {
         now,
         reason: change.reason,
         n_failures: change.n_failures,
+        n_interruptions: sql(change.n_interruptions),
         next_retry: change.to === 'failed' ? sql(change.next_retry) : null,
         writer: note.host,
         number,
@@ -627,12 +633,14 @@ export class SqliteRunStore implements RunStore {
         this.stmt(
           'fail-run',
           `UPDATE runs SET state = 'failed', time = @now, ended = @now, reason = @reason,
-                  n_failures = @n_failures, next_retry = @next_retry, exit_code = @exit_code, signal = @signal
+                  n_failures = @n_failures, n_interruptions = coalesce(@n_interruptions, n_interruptions),
+                  next_retry = @next_retry, exit_code = @exit_code, signal = @signal
             WHERE number = @number AND token = @token`,
         ).run({
           now,
           reason: fields.reason,
           n_failures: fields.n_failures,
+          n_interruptions: sql(fields.n_interruptions),
           next_retry: fields.next_retry,
           exit_code: sql(fields.exit_code),
           signal: sql(fields.signal),
@@ -653,12 +661,14 @@ export class SqliteRunStore implements RunStore {
         this.stmt(
           'abandon-run',
           `UPDATE runs SET state = 'abandoned', time = @now, ended = @now, reason = @reason,
-                  n_failures = @n_failures, next_retry = NULL, exit_code = @exit_code, signal = @signal
+                  n_failures = @n_failures, n_interruptions = coalesce(@n_interruptions, n_interruptions),
+                  next_retry = NULL, exit_code = @exit_code, signal = @signal
             WHERE number = @number AND token = @token`,
         ).run({
           now,
           reason: fields.reason,
           n_failures: fields.n_failures,
+          n_interruptions: sql(fields.n_interruptions),
           exit_code: sql(fields.exit_code),
           signal: sql(fields.signal),
           number,
@@ -678,7 +688,7 @@ export class SqliteRunStore implements RunStore {
         this.stmt(
           'release-run',
           `UPDATE runs SET state = 'failed', time = @now, ended = @now, next_retry = @now, reason = @reason,
-                  exit_code = @exit_code, signal = @signal
+                  n_interruptions = ${COUNT_ONE_MORE_INTERRUPTION}, exit_code = @exit_code, signal = @signal
             WHERE number = @number AND token = @token`,
         ).run({
           now,
@@ -705,12 +715,15 @@ export class SqliteRunStore implements RunStore {
   async registerHost(doc: HostDoc): Promise<void> {
     this.stmt(
       'register-host',
-      `INSERT INTO hosts (host, pid, proc_start, token, state, time, started, version, slots, running, disk)
-       VALUES (@host, @pid, @proc_start, @token, @state, @time, @started, @version, @slots, @running, @disk)
+      `INSERT INTO hosts (host, pid, proc_start, token, state, time, started, version, slots, running, disk,
+                          paused_reason)
+       VALUES (@host, @pid, @proc_start, @token, @state, @time, @started, @version, @slots, @running, @disk,
+               @paused_reason)
        ON CONFLICT (host) DO UPDATE SET
          pid = excluded.pid, proc_start = excluded.proc_start, token = excluded.token,
          state = excluded.state, time = excluded.time, started = excluded.started,
-         version = excluded.version, slots = excluded.slots, running = excluded.running, disk = excluded.disk`,
+         version = excluded.version, slots = excluded.slots, running = excluded.running, disk = excluded.disk,
+         paused_reason = excluded.paused_reason`,
     ).run({
       host: doc.host,
       pid: doc.pid,
@@ -723,6 +736,7 @@ export class SqliteRunStore implements RunStore {
       slots: doc.slots,
       running: toJson(doc.running ?? []) ?? '[]',
       disk: toJson(doc.disk),
+      paused_reason: sql(doc.paused_reason),
     });
   }
 
@@ -744,6 +758,10 @@ export class SqliteRunStore implements RunStore {
     if (patch.disk !== undefined) {
       sets.push('disk = @disk');
       params.disk = toJson(patch.disk);
+    }
+    if (patch.paused_reason !== undefined) {
+      sets.push('paused_reason = @paused_reason');
+      params.paused_reason = patch.paused_reason;
     }
     const setClause = sets.join(', ');
     const info = this.stmt(

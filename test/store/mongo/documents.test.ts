@@ -92,6 +92,7 @@ describe('run documents', () => {
       started: T0 + 2,
       next_retry: T0 + 3,
       n_failures: 1,
+      n_interruptions: 0,
       targets: ['raw'],
       resources: { cores: 4 },
     });
