@@ -8,7 +8,19 @@ import { DuplicateRunError, UsageError } from '../../src/errors.js';
 import { MONITOR_RETENTION_MS, monitorMinute, type ClaimRequest, type RunStore } from '../../src/store/run-store.js';
 import type { HostDoc, MonitorSample, NewRun, RunDoc } from '../../src/store/types.js';
 
-export type OpenForTest = () => Promise<{ store: RunStore; cleanup: () => Promise<void> }>;
+/** One claimer's take in a race: what it claimed, with the token each claim got. */
+export type RaceTake = Array<{ number: number; token: string }>;
+
+export type OpenForTest = () => Promise<{
+  store: RunStore;
+  cleanup: () => Promise<void>;
+  /**
+   * Claimers racing on the same backing store from separate connections, each claiming until nothing is left.
+   * A backend whose calls run one after another in this process (better-sqlite3 is synchronous) must provide
+   * it, with separate processes; without it the race is Promise.all over the one store (an async driver).
+   */
+  race?: (hosts: string[]) => Promise<RaceTake[]>;
+}>;
 
 const HOUR = 3_600_000;
 /** Allowed distance between a time the store wrote and this process's clock (a server clock may differ). */
@@ -63,9 +75,10 @@ export function runStoreConformance(name: string, open: OpenForTest): void {
   describe(`RunStore conformance: ${name}`, () => {
     let store: RunStore;
     let cleanup: () => Promise<void>;
+    let race: ((hosts: string[]) => Promise<RaceTake[]>) | undefined;
 
     beforeEach(async () => {
-      ({ store, cleanup } = await open());
+      ({ store, cleanup, race } = await open());
     });
     afterEach(async () => {
       await cleanup();
@@ -325,16 +338,36 @@ export function runStoreConformance(name: string, open: OpenForTest): void {
       it('never gives the same run to two concurrent claimers', async () => {
         const numbers = Array.from({ length: 40 }, (_, i) => i + 1);
         await store.insertRuns(numbers.map((n) => run(n)));
-        const results = await Promise.all(
-          Array.from({ length: 60 }, (_, i) => store.claimNextRun(claimer(`h${i % 3}`, 'newest', 1000 + i))),
-        );
-        const claimed = results.filter((r): r is RunDoc => r !== null).map((r) => r.number);
+        const hosts = ['h0', 'h1', 'h2'];
+        const takes: RaceTake[] = race
+          ? await race(hosts)
+          : await (async () => {
+              // 60 claims at once over an async driver: 40 win, 20 find nothing left.
+              const results = await Promise.all(
+                Array.from({ length: 60 }, (_, i) => store.claimNextRun(claimer(hosts[i % 3], 'newest', 1000 + i))),
+              );
+              expect(results.filter((r) => r === null)).toHaveLength(20);
+              return hosts.map((host) =>
+                results
+                  .filter((r): r is RunDoc => r !== null && r.processing!.host === host)
+                  .map((r) => ({ number: r.number, token: r.processing!.token })),
+              );
+            })();
+        const claimed = takes.flat().map((t) => t.number);
         expect(claimed).toHaveLength(40);
         expect(new Set(claimed).size).toBe(40);
         expect([...claimed].sort((x, y) => x - y)).toEqual(numbers);
-        expect(results.filter((r) => r === null)).toHaveLength(20);
-        const tokens = results.filter((r): r is RunDoc => r !== null).map((r) => r.processing!.token);
-        expect(new Set(tokens).size).toBe(40);
+        expect(new Set(takes.flat().map((t) => t.token)).size).toBe(40);
+        // It was a race: more than one claimer won runs.
+        expect(takes.filter((t) => t.length > 0).length, JSON.stringify(takes.map((t) => t.length))).toBeGreaterThan(1);
+        // The store agrees with each winner: its host, its token, one claim event.
+        for (const [i, take] of takes.entries()) {
+          for (const { number, token } of take) {
+            const p = (await store.getRun(number))!.processing!;
+            expect({ host: p.host, token: p.token, attempt: p.attempt }).toEqual({ host: hosts[i], token, attempt: 1 });
+            expect((await store.listRunEvents(number)).map((e) => e.to)).toEqual(['considering']);
+          }
+        }
       });
     });
 

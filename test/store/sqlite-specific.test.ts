@@ -137,6 +137,46 @@ describe('SqliteRunStore specifics', () => {
     }
   });
 
+  it('a state change and its run_events row commit together: when the event cannot be written, neither is', async () => {
+    // Runs 1 (busy), 3 (considering) and 4 (failed) are set up first; 2 stays pending. Then every insert into
+    // run_events is refused by a trigger, as a full disk or a broken file would refuse it mid-transaction.
+    await store.insertRuns([1, 2, 3, 4].map((number) => ({ number, start: 100 - number })));
+    const one = await store.claimRun(1, { host: 'h', pid: 1, order: 'newest' }, { state: null, token: null });
+    const token1 = one!.processing!.token;
+    expect(await store.markBusy(1, token1, { started: 1 })).toBe(true);
+    const three = await store.claimRun(3, { host: 'h', pid: 1, order: 'newest' }, { state: null, token: null });
+    const token3 = three!.processing!.token;
+    const four = await store.claimRun(4, { host: 'h', pid: 1, order: 'newest' }, { state: null, token: null });
+    expect(await store.failRun(4, four!.processing!.token, { reason: 'x', n_failures: 1, next_retry: 0 })).toBe(true);
+    const db = raw();
+    db.exec(`CREATE TRIGGER refuse_events BEFORE INSERT ON run_events BEGIN SELECT RAISE(ABORT, 'injected: no event'); END`);
+    db.close();
+
+    const snapshot = async () => ({
+      runs: await Promise.all([1, 2, 3, 4].map((n) => store.getRun(n))),
+      events: await Promise.all([1, 2, 3, 4].map((n) => store.listRunEvents(n))),
+    });
+    const before = await snapshot();
+    const output = { location: '/out/1', host: 'h', attempt: 1, at: 5 };
+    const writes: Array<[string, () => Promise<unknown>]> = [
+      ['claimNextRun (of pending run 2; failed run 4 is due too)', () => store.claimNextRun({ host: 'h', pid: 1, order: 'newest' })],
+      ['claimRun 2', () => store.claimRun(2, { host: 'h', pid: 1, order: 'newest' }, { state: null, token: null })],
+      ['markBusy 3', () => store.markBusy(3, token3, { started: 2 })],
+      ['finishRun 1', () => store.finishRun(1, token1, output)],
+      ['failRun 1', () => store.failRun(1, token1, { reason: 'boom', n_failures: 1, next_retry: 9 })],
+      ['abandonRun 1', () => store.abandonRun(1, token1, { reason: 'boom', n_failures: 1 })],
+      ['releaseRun 1', () => store.releaseRun(1, token1, 'host stopped')],
+      [
+        'overrideRun 1',
+        () => store.overrideRun(1, { state: 'busy', token: token1 }, { to: 'failed', reason: 'op', n_failures: 1, next_retry: 9 }, { host: 'op' }),
+      ],
+    ];
+    for (const [what, write] of writes) {
+      await expect(write(), what).rejects.toThrow(/injected: no event/);
+      expect(await snapshot(), `${what} changed the runs without its event`).toEqual(before);
+    }
+  });
+
   it('two OS processes claiming from one file never get the same run', async () => {
     const total = 200;
     await store.insertRuns(Array.from({ length: total }, (_, i) => ({ number: i + 1, start: i })));

@@ -1,15 +1,43 @@
+import fsSync from 'node:fs';
 import fs from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
+import { fileURLToPath } from 'node:url';
 
 import { openSqliteStore } from '../../src/store/sqlite/sqlite-store.js';
-import { runStoreConformance } from './conformance.js';
+import { startTsxWorker } from '../helpers/tsx-worker.js';
+import { runStoreConformance, type RaceTake } from './conformance.js';
+
+const claimOnlyWorker = path.join(path.dirname(fileURLToPath(import.meta.url)), 'fixtures', 'claim-only-worker.ts');
 
 runStoreConformance('sqlite', async () => {
   const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'runwarden-store-'));
-  const store = await openSqliteStore(path.join(dir, 'runs.db'));
+  const dbPath = path.join(dir, 'runs.db');
+  const store = await openSqliteStore(dbPath);
+  // better-sqlite3 runs each call to its end before the next: claimers in one process never overlap. Racing
+  // claimers are separate processes on the same file, started together through a go file.
+  const race = async (hosts: string[]): Promise<RaceTake[]> => {
+    const goFile = path.join(dir, `go-${hosts.join('-')}`);
+    const workers = hosts.map((host) => startTsxWorker(claimOnlyWorker, [dbPath, host, goFile]));
+    try {
+      const deadline = Date.now() + 30_000;
+      while (!workers.every((w) => w.lines.includes('ready'))) {
+        if (Date.now() > deadline) throw new Error(`claimers not ready: ${workers.map((w) => w.stderr.join('')).join('\n')}`);
+        await new Promise((resolve) => setTimeout(resolve, 10));
+      }
+      fsSync.writeFileSync(goFile, 'go');
+      const codes = await Promise.all(workers.map((w) => w.done));
+      if (codes.some((code) => code !== 0)) {
+        throw new Error(`claimers exited ${codes.join(', ')}: ${workers.map((w) => w.stderr.join('')).join('\n')}`);
+      }
+      return workers.map((w) => JSON.parse(w.lines.at(-1)!) as RaceTake);
+    } finally {
+      for (const w of workers) w.child.kill('SIGKILL');
+    }
+  };
   return {
     store,
+    race,
     cleanup: async () => {
       await store.close();
       await fs.rm(dir, { recursive: true, force: true });
