@@ -1,7 +1,7 @@
-import { watch, type FSWatcher } from 'node:fs';
 import { fromCallback } from 'xstate';
 import type { ProcessCommand, ProcessEvent } from '../../machines/supervisor.machine.js';
 import type { CommandPlan } from '../../machines/types.js';
+import { watchOutputActivity } from '../process/output-activity.js';
 import { spawnCommand, type CommandHandle } from '../process/spawn-command.js';
 import type { DaemonContext } from './context.js';
 
@@ -20,28 +20,27 @@ export function processActor(ctx: DaemonContext) {
     let exited = false;
     let pendingSignal: ProcessCommand['signal'] | undefined;
     let lastOutput = 0;
-    let outputWatch: FSWatcher | undefined;
+    let lastActivity = Date.now();
     const send = (event: ProcessEvent) => {
       if (!stopped) sendBack(event);
     };
     const output = () => {
       const now = Date.now();
+      lastActivity = now;
       if (now - lastOutput < outputThrottleMs) return;
       lastOutput = now;
       send({ type: 'OUTPUT' });
     };
-    const unwatch = () => {
-      outputWatch?.close();
-      outputWatch = undefined;
-    };
-    // Hang ≠ slowness: a command that writes its results without printing anything is still alive. Any file
-    // change under the output directory counts as output for the stall clock (max_no_output_time).
-    try {
-      outputWatch = watch(plan.outputDir, { recursive: true }, output);
-      outputWatch.on('error', unwatch);
-    } catch (error) {
-      ctx.logger.warn(`run ${plan.number}: cannot watch ${plan.outputDir} for changes: ${String(error)}`);
-    }
+    // Hang ≠ slowness: a command that writes its results without printing anything is still alive. A change
+    // under the output directory since the last activity counts as output for the stall clock
+    // (max_no_output_time), found by a bounded asynchronous walk when the command has been silent for a while.
+    const outputWatch = watchOutputActivity(
+      plan.outputDir,
+      ctx.config.timeouts.max_no_output_time,
+      () => lastActivity,
+      output,
+    );
+    const unwatch = () => outputWatch.stop();
 
     spawnCommand({
       argv: plan.argv,
