@@ -1,6 +1,10 @@
+import { execFileSync } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
-import { and, createMachine, fromPromise, not, or, setup, stateIn } from 'xstate';
+import { and, createActor, createMachine, fromPromise, not, or, setup, stateIn } from 'xstate';
 import { formatGuard, machineSummary, toDot, toMermaid } from '../../src/diagram/export.js';
+import { repoRoot } from '../helpers/cli.js';
+import { buildLarge } from './fixtures/large-machine.js';
 
 // A small machine whose diagrams are compared character for character.
 const small = setup({
@@ -25,83 +29,7 @@ const small = setup({
 });
 
 // A larger machine using every construct the exporter knows about.
-const large = setup({
-  guards: {
-    isReady: () => true,
-    hasSlot: () => true,
-    atLeast: (_, params: { n: number }) => params.n > 0,
-    okOutput: (_, params: { ok: boolean }) => params.ok,
-  },
-  delays: { checkInterval: 1000, escalate: () => 50 },
-  actors: {
-    fetchJob: fromPromise(async () => 1),
-    saveJob: fromPromise(async () => 2),
-  },
-}).createMachine({
-  id: 'large',
-  initial: 'boot',
-  on: { RESET: '.boot' }, // a root transition: the root becomes a box of its own
-  states: {
-    boot: {
-      always: [{ guard: 'isReady', target: 'main' }, { target: 'waiting-room' }],
-    },
-    'waiting-room': {
-      after: { 250: 'boot' },
-      on: { POKE: { target: 'waiting-room', reenter: true } }, // self-transition
-    },
-    main: {
-      type: 'parallel',
-      onDone: 'finished',
-      on: { ABORT: { target: 'failed', guard: or(['isReady', not('hasSlot')]) } },
-      states: {
-        worker: {
-          initial: 'fetching',
-          states: {
-            fetching: {
-              invoke: {
-                src: 'fetchJob',
-                onDone: [
-                  { guard: { type: 'okOutput', params: ({ event }) => ({ ok: event.output > 0 }) }, target: 'saving' },
-                  { target: 'fetching', reenter: true },
-                ],
-                onError: '#large.failed',
-              },
-            },
-            saving: {
-              invoke: [
-                { src: 'saveJob', onDone: 'done', onError: { target: 'fetching' } },
-                { id: 'audit', src: 'saveJob', onError: 'done' },
-              ],
-            },
-            done: { type: 'final' },
-          },
-        },
-        monitor: {
-          initial: 'watching',
-          states: {
-            watching: {
-              after: {
-                checkInterval: { target: 'watching', reenter: true },
-                escalate: { target: 'alarm', guard: and(['hasSlot', not('isReady')]) },
-              },
-              on: {
-                STATUS: { target: ['#large.main.worker.done', '#large.main.monitor.quiet'] }, // two targets
-                BUMP: { target: 'watching', guard: { type: 'atLeast', params: { n: 3 } } },
-                PEEK: { target: 'alarm', guard: stateIn('#large.main.worker.saving') },
-                NOTE: { actions: () => undefined },
-              },
-            },
-            alarm: { on: { ACK: 'quiet' } },
-            quiet: { type: 'final' },
-          },
-        },
-      },
-    },
-    finished: { type: 'final' },
-    failed: { type: 'final' },
-    state: { on: { GO: 'boot' } }, // a key Mermaid would read as a keyword
-  },
-});
+const large = buildLarge();
 
 const SMALL_MERMAID = `stateDiagram-v2
     [*] --> idle
@@ -348,10 +276,20 @@ describe('large machine', () => {
     expect(dot).toContain('"large__anchor" -> "boot" [label="RESET"];');
   });
 
-  it('is deterministic', () => {
-    expect(toMermaid(large)).toBe(mermaid);
-    expect(toDot(large)).toBe(dot);
-    expect(machineSummary(large)).toEqual(summary);
+  it('is deterministic: the same definition built again, after other machines ran, exports the same text', () => {
+    // xstate numbers things as machines are created and actors run; the export must depend on the definition only.
+    for (let i = 0; i < 3; i++) createActor(buildLarge()).start().stop();
+    const again = buildLarge();
+    expect(again).not.toBe(large);
+    expect(toMermaid(again)).toBe(mermaid);
+    expect(toDot(again)).toBe(dot);
+    expect(machineSummary(again)).toEqual(summary);
+  });
+
+  it('is deterministic across processes: a fresh process exports the same text', () => {
+    const script = fileURLToPath(new URL('./fixtures/export-large.ts', import.meta.url));
+    const out = execFileSync(process.execPath, ['--import', 'tsx', script], { cwd: repoRoot, encoding: 'utf8' });
+    expect(JSON.parse(out)).toEqual({ mermaid, dot, summary });
   });
 });
 

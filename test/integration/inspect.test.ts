@@ -96,7 +96,7 @@ describe('runwarden daemon --inspect / runwarden inspect', () => {
     expect((await sandbox.run(['submit', '5'])).exitCode).toBe(0);
     const run = (from: string, event: string, to: string, actor = 'run-5') =>
       new RegExp(`^${TIME}  ${actor.replace('/', '\\/')} +${from} --${event}--> ${to}$`);
-    const lines = await waitFor(
+    await waitFor(
       () =>
         inOrder(followed(), [
           run('running\\.idle', 'WAKE', 'running\\.claiming', 'host'),
@@ -114,7 +114,18 @@ describe('runwarden daemon --inspect / runwarden inspect', () => {
         inOrder(followed(), [run('running\\.busy', 'RUN_SETTLED', 'running\\.claiming', 'host')]),
       'the follower to print run 5 from considering to done',
     );
-    expect(lines).toBeTruthy();
+    // Run 5's own actor: each of its transitions printed exactly once, in order, nothing else.
+    const runFive = followed()
+      .split('\n')
+      .map((line) => new RegExp(`^${TIME}  run-5 +(.+?) --\\S+--> (.+)$`).exec(line))
+      .filter((m): m is RegExpExecArray => m !== null)
+      .map((m) => [m[1], m[2]]);
+    expect(runFive).toEqual([
+      ['(start)', 'considering'],
+      ['considering', 'busy.supervising'],
+      ['busy.supervising', 'busy.registering'],
+      ['busy.registering', 'done'],
+    ]);
     // Only changes of state: the lease keeper's refreshes and the command's output change none.
     for (const line of followed().trim().split('\n')) {
       const [, from, to] = /  (\S+(?: \(\w+\))?) --\S+--> (.+)$/.exec(line) ?? [];

@@ -1,3 +1,4 @@
+import { execFileSync } from 'node:child_process';
 import { mkdtempSync, rmSync, statfsSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -11,6 +12,13 @@ beforeEach(() => {
 afterEach(() => {
   rmSync(dir, { recursive: true, force: true });
 });
+
+/** What df says of the filesystem holding `path`: used percentage (df rounds it up) and bytes available. */
+function df(path: string): { usedPercent: number; availBytes: number } {
+  const [, line] = execFileSync('df', ['--output=pcent,avail', '-B1', path], { encoding: 'utf8' }).trim().split('\n');
+  const [pcent, avail] = line!.trim().split(/\s+/);
+  return { usedPercent: Number(pcent!.replace('%', '')), availBytes: Number(avail) };
+}
 
 describe('diskFigures', () => {
   it('measures an existing directory', () => {
@@ -33,9 +41,22 @@ describe('diskFigures', () => {
     expect(Math.abs(d.used_percent - here.used_percent)).toBeLessThan(1);
   });
 
+  it('agrees with df on how full the filesystem is', () => {
+    const d = diskFigures(dir);
+    const fromDf = df(dir);
+    // df rounds the percentage up to a whole number; the free bytes may move by a few blocks in between.
+    expect(d.used_percent).toBeGreaterThan(fromDf.usedPercent - 1);
+    expect(d.used_percent).toBeLessThanOrEqual(fromDf.usedPercent);
+    expect(Math.abs(d.free_bytes - fromDf.availBytes)).toBeLessThan(64 * 1024 * 1024);
+  });
+
   it('walks up past a file in the way', () => {
     writeFileSync(join(dir, 'file'), 'x');
-    const d = diskFigures(join(dir, 'file', 'sub'));
-    expect(d.used_percent).toBeGreaterThanOrEqual(0);
+    const target = join(dir, 'file', 'sub');
+    const d = diskFigures(target);
+    const here = diskFigures(dir);
+    expect(d.path).toBe(target);
+    expect(Math.abs(d.used_percent - here.used_percent)).toBeLessThan(1);
+    expect(Math.abs(d.free_bytes - here.free_bytes)).toBeLessThan(64 * 1024 * 1024);
   });
 });
