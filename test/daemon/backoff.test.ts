@@ -1,4 +1,4 @@
-import { writeFileSync } from 'node:fs';
+import Database from 'better-sqlite3';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { loadConfig } from '../../src/config/index.js';
@@ -16,6 +16,8 @@ import { deadPid, silentLogger, TestClock } from '../model/crash-harness.js';
 // share a test clock that moves only when the test says, so next_retry − (the time of the failed event written in
 // the same transaction) is exactly the delay the daemon chose. With jitter [1, 1] and factor 3 the delays after
 // failures 1..4 must be 1 s, 3 s, 9 s, 9 s (max_exponent 2): a count that stays 0 or is off by one shows at once.
+// Interruptions (a restart, a silent owner taken over by cleanup) are not the run's fault: due at once, counted
+// in n_interruptions and never in n_failures.
 
 const HOST = 'backoff';
 const EXPECTED_DELAYS = [1_000, 3_000, 9_000, 9_000];
@@ -112,31 +114,70 @@ describe('backoff grows with the failure count at every call site', () => {
     expect(delays).toEqual(EXPECTED_DELAYS);
   });
 
-  it('cleanup failing a run whose owner went silent: 1 s, 3 s, 9 s, 9 s', async () => {
-    // Held, so the daemon never claims it itself: only a silent owner (a dead pid on another host) does, and the
-    // daemon's cleanup pass fails it once max_considering_time has passed on the store's clock.
+  it('cleanup failing a done run whose output registration is missing: 1 s, 3 s, 9 s, 9 s', async () => {
+    // Held, so the daemon never claims it itself: another host (a test stand-in) processes it to done, the
+    // registered output goes missing (plain SQL, as another tool could do it), and the daemon's cleanup fails it.
     const cfg = config(['sh', '-c', 'exit 0']);
     start(cfg);
     await store.insertRun({ number: 2, start: 1, tags: ['hold'] });
-    const ghost = { host: 'ghost', pid: await deadPid(), order: 'newest' as const };
+    const other = { host: 'other', pid: await deadPid(), order: 'newest' as const };
+    const db = new Database(join(dir, 'runs.db'), { timeout: 10_000 });
     const delays: number[] = [];
-    for (let k = 1; k <= EXPECTED_DELAYS.length; k++) {
-      const before = (await store.getRun(2))!.processing;
-      const claimed = await store.claimRun(2, ghost, { state: before?.state ?? null, token: before?.token ?? null });
-      expect(claimed?.processing?.state, `the silent owner's claim ${k}`).toBe('considering');
-      // Cleanup judges a lease stale once it saw it unchanged for the limit on its monotonic clock (the test
-      // clock here too): move time on by the limit until a pass that saw the claim before judges it.
-      const event = await waitFor(async () => {
-        const found = (await store.listRunEvents(2)).filter((e) => e.to === 'failed')[k - 1];
-        if (!found) clock.advance(cfg.timeouts.max_considering_time + 1);
-        return found;
-      }, `failure ${k} of run 2 (cleanup)`, { intervalMs: 100 });
-      expect(event.detail).toMatchObject({ by: 'cleanup', kind: 'stale' });
-      const p = (await store.getRun(2))!.processing!;
-      expect(p.n_failures).toBe(k);
-      delays.push(p.next_retry! - event.time);
+    try {
+      for (let k = 1; k <= EXPECTED_DELAYS.length; k++) {
+        const before = (await store.getRun(2))!.processing;
+        const claimed = await store.claimRun(2, other, { state: before?.state ?? null, token: before?.token ?? null });
+        const token = claimed!.processing!.token;
+        expect(await store.markBusy(2, token, { started: clock.now })).toBe(true);
+        const output = { location: join(dir, 'gone'), host: 'other', attempt: k, at: clock.now };
+        expect(await store.finishRun(2, token, output)).toBe(true);
+        db.prepare(`UPDATE runs SET outputs = '[]' WHERE number = 2`).run();
+        const event = await nthFailure(2, k, 'cleanup of a done run without output');
+        expect(event.detail).toMatchObject({ by: 'cleanup', kind: 'no_output' });
+        const p = (await store.getRun(2))!.processing!;
+        expect(p.n_failures).toBe(k);
+        delays.push(p.next_retry! - event.time);
+      }
+    } finally {
+      db.close();
     }
     expect(delays).toEqual(EXPECTED_DELAYS);
+  });
+
+  it('cleanup taking over a run whose owner went silent: an interruption, eligible at once, no failure counted', async () => {
+    // Cleanup judges a lease stale once it saw it unchanged for the limit on its monotonic clock (the test clock
+    // here too): time moves on by the limit until a pass that saw the claim judges it.
+    const cfg = config(['sh', '-c', 'exit 0']);
+    start(cfg);
+    await store.insertRun({ number: 5, start: 1, tags: ['hold'] });
+    const ghost = { host: 'ghost', pid: await deadPid(), order: 'newest' as const };
+    const delays: number[] = [];
+    const counts: Array<[number, number]> = [];
+    for (let k = 1; k <= EXPECTED_DELAYS.length; k++) {
+      const before = (await store.getRun(5))!.processing;
+      const claimed = await store.claimRun(5, ghost, { state: before?.state ?? null, token: before?.token ?? null });
+      expect(claimed?.processing?.state, `the silent owner's claim ${k}`).toBe('considering');
+      const event = await waitFor(
+        async () => {
+          const found = (await store.listRunEvents(5)).filter((e) => e.to === 'failed')[k - 1];
+          if (!found) clock.advance(cfg.timeouts.max_considering_time + 1);
+          return found;
+        },
+        `cleanup ${k} of run 5`,
+        { intervalMs: 100 },
+      );
+      expect(event.detail).toMatchObject({ by: 'cleanup', kind: 'stale' });
+      const p = (await store.getRun(5))!.processing!;
+      counts.push([p.n_failures, p.n_interruptions ?? 0]);
+      delays.push(p.next_retry! - event.time);
+    }
+    expect(delays).toEqual([0, 0, 0, 0]);
+    expect(counts).toEqual([
+      [0, 1],
+      [0, 2],
+      [0, 3],
+      [0, 4],
+    ]);
   });
 
   it('an operator failing a run the daemon finished: 1 s, 3 s, 9 s, 9 s', async () => {
@@ -156,13 +197,13 @@ describe('backoff grows with the failure count at every call site', () => {
     expect(delays).toEqual(EXPECTED_DELAYS);
   });
 
-  it('a restarted daemon failing the runs its predecessor held: eligible at once (no backoff)', async () => {
-    // A restart is not the run's fault: its retry is due at the restart's own time, however many failures came
-    // before. Each round a dead predecessor of this host holds the run, and a fresh daemon recovers it.
+  it('a restarted daemon failing the runs its predecessor held: an interruption, eligible at once', async () => {
+    // A restart is not the run's fault: its retry is due at the restart's own time, and it counts as an
+    // interruption, not a failure. Each round a dead predecessor of this host holds the run, and a fresh daemon recovers it.
     const cfg = config(['sh', '-c', 'exit 0'], []);
     await store.insertRun({ number: 4, start: 1, tags: ['hold'] });
     const delays: number[] = [];
-    const failures: number[] = [];
+    const counts: Array<[number, number]> = [];
     for (let k = 1; k <= EXPECTED_DELAYS.length; k++) {
       const previous = await deadPid();
       const before = (await store.getRun(4))!.processing;
@@ -178,13 +219,19 @@ describe('backoff grows with the failure count at every call site', () => {
       expect(event.detail).toMatchObject({ kind: 'restart', previous_pid: previous });
       const p = (await store.getRun(4))!.processing!;
       delays.push(p.next_retry! - event.time);
-      failures.push(p.n_failures);
+      counts.push([p.n_failures, p.n_interruptions ?? 0]);
       d.stop();
       expect(await d.done).toBe(0);
       daemon = undefined;
       clock.advance(1);
     }
     expect(delays).toEqual([0, 0, 0, 0]);
-    expect(failures).toEqual([1, 2, 3, 4]);
+    // An interruption, not a failure: counted apart.
+    expect(counts).toEqual([
+      [0, 1],
+      [0, 2],
+      [0, 3],
+      [0, 4],
+    ]);
   });
 });
