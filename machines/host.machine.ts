@@ -29,6 +29,7 @@ export type HostEvent =
   | { type: 'WAKE' } // a run was submitted: look now
   | { type: 'STOP' } // SIGTERM / SIGINT
   | { type: 'DISPLACED'; reason: string } // another daemon took over this host's document
+  | { type: 'FATAL'; error: string } // an effect met an error it cannot recover from: crash-only, stop now
   | RunSettledEvent;
 
 export interface HostOutput {
@@ -48,6 +49,12 @@ interface HostContext extends HostInput {
 }
 
 const FATAL_SETTLEMENTS: RunSettlement[] = ['unkillable', 'error'];
+
+/**
+ * Crash-only: in every state that is not final, a fatal error from an effect (the store file replaced, the store
+ * unwritable for longer than a lease, a guard process gone) ends the host in `failed`; the daemon exits non-zero.
+ */
+const FATAL_ENDS_HOST = { target: '#host.failed', actions: 'rememberFatal' } as const;
 
 export const hostMachine = setup({
   types: {
@@ -132,6 +139,7 @@ export const hostMachine = setup({
           : 'unexpected event',
     }),
     rememberDisplaced: assign({ error: ({ event }) => (event.type === 'DISPLACED' ? event.reason : 'displaced') }),
+    rememberFatal: assign({ error: ({ event }) => (event.type === 'FATAL' ? event.error : 'fatal error') }),
     rememberError: assign({
       error: (_, params: { error: unknown }) =>
         params.error instanceof Error ? params.error.message : String(params.error),
@@ -161,7 +169,7 @@ export const hostMachine = setup({
           actions: { type: 'rememberError', params: ({ event }) => ({ error: event.error }) },
         },
       },
-      on: { STOP: { actions: 'noteStop' } },
+      on: { STOP: { actions: 'noteStop' }, FATAL: FATAL_ENDS_HOST },
     },
     // Crash-only: whatever the previous incarnation left running is killed and its runs failed before any claim.
     recovering: {
@@ -174,7 +182,7 @@ export const hostMachine = setup({
           actions: { type: 'rememberError', params: ({ event }) => ({ error: event.error }) },
         },
       },
-      on: { STOP: { actions: 'noteStop' } },
+      on: { STOP: { actions: 'noteStop' }, FATAL: FATAL_ENDS_HOST },
     },
     running: {
       invoke: [
@@ -188,6 +196,7 @@ export const hostMachine = setup({
           { actions: 'forgetRun' },
         ],
         DISPLACED: { target: 'failed', actions: 'rememberDisplaced' },
+        FATAL: FATAL_ENDS_HOST,
       },
       initial: 'deciding',
       states: {
@@ -262,6 +271,7 @@ export const hostMachine = setup({
           { guard: 'settlementIsFatal', target: 'failed', actions: ['forgetRun', 'rememberFatalRun'] },
           { actions: 'forgetRun' },
         ],
+        FATAL: FATAL_ENDS_HOST,
       },
     },
     deregistering: {
@@ -274,6 +284,7 @@ export const hostMachine = setup({
           actions: { type: 'rememberError', params: ({ event }) => ({ error: event.error }) },
         },
       },
+      on: { FATAL: FATAL_ENDS_HOST },
     },
     stopped: { type: 'final' },
     failed: { type: 'final' },

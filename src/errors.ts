@@ -53,6 +53,18 @@ export class StoreUnavailableError extends Error {
   }
 }
 
+/**
+ * The store this process opened is no longer the one at its location (a SQLite file deleted, renamed or
+ * replaced under a running daemon): anything written now would be lost or split between two files. Fatal.
+ */
+export class StoreReplacedError extends Error {
+  readonly exitCode = 1;
+  constructor(message: string) {
+    super(message);
+    this.name = 'StoreReplacedError';
+  }
+}
+
 export function exitCodeOf(error: unknown): number {
   if (error && typeof error === 'object' && 'exitCode' in error && typeof error.exitCode === 'number') {
     return error.exitCode;

@@ -1,6 +1,7 @@
 import type { Argv, CommandModule } from 'yargs';
 import { requireCommand } from '../config/index.js';
 import { startDaemon } from '../daemon/daemon.js';
+import { exitProcess } from '../daemon/process-exit.js';
 import { superviseDaemon, withoutUndying } from '../daemon/undying.js';
 import { createLogger } from '../log/logger.js';
 import { openStore } from '../store/open-store.js';
@@ -18,7 +19,7 @@ interface DaemonArgs extends GlobalArgs {
 
 export const daemonCommand: CommandModule<GlobalArgs, DaemonArgs> = {
   command: 'daemon',
-  describe: 'claim and process runs until stopped (^C or SIGTERM releases running runs)',
+  describe: 'claim and process runs until stopped (^C, SIGTERM or SIGHUP releases running runs)',
   builder: (yargs: Argv<GlobalArgs>) =>
     yargs
       .option('slots', { type: 'number', describe: 'runs processed at once by this daemon (default 1)' })
@@ -90,10 +91,13 @@ export const daemonCommand: CommandModule<GlobalArgs, DaemonArgs> = {
         inspectors: [...(metrics ? [metrics.inspector] : []), ...(inspect ? [inspect.inspector] : [])],
       });
       const code = await daemon.done;
-      await metrics?.close();
-      await inspect?.close();
-      await logger.flush();
-      await store.close();
-      return code;
+      // The process ends here, explicitly: nothing left holding the event loop may keep a daemon without a
+      // working host actor alive (a fatal error has already killed every process group).
+      return exitProcess(code, [
+        () => metrics?.close(),
+        () => inspect?.close(),
+        () => logger.flush(),
+        () => store.close(),
+      ]);
     }),
 };

@@ -3,6 +3,7 @@ import { join, resolve } from 'node:path';
 import type { Argv, CommandModule } from 'yargs';
 import { loadConfig } from '../config/index.js';
 import { startDaemon } from '../daemon/daemon.js';
+import { describeFatal, exitProcess, onProcessFault, STOP_SIGNALS } from '../daemon/process-exit.js';
 import { UsageError } from '../errors.js';
 import { createLogger } from '../log/logger.js';
 import { openStore } from '../store/open-store.js';
@@ -172,10 +173,12 @@ export const demoCommand: CommandModule<GlobalArgs, DemoArgs> = {
         await store.insertRuns(runs);
         const logStream = createWriteStream(join(dir, 'daemon.log'), { flags: 'a' });
         const logger = createLogger({ level: 'info', host: config.host, store, json: false, stream: logStream });
-        const daemon = startDaemon({ config, store, logger, handleSignals: false });
+        const daemon = startDaemon({ config, store, logger, handleSignals: false, ownsProcess: false });
         const onSignal = () => daemon.stop();
-        process.once('SIGINT', onSignal);
-        process.once('SIGTERM', onSignal);
+        for (const signal of STOP_SIGNALS) process.once(signal, onSignal);
+        // Crash-only as a daemon, but the demo still prints its summary: an unexpected error ends the host
+        // actor (its commands killed), and the process exits 1 below.
+        const offFault = onProcessFault((error, origin) => daemon.fatal(`${origin}: ${describeFatal(error)}`));
 
         const started = Date.now();
         const tty = Boolean(out.isTTY) && !args.json;
@@ -204,10 +207,13 @@ export const demoCommand: CommandModule<GlobalArgs, DemoArgs> = {
           await new Promise((r) => setTimeout(r, 250));
         }
         if (tty) out.write('\n');
-        process.off('SIGINT', onSignal);
-        process.off('SIGTERM', onSignal);
+        for (const signal of STOP_SIGNALS) process.off(signal, onSignal);
+        offFault();
         await logger.flush();
         logStream.end();
+        if (daemonExit !== 0) {
+          process.stderr.write(`runwarden: the demo's daemon stopped on a fatal error; see ${join(dir, 'daemon.log')}\n`);
+        }
 
         const rows = await summary(store, runs.map((r) => r.number));
         const allSettled = rows.every((r) => r.state === 'done' || r.state === 'abandoned');
@@ -237,7 +243,10 @@ export const demoCommand: CommandModule<GlobalArgs, DemoArgs> = {
           const cli = process.argv[1] ? `node ${process.argv[1]}` : 'runwarden';
           say(`look closer:  ${cli} show 1006 --store sqlite:${join(dir, 'runwarden.db')}`);
         }
-        if (daemonExit !== 0) return 1;
+        if (daemonExit !== 0) {
+          // Explicitly: a host actor that crashed leaves its children's timers holding the event loop.
+          return exitProcess(1, [() => store.close()]);
+        }
         return allSettled ? 0 : 1;
       } finally {
         await store.close();

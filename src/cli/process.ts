@@ -2,6 +2,7 @@ import type { Argv, CommandModule } from 'yargs';
 import { requireCommand } from '../config/index.js';
 import { claimForProcessing, describeState } from '../daemon/operator-actions.js';
 import { processOneRun, type ProcessOneOutcome } from '../daemon/process-one.js';
+import { describeFatal, dieLoudly, exitProcess, onProcessFault, STOP_SIGNALS } from '../daemon/process-exit.js';
 import { createLogger } from '../log/logger.js';
 import { openStore } from '../store/open-store.js';
 import type { RunDoc } from '../store/types.js';
@@ -79,10 +80,15 @@ export const processCommand: CommandModule<GlobalArgs, ProcessArgs> = {
         }
         logger.warn(`second signal (${signal}): killing run ${number}'s process group now`, { number });
         kill();
-        void logger.flush().finally(() => process.exit(130));
+        void exitProcess(130, [() => logger.flush()]);
       };
-      process.on('SIGINT', onSignal);
-      process.on('SIGTERM', onSignal);
+      for (const signal of STOP_SIGNALS) process.on(signal, onSignal);
+      // Crash-only, as the daemon: an unexpected error kills the command's group and exits non-zero.
+      const offFault = onProcessFault((error, origin) => {
+        void dieLoudly(logger, `process ${number}: ${origin}: ${describeFatal(error)}`, () => kill());
+      });
+      let attempted = false;
+      let code: number;
       try {
         const claim = await claimForProcessing(operatorDeps(config, store), number, { force: args.force ?? false });
         if (claim.takenFrom) {
@@ -92,6 +98,7 @@ export const processCommand: CommandModule<GlobalArgs, ProcessArgs> = {
           );
         }
         const handle = processOneRun({ store, config, logger, host: config.host }, claim.run);
+        attempted = true;
         stop = handle.stop;
         kill = handle.killCommand;
         if (signalsSeen > 0) stop();
@@ -102,16 +109,22 @@ export const processCommand: CommandModule<GlobalArgs, ProcessArgs> = {
           );
         }
         const outcome = await handle.done;
-        const run = await store.getRun(number);
         const { settlement, error } = outcome;
+        if (settlement === 'error' || settlement === 'unkillable') logger.fatal(`run ${number}: ${error ?? settlement}`, { number });
+        const run = await store.getRun(number).catch(() => null);
         if (args.json) printJson({ number, outcome: settlement, error, log: handle.logFile, run });
         else process.stdout.write(`${outcomeLine(number, outcome, run)}\n`);
-        return outcome.settlement === 'done' || (outcome.settlement === 'released' && signalsSeen > 0) ? 0 : 1;
+        code = settlement === 'done' || (settlement === 'released' && signalsSeen > 0) ? 0 : 1;
       } finally {
-        process.off('SIGINT', onSignal);
-        process.off('SIGTERM', onSignal);
-        await logger.flush();
-        await store.close();
+        for (const signal of STOP_SIGNALS) process.off(signal, onSignal);
+        offFault();
+        if (!attempted) {
+          await logger.flush();
+          await store.close();
+        }
       }
+      // After an attempt the process ends explicitly: an errored run actor's lease keeper or watcher must not
+      // keep it alive (and writing) once the outcome is known.
+      return exitProcess(code, [() => logger.flush(), () => store.close()]);
     }),
 };

@@ -9,11 +9,13 @@ import type { DiskFigures, HostState } from '../store/types.js';
 import { createDaemonContext, supervisorTiming, type DaemonContext } from './context.js';
 import { hostEffects, type HostView } from './host-effects.js';
 import { processActor } from './process-actor.js';
+import { describeFatal, dieLoudly, exitProcess, onProcessFault, STOP_SIGNALS } from './process-exit.js';
 import { runEffects } from './run-effects.js';
 
 // Wiring: the pure charts in machines/ get their effects here, and the host actor gets the process's
 // signals. Crash-only: an unexpected error is logged at fatal, every live process group is killed, and
-// the daemon exits non-zero; the next start repairs what is left.
+// the daemon exits non-zero (explicitly, after a bounded flush: see process-exit.ts); the next start
+// repairs what is left.
 
 export interface DaemonOptions {
   config: Config;
@@ -26,8 +28,16 @@ export interface DaemonOptions {
   random?: () => number;
   /** Measures the output disk; tests substitute a probe to shut and open the disk gate. */
   diskProbe?: (path: string) => DiskFigures;
-  /** Install SIGINT/SIGTERM handlers (the CLI does; in-process callers such as `demo` may not). */
+  /**
+   * Install the stop-signal handlers, SIGINT, SIGTERM and SIGHUP (the CLI does; in-process callers such as
+   * `demo` may not): the first stops cleanly, a second kills every process group and exits 130.
+   */
   handleSignals?: boolean;
+  /**
+   * The daemon owns its process (default: handleSignals): an uncaught exception or unhandled rejection is
+   * fatal, and a fatal error exits the process non-zero within EXIT_BUDGET_MS, whatever holds the event loop.
+   */
+  ownsProcess?: boolean;
   /**
    * Observers of every inspection event of the host actor and of each run and supervisor actor it spawns
    * (the live inspector, metrics). An observer that throws is logged and ignored: watching never stops work.
@@ -40,7 +50,9 @@ export interface DaemonHandle {
   stop(): void;
   /** Kill every live process group at once (second signal). */
   killCommands(): void;
-  /** Resolves with the exit code once the host actor has finished. */
+  /** Ends the daemon on a fatal error found outside the chart (the host actor goes to `failed` with `reason`). */
+  fatal(reason: string): void;
+  /** Resolves with the exit code once the host actor has finished: 0 after a clean stop, 1 after a fatal error. */
   done: Promise<number>;
 }
 
@@ -102,6 +114,34 @@ export function startDaemon(options: DaemonOptions): DaemonHandle {
     for (const handle of ctx.liveCommands) handle.signal('SIGKILL');
   };
 
+  // The daemon ends exactly once: cleanly (0) when the host actor reaches `stopped`, or on a fatal error (1).
+  const ownsProcess = options.ownsProcess ?? options.handleSignals ?? false;
+  let ended = false;
+  let resolveDone: (code: number) => void = () => undefined;
+  const done = new Promise<number>((resolve) => {
+    resolveDone = resolve;
+  });
+  const uninstall: Array<() => void> = [];
+  const end = (code: number) => {
+    if (ended) return;
+    ended = true;
+    for (const off of uninstall.splice(0)) off();
+    resolveDone(code);
+  };
+  /** Crash-only: log at fatal, kill every live process group, and (owning the process) exit non-zero. */
+  const fatal = (message: string) => {
+    if (ended) return;
+    end(1);
+    if (ownsProcess) {
+      // Explicit and bounded: an errored actor's children (heartbeat, lease keepers, watchers) would keep the
+      // event loop, and so a daemon without a working host actor, alive.
+      void dieLoudly(logger, message, killCommands);
+      return;
+    }
+    killCommands();
+    logger.fatal(message);
+  };
+
   let signalsSeen = 0;
   const onSignal = (signal: NodeJS.Signals) => {
     signalsSeen += 1;
@@ -112,47 +152,34 @@ export function startDaemon(options: DaemonOptions): DaemonHandle {
     }
     logger.warn(`second signal (${signal}): killing every process group now`);
     killCommands();
-    void logger.flush().finally(() => process.exit(130));
-  };
-  const onFatal = (error: unknown) => {
-    logger.fatal(`unexpected error: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}`);
-    killCommands();
-    void logger.flush().finally(() => process.exit(1));
+    void exitProcess(130, [() => logger.flush()]);
   };
   if (options.handleSignals) {
-    process.on('SIGINT', onSignal);
-    process.on('SIGTERM', onSignal);
-    process.on('uncaughtException', onFatal);
-    process.on('unhandledRejection', onFatal);
+    for (const signal of STOP_SIGNALS) process.on(signal, onSignal);
+    uninstall.push(() => {
+      for (const signal of STOP_SIGNALS) process.off(signal, onSignal);
+    });
+  }
+  if (ownsProcess) {
+    uninstall.push(onProcessFault((error, origin) => fatal(`${origin}: ${describeFatal(error)}`)));
   }
 
-  const done = new Promise<number>((resolve) => {
-    actor.subscribe({
-      next: (snapshot) => {
-        latest = snapshot;
-        if (snapshot.status !== 'done') return;
-        const error = snapshot.output?.error ?? null;
-        if (error) {
-          logger.fatal(`host ${config.host} stops on an error: ${error}`);
-          killCommands();
-        }
-        resolve(error ? 1 : 0);
-      },
-      error: (error: unknown) => {
-        logger.fatal(`host actor crashed: ${error instanceof Error ? error.message : String(error)}`);
-        killCommands();
-        resolve(1);
-      },
-    });
-  }).finally(() => {
-    if (options.handleSignals) {
-      process.off('SIGINT', onSignal);
-      process.off('SIGTERM', onSignal);
-      process.off('uncaughtException', onFatal);
-      process.off('unhandledRejection', onFatal);
-    }
+  actor.subscribe({
+    next: (snapshot) => {
+      latest = snapshot;
+      if (snapshot.status !== 'done') return;
+      const error = snapshot.output?.error ?? null;
+      if (error) fatal(`host ${config.host} stops on an error: ${error}`);
+      else end(0);
+    },
+    error: (error: unknown) => fatal(`host actor crashed: ${describeFatal(error)}`),
   });
 
   actor.start();
-  return { stop: () => actor.send({ type: 'STOP' }), killCommands, done };
+  return {
+    stop: () => actor.send({ type: 'STOP' }),
+    killCommands,
+    fatal: (reason: string) => actor.send({ type: 'FATAL', error: reason }),
+    done,
+  };
 }

@@ -1,6 +1,7 @@
 import { fromCallback, fromPromise, type EventObject } from 'xstate';
 import type { ClaimOutput } from '../../machines/host.machine.js';
-import { formatByteSize } from '../config/duration.js';
+import { formatByteSize, formatDuration } from '../config/duration.js';
+import { StoreReplacedError } from '../errors.js';
 import { readProcStart } from '../process/proc.js';
 import { monitorMinute, type HostPatch } from '../store/run-store.js';
 import type { DiskFigures, HostDoc, HostState, MonitorSample } from '../store/types.js';
@@ -117,34 +118,61 @@ export function hostEffects(ctx: DaemonContext, view: () => HostView) {
       });
   };
 
-  // Writes the host document every check_interval, and soon after its state or running runs change.
+  // Writes the host document every check_interval, and soon after its state or running runs change. Crash-only:
+  // its errors are not logged for ever. A store file replaced under the daemon is fatal at once; a store that
+  // has refused the heartbeat for longer than max_busy_time (the lease others judge this host's runs by) is
+  // fatal too, so the daemon exits, is restarted, and recovery repairs its runs.
   const heartbeat = fromCallback<EventObject, { host: string }>(({ sendBack }) => {
     let inFlight = false;
     let displaced = false;
+    let fatal = false;
     let lastWritten = '';
+    let lastSuccess = performance.now(); // monotonic: a wall-clock step must not end (or prolong) the daemon
+    const failFatally = (reason: string) => {
+      if (fatal) return;
+      fatal = true;
+      sendBack({ type: 'FATAL', error: reason });
+    };
+    const failed = (error: unknown) => {
+      if (error instanceof StoreReplacedError) {
+        failFatally(error.message);
+        return;
+      }
+      logger.error(`host heartbeat failed: ${String(error)}`);
+      const failingMs = performance.now() - lastSuccess;
+      if (failingMs >= config.timeouts.max_busy_time) {
+        failFatally(
+          `the store refused host heartbeats for ${formatDuration(Math.round(failingMs))} ` +
+            `(timeouts.max_busy_time is ${formatDuration(config.timeouts.max_busy_time)}): ${String(error)}`,
+        );
+      }
+    };
     const write = (force: boolean) => {
-      if (inFlight || displaced) return;
+      if (inFlight || displaced || fatal) return;
       const current = view();
       const key = JSON.stringify(current);
-      if (!force && key === lastWritten) return;
       inFlight = true;
-      const patch: HostPatch = { state: current.state, running: current.running, ...(disk ? { disk } : {}) };
+      // One stat per tick: a store file deleted or replaced under the daemon stops it within a second.
       store
-        .heartbeatHost(host, ctx.hostToken, patch)
-        .then((ok) => {
+        .verifyIdentity()
+        .then(async () => {
+          if (!force && key === lastWritten) return;
+          const patch: HostPatch = { state: current.state, running: current.running, ...(disk ? { disk } : {}) };
+          const ok = await store.heartbeatHost(host, ctx.hostToken, patch);
+          lastSuccess = performance.now();
           lastWritten = key;
           if (!ok) {
             displaced = true;
             sendBack({ type: 'DISPLACED', reason: `another daemon took over host ${host}` });
           }
         })
-        .catch((error: unknown) => logger.error(`host heartbeat failed: ${String(error)}`))
+        .catch(failed)
         .finally(() => {
           inFlight = false;
         });
     };
     const follow = () => {
-      if (!displaced) sampleMonitor(view());
+      if (!displaced && !fatal) sampleMonitor(view());
       write(false);
     };
     write(true);
@@ -189,7 +217,10 @@ export function hostEffects(ctx: DaemonContext, view: () => HostView) {
             );
           }
         })
-        .catch((error: unknown) => logger.error(`cleanup pass failed: ${String(error)}`))
+        .catch((error: unknown) => {
+          if (error instanceof StoreReplacedError) sendBack({ type: 'FATAL', error: error.message });
+          else logger.error(`cleanup pass failed: ${String(error)}`);
+        })
         .finally(() => {
           cleaning = undefined;
         });
@@ -212,6 +243,8 @@ export function hostEffects(ctx: DaemonContext, view: () => HostView) {
       const nextPollMs = Math.min(config.timeouts.idle_poll, config.timeouts.check_interval);
       return { run: null, diskFull: true, nextPollMs };
     }
+    // A store that is no longer the one at its location refuses the claim (StoreReplacedError): the error
+    // ends the host, crash-only, before anything more is claimed.
     const doc = await store.claimNextRun({ host, pid: process.pid, order: config.order });
     const idle = config.timeouts.idle_poll;
     if (doc?.processing) {

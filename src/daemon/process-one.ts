@@ -82,22 +82,40 @@ export function processOneRun(deps: ProcessOneDeps, claimed: RunDoc): ProcessOne
   const killCommand = () => {
     for (const handle of ctx.liveCommands) handle.signal('SIGKILL');
   };
+  let storeWatch: NodeJS.Timeout | undefined;
   const done = new Promise<ProcessOneOutcome>((resolve) => {
+    let settled = false;
+    const settle = (outcome: ProcessOneOutcome) => {
+      if (settled) return;
+      settled = true;
+      clearInterval(storeWatch);
+      subscription.unsubscribe();
+      resolve(outcome);
+    };
     const subscription = actor.subscribe({
       next: (snapshot) => {
         const settlement = settlementOf(snapshot);
         if (!settlement) return;
-        subscription.unsubscribe();
         const error = snapshot.context.error;
         // A run waiting for its retry still has a lease keeper; nothing of this attempt is left to do.
         queueMicrotask(() => actor.stop());
-        resolve({ settlement, ...(error ? { error } : {}) });
+        settle({ settlement, ...(error ? { error } : {}) });
       },
       error: (error: unknown) => {
         killCommand();
-        resolve({ settlement: 'error', error: error instanceof Error ? error.message : String(error) });
+        settle({ settlement: 'error', error: error instanceof Error ? error.message : String(error) });
       },
     });
+    // As a daemon's host heartbeat does: a store file deleted or replaced under the attempt ends it at once,
+    // its command killed, before anything more is written into a file nobody else can see.
+    storeWatch = setInterval(() => {
+      deps.store.verifyIdentity().catch((error: unknown) => {
+        if (settled) return;
+        killCommand();
+        queueMicrotask(() => actor.stop());
+        settle({ settlement: 'error', error: error instanceof Error ? error.message : String(error) });
+      });
+    }, Math.min(1000, config.timeouts.check_interval));
   });
   actor.start();
   return {

@@ -2,6 +2,7 @@ import { execa } from 'execa';
 import { formatDuration } from '../config/duration.js';
 import type { Logger } from '../log/logger.js';
 import type { RunStore } from '../store/run-store.js';
+import { STOP_SIGNALS } from './process-exit.js';
 
 // `runwarden daemon --undying` (DESIGN §4 host: "--undying restarts after a pause"). Crash-only means the
 // daemon itself exits on any unexpected error; this small parent restarts it after `restart_pause`, logging
@@ -44,8 +45,7 @@ export async function superviseDaemon(options: UndyingOptions): Promise<number> 
     if (child?.pid !== undefined && child.exitCode === null) child.kill(signal);
     wakePause?.();
   };
-  process.on('SIGINT', onSignal);
-  process.on('SIGTERM', onSignal);
+  for (const signal of STOP_SIGNALS) process.on(signal, onSignal);
   try {
     for (let crashes = 0; ; ) {
       child = execa(process.execPath, [...process.execArgv, script, ...options.args], {
@@ -75,8 +75,7 @@ export async function superviseDaemon(options: UndyingOptions): Promise<number> 
       if (stopping) return 0;
     }
   } finally {
-    process.off('SIGINT', onSignal);
-    process.off('SIGTERM', onSignal);
+    for (const signal of STOP_SIGNALS) process.off(signal, onSignal);
   }
 }
 

@@ -74,8 +74,22 @@ class OperatorLogTransport extends Transport {
   }
 }
 
+const guarded = new WeakSet<NodeJS.WritableStream>();
+
+/**
+ * A closed terminal or pipe (the ssh session ended, a `| tee` killed) makes writes fail with EIO or EPIPE,
+ * reported as an 'error' event that would otherwise be an uncaught exception, fatal to a daemon that is
+ * stopping cleanly. Lines that cannot be written are dropped; warnings and worse still reach the operator log.
+ */
+export function dropWriteErrors(stream: NodeJS.WritableStream): void {
+  if (guarded.has(stream)) return;
+  guarded.add(stream);
+  stream.on('error', () => undefined);
+}
+
 export function createLogger(options: LoggerOptions): Logger {
   const stream = options.stream ?? process.stderr;
+  dropWriteErrors(stream);
   const json = options.json ?? !(stream as NodeJS.WriteStream).isTTY;
   const textFormat = winston.format.printf((info) => {
     // Messages name their run themselves; `number` is for the operator log and JSON consumers.
@@ -111,6 +125,8 @@ export function createLogger(options: LoggerOptions): Logger {
     error: at('error'),
     fatal: at('fatal'),
     flush: async () => {
+      // Let winston hand lines logged just now to its transports before waiting for the operator log.
+      await new Promise((resolve) => setImmediate(resolve));
       await operatorLog?.flush();
     },
   };

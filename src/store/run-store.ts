@@ -157,6 +157,13 @@ export interface RunStore {
   /** How watchNewRuns learns of new runs (wake-up files, a change stream, polling), for the start-up log. */
   readonly wakeUpMethod: string;
   close(): Promise<void>;
+  /**
+   * Throws StoreReplacedError when the store this process opened is no longer the one at its location: a
+   * SQLite file (or its -wal/-shm companion) deleted, renamed or replaced since it was opened. A daemon checks
+   * it at every host heartbeat and before each claim, and SQLite refuses every processing write while it fails.
+   * MongoDB has no equivalent (a server is reached by address): there it never throws.
+   */
+  verifyIdentity(): Promise<void>;
 
   insertRun(run: NewRun): Promise<RunDoc>;
   /** All or nothing; a duplicate number throws DuplicateRunError naming it. */

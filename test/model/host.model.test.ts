@@ -57,6 +57,7 @@ function hostEvents(snapshot: AnyMachineSnapshot): AnyEventObject[] {
     if (kind.kind === 'after') return [{ type }];
     if (type === 'WAKE' || type === 'STOP') return [{ type }];
     if (type === 'DISPLACED') return [{ type, reason: 'another daemon took over host h1' }];
+    if (type === 'FATAL') return [{ type, error: 'store file /data/runs.db was replaced' }];
     if (type === 'RUN_SETTLED') {
       return context.running.flatMap((number) => [
         { type, number, settlement: 'done' },

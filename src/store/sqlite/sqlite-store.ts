@@ -9,7 +9,7 @@ import path from 'node:path';
 
 import Database from 'better-sqlite3';
 
-import { DuplicateRunError, StoreUnavailableError, UsageError } from '../../errors.js';
+import { DuplicateRunError, StoreReplacedError, StoreUnavailableError, UsageError } from '../../errors.js';
 import type {
   AbandonFields,
   BusyFields,
@@ -161,6 +161,40 @@ function drainingAfter(
 
 type Statement = Database.Statement<unknown[], unknown>;
 
+/** Which file a path named when the store was opened: device and inode, exact as bigints. */
+interface FileIdentity {
+  path: string;
+  dev: bigint;
+  ino: bigint;
+}
+
+/** The identity of the file at `file` now; undefined when nothing is there. Throws on other errors. */
+function identityOf(file: string): FileIdentity | undefined {
+  try {
+    const stat = fs.statSync(file, { bigint: true });
+    return { path: file, dev: stat.dev, ino: stat.ino };
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === 'ENOENT' || (error as NodeJS.ErrnoException).code === 'ENOTDIR') {
+      return undefined;
+    }
+    throw error;
+  }
+}
+
+/**
+ * The files this connection holds open: the database and, in WAL mode, its -wal and -shm files. While any
+ * connection is open SQLite never removes or recreates them (only the last connection to close does), so a
+ * change of identity means someone else deleted, renamed or replaced them.
+ */
+function openedFiles(absolutePath: string): FileIdentity[] {
+  const files: FileIdentity[] = [];
+  for (const file of [absolutePath, `${absolutePath}-wal`, `${absolutePath}-shm`]) {
+    const identity = identityOf(file);
+    if (identity) files.push(identity);
+  }
+  return files;
+}
+
 function isPrimaryKeyViolation(error: unknown): boolean {
   return (
     typeof error === 'object' &&
@@ -187,6 +221,9 @@ export class SqliteRunStore implements RunStore {
   private readonly watchers = new Set<() => void>();
   private readonly cache = new Map<string, Statement>();
 
+  /** The files opened (see openedFiles); verifyIdentity compares what is at their paths now. */
+  private readonly opened: FileIdentity[];
+
   private readonly claimTx: (request: ClaimRequest, now: number) => RunDoc | null;
   private readonly insertTx: (runs: NewRun[]) => number;
   private readonly insertOneTx: (run: NewRun) => RunDoc | null;
@@ -200,8 +237,13 @@ export class SqliteRunStore implements RunStore {
     this.wakeUpMethod = `wake-up files in ${this.wakeDir} (polling as the fallback)`;
     const clock = options?.clock ?? Date.now;
     this.clock = () => Math.floor(clock());
+    this.opened = openedFiles(absolutePath);
 
-    this.claimTx = db.transaction((request: ClaimRequest, now: number) => this.claimInTx(request, now)).immediate;
+    const claimTx = db.transaction((request: ClaimRequest, now: number) => this.claimInTx(request, now)).immediate;
+    this.claimTx = (request, now) => {
+      this.assertSameFiles();
+      return claimTx(request, now);
+    };
     this.insertTx = db.transaction((runs: NewRun[]) => {
       const insert = this.stmt(
         'insert-run',
@@ -228,6 +270,36 @@ export class SqliteRunStore implements RunStore {
 
   // ---------------------------------------------------------------------------------------------- plumbing
 
+  /**
+   * Throws StoreReplacedError, naming the path, once a file this connection opened is no longer the file at
+   * its path. One stat per file; called before every write that processes runs, so nothing more is claimed,
+   * started or finished in a file nobody else can see.
+   */
+  private assertSameFiles(): void {
+    for (const opened of this.opened) {
+      let now: FileIdentity | undefined;
+      try {
+        now = identityOf(opened.path);
+      } catch (error) {
+        throw new StoreReplacedError(
+          `SQLite store ${this.path}: cannot check that ${opened.path} is still the file this process opened: ` +
+            `${messageOf(error)}; stopping before anything more is processed`,
+        );
+      }
+      if (now && now.dev === opened.dev && now.ino === opened.ino) continue;
+      const which = opened.path === this.path ? 'the database file' : `its ${opened.path.slice(this.path.length + 1)} file ${opened.path}`;
+      const what = now ? 'was replaced by another file' : 'was deleted or renamed';
+      throw new StoreReplacedError(
+        `SQLite store ${this.path}: ${which} ${what} while this process had it open; ` +
+          `stopping before anything more is processed (restart to open the file now at that path)`,
+      );
+    }
+  }
+
+  async verifyIdentity(): Promise<void> {
+    if (this.db.open) this.assertSameFiles();
+  }
+
   private stmt(key: string, text: string): Statement {
     let s = this.cache.get(key);
     if (!s) {
@@ -237,8 +309,9 @@ export class SqliteRunStore implements RunStore {
     return s;
   }
 
-  /** Runs `fn` in a BEGIN IMMEDIATE transaction. */
+  /** Runs `fn` in a BEGIN IMMEDIATE transaction, never in a file that is no longer at the store's path. */
   private immediate<T>(fn: () => T): T {
+    this.assertSameFiles();
     return this.db.transaction(fn).immediate();
   }
 
@@ -329,7 +402,16 @@ export class SqliteRunStore implements RunStore {
   async close(): Promise<void> {
     for (const stop of [...this.watchers]) stop();
     this.watchers.clear();
-    if (this.db.open) this.db.close();
+    if (!this.db.open) return;
+    try {
+      this.assertSameFiles();
+    } catch {
+      // Closing the last connection checkpoints into the file this process opened and then deletes the -wal
+      // and -shm files by path, where they may now belong to whatever replaced it: leave them be (the
+      // kernel closes the descriptors when the process, which is ending, exits).
+      return;
+    }
+    this.db.close();
   }
 
   async insertRun(run: NewRun): Promise<RunDoc> {
@@ -565,6 +647,7 @@ export class SqliteRunStore implements RunStore {
   // ----------------------------------------------------------------------------------------- fenced writes
 
   async heartbeatRun(number: number, token: string): Promise<boolean> {
+    this.assertSameFiles();
     const now = this.clock();
     const info = this.stmt(
       'heartbeat-run',
@@ -597,6 +680,7 @@ export class SqliteRunStore implements RunStore {
   }
 
   async recordProcessGroup(number: number, token: string, fields: ProcessGroupFields): Promise<boolean> {
+    this.assertSameFiles();
     const now = this.clock();
     const info = this.stmt(
       'record-pgid',
@@ -713,6 +797,7 @@ export class SqliteRunStore implements RunStore {
   // ------------------------------------------------------------------------------------------------ hosts
 
   async registerHost(doc: HostDoc): Promise<void> {
+    this.assertSameFiles();
     this.stmt(
       'register-host',
       `INSERT INTO hosts (host, pid, proc_start, token, state, time, started, version, slots, running, disk,
@@ -741,6 +826,7 @@ export class SqliteRunStore implements RunStore {
   }
 
   async heartbeatHost(host: string, token: string, patch: HostPatch = {}): Promise<boolean> {
+    this.assertSameFiles();
     const sets = ['time = @now'];
     const params: Record<string, unknown> = { now: this.clock(), host, token };
     if (patch.state !== undefined) {
