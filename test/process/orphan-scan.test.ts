@@ -179,7 +179,10 @@ describe('killOrphanedCommands', () => {
       pid: c.pid,
       start: readProcStart(c.pid)!,
     }));
-    for (const prefix of ['live', 'host', 'store', 'untagged']) survivors.push(await pidIn(`${prefix}.child.pid`));
+    // The grandchildren, and the sleeps that left the group with setsid (pidIn also has them reaped after the test).
+    for (const prefix of ['live', 'host', 'store', 'untagged']) {
+      survivors.push(await pidIn(`${prefix}.child.pid`), await pidIn(`${prefix}.escaped.pid`));
+    }
     await killDaemon(gone);
 
     expect(await killOrphanedCommands({ host, store }, 300)).toEqual([]);
