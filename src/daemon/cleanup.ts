@@ -40,7 +40,7 @@ export interface CleanupDeps {
   pid?: number;
 }
 
-export type RepairKind = 'stale' | 'no_output' | 'tagged_abandon';
+export type RepairKind = 'stale' | 'no_output' | 'tagged_abandon' | 'invalid_processing';
 
 export interface CleanupRepair {
   number: number;
@@ -99,6 +99,27 @@ function staleReason(deps: CleanupDeps, run: RunDoc): string {
   );
 }
 
+/**
+ * The repair of a processing document that is not a valid state (docs/operations.md, "Invalid processing
+ * documents"): failed, due at once, with a reason naming every problem. Not a failure of the command, so
+ * n_failures is kept (read from digits as text when it was stored so; the failures in the run's history when
+ * it is unreadable), and the attempt counter is made readable and never lower than the history's.
+ */
+async function invalidProcessingOverride(deps: CleanupDeps, run: RunDoc, problems: string[]): Promise<RunOverride> {
+  const p = run.processing!;
+  const unreadableFailures = problems.some((problem) => /\bn_failures\b/.test(problem) && !/stored as text/.test(problem));
+  const nFailures = unreadableFailures
+    ? (await deps.store.listRunEvents(run.number)).filter((e) => e.to === 'failed' || e.to === 'abandoned').length
+    : p.n_failures;
+  return {
+    to: 'failed',
+    reason: `invalid processing document: ${problems.join('; ')}; repaired by cleanup on host ${deps.host}`,
+    n_failures: nFailures,
+    next_retry: deps.clock(),
+    attempt: Math.max(p.attempt, await deps.store.maxEventAttempt(run.number)),
+  };
+}
+
 export async function cleanupPass(deps: CleanupDeps): Promise<CleanupReport> {
   const { store, config } = deps;
   const report: CleanupReport = { deadHosts: [], repairs: [], lost: [], errors: [] };
@@ -118,10 +139,12 @@ export async function cleanupPass(deps: CleanupDeps): Promise<CleanupReport> {
   };
 
   /** One fenced repair; never throws for this run. */
-  const repair = async (run: RunDoc, kind: RepairKind, change: (run: RunDoc) => RunOverride) => {
+  const repair = (run: RunDoc, kind: RepairKind, change: (run: RunDoc) => RunOverride) =>
+    repairAsync(run, kind, async (r) => change(r));
+  const repairAsync = async (run: RunDoc, kind: RepairKind, change: (run: RunDoc) => Promise<RunOverride>) => {
     try {
       const p = run.processing;
-      const planned = change(run);
+      const planned = await change(run);
       const ok = await store.overrideRun(
         run.number,
         { state: p?.state ?? null, token: p?.token ?? null },
@@ -151,6 +174,13 @@ export async function cleanupPass(deps: CleanupDeps): Promise<CleanupReport> {
   for (const host of await store.markSilentHostsDead(config.timeouts.presumed_dead)) {
     report.deadHosts.push({ host: host.host, silentSince: host.time });
     await warn(`host ${host.host} presumed dead: silent since ${isoTimeOrInvalid(host.time)}`);
+  }
+
+  // First, so a half-written row is repaired for what it is, not reported stale from a time it lacks.
+  for (const run of await store.listInvalidRuns()) {
+    const problems = run.processing?.problems ?? [];
+    if (problems.length === 0) continue; // the store's query and decoding disagree: nothing to name, left alone
+    await repairAsync(run, 'invalid_processing', () => invalidProcessingOverride(deps, run, problems));
   }
 
   const limits = { maxConsideringMs: config.timeouts.max_considering_time, maxBusyMs: config.timeouts.max_busy_time };

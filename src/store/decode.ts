@@ -4,6 +4,7 @@
 
 import { UsageError } from '../errors.js';
 import { MAX_DATE_MS, isDateMs } from '../time-range.js';
+import { RUN_STATES } from './types.js';
 import type {
   DiskFigures,
   DrainingAttempt,
@@ -115,6 +116,8 @@ export function processingFrom(
   fields: Record<string, unknown>,
   time: (value: unknown) => number | undefined,
   structured: (value: unknown) => unknown = (value) => value,
+  /** Reads a lease time as the backend's queries accept it (MongoDB: dates only); `time` by default. */
+  leaseTime: (value: unknown) => number | undefined = time,
 ): Processing {
   const p: Processing = {
     // An unknown state written by another tool is handed back as is: it is never eligible for a claim,
@@ -123,11 +126,12 @@ export function processingFrom(
     host: str(fields.host) ?? '',
     pid: num(fields.pid) ?? 0,
     token: str(fields.token) ?? '',
-    attempt: num(fields.attempt) ?? 0,
+    // A count another tool wrote as text ("7") is read as its number, never as 0: attempts never go back.
+    attempt: countValue(fields.attempt) ?? 0,
     time: time(fields.time) ?? 0,
-    n_failures: num(fields.n_failures) ?? 0,
+    n_failures: countValue(fields.n_failures) ?? 0,
     // absent in rows written before interruptions were counted
-    n_interruptions: num(fields.n_interruptions) ?? 0,
+    n_interruptions: countValue(fields.n_interruptions) ?? 0,
   };
   put(p, 'pgid', num(fields.pgid));
   put(p, 'proc_start', num(fields.proc_start));
@@ -140,7 +144,64 @@ export function processingFrom(
   put(p, 'targets', stringArray(structured(fields.targets)));
   put(p, 'resources', numberMap(structured(fields.resources)));
   put(p, 'draining', drainingFrom(structured(fields.draining), time));
+  const problems = processingProblems(fields, leaseTime);
+  if (problems.length > 0) p.problems = problems;
   return p;
+}
+
+/** A whole number ≥ 0 from a number, a bigint or decimal digits as text; anything else is no count. */
+export function countValue(value: unknown): number | undefined {
+  if (typeof value === 'string' && /^\s*\d{1,15}\s*$/.test(value)) return Number(value);
+  const n = num(value);
+  return n !== undefined && Number.isSafeInteger(n) && n >= 0 ? n : undefined;
+}
+
+/** States whose processing document cleanup repairs when it is invalid; done and abandoned are final. */
+export const REPAIRABLE_STATES: readonly string[] = ['considering', 'busy', 'failed'];
+
+/**
+ * What makes a processing document (another tool wrote it, or half of it) not a valid state: the problems
+ * cleanup names when it repairs the run, and `show` prints. Empty for a valid document. The backends' queries
+ * for invalid documents (listInvalidRuns) select exactly the documents with a problem in a repairable or
+ * unknown state.
+ */
+export function processingProblems(
+  fields: Record<string, unknown>,
+  time: (value: unknown) => number | undefined,
+): string[] {
+  const problems: string[] = [];
+  const raw = fields.state;
+  const state = typeof raw === 'string' && (RUN_STATES as readonly string[]).includes(raw) ? raw : undefined;
+  if (state === undefined) problems.push(`unknown state ${describeRaw(raw)}`);
+  const timeField = (field: string) => {
+    const value = fields[field];
+    if (value === null || value === undefined) return problems.push(`${state} without ${field}`);
+    const ms = time(value);
+    if (ms === undefined) return problems.push(`${field}: not a time (${describeRaw(value)})`);
+    if (!isDateMs(ms)) return problems.push(`${field}: ${OUT_OF_DATE_RANGE}, got ${ms}`);
+    return 0;
+  };
+  if (state === 'considering' || state === 'busy') {
+    for (const field of ['token', 'host'] as const) {
+      const value = fields[field];
+      if (value === null || value === undefined || value === '') problems.push(`${state} without ${field}`);
+      else if (typeof value !== 'string') problems.push(`${field}: not text (${describeRaw(value)})`);
+    }
+    timeField('time');
+  }
+  if (state === 'failed') timeField('next_retry');
+  // Shown for every state; repaired only in considering, busy, failed and unknown ones (done and abandoned
+  // are final: a later retry's claim still goes past the history's highest attempt).
+  for (const field of ['attempt', 'n_failures'] as const) {
+    const value = fields[field];
+    if (value === null || value === undefined) problems.push(`${state ?? 'processing'} without ${field}`);
+    else if (typeof value === 'string' && countValue(value) !== undefined) {
+      problems.push(`${field}: stored as text (${describeRaw(value)})`);
+    } else if (countValue(value) === undefined) {
+      problems.push(`${field}: not a whole number ≥ 0 (${describeRaw(value)})`);
+    }
+  }
+  return problems;
 }
 
 /** A draining record from a stored object; anything without a host, an attempt and a time is none. */

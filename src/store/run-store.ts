@@ -60,6 +60,11 @@ export interface RunOverride {
    * daemon and operator write passes it; without it a busy run is taken with no fence (tests only).
    */
   drainMs?: number;
+  /**
+   * The attempt counter to write (a repair of an unreadable one: the highest attempt the run's history
+   * knows); without it the stored counter is kept.
+   */
+  attempt?: number;
 }
 
 /** Names the attempt whose command is confirmed gone; only a draining record naming it is cleared. */
@@ -229,6 +234,15 @@ export interface RunStore {
   setRunTag(number: number, tag: string, present: boolean): Promise<RunDoc | null>;
   /** Runs `considering` whose lease is older than maxConsideringMs, or `busy` older than maxBusyMs. */
   listStaleRuns(limits: StaleLimits): Promise<RunDoc[]>;
+  /**
+   * Runs whose processing document is not a valid state (written by another tool): a state runwarden does
+   * not know; considering or busy without a token, host or time; failed without next_retry; or considering,
+   * busy or failed with an attempt or n_failures that is not a whole number. Exactly the runs whose decoded
+   * `processing.problems` is not empty in those states (done and abandoned are final and left alone).
+   */
+  listInvalidRuns(): Promise<RunDoc[]>;
+  /** The highest attempt number the run's history (run_events) records; 0 when none. */
+  maxEventAttempt(number: number): Promise<number>;
 
   /** Oldest first. */
   listRunEvents(number: number): Promise<RunEvent[]>;

@@ -38,6 +38,12 @@ export interface DrainingAttempt {
 /** The processing sub-document; absent on a run nobody has touched yet. */
 export interface Processing {
   state: RunState;
+  /**
+   * What is wrong with a processing document another tool wrote (a state runwarden does not know, `busy`
+   * without a token, `failed` without next_retry, a count that is not a number): never stored; cleanup
+   * repairs such a run naming these, and `show` prints them.
+   */
+  problems?: string[];
   host: string;
   pid: number;
   /** Process group of the running command and its start time (from /proc), so a restart can find it. */

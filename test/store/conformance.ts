@@ -10,6 +10,11 @@ import type { HostDoc, MonitorSample, NewRun, RunDoc } from '../../src/store/typ
 
 /** One claimer's take in a race: what it claimed, with the token each claim got. */
 export type RaceTake = Array<{ number: number; token: string }>;
+/**
+ * Writes processing fields as another tool would, bypassing the store (null clears a field); dates are given
+ * as Date and stored as the backend stores times. Backends without it skip the cases that need it.
+ */
+export type WriteProcessing = (number: number, fields: Record<string, unknown>) => Promise<void>;
 
 export type OpenForTest = () => Promise<{
   store: RunStore;
@@ -20,6 +25,7 @@ export type OpenForTest = () => Promise<{
    * it, with separate processes; without it the race is Promise.all over the one store (an async driver).
    */
   race?: (hosts: string[]) => Promise<RaceTake[]>;
+  writeProcessing?: WriteProcessing;
 }>;
 
 const HOUR = 3_600_000;
@@ -76,9 +82,10 @@ export function runStoreConformance(name: string, open: OpenForTest): void {
     let store: RunStore;
     let cleanup: () => Promise<void>;
     let race: ((hosts: string[]) => Promise<RaceTake[]>) | undefined;
+    let writeProcessing: WriteProcessing | undefined;
 
     beforeEach(async () => {
-      ({ store, cleanup, race } = await open());
+      ({ store, cleanup, race, writeProcessing } = await open());
     });
     afterEach(async () => {
       await cleanup();
@@ -952,6 +959,62 @@ export function runStoreConformance(name: string, open: OpenForTest): void {
           drainMs: HOUR,
         });
         expect(fresh!.processing!.draining).toBeUndefined();
+      });
+    });
+
+    describe('invalid processing documents', () => {
+      it('listInvalidRuns lists exactly the half-written ones, with problems; an override repairs each; attempts never go back', async (ctx) => {
+        if (!writeProcessing) return ctx.skip();
+        for (let n = 1; n <= 10; n += 1) await store.insertRun(run(n));
+        // Runs 1..10 each get a valid document first (claimed; some busy, failed, done), then are broken.
+        const tokens = new Map<number, string>();
+        for (let n = 1; n <= 10; n += 1) {
+          const doc = (await store.claimRun(n, claimer(), { state: null, token: null }))!;
+          tokens.set(n, doc.processing!.token);
+        }
+        for (const n of [1, 2, 3, 8]) {
+          expect(await store.markBusy(n, tokens.get(n)!, { started: Date.now() })).toBe(true);
+        }
+        for (const n of [4, 6, 9]) {
+          expect(await store.failRun(n, tokens.get(n)!, { reason: 'exit 1', n_failures: 1, next_retry: Date.now() + HOUR })).toBe(true);
+        }
+        expect(await store.finishRun(10, tokens.get(10)!, { location: '/out/10', host: 'alpha', attempt: 1, at: Date.now() })).toBe(true);
+        await writeProcessing(1, { token: null });
+        await writeProcessing(2, { time: null });
+        await writeProcessing(3, { host: '' });
+        await writeProcessing(4, { next_retry: null });
+        await writeProcessing(5, { state: 'paused' });
+        await writeProcessing(6, { attempt: 'seven' });
+        await writeProcessing(10, { attempt: 'x' }); // done is final: shown, not repaired
+
+        const invalid = await store.listInvalidRuns();
+        expect(invalid.map((r) => r.number)).toEqual([1, 2, 3, 4, 5, 6]);
+        expect(invalid.map((r) => r.processing!.problems)).toEqual([
+          ['busy without token'],
+          ['busy without time'],
+          ['busy without host'],
+          ['failed without next_retry'],
+          ['unknown state string "paused"'],
+          ['attempt: not a whole number ≥ 0 (string "seven")'],
+        ]);
+        expect((await store.getRun(10))!.processing!.problems).toEqual(['attempt: not a whole number ≥ 0 (string "x")']);
+        expect((await store.getRun(8))!.processing!.problems).toBeUndefined();
+
+        for (const r of invalid) {
+          const p = r.processing!;
+          const repaired = await store.overrideRun(
+            r.number,
+            { state: p.state, token: p.token },
+            { to: 'failed', reason: 'repaired', n_failures: p.n_failures, next_retry: Date.now() - HOUR, attempt: Math.max(p.attempt, await store.maxEventAttempt(r.number)) },
+            { host: 'cleaner' },
+          );
+          expect(repaired, `run ${r.number}`).toBe(true);
+        }
+        expect(await store.listInvalidRuns()).toEqual([]);
+        // Run 6's counter was unreadable: the repair took the history's attempt (1), the claim goes past it.
+        expect((await store.getRun(6))!.processing!.attempt).toBe(1);
+        const again = await store.claimRun(6, claimer(), { state: 'failed', token: (await store.getRun(6))!.processing!.token });
+        expect(again!.processing!.attempt).toBe(2);
       });
     });
 

@@ -4,6 +4,7 @@
 
 import { describe, expect, it } from 'vitest';
 
+import { REPAIRABLE_STATES } from '../../src/store/decode.js';
 import { hostFromDoc, monitorDoc, monitorFromDoc, runFromDoc } from '../../src/store/mongo/documents.js';
 import {
   abandonUpdate,
@@ -16,6 +17,7 @@ import {
   fencedFilter,
   finishUpdate,
   heartbeatUpdate,
+  invalidProcessingFilter,
   hostFenceFilter,
   hostHeartbeatUpdate,
   listMonitorFilter,
@@ -730,5 +732,91 @@ describe('monitor history', () => {
     expect(listed(undefined, NOW - HOUR)).toEqual(['alpha@180000', 'alpha@59991', 'beta@119995']);
     expect(listed('alpha', NOW - 2 * MINUTE)).toEqual(['alpha@59991']);
     expect(listed('beta', NOW - MINUTE)).toEqual([]);
+  });
+});
+
+describe('invalid processing documents', () => {
+  /** Half-written documents another tool could leave, beside valid ones of every state. */
+  function halfWritten(): Doc[] {
+    const variants: Doc[] = [
+      { state: 'busy' },
+      { state: 'considering' },
+      { state: 'failed', next_retry: at(NOW - HOUR) },
+      { state: 'done' },
+      { state: 'abandoned' },
+      { state: 'paused' },
+      { state: 7 },
+    ];
+    const breakages: Doc[] = [
+      {},
+      { token: null },
+      { token: '' },
+      { token: 5 },
+      { host: null },
+      { host: '' },
+      { time: null },
+      { time: NOW - MINUTE }, // a number: no lease date
+      { time: 'yesterday' },
+      { next_retry: null },
+      { next_retry: NOW },
+      { attempt: '7' },
+      { attempt: 'seven' },
+      { attempt: -1 },
+      { attempt: 1.5 },
+      { attempt: null },
+      { n_failures: '2' },
+      { n_failures: null },
+      { n_failures: 2.5 },
+    ];
+    const docs: Doc[] = [];
+    let number = 1;
+    for (const variant of variants) {
+      for (const breakage of breakages) docs.push(processed(number++, { ...variant, ...breakage }));
+    }
+    docs.push(pending(number++), pending(number++, { processing: 'text' }));
+    return docs;
+  }
+
+  it('invalidProcessingFilter selects exactly the documents decoding finds a problem in, in a repairable or unknown state', () => {
+    const docs = halfWritten();
+    const selected = select(docs, invalidProcessingFilter(), NOW, { number: 1 }).map((d) => d.number);
+    const plain = docs
+      .filter((d) => {
+        const p = runFromDoc(d).processing;
+        if (!p || (p.problems ?? []).length === 0) return false;
+        const state = (d.processing as Doc).state;
+        const known = ['considering', 'busy', 'done', 'failed', 'abandoned'].includes(state as string);
+        return !known || REPAIRABLE_STATES.includes(state as string);
+      })
+      .map((d) => d.number);
+    expect(selected).toEqual(plain);
+    // The fixture covers both sides: valid documents of each state, and each kind of breakage.
+    expect(selected.length).toBeGreaterThan(60);
+    expect(docs.length - selected.length).toBeGreaterThan(15);
+  });
+
+  it('problems name what is wrong', () => {
+    const problems = (processing: Doc) => runFromDoc(processed(1, processing)).processing!.problems;
+    expect(problems({ state: 'busy', token: null, time: null })).toEqual(['busy without token', 'busy without time']);
+    expect(problems({ state: 'considering', host: '' })).toEqual(['considering without host']);
+    expect(problems({ state: 'failed' })).toEqual(['failed without next_retry']);
+    expect(problems({ state: 'failed', next_retry: at(NOW), attempt: '7' })).toEqual(['attempt: stored as text (string "7")']);
+    expect(problems({ state: 'busy', time: NOW })).toEqual(['time: not a time (number 1717243200000)']);
+    expect(problems({ state: 'paused' })).toEqual(['unknown state string "paused"']);
+    expect(problems({ state: 'busy' })).toBeUndefined();
+  });
+
+  it('a claim never takes a run whose counters are unreadable, and never lowers a counter stored as text', () => {
+    const docs = [
+      processed(1, { state: 'failed', next_retry: at(NOW - HOUR), attempt: 'seven' }),
+      processed(2, { state: 'failed', next_retry: at(NOW - HOUR), n_failures: 'x' }),
+      processed(3, { state: 'failed', next_retry: at(NOW - HOUR), attempt: '7' }),
+    ];
+    expect(select(docs, claimFilter(), NOW).map((d) => d.number)).toEqual([]);
+    // `process N` (claimRun) takes whatever the caller saw: digits as text count, and the history is a floor.
+    const text = findOneAndUpdate(docs, { number: 3 }, claimUpdate(claimer(), 'tok'), NOW);
+    expect((text!.processing as Doc).attempt).toBe(8);
+    const floor = findOneAndUpdate(docs, { number: 1 }, claimUpdate(claimer(), 'tok', undefined, 9), NOW);
+    expect((floor!.processing as Doc).attempt).toBe(10);
   });
 });

@@ -4,6 +4,8 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
+import type Database from 'better-sqlite3';
+
 import { openSqliteStore } from '../../src/store/sqlite/sqlite-store.js';
 import { startTsxWorker } from '../helpers/tsx-worker.js';
 import { runStoreConformance, type RaceTake } from './conformance.js';
@@ -35,9 +37,19 @@ runStoreConformance('sqlite', async () => {
       for (const w of workers) w.child.kill('SIGKILL');
     }
   };
+  const db = (store as unknown as { db: Database.Database }).db;
   return {
     store,
     race,
+    writeProcessing: async (number, fields) => {
+      for (const [column, value] of Object.entries(fields)) {
+        if (!/^[a-z_]+$/.test(column)) throw new Error(`not a column: ${column}`);
+        db.prepare(`UPDATE runs SET "${column}" = ? WHERE number = ?`).run(
+          value instanceof Date ? value.getTime() : (value as string | number | null),
+          number,
+        );
+      }
+    },
     cleanup: async () => {
       await store.close();
       await fs.rm(dir, { recursive: true, force: true });

@@ -43,6 +43,11 @@ export function millis(value: unknown): number | undefined {
   return num(value);
 }
 
+/** Epoch ms of a BSON date only: what the lease queries compare with $$NOW (a number there is no lease time). */
+function dateOnlyMillis(value: unknown): number | undefined {
+  return value instanceof Date ? millis(value) : undefined;
+}
+
 /** Epoch ms of a run's date field; a number beyond what a date holds is no date. */
 function dateMillis(value: unknown): number | undefined {
   const ms = millis(value);
@@ -129,7 +134,7 @@ export function runFromDoc(doc: MongoDoc): RunDoc {
   if (p !== null && p !== undefined && !isObject(p)) {
     invalid.push(`processing: expected an object, got ${describeRaw(p)}`);
   } else if (isObject(p) && p.state !== null && p.state !== undefined) {
-    run.processing = processingFrom(p, millis);
+    run.processing = processingFrom(p, millis, undefined, dateOnlyMillis);
   }
   if (invalid.length > 0) run.invalid = invalid;
   return run;

@@ -47,6 +47,7 @@ import type {
   RunState,
 } from '../types.js';
 import { RUN_STATES } from '../types.js';
+import { countValue } from '../decode.js';
 import {
   eventDoc,
   eventFromDoc,
@@ -102,6 +103,7 @@ import {
   setTagUpdate,
   silentHostsFilter,
   staleFilter,
+  invalidProcessingFilter,
   type Pipeline,
 } from './queries.js';
 import { parseMongoUrl, scrub, type MongoUrl } from './url.js';
@@ -292,9 +294,10 @@ export class MongoRunStore implements RunStore {
     expected: RunExpectation,
     options: { drainMs?: number; note?: EventNote } = {},
   ): Promise<RunDoc | null> {
+    const minAttempt = await this.maxEventAttempt(number);
     const after = await this.runs.findOneAndUpdate(
       expectationFilter(number, expected),
-      claimUpdate(request, randomUUID(), options.drainMs),
+      claimUpdate(request, randomUUID(), options.drainMs, minAttempt),
       { returnDocument: 'after' },
     );
     if (!after) return null;
@@ -338,6 +341,16 @@ export class MongoRunStore implements RunStore {
   async listStaleRuns(limits: StaleLimits): Promise<RunDoc[]> {
     const docs = await this.runs.find(staleFilter(limits)).sort({ number: 1 }).toArray();
     return docs.map(runFromDoc);
+  }
+
+  async listInvalidRuns(): Promise<RunDoc[]> {
+    const docs = await this.runs.find(invalidProcessingFilter()).sort({ number: 1 }).toArray();
+    return docs.map(runFromDoc);
+  }
+
+  async maxEventAttempt(number: number): Promise<number> {
+    const last = await this.events.findOne({ number }, { sort: { attempt: -1 }, projection: { attempt: 1 } });
+    return countValue(last?.attempt) ?? 0;
   }
 
   async nextRetryAt(): Promise<number | null> {

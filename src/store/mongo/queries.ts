@@ -29,6 +29,9 @@ import type {
 } from '../run-store.js';
 import { MONITOR_RETENTION_MS } from '../run-store.js';
 import type { EventNote, RunOutput } from '../types.js';
+import { MAX_DATE_MS } from '../../time-range.js';
+import { REPAIRABLE_STATES } from '../decode.js';
+import { RUN_STATES } from '../types.js';
 import { toDate } from './documents.js';
 
 export type Filter = Document;
@@ -66,6 +69,16 @@ const ATTEMPT_FIELDS = [
 function literal(value: unknown): Document {
   return { $literal: value };
 }
+
+/** `$field` as a whole number when it holds one or its digits as text ("7", another tool's), else 0. */
+function countOf(path: string): Document {
+  return { $max: [0, { $convert: { input: path, to: 'long', onError: 0, onNull: 0 } }] };
+}
+
+/** A whole number ≥ 0 (decode's countValue for numbers). */
+const COUNT: Document = { $type: 'number', $gte: 0, $lte: Number.MAX_SAFE_INTEGER, $mod: [1, 0] };
+/** A BSON date within what a JavaScript Date holds. */
+const LEASE_DATE: Document = { $type: 'date', $gte: new Date(-MAX_DATE_MS), $lte: new Date(MAX_DATE_MS) };
 
 /** `$field` when it holds a number, else `fallback`. */
 function numberOr(path: string, fallback: number): Document {
@@ -187,6 +200,9 @@ export function claimFilter(): Filter {
       {
         'processing.state': 'failed',
         'processing.next_retry': { $type: 'date' },
+        // a counter another tool left unreadable is repaired by cleanup first, so an attempt never goes back
+        'processing.attempt': COUNT,
+        'processing.n_failures': COUNT,
         // and no previous attempt still draining
         $expr: { $and: [{ $lte: ['$processing.next_retry', '$$NOW'] }, { $not: [DRAINING_IN_FORCE] }] },
       },
@@ -204,15 +220,16 @@ export function claimSort(order: SelectionOrder): SortSpec {
  * The claim write: considering, owner host and pid, a fresh token, attempt + 1, server time, n_failures kept;
  * the previous attempt's outcome is cleared. One update, so a claim is all or nothing.
  */
-export function claimUpdate(request: ClaimRequest, token: string, drainMs?: number): Pipeline {
+export function claimUpdate(request: ClaimRequest, token: string, drainMs?: number, minAttempt = 0): Pipeline {
   return transition(
     'considering',
     {
       host: literal(request.host),
       pid: literal(request.pid),
       token: literal(token),
-      attempt: { $add: [numberOr('$processing.attempt', 0), 1] },
-      n_failures: numberOr('$processing.n_failures', 0),
+      // past the stored counter (digits as text included) and past `minAttempt`, the run's history
+      attempt: { $add: [{ $max: [countOf('$processing.attempt'), literal(minAttempt)] }, 1] },
+      n_failures: countOf('$processing.n_failures'),
       draining: drainingAfter(drainMs, false),
     },
     ATTEMPT_FIELDS,
@@ -382,7 +399,7 @@ export function overrideUpdate(change: RunOverride, token: string, writer: strin
       ...(failed ? { next_retry: literal(toDate(change.next_retry as number, 'next_retry')) } : {}),
       host: { $ifNull: ['$processing.host', literal(writer)] },
       pid: { $ifNull: ['$processing.pid', 0] },
-      attempt: { $ifNull: ['$processing.attempt', 0] },
+      attempt: change.attempt !== undefined ? literal(change.attempt) : { $ifNull: ['$processing.attempt', 0] },
       draining: drainingAfter(change.drainMs, true),
     },
     ['exit_code', 'signal', ...(failed ? [] : ['next_retry'])],
@@ -407,6 +424,35 @@ export function staleFilter(limits: StaleLimits): Filter {
     $or: [
       { 'processing.state': 'considering', $expr: olderThan(limits.maxConsideringMs) },
       { 'processing.state': 'busy', $expr: olderThan(limits.maxBusyMs) },
+    ],
+  };
+}
+
+/**
+ * Runs whose processing document is not a valid state (decode's processingProblems, in a repairable or
+ * unknown state): an unknown state; considering or busy without a token, host or lease date; failed without a
+ * next_retry date; considering, busy or failed with an attempt or n_failures that is not a whole number.
+ */
+export function invalidProcessingFilter(): Filter {
+  return {
+    'processing.state': { $ne: null },
+    $or: [
+      { 'processing.state': { $nin: [...RUN_STATES] } },
+      {
+        'processing.state': { $in: [...LIVE_STATES] },
+        $nor: [
+          {
+            'processing.token': { $type: 'string', $ne: '' },
+            'processing.host': { $type: 'string', $ne: '' },
+            'processing.time': LEASE_DATE,
+          },
+        ],
+      },
+      { 'processing.state': 'failed', $nor: [{ 'processing.next_retry': LEASE_DATE }] },
+      {
+        'processing.state': { $in: [...REPAIRABLE_STATES] },
+        $nor: [{ 'processing.attempt': COUNT, 'processing.n_failures': COUNT }],
+      },
     ],
   };
 }

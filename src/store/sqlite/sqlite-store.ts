@@ -54,7 +54,8 @@ import {
 } from './rows.js';
 import { migrate } from './schema.js';
 import { signalWake, wakeDirFor, watchWake } from './wake.js';
-import { checkNewRun } from '../decode.js';
+import { MAX_DATE_MS } from '../../time-range.js';
+import { checkNewRun, countValue } from '../decode.js';
 
 /** How long a statement waits for another process's write lock before failing with SQLITE_BUSY. */
 const BUSY_TIMEOUT_MS = 10_000;
@@ -98,6 +99,26 @@ export const CLAIM_SQL = {
       SELECT max(next_retry, draining_until) AS t FROM runs INDEXED BY runs_draining
         WHERE draining_until IS NOT NULL AND state = 'failed' AND held = 0 AND next_retry IS NOT NULL)`,
 } as const;
+
+/** A whole number ≥ 0 (decode's countValue, apart from digits as text, which SQLite's affinity converts). */
+const isCount = (column: string) =>
+  `(typeof(${column}) IN ('integer', 'real') AND ${column} >= 0 AND ${column} <= ${Number.MAX_SAFE_INTEGER} ` +
+  `AND ${column} = round(${column}))`;
+/** A time a date can hold (decode's isDateMs). */
+const isTime = (column: string) => `(typeof(${column}) IN ('integer', 'real') AND abs(${column}) <= ${MAX_DATE_MS})`;
+const isText = (column: string) => `(typeof(${column}) = 'text' AND ${column} != '')`;
+
+/**
+ * Runs whose processing document is not a valid state (decode's processingProblems, in a repairable or unknown
+ * state). The ranges around 'abandoned' and 'done' let the state index skip the final runs, usually nearly all.
+ */
+export const INVALID_PROCESSING_SQL = `SELECT * FROM runs INDEXED BY runs_state
+  WHERE (state < 'abandoned' OR (state > 'abandoned' AND state < 'done') OR state > 'done')
+    AND (state NOT IN ('considering', 'busy', 'failed') OR typeof(state) != 'text'
+      OR (state IN ('considering', 'busy') AND NOT (${isText('token')} AND ${isText('host')} AND ${isTime('time')}))
+      OR (state = 'failed' AND NOT ${isTime('next_retry')})
+      OR NOT (${isCount('attempt')} AND ${isCount('n_failures')}))
+  ORDER BY number`;
 
 interface Candidate {
   number: number;
@@ -510,9 +531,9 @@ export class SqliteRunStore implements RunStore {
       `SELECT state, host, pid, attempt, pgid, proc_start, time, draining, draining_until, n_failures
          FROM runs WHERE number = ?`,
     ).get(number) as AttemptRow & { state: RunState | null; n_failures: unknown };
-    const attempt = (typeof prev.attempt === 'number' && Number.isFinite(prev.attempt) ? prev.attempt : 0) + 1;
-    const nFailures =
-      typeof prev.n_failures === 'number' && Number.isFinite(prev.n_failures) ? prev.n_failures : 0;
+    // Never backwards, whatever another tool left in the counter: past the highest attempt the history knows.
+    const attempt = Math.max(countValue(prev.attempt) ?? 0, this.maxEventAttemptInTx(number)) + 1;
+    const nFailures = countValue(prev.n_failures) ?? 0;
     const token = randomUUID();
 
     this.stmt(
@@ -591,7 +612,7 @@ export class SqliteRunStore implements RunStore {
         `UPDATE runs SET state = @to, token = @token, time = @now, ended = @now, reason = @reason,
                 n_failures = @n_failures, n_interruptions = coalesce(@n_interruptions, n_interruptions),
                 next_retry = @next_retry, exit_code = NULL, signal = NULL,
-                host = coalesce(host, @writer), pid = coalesce(pid, 0), attempt = coalesce(attempt, 0),
+                host = coalesce(host, @writer), pid = coalesce(pid, 0), attempt = coalesce(@attempt, attempt, 0),
                 draining = @draining, draining_until = @draining_until
           WHERE number = @number`,
       ).run({
@@ -603,6 +624,7 @@ export class SqliteRunStore implements RunStore {
         n_interruptions: sql(change.n_interruptions),
         next_retry: change.to === 'failed' ? sql(change.next_retry) : null,
         writer: note.host,
+        attempt: sql(change.attempt),
         number,
         ...drainingAfter(row, change.drainMs, now, false),
       });
@@ -637,6 +659,22 @@ export class SqliteRunStore implements RunStore {
         ORDER BY number`,
     ).all({ considering: now - limits.maxConsideringMs, busy: now - limits.maxBusyMs }) as Row[];
     return rows.map(runFromRow);
+  }
+
+  async listInvalidRuns(): Promise<RunDoc[]> {
+    const rows = this.stmt('list-invalid', INVALID_PROCESSING_SQL).all() as Row[];
+    return rows.map(runFromRow);
+  }
+
+  async maxEventAttempt(number: number): Promise<number> {
+    return this.maxEventAttemptInTx(number);
+  }
+
+  private maxEventAttemptInTx(number: number): number {
+    const row = this.stmt('max-event-attempt', 'SELECT max(attempt) AS a FROM run_events WHERE number = ?').get(
+      number,
+    ) as { a: unknown };
+    return countValue(row.a) ?? 0;
   }
 
   async nextRetryAt(): Promise<number | null> {

@@ -17,5 +17,13 @@ runStoreConformance('mongodb (MongoRunStore on in-memory mingo collections, no s
   const store = new MongoRunStore(client, db, parseMongoUrl('mongodb://mingo/runs'), topologyFromHello({}), {
     idlePollMs: 50,
   });
-  return { store, cleanup: () => store.close() };
+  return {
+    store,
+    cleanup: () => store.close(),
+    writeProcessing: async (number, fields) => {
+      const set: Record<string, unknown> = {};
+      for (const [key, value] of Object.entries(fields)) set[`processing.${key}`] = value;
+      await db.collection('runs').updateOne({ number }, { $set: set });
+    },
+  };
 });
