@@ -20,7 +20,8 @@ export const cleanupCommand: CommandModule<GlobalArgs, GlobalArgs> = {
         'Marks hosts silent for timeouts.presumed_dead as dead; fails runs considering longer than ' +
           'timeouts.max_considering_time or busy longer than timeouts.max_busy_time without a heartbeat (a ' +
           'counted failure; abandoned once retry.max_failures is reached); fails done runs without a registered ' +
-          'output when process.require_output is on; abandons runs tagged "abandon". Every repair is one ' +
+          'output when process.require_output is on; abandons runs tagged "abandon"; repairs half-written ' +
+          'processing documents (failed, due at once, the reason naming what is wrong). Every repair is one ' +
           'conditional write, so cleaning from several hosts at once is safe. Daemons run this every ' +
           'timeouts.cleanup_interval.',
       )
