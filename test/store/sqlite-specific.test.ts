@@ -177,6 +177,30 @@ describe('SqliteRunStore specifics', () => {
     }
   });
 
+  it('a claim never lowers the attempt counter another tool left unreadable: it goes past the history', async () => {
+    await store.insertRun({ number: 1, start: 1 });
+    await store.insertRun({ number: 2, start: 2 });
+    const db = raw();
+    try {
+      // Failed runs due now whose counter is text SQLite cannot convert (run 1) or was reset to 0 (run 2),
+      // while their histories know attempts up to 7 and 3.
+      const due = Date.now() - HOUR;
+      db.prepare(`UPDATE runs SET state = 'failed', host = 'x', pid = 1, token = 't', attempt = 'seven', n_failures = 1, time = ?, next_retry = ? WHERE number = 1`).run(due, due);
+      db.prepare(`UPDATE runs SET state = 'failed', host = 'x', pid = 1, token = 't', attempt = 0, n_failures = 1, time = ?, next_retry = ? WHERE number = 2`).run(due, due);
+      const event = db.prepare(`INSERT INTO run_events (number, time, host, attempt, from_state, to_state) VALUES (?, 0, 'x', ?, 'busy', 'failed')`);
+      for (let attempt = 1; attempt <= 7; attempt += 1) event.run(1, attempt);
+      for (let attempt = 1; attempt <= 3; attempt += 1) event.run(2, attempt);
+    } finally {
+      db.close();
+    }
+    const first = await store.claimNextRun({ host: 'h', pid: 1, order: 'oldest' });
+    const second = await store.claimNextRun({ host: 'h', pid: 1, order: 'oldest' });
+    expect([first, second].map((r) => [r!.number, r!.processing!.attempt])).toEqual([
+      [1, 8],
+      [2, 4],
+    ]);
+  });
+
   it('two OS processes claiming from one file never get the same run', async () => {
     const total = 200;
     await store.insertRuns(Array.from({ length: total }, (_, i) => ({ number: i + 1, start: i })));
