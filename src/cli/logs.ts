@@ -1,4 +1,4 @@
-import { closeSync, createReadStream, existsSync, openSync, readdirSync, readSync, statSync } from 'node:fs';
+import { closeSync, createReadStream, existsSync, lstatSync, openSync, readdirSync, readSync, statSync } from 'node:fs';
 import { pipeline } from 'node:stream/promises';
 import { join } from 'node:path';
 import type { Argv, CommandModule } from 'yargs';
@@ -111,16 +111,18 @@ export const logsCommand: CommandModule<GlobalArgs, LogsArgs> = {
         throw new Error(`run ${number}: no log for ${attempt === undefined ? 'any attempt' : `attempt ${attempt}`} in ${dir} (${known})`);
       }
       const file = join(dir, `attempt-${attempt}.log`);
+      // The command can write into the log directory: print only a regular file (a FIFO would block `logs`).
+      if (!lstatSync(file).isFile()) throw new Error(`run ${number}: ${file} is not a regular file; not printed`);
+      // `runwarden logs -f N | head` closes our stdout: that is the reader's way of saying "enough" (exit 0).
+      process.stdout.on('error', (error) => {
+        if (isClosedPipe(error)) process.exit(0);
+      });
       if (args.json) {
         // A JSON string has to fit in memory: the last JSON_TEXT_MAX_BYTES of a larger log, and where they start.
         const size = sizeOf(file);
         const textOffset = Math.max(0, size - JSON_TEXT_MAX_BYTES);
         return printJson({ number, attempt, file, attempts, size, text_offset: textOffset, text: readText(file, textOffset, size) });
       }
-      // `runwarden logs -f N | head` closes our stdout: that is the reader's way of saying "enough" (exit 0).
-      process.stdout.on('error', (error) => {
-        if (isClosedPipe(error)) process.exit(0);
-      });
       try {
         await printLog(file, args.follow ?? false);
       } catch (error) {

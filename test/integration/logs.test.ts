@@ -143,6 +143,17 @@ describe('runwarden logs', () => {
     expect(Buffer.byteLength(lines.slice(0, cut).join('\n'))).toBeLessThanOrEqual(header + 8192 + 1);
   });
 
+  it('refuses a log path that is not a regular file (a FIFO would block it) instead of hanging', async () => {
+    config(['true']);
+    await submit(9);
+    const dir = join(sandbox.dir, 'logs', '9');
+    mkdirSync(dir, { recursive: true });
+    await execa('mkfifo', [join(dir, 'attempt-1.log')]);
+    const result = await sandbox.run(['logs', '9']);
+    expect(result.exitCode).toBe(1);
+    expect(result.stderr).toMatch(/attempt-1\.log is not a regular file; not printed/);
+  });
+
   it('--follow stops at the closing line of a log whose output did not end with a newline', async () => {
     config(['sh', '-c', 'printf "no newline at the end" && echo x > "$0/x"', '{output}']);
     await submit(8);
