@@ -193,3 +193,30 @@ describe('a store that refuses the daemon for longer than a lease', () => {
     expect((await s.getRun(1))!.processing).toMatchObject({ state: 'done', attempt: 2 });
   });
 });
+
+describe('a foreground `process N` ends the same way', () => {
+  it('SIGHUP releases the run and exits 0; a deleted store file kills the command and exits 1 naming the path', async () => {
+    gatedConfig();
+    hold(1, 2);
+    await submit(1, 2);
+    const first = sandbox.start(['process', '1']);
+    await waitFor(() => started().includes(1) && existsSync(join(sandbox.dir, 'pids/1')), 'run 1 to start');
+    first.kill('SIGHUP');
+    const hungUp = await ended(first, 'process 1 to stop after SIGHUP');
+    expect(hungUp.exitCode, String(hungUp.all)).toBe(0);
+    expect(isAlive(pidOf(1))).toBe(false);
+    const s = await sandbox.openStore();
+    expect((await s.getRun(1))!.processing).toMatchObject({ state: 'failed', n_failures: 0, reason: 'host stopped' });
+    await s.close();
+
+    const second = sandbox.start(['process', '2']);
+    await waitFor(() => started().includes(2) && existsSync(join(sandbox.dir, 'pids/2')), 'run 2 to start');
+    const db = join(sandbox.dir, 'runs.db');
+    rmSync(db);
+    const result = await ended(second, 'process 2 to exit after its store file was deleted');
+    expect(result.exitCode, String(result.all)).toBe(1);
+    expect(String(result.all)).toContain(`SQLite store ${db}: the database file was deleted or renamed`);
+    expect(isAlive(pidOf(2))).toBe(false);
+    expect(ledger()).not.toContain('2 end');
+  });
+});
