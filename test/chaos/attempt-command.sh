@@ -5,10 +5,13 @@
 # evidence directory (outside the output root, so clean_output cannot erase it). Every attempt also appends
 # start/alive/end lines with one clock (/proc/uptime, centiseconds) to a per-run journal for a second check.
 #
-# argv: NUMBER OUTPUT ATTEMPT HOST EVIDENCE_DIR PLANS_DIR STEP_SECONDS
+# argv: NUMBER OUTPUT ATTEMPT HOST EVIDENCE_DIR PLANS_DIR STEP_SECONDS [linger]
+# With "linger", an attempt whose daemon died (its parent changed) never ends by itself: it keeps working until
+# it is killed, so a restart always has its orphans to kill, however slow the machine is.
 # PLANS_DIR/NUMBER holds one line per attempt, "STEPS EXIT_CODE [GATE]"; the last line serves later attempts.
 # With a GATE file the attempt goes on working after its steps until the test creates the gate.
-number=$1 out=$2 attempt=$3 host=$4 ev=$5 plans=$6 step=$7
+number=$1 out=$2 attempt=$3 host=$4 ev=$5 plans=$6 step=$7 linger=$8
+parent=$PPID
 
 read -r stat < /proc/$$/stat
 set -- $stat
@@ -37,6 +40,22 @@ holder_alive() {
   read -r s 2>/dev/null < "/proc/$3/stat" || return 1
   set -- $4 $s
   [ "$4" != Z ] && [ "$1" = "${23}" ]
+}
+# True once this process's parent is no longer the daemon that started it.
+orphaned() {
+  read -r st < /proc/$$/stat
+  set -- $st
+  [ "$4" != "$parent" ]
+}
+linger_if_orphaned() {
+  [ "$linger" = linger ] || return 0
+  orphaned || return 0
+  note orphaned
+  while :; do
+    sleep "$step"
+    note alive
+    still_mine || violation "attempt ($me) found its lock replaced by ($current) while orphaned"
+  done
 }
 take_lock() {
   ( set -C; echo "$me" > "$lock" ) 2>/dev/null
@@ -82,6 +101,7 @@ while [ "$i" -lt "$steps" ]; do
   echo "step $i of attempt $attempt" >> "$out/data.txt"
   note alive
   still_mine || violation "attempt ($me) found its lock replaced by ($current) while running"
+  linger_if_orphaned
 done
 while [ -n "$gate" ] && [ ! -e "$gate" ]; do
   sleep "$step"

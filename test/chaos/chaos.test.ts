@@ -50,7 +50,8 @@ const sandbox = useSandbox('runwarden-chaos-');
 type RunKind = 'ok' | 'fails-once' | 'always-fails' | 'no-retry';
 
 function planRun(random: () => number): { kind: RunKind; attempts: AttemptPlan[] } {
-  // Mostly short; one in five outlives a daemon's restart, so the restart finds it as an orphan to kill.
+  // Mostly short; one in five works for seconds. A command left running by a killed daemon lingers until a
+  // restart kills it (attempt-command.sh "linger"), so the restarts always have orphans to kill.
   const work = () => (random() < 0.2 ? between(random, 20, 40) : between(random, 1, 8));
   const r = random();
   if (r < 0.05) return { kind: 'always-fails', attempts: [{ steps: between(random, 0, 2), exitCode: 3 }] };
@@ -65,7 +66,7 @@ function config(evidence: Evidence): void {
     `store: sqlite:./runs.db
 host: ${HOST}
 process:
-  command: ${commandYaml(evidence, STEP_SECONDS)}
+  command: ${commandYaml(evidence, STEP_SECONDS, { orphansLinger: true })}
   output_root: ./out
   log_dir: ./logs
   no_retry_exit_codes: [42]

@@ -71,8 +71,11 @@ export function writePlan(evidence: Evidence, number: number, attempts: AttemptP
   writeFileSync(join(evidence.plans, String(number)), attempts.map((a) => `${a.steps} ${a.exitCode}${a.gate ? ` ${a.gate}` : ''}\n`).join(''));
 }
 
-/** process.command for the config, as YAML flow (JSON). */
-export function commandYaml(evidence: Evidence, stepSeconds: number): string {
+/**
+ * process.command for the config, as YAML flow (JSON). With `orphansLinger`, a command whose daemon died keeps
+ * running until it is killed (a restart must kill it), instead of finishing its plan.
+ */
+export function commandYaml(evidence: Evidence, stepSeconds: number, options: { orphansLinger?: boolean } = {}): string {
   return JSON.stringify([
     'sh',
     attemptCommand,
@@ -83,6 +86,7 @@ export function commandYaml(evidence: Evidence, stepSeconds: number): string {
     evidence.root,
     evidence.plans,
     String(stepSeconds),
+    ...(options.orphansLinger ? ['linger'] : []),
   ]);
 }
 
