@@ -127,6 +127,22 @@ line two
     expect(readFileSync(join(sandbox.dir, 'logs', '1', 'attempt-2.log'), 'utf8')).toMatch(/removed a symbolic link/);
   });
 
+  it('an output directory replaced by a symbolic link: cleaning removes the link, the next attempt gets a directory', async () => {
+    const outside = join(sandbox.dir, 'outside');
+    mkdirSync(outside);
+    writeFileSync(join(outside, 'keep.txt'), 'keep\n');
+    config(`rm -rf "$out"; ln -s ${JSON.stringify(outside)} "$out"`);
+    await submit(1);
+    const s = await sandbox.openStore();
+    await daemonSurvives(s);
+    await doneRun(s, 1);
+    expect(readFileSync(join(outside, 'keep.txt'), 'utf8')).toBe('keep\n');
+    expect(existsSync(join(outside, 'x'))).toBe(false);
+    const out = join(sandbox.dir, 'out', '000001');
+    expect(lstatSync(out).isDirectory()).toBe(true);
+    expect(existsSync(join(out, 'x'))).toBe(true);
+  });
+
   it('a symbolic link and a FIFO in the output directory: cleaning it removes them, not what the link points to', async () => {
     const outside = join(sandbox.dir, 'outside');
     mkdirSync(outside);
