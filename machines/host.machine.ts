@@ -13,8 +13,18 @@ export interface HostInput {
   /** Exit once nothing is eligible and nothing is running (`runwarden daemon --once`). */
   once: boolean;
   maxFailures: number;
+  maxInterruptions: number;
   noRetryExitCodes: number[];
   timing: SupervisorTiming;
+  /** Runs in a row that could not start for a reason of the host before claiming pauses (process.host_fault_threshold). */
+  hostFaultThreshold: number;
+  /** How often a paused host checks itself again. */
+  recheckMs: number;
+}
+
+/** What the host's check found; null when it passed (the host can start runs again). */
+export interface HostCheckOutput {
+  problem: string | null;
 }
 
 export interface ClaimOutput {
@@ -42,6 +52,12 @@ interface HostContext extends HostInput {
   runSlots: Record<number, number>;
   /** The last claim found the disk gate shut; the host reports `disk_full` until a claim finds it open. */
   diskFull: boolean;
+  /** Runs settled in a row that could not start for a reason of the host; any other outcome resets it. */
+  hostFaults: number;
+  /** What the host's check found on the latest of those. */
+  lastHostFault: string | null;
+  /** Set while claiming is paused for a host fault: why. */
+  pausedReason: string | null;
   nextPollMs: number;
   wakePending: boolean;
   stopRequested: boolean;
@@ -77,10 +93,15 @@ export const hostMachine = setup({
       nextPollMs: 0 * input.host.length,
     })),
     deregister: fromPromise<void, { host: string }>(async () => undefined),
+    /** Tells the operator log that claiming paused, and why. */
+    announcePause: fromPromise<void, { host: string; reason: string; faults: number }>(async () => undefined),
+    /** Checks what every run needs (executable, cwd, output and log directories). */
+    checkHost: fromPromise<HostCheckOutput, { host: string; reason: string }>(async () => ({ problem: null })),
     run: runMachine,
   },
   delays: {
     nextPoll: ({ context }) => context.nextPollMs,
+    recheck: ({ context }) => context.recheckMs,
   },
   guards: {
     claimedRun: (_, params: { output: ClaimOutput }) => params.output.run !== null,
@@ -91,6 +112,8 @@ export const hostMachine = setup({
     wakePending: ({ context }) => context.wakePending,
     drainedOnce: ({ context }) => context.once && context.running.length === 0,
     settlementIsFatal: ({ event }) => event.type === 'RUN_SETTLED' && FATAL_SETTLEMENTS.includes(event.settlement),
+    hostFaultThresholdReached: ({ context }) => context.hostFaults >= context.hostFaultThreshold,
+    hostCheckPassed: (_, params: { output: HostCheckOutput }) => params.output.problem === null,
   },
   actions: {
     spawnRun: enqueueActions(({ enqueue, context }, params: { run: ClaimedRun }) => {
@@ -105,6 +128,7 @@ export const hostMachine = setup({
         input: {
           run: params.run,
           maxFailures: context.maxFailures,
+          maxInterruptions: context.maxInterruptions,
           noRetryExitCodes: context.noRetryExitCodes,
           timing: context.timing,
         },
@@ -120,6 +144,23 @@ export const hostMachine = setup({
       const { [event.number]: _forgotten, ...runSlots } = context.runSlots;
       enqueue.assign({ running: context.running.filter((n) => n !== event.number), runSlots });
     }),
+    // Host faults in a row pause claiming; a run that got past them (done, or failed by its own command) shows
+    // the host can start runs, and a released or lost run says nothing either way.
+    noteSettlement: assign(({ context, event }) => {
+      if (event.type !== 'RUN_SETTLED') return {};
+      if (event.hostFault !== undefined) {
+        return { hostFaults: context.hostFaults + 1, lastHostFault: event.hostFault };
+      }
+      if (event.settlement === 'done' || event.settlement === 'failed' || event.settlement === 'abandoned') {
+        return { hostFaults: 0, lastHostFault: null };
+      }
+      return {};
+    }),
+    pauseClaiming: assign({ pausedReason: ({ context }) => context.lastHostFault ?? 'host fault' }),
+    notePauseReason: assign({
+      pausedReason: ({ context }, params: { output: HostCheckOutput }) => params.output.problem ?? context.pausedReason,
+    }),
+    resumeClaiming: assign({ pausedReason: null, hostFaults: 0, lastHostFault: null }),
     stopRuns: enqueueActions(({ enqueue, context }) => {
       for (const number of context.running) {
         enqueue.sendTo(`run-slot-${context.runSlots[number]}`, { type: 'STOP' });
@@ -152,6 +193,9 @@ export const hostMachine = setup({
     running: [],
     runSlots: {},
     diskFull: false,
+    hostFaults: 0,
+    lastHostFault: null,
+    pausedReason: null,
     nextPollMs: input.idlePollMs,
     wakePending: false,
     stopRequested: false,
@@ -193,7 +237,7 @@ export const hostMachine = setup({
       on: {
         RUN_SETTLED: [
           { guard: 'settlementIsFatal', target: 'failed', actions: ['forgetRun', 'rememberFatalRun'] },
-          { actions: 'forgetRun' },
+          { actions: ['forgetRun', 'noteSettlement'] },
         ],
         DISPLACED: { target: 'failed', actions: 'rememberDisplaced' },
         FATAL: FATAL_ENDS_HOST,
@@ -203,6 +247,7 @@ export const hostMachine = setup({
         deciding: {
           always: [
             { guard: 'stopRequested', target: '#host.stopping' },
+            { guard: 'hostFaultThresholdReached', target: 'paused', actions: 'pauseClaiming' },
             { guard: 'hasFreeSlot', target: 'claiming' },
             { target: 'busy' },
           ],
@@ -238,6 +283,7 @@ export const hostMachine = setup({
         settling: {
           always: [
             { guard: 'stopRequested', target: '#host.stopping' },
+            { guard: 'hostFaultThresholdReached', target: 'paused', actions: 'pauseClaiming' },
             { guard: 'wakePending', target: 'claiming' },
             { guard: 'drainedOnce', target: '#host.stopping' },
             { guard: 'hasRunsActive', target: 'busy' },
@@ -255,8 +301,49 @@ export const hostMachine = setup({
             STOP: '#host.stopping',
             RUN_SETTLED: [
               { guard: 'settlementIsFatal', target: '#host.failed', actions: ['forgetRun', 'rememberFatalRun'] },
-              { target: 'deciding', actions: 'forgetRun' },
+              { target: 'deciding', actions: ['forgetRun', 'noteSettlement'] },
             ],
+          },
+        },
+        // Several runs in a row could not start for a reason of the host (issue 12 fault 5): claim nothing,
+        // rather than burn the queue, and check the host again every recheck until it passes. Runs already
+        // running go on; the host document says `paused` with the reason.
+        paused: {
+          initial: 'announcing',
+          always: { guard: 'drainedOnce', target: '#host.stopping' },
+          on: { STOP: '#host.stopping' },
+          states: {
+            announcing: {
+              invoke: {
+                src: 'announcePause',
+                input: ({ context }) => ({
+                  host: context.host,
+                  reason: context.pausedReason ?? '',
+                  faults: context.hostFaults,
+                }),
+                onDone: 'waiting',
+                onError: 'waiting',
+              },
+            },
+            waiting: { after: { recheck: 'checking' } },
+            checking: {
+              invoke: {
+                src: 'checkHost',
+                input: ({ context }) => ({ host: context.host, reason: context.pausedReason ?? '' }),
+                onDone: [
+                  {
+                    guard: { type: 'hostCheckPassed', params: ({ event }) => ({ output: event.output }) },
+                    target: '#host.running.deciding',
+                    actions: 'resumeClaiming',
+                  },
+                  {
+                    target: 'waiting',
+                    actions: { type: 'notePauseReason', params: ({ event }) => ({ output: event.output }) },
+                  },
+                ],
+                onError: 'waiting',
+              },
+            },
           },
         },
       },

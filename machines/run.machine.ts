@@ -1,5 +1,5 @@
 import { assign, enqueueActions, fromCallback, fromPromise, sendTo, setup, type EventObject } from 'xstate';
-import { decideAfterFailure, type FailureDecision } from '../src/policy/failure-decision.js';
+import { decideAfterFailure, decideAfterInterruption } from '../src/policy/failure-decision.js';
 import { supervisorMachine } from './supervisor.machine.js';
 import type {
   AttemptFailure,
@@ -20,12 +20,15 @@ export interface ClaimedRun {
   token: string;
   attempt: number;
   nFailures: number;
+  /** Attempts ended by their host so far (processing.n_interruptions). */
+  nInterruptions: number;
   doc: unknown;
 }
 
 export interface RunInput {
   run: ClaimedRun;
   maxFailures: number;
+  maxInterruptions: number;
   noRetryExitCodes: number[];
   timing: SupervisorTiming;
 }
@@ -44,11 +47,14 @@ export interface RunSettledEvent {
   number: number;
   settlement: RunSettlement;
   error?: string;
+  /** The attempt could not start for a reason of the host: what the host's check found. */
+  hostFault?: string;
 }
 
 interface RunContext {
   run: ClaimedRun;
   maxFailures: number;
+  maxInterruptions: number;
   noRetryExitCodes: number[];
   timing: SupervisorTiming;
   plan: CommandPlan | null;
@@ -75,7 +81,11 @@ function failureFromResult(result: SupervisorResult, plan: CommandPlan | null): 
     case 'stalled':
       return { ...base, kind: 'stalled', message: 'stalled: no output' };
     case 'spawn_failed':
-      return { kind: 'spawn', message: result.error ?? 'the command could not be started' };
+      return {
+        kind: 'spawn',
+        message: result.error ?? 'the command could not be started',
+        ...(result.hostFault !== undefined ? { hostFault: result.hostFault } : {}),
+      };
     case 'exited':
     case 'terminated':
     case 'unkillable':
@@ -89,8 +99,27 @@ function failureFromResult(result: SupervisorResult, plan: CommandPlan | null): 
   }
 }
 
-/** The pure policy decides retry or abandon (src/policy): one rule for the guard and the stored reason. */
-function decisionAfterFailure(context: RunContext): FailureDecision {
+/** An effect's error that says the host is at fault (see AttemptFailure.hostFault). */
+function hostFaultOf(error: unknown): string | undefined {
+  if (error && typeof error === 'object' && 'hostFault' in error && typeof error.hostFault === 'string') {
+    return error.hostFault;
+  }
+  return undefined;
+}
+
+type AttemptDecision = { kind: 'retry' } | { kind: 'abandon'; why: string };
+
+/**
+ * The pure policy decides retry or abandon (src/policy): one rule for the guard and the stored reason. A host
+ * fault is an interruption, judged against max_interruptions; anything else is a failure.
+ */
+function decisionAfterFailure(context: RunContext): AttemptDecision {
+  if (context.failure?.hostFault !== undefined) {
+    return decideAfterInterruption({
+      nInterruptionsBefore: context.run.nInterruptions,
+      maxInterruptions: context.maxInterruptions,
+    });
+  }
   return decideAfterFailure({
     nFailuresBefore: context.run.nFailures,
     maxFailures: context.maxFailures,
@@ -141,12 +170,23 @@ export const runMachine = setup({
         number: context.run.number,
         settlement: params.settlement,
         ...(context.error ? { error: context.error } : {}),
+        ...((params.settlement === 'failed' || params.settlement === 'abandoned') &&
+        context.failure?.hostFault !== undefined
+          ? { hostFault: context.failure.hostFault }
+          : {}),
       };
       enqueue.sendTo(host, event);
     }),
     rememberPlan: assign({ plan: (_, params: { output: PreflightOutput }) => params.output.plan ?? null }),
     rememberPreflightFailure: assign({
-      failure: (_, params: { error: unknown }) => ({ kind: 'preflight' as const, message: describeError(params.error) }),
+      failure: (_, params: { error: unknown }) => {
+        const hostFault = hostFaultOf(params.error);
+        return {
+          kind: 'preflight' as const,
+          message: describeError(params.error),
+          ...(hostFault !== undefined ? { hostFault } : {}),
+        };
+      },
     }),
     rememberCommandFailure: assign({
       failure: ({ context }, params: { output: SupervisorResult }) => failureFromResult(params.output, context.plan),
@@ -176,6 +216,7 @@ export const runMachine = setup({
   context: ({ input }) => ({
     run: input.run,
     maxFailures: input.maxFailures,
+    maxInterruptions: input.maxInterruptions,
     noRetryExitCodes: input.noRetryExitCodes,
     timing: input.timing,
     plan: null,
@@ -310,7 +351,7 @@ export const runMachine = setup({
             input: ({ context }) => ({
               run: context.run,
               failure: context.failure!,
-              why: (decisionAfterFailure(context) as Extract<FailureDecision, { kind: 'abandon' }>).why,
+              why: (decisionAfterFailure(context) as Extract<AttemptDecision, { kind: 'abandon' }>).why,
             }),
             onDone: [
               {

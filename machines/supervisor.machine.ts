@@ -12,7 +12,8 @@ export interface SupervisorInput {
 
 export type ProcessEvent =
   | { type: 'SPAWNED'; pid: number; pgid: number; procStart?: number }
-  | { type: 'SPAWN_FAILED'; error: string }
+  /** `hostFault`: the host's check found why (no run could start here), so it is not the run's failure. */
+  | { type: 'SPAWN_FAILED'; error: string; hostFault?: string }
   | { type: 'OUTPUT' }
   | {
       type: 'EXITED';
@@ -40,6 +41,7 @@ interface SupervisorContext {
   stderrTail: string;
   durationMs: number;
   error?: string;
+  hostFault?: string;
 }
 
 export const supervisorMachine = setup({
@@ -77,7 +79,13 @@ export const supervisorMachine = setup({
         : {},
     ),
     recordSpawnFailure: assign(({ event }) =>
-      event.type === 'SPAWN_FAILED' ? { outcome: 'spawn_failed' as const, error: event.error } : {},
+      event.type === 'SPAWN_FAILED'
+        ? {
+            outcome: 'spawn_failed' as const,
+            error: event.error,
+            ...(event.hostFault !== undefined ? { hostFault: event.hostFault } : {}),
+          }
+        : {},
     ),
     markTimedOut: assign({ outcome: 'timed_out' as const }),
     markStalled: assign({ outcome: 'stalled' as const }),
@@ -154,5 +162,6 @@ export const supervisorMachine = setup({
     pid: context.pid,
     pgid: context.pgid,
     error: context.error,
+    ...(context.hostFault !== undefined ? { hostFault: context.hostFault } : {}),
   }),
 });

@@ -42,6 +42,8 @@ export interface SupervisorResult {
   pid?: number;
   pgid?: number;
   error?: string;
+  /** Set with spawn_failed when the host, not the run, is at fault: what the host's check found. */
+  hostFault?: string;
 }
 
 /** Why an attempt failed, as data; the effect that records it turns it into the stored reason. */
@@ -53,6 +55,11 @@ export interface AttemptFailure {
   durationMs?: number;
   /** Set by the command through $RUNWARDEN_ERROR_FILE; the effect reads it. */
   errorFile?: string;
+  /**
+   * The attempt could not start for a reason of the host (what the host's check found: an executable missing,
+   * an output or log directory not writable). An interruption, not the run's failure; the host counts these.
+   */
+  hostFault?: string;
 }
 
 /** How a run actor's life ended, reported to its host. */

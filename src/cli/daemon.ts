@@ -7,6 +7,7 @@ import { createLogger } from '../log/logger.js';
 import { openStore } from '../store/open-store.js';
 import { configFromArgs, runCommand, type GlobalArgs } from './common.js';
 import { portFromOption, portOptionSpec } from './port-option.js';
+import { assertHostReady } from '../daemon/host-check.js';
 
 interface DaemonArgs extends GlobalArgs {
   slots?: number;
@@ -53,6 +54,8 @@ export const daemonCommand: CommandModule<GlobalArgs, DaemonArgs> = {
         ...(args.order !== undefined ? { order: args.order } : {}),
       });
       requireCommand(config);
+      // Host-level faults (executable, cwd, output and log directories) refuse to start, naming the field.
+      await assertHostReady(config);
       const metricsPort = portFromOption('metrics', args.metrics, config.observe.metrics_port);
       const inspectPort = portFromOption('inspect', args.inspect, config.observe.inspect_port);
       if (args.undying) {

@@ -9,6 +9,7 @@ import type { RunDoc } from '../store/types.js';
 import { configFromArgs, formatTime, printJson, runCommand, type GlobalArgs } from './common.js';
 import { operatorDeps } from './fail.js';
 import { numberArgument } from './submit.js';
+import { assertHostReady } from '../daemon/host-check.js';
 
 // `runwarden process N [--force]`: claims one run and runs one attempt of it in the foreground, with the
 // daemon's run machine and effects. ^C once releases the run as a stopping daemon does; twice kills at once.
@@ -66,6 +67,8 @@ export const processCommand: CommandModule<GlobalArgs, ProcessArgs> = {
       const number = numberArgument(args.number);
       const config = configFromArgs(args);
       requireCommand(config);
+      // Host-level faults (executable, cwd, output and log directories) refuse to start, naming the field.
+      await assertHostReady(config);
       const store = await openStore(config.store, { create: false });
       const logger = createLogger({ level: config.log_level, host: config.host, store });
       let signalsSeen = 0;

@@ -63,6 +63,7 @@ export function hostStateOf(snapshot: HostSnapshot | undefined): HostState {
   if (snapshot.matches('starting') || snapshot.matches('recovering')) return 'starting';
   if (snapshot.matches('stopping') || snapshot.matches('deregistering')) return 'stopping';
   if (snapshot.matches('stopped') || snapshot.matches('failed')) return 'stopped';
+  if (snapshot.matches({ running: 'paused' })) return 'paused';
   if (snapshot.context.diskFull) return 'disk_full';
   return snapshot.context.running.length > 0 ? 'busy' : 'idle';
 }
@@ -77,6 +78,23 @@ export function provideMachines(ctx: DaemonContext, view: () => HostView) {
   return hostMachine.provide({ actors: { ...hostEffects(ctx, view), run: provideRunMachine(ctx) } });
 }
 
+/** The host actor's input from the configuration. */
+export function hostInputFor(config: Config, once: boolean): HostInput {
+  return {
+    host: config.host,
+    slots: config.slots,
+    idlePollMs: config.timeouts.idle_poll,
+    once,
+    maxFailures: config.retry.max_failures,
+    maxInterruptions: config.retry.max_interruptions,
+    noRetryExitCodes: config.process.no_retry_exit_codes,
+    timing: supervisorTiming(config),
+    hostFaultThreshold: config.process.host_fault_threshold,
+    // as the disk gate looks again: a fixed directory or a restored mount should not wait a long idle_poll
+    recheckMs: Math.min(config.timeouts.idle_poll, config.timeouts.check_interval),
+  };
+}
+
 export function startDaemon(options: DaemonOptions): DaemonHandle {
   const { config, logger } = options;
   const ctx = createDaemonContext(options);
@@ -84,16 +102,9 @@ export function startDaemon(options: DaemonOptions): DaemonHandle {
   const view = (): HostView => ({
     state: hostStateOf(latest),
     running: latest ? [...latest.context.running] : [],
+    pausedReason: latest && hostStateOf(latest) === 'paused' ? latest.context.pausedReason : null,
   });
-  const input: HostInput = {
-    host: config.host,
-    slots: config.slots,
-    idlePollMs: config.timeouts.idle_poll,
-    once: options.once ?? false,
-    maxFailures: config.retry.max_failures,
-    noRetryExitCodes: config.process.no_retry_exit_codes,
-    timing: supervisorTiming(config),
-  };
+  const input = hostInputFor(config, options.once ?? false);
   const inspectors = options.inspectors ?? [];
   const inspect = (event: InspectionEvent) => {
     for (const observer of inspectors) {

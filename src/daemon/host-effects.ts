@@ -1,7 +1,8 @@
 import { fromCallback, fromPromise, type EventObject } from 'xstate';
-import type { ClaimOutput } from '../../machines/host.machine.js';
+import type { ClaimOutput, HostCheckOutput } from '../../machines/host.machine.js';
 import { formatByteSize, formatDuration } from '../config/duration.js';
 import { StoreReplacedError } from '../errors.js';
+import { describeHostProblems, hostProblems } from './host-check.js';
 import { readProcStart } from '../process/proc.js';
 import { monitorMinute, type HostPatch } from '../store/run-store.js';
 import type { DiskFigures, HostDoc, HostState, MonitorSample } from '../store/types.js';
@@ -16,6 +17,8 @@ import { VERSION } from '../version.js';
 export interface HostView {
   state: HostState;
   running: number[];
+  /** Why claiming is paused (state `paused`); null otherwise. */
+  pausedReason: string | null;
 }
 
 /** Shortest pause before looking again when a retry is already due but was not claimable. */
@@ -157,7 +160,12 @@ export function hostEffects(ctx: DaemonContext, view: () => HostView) {
         .verifyIdentity()
         .then(async () => {
           if (!force && key === lastWritten) return;
-          const patch: HostPatch = { state: current.state, running: current.running, ...(disk ? { disk } : {}) };
+          const patch: HostPatch = {
+            state: current.state,
+            running: current.running,
+            paused_reason: current.pausedReason,
+            ...(disk ? { disk } : {}),
+          };
           const ok = await store.heartbeatHost(host, ctx.hostToken, patch);
           lastSuccess = performance.now();
           lastWritten = key;
@@ -250,7 +258,14 @@ export function hostEffects(ctx: DaemonContext, view: () => HostView) {
     if (doc?.processing) {
       const p = doc.processing;
       return {
-        run: { number: doc.number, token: p.token, attempt: p.attempt, nFailures: p.n_failures, doc },
+        run: {
+          number: doc.number,
+          token: p.token,
+          attempt: p.attempt,
+          nFailures: p.n_failures,
+          nInterruptions: p.n_interruptions ?? 0,
+          doc,
+        },
         nextPollMs: idle,
       };
     }
@@ -261,14 +276,46 @@ export function hostEffects(ctx: DaemonContext, view: () => HostView) {
 
   const deregister = fromPromise<void, { host: string }>(async () => {
     await cleaning;
-    await store.heartbeatHost(host, ctx.hostToken, { state: 'stopped', running: [] });
+    await store.heartbeatHost(host, ctx.hostToken, { state: 'stopped', running: [], paused_reason: null });
     // The last sample says the host stopped on purpose (it replaces this minute's), so the silence that
     // follows in the history is a planned stop, not a crash.
     await store
-      .recordMonitor(monitorSample({ state: 'stopped', running: [] }, clock()))
+      .recordMonitor(monitorSample({ state: 'stopped', running: [], pausedReason: null }, clock()))
       .catch((error: unknown) => logger.error(`monitor sample not recorded: ${String(error)}`));
     logger.info(`host ${host} stopped`);
   });
 
-  return { register, recoverRuns, heartbeat, wakeWatcher, cleaner, claimNext, deregister };
+  // The host-fault pause (issue 12 fault 5): runs in a row could not start for a reason of the host.
+  const announcePause = fromPromise<void, { host: string; reason: string; faults: number }>(async ({ input }) => {
+    logger.warn(
+      `host ${host} paused: ${input.faults} run(s) in a row could not start for a reason of this host ` +
+        `(${input.reason}); they were not charged a failure. Claiming nothing until the check passes; ` +
+        `looking again every ${formatDuration(Math.min(config.timeouts.idle_poll, config.timeouts.check_interval))}`,
+    );
+  });
+
+  const checkHost = fromPromise<HostCheckOutput, { host: string; reason: string }>(async ({ input }) => {
+    const problems = await hostProblems(config);
+    if (problems.length === 0) {
+      logger.info(`host ${host}: the host check passes again (was: ${input.reason}); claiming again`, {
+        operator: true,
+      });
+      return { problem: null };
+    }
+    const problem = describeHostProblems(problems);
+    if (problem !== input.reason) logger.warn(`host ${host} still paused: ${problem}`);
+    return { problem };
+  });
+
+  return {
+    register,
+    recoverRuns,
+    heartbeat,
+    wakeWatcher,
+    cleaner,
+    claimNext,
+    deregister,
+    announcePause,
+    checkHost,
+  };
 }

@@ -4,6 +4,7 @@ import type { CommandPlan } from '../../machines/types.js';
 import { watchOutputActivity } from '../process/output-activity.js';
 import { spawnCommand, type CommandHandle } from '../process/spawn-command.js';
 import type { DaemonContext } from './context.js';
+import { hostFaultBehind } from './host-check.js';
 
 // The supervisor's `process` actor: owns one attempt's process group. It reports SPAWNED, OUTPUT
 // (throttled) and EXITED, applies SIGNAL, and if the supervisor is stopped abruptly (the run actor left
@@ -82,10 +83,16 @@ export function processActor(ctx: DaemonContext) {
           });
         });
       })
-      .catch((error: unknown) => {
+      .catch(async (error: unknown) => {
         unwatch();
-        // SpawnError names argv[0] and what went wrong (ENOENT, EACCES, a missing cwd).
-        send({ type: 'SPAWN_FAILED', error: error instanceof Error ? error.message : String(error) });
+        // SpawnError names argv[0] and what went wrong (ENOENT, EACCES, a missing cwd). When the host's check
+        // explains it (the executable gone, the log directory unwritable), no run could start here: a host fault.
+        const hostFault = await hostFaultBehind(ctx.config);
+        send({
+          type: 'SPAWN_FAILED',
+          error: error instanceof Error ? error.message : String(error),
+          ...(hostFault !== undefined ? { hostFault } : {}),
+        });
       });
 
     receive((command) => {

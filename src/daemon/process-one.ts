@@ -69,12 +69,14 @@ export function processOneRun(deps: ProcessOneDeps, claimed: RunDoc): ProcessOne
     token: p.token,
     attempt: p.attempt,
     nFailures: p.n_failures,
+    nInterruptions: p.n_interruptions ?? 0,
     doc: claimed,
   };
   const actor = createActor(machine, {
     input: {
       run,
       maxFailures: config.retry.max_failures,
+      maxInterruptions: config.retry.max_interruptions,
       noRetryExitCodes: config.process.no_retry_exit_codes,
       timing: supervisorTiming(config),
     },

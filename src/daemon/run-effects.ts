@@ -8,6 +8,7 @@ import { resourcesForAttempt, targetsForAttempt } from '../policy/degradation.js
 import { commandEnvironment, outputDirName, substituteArgv } from '../policy/placeholders.js';
 import { DAEMON_TAG_VARIABLE, ownDaemonTag } from '../process/orphan-scan.js';
 import { abandonReason } from '../policy/failure-decision.js';
+import { HostFaultError, hostFaultBehind } from './host-check.js';
 import { retryDelay } from '../policy/retry-delay.js';
 import { validateRunDocument } from '../policy/run-validation.js';
 import { printableLines } from '../policy/terminal-text.js';
@@ -151,6 +152,8 @@ export function runEffects(ctx: DaemonContext) {
     // The two directories are independent: prepare them side by side (each file call is a thread-pool round
     // trip, which counts in pickup latency). Asynchronous on purpose: a hung file system must not freeze the
     // daemon's heartbeats and signal handling.
+    // A directory that cannot be prepared is a host fault when the host's check explains it (output_root or
+    // log_dir unwritable: every run would fail so), else this run's own problem.
     await Promise.all([
       (async () => {
         // A fresh directory needs no cleaning (mkdir says whether it created it): one round trip, not two.
@@ -166,7 +169,11 @@ export function runEffects(ctx: DaemonContext) {
         // follows a symlink, it removes the link.
         await rm(errorFile, { force: true, recursive: true });
       })(),
-    ]);
+    ]).catch(async (error: unknown) => {
+      const hostFault = await hostFaultBehind(config);
+      if (hostFault === undefined) throw error;
+      throw new HostFaultError(error instanceof Error ? error.message : String(error), hostFault);
+    });
     const values = {
       number: run.number,
       name: doc.name,
@@ -229,9 +236,34 @@ export function runEffects(ctx: DaemonContext) {
     },
   );
 
+  /** The reason of an attempt the host could not start: what went wrong, and what the host's check found. */
+  const hostFaultReason = (reason: string, failure: AttemptFailure): string =>
+    boundedReason(`${reason} (host fault, not counted as a failure: ${failure.hostFault})`);
+
+  /** An attempt the host could not start: an interruption, eligible again at once, n_failures unchanged. */
+  const recordHostFault = async (run: ClaimedRun, failure: AttemptFailure): Promise<FencedWriteResult> => {
+    const reason = hostFaultReason(await failureReason(ctx, failure), failure);
+    const nInterruptions = run.nInterruptions + 1;
+    const ok = await store.failRun(
+      run.number,
+      run.token,
+      { reason, n_failures: run.nFailures, n_interruptions: nInterruptions, next_retry: clock() },
+      { detail: { kind: failure.kind, interruption: 'host_fault' } },
+    );
+    if (ok) {
+      logger.warn(
+        `run ${run.number} interrupted (attempt ${run.attempt}, ${nInterruptions} of retry.max_interruptions ` +
+          `${config.retry.max_interruptions}): ${reason}`,
+        { number: run.number },
+      );
+    }
+    return { ok };
+  };
+
   const recordFailure = fromPromise<FencedWriteResult, { run: ClaimedRun; failure: AttemptFailure }>(
     async ({ input }) => {
       const { run, failure } = input;
+      if (failure.hostFault !== undefined) return recordHostFault(run, failure);
       const reason = await failureReason(ctx, failure);
       const nFailures = run.nFailures + 1;
       const delay = retryDelay(run.nFailures, config.retry, ctx.random);
@@ -265,21 +297,24 @@ export function runEffects(ctx: DaemonContext) {
     { run: ClaimedRun; failure: AttemptFailure; why: string }
   >(async ({ input }) => {
     const { run, failure } = input;
-    const last = await failureReason(ctx, failure);
-    const nFailures = run.nFailures + 1;
-    const reason = abandonReason(input.why, last);
+    const interrupted = failure.hostFault !== undefined;
+    const last = interrupted ? hostFaultReason(await failureReason(ctx, failure), failure) : await failureReason(ctx, failure);
+    // A host fault is an interruption: the run is given up on at max_interruptions, its failures unchanged.
+    const nFailures = interrupted ? run.nFailures : run.nFailures + 1;
+    const reason = abandonReason(input.why, last, interrupted ? 'last interruption' : 'last failure');
     const ok = await store.abandonRun(
       run.number,
       run.token,
       {
         reason: boundedReason(reason),
         n_failures: nFailures,
+        ...(interrupted ? { n_interruptions: run.nInterruptions + 1 } : {}),
         ...(failure.exitCode !== undefined ? { exit_code: failure.exitCode } : {}),
         ...(failure.signal !== undefined ? { signal: failure.signal } : {}),
       },
       {
         ...(failure.durationMs !== undefined ? { duration_ms: failure.durationMs } : {}),
-        detail: { kind: failure.kind },
+        detail: { kind: failure.kind, ...(interrupted ? { interruption: 'host_fault' } : {}) },
       },
     );
     if (ok) logger.error(`run ${run.number} abandoned: ${reason}`, { number: run.number });

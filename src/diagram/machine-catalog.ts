@@ -28,7 +28,9 @@ export function machineCatalog(): CatalogEntry[] {
         'supervisor runs the processing command; exit 0 with its output registered ends in `done`, any ' +
         'other end (exit ≠ 0, timed out, stalled, output missing, failed preflight) in `failed`, which ' +
         'either waits for `next_retry` and is claimed again or, after `max_failures` or on a ' +
-        '`no_retry_exit_codes` exit, becomes `abandoned`. Every write is fenced by the lease token: when ' +
+        '`no_retry_exit_codes` exit, becomes `abandoned`. An attempt that could not start for a reason of ' +
+        'the host (its check finds the executable missing or a directory unwritable) is an interruption: ' +
+        'not counted in `n_failures`, abandoned only at `max_interruptions`. Every write is fenced by the lease token: when ' +
         'fail/abandon/cleanup takes the lease away the actor kills the command and stops without writing ' +
         '(`lost`); a stopping host releases the run as `failed` with `next_retry = now` (`released`).',
       machine: runMachine,
@@ -54,7 +56,11 @@ export function machineCatalog(): CatalogEntry[] {
         'runs its predecessor held and fails those runs at once; `running` claims runs while slots are ' +
         'free and the disk gate is open (a shut gate leaves the host idle and reported as `disk_full`), ' +
         'spawning one run actor per claim, sleeps when nothing is eligible and wakes up on new runs or ' +
-        'when a retry is due, and runs the cleanup of other hosts\' stale runs every `cleanup_interval`; ' +
+        'when a retry is due, and runs the cleanup of other hosts\' stale runs every `cleanup_interval`. ' +
+        'When `process.host_fault_threshold` runs in a row could not start for a reason of the host (the ' +
+        'executable missing, the output or log directory not writable), `paused` claims nothing, announces ' +
+        'why in the operator log and the host document (state `paused`), and checks the host again every ' +
+        '`min(idle_poll, check_interval)` until the check passes; ' +
         '`stopping` (SIGTERM/SIGINT) claims nothing more, terminates the commands ' +
         'with escalation and releases their runs before the host deregisters and exits 0. A fatal ' +
         'settlement of a run (unkillable command, unexpected error) ends in `failed`: the daemon logs ' +

@@ -1,11 +1,11 @@
 import { describe, expect, it } from 'vitest';
 import { createActor, fromCallback, fromPromise, sendTo, setup, SimulatedClock, type EventObject } from 'xstate';
-import { hostMachine, type ClaimOutput, type HostInput } from '../../machines/host.machine.js';
+import { hostMachine, type ClaimOutput, type HostCheckOutput, type HostInput } from '../../machines/host.machine.js';
 import { runMachine, type ClaimedRun, type RunInput, type RunSettledEvent } from '../../machines/run.machine.js';
 import type { RunSettlement } from '../../machines/types.js';
 import { deferred, recordStates, settle } from './helpers.js';
 
-type FakeRunEvent = { type: 'SETTLE'; settlement: RunSettlement } | { type: 'STOP' };
+type FakeRunEvent = { type: 'SETTLE'; settlement: RunSettlement; hostFault?: string } | { type: 'STOP' };
 
 /** A run actor that settles when the test says so, and releases its run on STOP. */
 const fakeRun = setup({
@@ -20,6 +20,7 @@ const fakeRun = setup({
           type: 'RUN_SETTLED',
           number: context.number,
           settlement: event.type === 'SETTLE' ? event.settlement : 'released',
+          ...(event.type === 'SETTLE' && event.hostFault !== undefined ? { hostFault: event.hostFault } : {}),
         }),
       ),
     },
@@ -33,7 +34,7 @@ const fakeRun = setup({
 });
 
 function claimedRun(number: number): ClaimedRun {
-  return { number, token: `t${number}`, attempt: 1, nFailures: 0, doc: {} };
+  return { number, token: `t${number}`, attempt: 1, nFailures: 0, nInterruptions: 0, doc: {} };
 }
 
 interface Options {
@@ -42,6 +43,8 @@ interface Options {
   queue?: number[];
   claim?: () => Promise<ClaimOutput>;
   recover?: () => Promise<void>;
+  hostFaultThreshold?: number;
+  checkHost?: () => Promise<HostCheckOutput>;
 }
 
 function start(options: Options = {}) {
@@ -72,6 +75,13 @@ function start(options: Options = {}) {
       deregister: fromPromise(async () => {
         calls.push('deregister');
       }),
+      announcePause: fromPromise<void, { host: string; reason: string; faults: number }>(async ({ input }) => {
+        calls.push(`announcePause: ${input.faults} ${input.reason}`);
+      }),
+      checkHost: fromPromise<HostCheckOutput, { host: string; reason: string }>(async () => {
+        calls.push('checkHost');
+        return options.checkHost ? options.checkHost() : { problem: null };
+      }),
       // Only the protocol matters here: RUN_SETTLED to the host, STOP from it.
       run: fakeRun as unknown as typeof runMachine,
     },
@@ -82,8 +92,11 @@ function start(options: Options = {}) {
     idlePollMs: 10_000,
     once: options.once ?? false,
     maxFailures: 3,
+    maxInterruptions: 20,
     noRetryExitCodes: [],
     timing: { maxProcessingTimeMs: 1, maxNoOutputTimeMs: 1, signalEscalateMs: 1 },
+    hostFaultThreshold: options.hostFaultThreshold ?? 3,
+    recheckMs: 10_000,
   };
   const clock = new SimulatedClock();
   const settled: string[] = [];
@@ -100,8 +113,12 @@ function start(options: Options = {}) {
   });
   const states = recordStates(actor);
   actor.start();
-  const settleRun = (number: number, settlement: RunSettlement = 'done') =>
-    actor.system.get(`run-${number}`)?.send({ type: 'SETTLE', settlement });
+  const settleRun = (number: number, settlement: RunSettlement = 'done', hostFault?: string) =>
+    actor.system.get(`run-${number}`)?.send({
+      type: 'SETTLE',
+      settlement,
+      ...(hostFault !== undefined ? { hostFault } : {}),
+    });
   return { actor, clock, states, queue, claims, calls, settled, settleRun, wake: () => wake?.() };
 }
 
@@ -177,6 +194,61 @@ describe('host machine', () => {
     // Run 4 was spawned, asked to stop, released, and only then the host stopped.
     expect(t.states).toEqual(['starting', 'recovering', 'running.claiming', 'stopping', 'deregistering', 'stopped']);
     expect(t.settled).toEqual(['4:released']);
+  });
+
+  it('pauses claiming after host_fault_threshold host faults in a row, checks again, and resumes once it passes', async () => {
+    const checks: HostCheckOutput[] = [{ problem: 'process.log_dir: still a file' }, { problem: null }];
+    const t = start({ hostFaultThreshold: 2, queue: [1, 2, 3, 4], checkHost: async () => checks.shift()! });
+    await settle();
+    t.settleRun(1, 'failed', 'process.log_dir: not a directory');
+    await settle();
+    // one host fault is not yet a pattern: the host claims the next run
+    expect(t.claims).toEqual([1, 2]);
+    t.settleRun(2, 'failed', 'process.log_dir: not a directory');
+    await settle();
+    expect(t.states.slice(-2)).toEqual(['running.paused.announcing', 'running.paused.waiting']);
+    expect(t.claims).toEqual([1, 2]);
+    expect(t.actor.getSnapshot().context.pausedReason).toBe('process.log_dir: not a directory');
+    expect(t.calls).toContain('announcePause: 2 process.log_dir: not a directory');
+    // a wake-up does not end a pause
+    t.wake();
+    await settle();
+    expect(t.claims).toEqual([1, 2]);
+    // the first check still finds the problem: the host stays paused, with what it found now
+    t.clock.increment(10_000);
+    await settle();
+    expect(t.states.slice(-2)).toEqual(['running.paused.checking', 'running.paused.waiting']);
+    expect(t.actor.getSnapshot().context.pausedReason).toBe('process.log_dir: still a file');
+    expect(t.claims).toEqual([1, 2]);
+    // the next one passes: claiming resumes
+    t.clock.increment(10_000);
+    await settle();
+    expect(t.claims).toEqual([1, 2, 3]);
+    expect(t.actor.getSnapshot().context).toMatchObject({ pausedReason: null, hostFaults: 0 });
+  });
+
+  it('a run that gets past the host (done, or failed by its command) resets the count of host faults', async () => {
+    const t = start({ hostFaultThreshold: 2, queue: [1, 2, 3, 4] });
+    await settle();
+    t.settleRun(1, 'failed', 'process.command: not found');
+    await settle();
+    t.settleRun(2, 'failed');
+    await settle();
+    t.settleRun(3, 'failed', 'process.command: not found');
+    await settle();
+    expect(t.claims).toEqual([1, 2, 3, 4]);
+    expect(t.states).not.toContain('running.paused.announcing');
+  });
+
+  it('STOP while paused stops the host', async () => {
+    const t = start({ hostFaultThreshold: 1, queue: [1], checkHost: async () => ({ problem: 'still' }) });
+    await settle();
+    t.settleRun(1, 'failed', 'process.output_root: read-only');
+    await settle();
+    expect(t.states.at(-1)).toBe('running.paused.waiting');
+    t.actor.send({ type: 'STOP' });
+    await settle();
+    expect(t.states.slice(-2)).toEqual(['deregistering', 'stopped']);
   });
 
   it('--once stops when nothing is eligible and nothing runs', async () => {

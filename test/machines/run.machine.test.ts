@@ -8,7 +8,7 @@ import { FakeProcess, recordStates, settle } from './helpers.js';
 const timing = { maxProcessingTimeMs: 60_000, maxNoOutputTimeMs: 30_000, signalEscalateMs: 1_000 };
 
 function claimed(overrides: Partial<ClaimedRun> = {}): ClaimedRun {
-  return { number: 12, token: 'lease-1', attempt: 1, nFailures: 0, doc: {}, ...overrides };
+  return { number: 12, token: 'lease-1', attempt: 1, nFailures: 0, nInterruptions: 0, doc: {}, ...overrides };
 }
 
 function planFor(run: ClaimedRun): CommandPlan {
@@ -35,7 +35,7 @@ interface Fakes {
 }
 
 /** The run machine with the real supervisor chart, a fake process and fake store effects. */
-function start(run: ClaimedRun, options: { maxFailures?: number; noRetry?: number[] } & Fakes = {}) {
+function start(run: ClaimedRun, options: { maxFailures?: number; maxInterruptions?: number; noRetry?: number[] } & Fakes = {}) {
   const fake = new FakeProcess();
   const clock = new SimulatedClock();
   const writes: string[] = [];
@@ -80,7 +80,13 @@ function start(run: ClaimedRun, options: { maxFailures?: number; noRetry?: numbe
     },
   });
   const actor = createActor(machine, {
-    input: { run, maxFailures: options.maxFailures ?? 3, noRetryExitCodes: options.noRetry ?? [], timing },
+    input: {
+      run,
+      maxFailures: options.maxFailures ?? 3,
+      maxInterruptions: options.maxInterruptions ?? 20,
+      noRetryExitCodes: options.noRetry ?? [],
+      timing,
+    },
     clock,
   });
   const states = recordStates(actor);
@@ -223,7 +229,10 @@ describe('run machine', () => {
           })),
         },
       }),
-      { input: { run: claimed(), maxFailures: 3, noRetryExitCodes: [], timing }, clock: new SimulatedClock() },
+      {
+        input: { run: claimed(), maxFailures: 3, maxInterruptions: 20, noRetryExitCodes: [], timing },
+        clock: new SimulatedClock(),
+      },
     );
     const states = recordStates(actor);
     actor.start();

@@ -4,7 +4,7 @@ import { createActor, type AnyActorRef, type SnapshotFrom } from 'xstate';
 import type { RunInput } from '../../machines/run.machine.js';
 import { defaultConfig, type Config } from '../../src/config/schema.js';
 import { supervisorTiming, type DaemonContext } from '../../src/daemon/context.js';
-import { hostStateOf, provideMachines, provideRunMachine } from '../../src/daemon/daemon.js';
+import { hostInputFor, hostStateOf, provideMachines, provideRunMachine } from '../../src/daemon/daemon.js';
 import type { HostView } from '../../src/daemon/host-effects.js';
 import { createLogger, type Logger } from '../../src/log/logger.js';
 import type { RunStore } from '../../src/store/run-store.js';
@@ -184,8 +184,16 @@ export class TestClock {
 export function runInputFor(config: Config, doc: RunDoc): RunInput {
   const p = doc.processing!;
   return {
-    run: { number: doc.number, token: p.token, attempt: p.attempt, nFailures: p.n_failures, doc },
+    run: {
+      number: doc.number,
+      token: p.token,
+      attempt: p.attempt,
+      nFailures: p.n_failures,
+      nInterruptions: p.n_interruptions ?? 0,
+      doc,
+    },
     maxFailures: config.retry.max_failures,
+    maxInterruptions: config.retry.max_interruptions,
     noRetryExitCodes: config.process.no_retry_exit_codes,
     timing: supervisorTiming(config),
   };
@@ -253,19 +261,15 @@ export async function processToEnd(
 /** A real host actor with its real effects over `ctx`, as startDaemon builds it, minus the process's signals. */
 export function createHost(ctx: DaemonContext) {
   let latest: SnapshotFrom<ReturnType<typeof provideMachines>> | undefined;
-  const view = (): HostView => ({ state: hostStateOf(latest), running: latest ? [...latest.context.running] : [] });
+  const view = (): HostView => ({
+    state: hostStateOf(latest),
+    running: latest ? [...latest.context.running] : [],
+    pausedReason: latest?.context.pausedReason ?? null,
+  });
   const { config } = ctx;
   const actor = createActor(provideMachines(ctx, view), {
     systemId: 'host',
-    input: {
-      host: config.host,
-      slots: config.slots,
-      idlePollMs: config.timeouts.idle_poll,
-      once: false,
-      maxFailures: config.retry.max_failures,
-      noRetryExitCodes: config.process.no_retry_exit_codes,
-      timing: supervisorTiming(config),
-    },
+    input: hostInputFor(config, false),
   });
   actor.subscribe({ next: (s) => (latest = s), error: () => undefined });
   return actor;

@@ -11,7 +11,7 @@ import { edgePaths, eventKind, handledEventTypes, invokedSources, type ModelPath
 
 // Model-based test of the host machine, like the run machine's: xstate/graph walks the real chart with every
 // outcome of every effect (a run claimed, nothing to claim, the disk gate shut, an error), wake-ups, signals,
-// displacement and run settlements; each generated path is replayed on a real host actor whose effects and
+// displacement and run settlements (a host fault among them, which pauses claiming); each generated path is replayed on a real host actor whose effects and
 // run actors are fakes. The actor must pass through the path's snapshots and keep the host's promises, and the
 // replays together must take every state and transition of the definition. Two configurations (a daemon and
 // `daemon --once`) are needed: with --once the host never idles.
@@ -20,11 +20,22 @@ const POLL_MS = 1_000;
 const timing = { maxProcessingTimeMs: 60_000, maxNoOutputTimeMs: 30_000, signalEscalateMs: 1_000 };
 
 function hostInput(once: boolean): HostInput {
-  return { host: 'h1', slots: 2, idlePollMs: POLL_MS, once, maxFailures: 3, noRetryExitCodes: [], timing };
+  return {
+    host: 'h1',
+    slots: 2,
+    idlePollMs: POLL_MS,
+    once,
+    maxFailures: 3,
+    maxInterruptions: 20,
+    noRetryExitCodes: [],
+    timing,
+    hostFaultThreshold: 2,
+    recheckMs: POLL_MS,
+  };
 }
 
 function claimed(number: number): ClaimedRun {
-  return { number, token: `lease-${number}`, attempt: 1, nFailures: 0, doc: { number } };
+  return { number, token: `lease-${number}`, attempt: 1, nFailures: 0, nInterruptions: 0, doc: { number } };
 }
 
 // Edge paths only: simple paths of the host number tens of thousands (its context remembers wake-ups, stops,
@@ -52,7 +63,15 @@ function hostEvents(snapshot: AnyMachineSnapshot): AnyEventObject[] {
           { type, output: { run: null, diskFull: true, nextPollMs: POLL_MS } },
         ];
       }
-      if (src === 'register' || src === 'recoverRuns' || src === 'deregister') return [{ type, output: undefined }];
+      if (src === 'register' || src === 'recoverRuns' || src === 'deregister' || src === 'announcePause') {
+        return [{ type, output: undefined }];
+      }
+      if (src === 'checkHost') {
+        return [
+          { type, output: { problem: null } },
+          { type, output: { problem: 'process.log_dir: not a directory' } },
+        ];
+      }
     }
     if (kind.kind === 'after') return [{ type }];
     if (type === 'WAKE' || type === 'STOP') return [{ type }];
@@ -62,6 +81,8 @@ function hostEvents(snapshot: AnyMachineSnapshot): AnyEventObject[] {
       return context.running.flatMap((number) => [
         { type, number, settlement: 'done' },
         { type, number, settlement: 'error', error: `run ${number}: the store failed` },
+        // could not start for a reason of the host: host_fault_threshold (2) of these in a row pause claiming
+        { type, number, settlement: 'failed', hostFault: 'process.log_dir: not a directory' },
       ]);
     }
     throw new Error(`the host model has no events for ${type}: teach hostEvents about it`);
@@ -93,6 +114,8 @@ async function replay(path: ModelPath, input: HostInput, coverage: CoverageRecor
       cleaner: effects.callback('cleaner'),
       claimNext: effects.promise('claimNext'),
       deregister: effects.promise('deregister'),
+      announcePause: effects.promise('announcePause'),
+      checkHost: effects.promise('checkHost'),
       run: effects.callback<RunInput>('run', (runInput) => runInput.run.number) as unknown as typeof runMachine,
     },
   });
@@ -147,6 +170,9 @@ function hostPromises(path: ModelPath, { effects, snapshots, alive }: Replayed):
       problems.push(`${runsAlive} run actors alive for ${context.running.length} running runs after step ${i}`);
     }
     if (snapshot.matches('stopping') && alive[i]!.heartbeat === 0) problems.push('stopping without a heartbeat');
+    if (snapshot.matches({ running: 'paused' }) && effects.started.some((s) => s.src === 'claimNext' && s.step === i)) {
+      problems.push(`claimed while paused for a host fault (step ${i})`);
+    }
     const entered = snapshot.matches('stopping') && i > 0 && !snapshots[i - 1]!.matches('stopping');
     for (const number of entered ? context.running : []) {
       if (!effects.received.some((r) => r.src === `run#${number}` && r.event.type === 'STOP' && r.step === i)) {

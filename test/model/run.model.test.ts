@@ -26,7 +26,7 @@ const timing = { maxProcessingTimeMs: 60_000, maxNoOutputTimeMs: 30_000, signalE
 const NO_RETRY_EXIT = 42;
 
 function claimed(attempt: number, nFailures: number): ClaimedRun {
-  return { number: 7, token: `lease-${attempt}`, attempt, nFailures, doc: { number: 7 } };
+  return { number: 7, token: `lease-${attempt}`, attempt, nFailures, nInterruptions: 0, doc: { number: 7 } };
 }
 
 /** The chart only carries the plan to its supervisor, and the fake supervisor never reads it. */
@@ -38,6 +38,7 @@ function planFor(run: ClaimedRun): CommandPlan {
 const input: RunInput = {
   run: claimed(1, 0),
   maxFailures: 2,
+  maxInterruptions: 20,
   noRetryExitCodes: [NO_RETRY_EXIT],
   timing,
 };
