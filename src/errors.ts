@@ -44,6 +44,14 @@ export class RefusedError extends Error {
   }
 }
 
+/** A run an operator selected changed before the write (its state or lease token); it was left alone. */
+export class ChangedMeanwhileError extends RefusedError {
+  constructor(number: number, message: string) {
+    super(number, message);
+    this.name = 'ChangedMeanwhileError';
+  }
+}
+
 /** The store cannot be opened or reached; the message names where, never a password. */
 export class StoreUnavailableError extends Error {
   readonly exitCode = 1;

@@ -3,10 +3,14 @@ import type { Config } from '../config/schema.js';
 import {
   failRunByOperator,
   operatorUser,
+  type OperatorAction,
   type OperatorDeps,
   type OperatorResult,
 } from '../daemon/operator-actions.js';
+import { applyToRuns, selectRuns } from '../daemon/operator-selection.js';
+import { UsageError } from '../errors.js';
 import type { RunStore } from '../store/run-store.js';
+import type { RunDoc } from '../store/types.js';
 import {
   configFromArgs,
   formatRelative,
@@ -16,12 +20,21 @@ import {
   withStore,
   type GlobalArgs,
 } from './common.js';
-import { numberArgument } from './submit.js';
+import {
+  CONFIRM_ABOVE,
+  confirmSelection,
+  isRunWord,
+  operatorResultLine,
+  printOutcomes,
+  selectionOptions,
+  targetsOf,
+  type SelectionArgs,
+} from './run-selection.js';
 
 // `runwarden fail N [reason]`. Also the printing shared by the operator commands (abandon, retry, hold).
 
-export interface OperatorArgs extends GlobalArgs {
-  number?: string;
+export interface OperatorArgs extends SelectionArgs {
+  runs?: string;
   reason?: string[];
 }
 
@@ -39,45 +52,88 @@ export function reasonArgument(words: string[] | undefined): string | undefined 
 export function printOperatorResult(result: OperatorResult, json: boolean | undefined): void {
   if (json) return printJson(result);
   for (const warning of result.warnings) process.stderr.write(`runwarden: warning: ${warning}\n`);
-  const p = result.run.processing;
-  const change = result.from === result.to ? result.to : `${result.from} → ${result.to}`;
-  let line = `run ${result.number}: ${change}`;
-  if (result.action === 'hold' || result.action === 'release') {
-    line += `; tags: ${result.run.tags.length ? result.run.tags.join(', ') : '(none)'}`;
-  } else if (p) {
-    line += ` (${p.reason ?? 'no reason'}); failures ${p.n_failures}, attempt ${p.attempt}`;
-    if (p.state === 'failed' && p.next_retry !== undefined) {
-      const now = Date.now();
-      const later = `at ${formatTime(p.next_retry)} (${formatRelative(p.next_retry, now)})`;
-      line += `; eligible ${p.next_retry <= now ? 'now' : later}`;
+  process.stdout.write(`${resultLine(result)}\n`);
+}
+
+function resultLine(result: OperatorResult): string {
+  const now = Date.now();
+  return operatorResultLine(result, now, (ms) => `at ${formatTime(ms)} (${formatRelative(ms, now)})`);
+}
+
+/**
+ * The body of fail, abandon, retry, hold and release: one run named alone is acted on as always (a refusal exits
+ * 1 with the way out); a selection is read once, confirmed above a few runs, and each run acted on fenced on
+ * that reading, with one line per run and the count.
+ */
+export async function runOperatorCommand(
+  args: SelectionArgs,
+  words: string[],
+  usage: string,
+  action: OperatorAction,
+  act: (deps: OperatorDeps, number: number, selected?: RunDoc) => Promise<OperatorResult>,
+): Promise<number> {
+  const targets = targetsOf(words, args, usage);
+  const config = configFromArgs(args);
+  return withStore(config, async (store) => {
+    const deps = operatorDeps(config, store);
+    if (targets.kind === 'one') {
+      printOperatorResult(await act(deps, targets.number), args.json);
+      return 0;
     }
+    const selected = await selectRuns(store, targets.selection);
+    if (!(await confirmSelection(action, selected, args.yes ?? false))) {
+      process.stderr.write(`runwarden: ${action}: nothing done\n`);
+      return 1;
+    }
+    const outcomes = await applyToRuns(selected, (run) => act(deps, run.number, run));
+    return printOutcomes(action, outcomes, args.json, resultLine);
+  });
+}
+
+/**
+ * fail and abandon take `[runs] [reason..]`: the first word names the runs unless --state/--tag select them and
+ * it is not a run word (then it starts the reason). `fail 7 8 9` would fail 7 with the reason "8 9": refused,
+ * the runs are written 7,8,9.
+ */
+export function runsAndReason(args: OperatorArgs, command: string): { words: string[]; reason?: string } {
+  const first = args.runs === undefined ? undefined : String(args.runs);
+  const rest = (args.reason ?? []).map(String);
+  const filtered = args.state !== undefined || args.tag !== undefined;
+  if (first !== undefined && filtered && !isRunWord(first)) return { words: [], reason: reasonArgument([first, ...rest]) };
+  if (first !== undefined && rest.length > 0 && rest.every(isRunWord)) {
+    throw new UsageError(
+      `reason: "${rest.join(' ')}" looks like run numbers; to ${command} several runs write them with commas ` +
+        `(${command} ${[first, ...rest].join(',')}), or quote a reason that starts with a number`,
+      'reason',
+    );
   }
-  process.stdout.write(`${line}\n`);
+  const reason = reasonArgument(rest);
+  return { words: first === undefined ? [] : [first], ...(reason !== undefined ? { reason } : {}) };
 }
 
 export const failCommand: CommandModule<GlobalArgs, OperatorArgs> = {
-  command: 'fail <number> [reason..]',
+  command: 'fail [runs] [reason..]',
   describe:
-    'fail a considering, busy or done run by hand: counts as a failure, retried later by the backoff formula',
+    'fail considering, busy or done runs by hand: counts as a failure, retried later by the backoff formula',
   builder: (yargs: Argv<GlobalArgs>) =>
-    yargs
-      .positional('number', { type: 'string', describe: 'run number' })
+    selectionOptions(yargs)
+      .positional('runs', { type: 'string', describe: 'run number, or several: 7,8,9 or 100-120' })
       .positional('reason', { type: 'string', array: true, describe: 'why (stored as "failed by USER@HOST: …")' })
       .epilogue(
         'A busy run loses its lease: its owner kills the command within one check_interval and writes nothing ' +
           'more. n_failures grows by one and next_retry follows retry.*; the run stays failed even when this ' +
           'reaches retry.max_failures (the next automatic failure abandons it). Refused for pending, failed and ' +
-          'abandoned runs.',
+          `abandoned runs. Several runs: each is failed on its own, fenced on the state it was selected in (a run ` +
+          `that changed meanwhile is skipped); more than ${CONFIRM_ABOVE} need a yes (a prompt, or --yes).`,
       )
       .example('$0 fail 1042 calibration was wrong', 'stop run 1042 now; it is retried after the backoff')
-      .example('$0 fail 1042 --json', 'the result, with the run document, as JSON'),
+      .example('$0 fail 1042,1043 --json', 'two runs; the results, with the run documents, as JSON')
+      .example('$0 fail --state busy --tag calib-v1 --yes bad calibration', 'every busy run tagged calib-v1'),
   handler: (args) =>
     runCommand(async () => {
-      const number = numberArgument(args.number);
-      const config = configFromArgs(args);
-      const result = await withStore(config, (store) =>
-        failRunByOperator(operatorDeps(config, store), number, reasonArgument(args.reason)),
+      const { words, reason } = runsAndReason(args, 'fail');
+      return runOperatorCommand(args, words, 'fail <runs> [reason..]', 'fail', (deps, number, selected) =>
+        failRunByOperator(deps, number, reason, { ...(selected ? { selected } : {}) }),
       );
-      printOperatorResult(result, args.json);
     }),
 };

@@ -1,3 +1,5 @@
+import { isDateMs } from '../time-range.js';
+
 // What `--json` prints: the value as JSON with every time as an ISO 8601 string (UTC), as a script reads it
 // without knowing that the store keeps epoch milliseconds.
 
@@ -29,10 +31,8 @@ const TIME_KEYS = new Set([
 const OPAQUE_KEYS = new Set(['params']);
 
 /** `ms` as an ISO 8601 string; a number no date can hold (another tool's bad write) stays a number. */
-export function isoTimeOrNumber(ms: number): string | number {
-  if (!Number.isFinite(ms)) return ms;
-  const date = new Date(ms);
-  return Number.isNaN(date.getTime()) ? ms : date.toISOString();
+function isoTimeOrNumber(ms: number): string | number {
+  return isDateMs(ms) ? new Date(ms).toISOString() : ms;
 }
 
 /** JSON text of `value`, indented, times as ISO 8601 strings. */

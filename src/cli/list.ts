@@ -17,11 +17,14 @@ import {
 interface ListArgs extends GlobalArgs {
   state?: string;
   host?: string;
+  tag?: string;
   limit?: number;
 }
 
+/** The STATE column: the state, and `(held)` for a run tagged hold, which no daemon claims until released. */
 export function runStateLabel(run: RunDoc): string {
-  return run.processing?.state ?? 'pending';
+  const state = run.processing?.state ?? 'pending';
+  return run.tags.includes('hold') ? `${state} (held)` : state;
 }
 
 export const listCommand: CommandModule<GlobalArgs, ListArgs> = {
@@ -31,9 +34,11 @@ export const listCommand: CommandModule<GlobalArgs, ListArgs> = {
     yargs
       .option('state', { type: 'string', choices: ['pending', ...RUN_STATES], describe: 'only runs in this state' })
       .option('host', { type: 'string', describe: 'only runs last claimed by this host' })
+      .option('tag', { type: 'string', describe: 'only runs with this tag (e.g. hold)' })
       .option('limit', { type: 'number', default: 50, describe: 'at most this many runs' })
       .example('$0 list --state failed', 'failed runs waiting for a retry')
-      .example('$0 list --host daq01 --json', 'runs last handled by host daq01, as JSON'),
+      .example('$0 list --host daq01 --json', 'runs last handled by host daq01, as JSON')
+      .example('$0 list --tag hold', 'runs held back from processing'),
   handler: (args) =>
     runCommand(async () => {
       const config = configFromArgs({ ...args, host: undefined });
@@ -44,6 +49,7 @@ export const listCommand: CommandModule<GlobalArgs, ListArgs> = {
         store.listRuns({
           ...(args.state ? { state: args.state as RunFilter['state'] } : {}),
           ...(args.host ? { host: args.host } : {}),
+          ...(args.tag !== undefined ? { tag: args.tag } : {}),
           limit: args.limit ?? 50,
         }),
       );

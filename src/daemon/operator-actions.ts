@@ -1,6 +1,6 @@
 import { userInfo } from 'node:os';
 import type { Config } from '../config/schema.js';
-import { RefusedError, RunNotFoundError } from '../errors.js';
+import { ChangedMeanwhileError, RefusedError, RunNotFoundError } from '../errors.js';
 import { retryDelay } from '../policy/retry-delay.js';
 import type { RunExpectation, RunOverride, RunStore } from '../store/run-store.js';
 import type { LogPriority, RunDoc, RunState } from '../store/types.js';
@@ -76,24 +76,44 @@ async function operatorLog(deps: OperatorDeps, priority: LogPriority, number: nu
   await deps.store.appendLog({ host: deps.host, user: who(deps), priority, message, number });
 }
 
+/** How an action meets the run. */
+export interface ActionOptions {
+  /**
+   * The run as the operator selected it (a command naming several runs, or a --state/--tag selection): the
+   * write is fenced on exactly this reading, and a run that changed since is left alone (ChangedMeanwhileError)
+   * instead of being read again, so nothing the operator did not see and confirm is written.
+   */
+  selected?: RunDoc;
+}
+
 /**
  * Reads the run, asks `plan` what to write (it throws RefusedError when the state does not allow the action),
  * and writes it fenced on what was read. A lost race is read and planned once more; a second loss is reported.
+ * With `selected`, that reading is the one fenced on, once.
  */
 async function overrideOnce(
   deps: OperatorDeps,
   number: number,
   action: OperatorAction,
   plan: (run: RunDoc) => RunOverride,
+  selected?: RunDoc,
 ): Promise<{ before: RunDoc; after: RunDoc }> {
   for (let round = 0; round < 2; round++) {
-    const before = await readRun(deps.store, number);
+    const before = selected ?? (await readRun(deps.store, number));
     const change = plan(before);
     const ok = await deps.store.overrideRun(number, expectationOf(before), change, {
       host: deps.host,
       detail: { by: 'operator', user: deps.user, action },
     });
     if (ok) return { before, after: await readRun(deps.store, number) };
+    if (selected) {
+      const now = await deps.store.getRun(number);
+      throw new ChangedMeanwhileError(
+        number,
+        `run ${number} changed since it was selected (it was ${describeState(selected)}, it is now ` +
+          `${now ? describeState(now) : 'gone'}); left alone`,
+      );
+    }
   }
   const now = await readRun(deps.store, number);
   throw new RefusedError(
@@ -122,7 +142,12 @@ function heldWarnings(run: RunDoc): string[] {
  * `fail N [reason]`: counts as a failure and schedules a retry by the backoff formula. Allowed from considering,
  * busy and done. The run stays failed even when this reaches max_failures; the next automatic failure abandons it.
  */
-export async function failRunByOperator(deps: OperatorDeps, number: number, reason?: string): Promise<OperatorResult> {
+export async function failRunByOperator(
+  deps: OperatorDeps,
+  number: number,
+  reason?: string,
+  options: ActionOptions = {},
+): Promise<OperatorResult> {
   const text = `failed by ${who(deps)}: ${reason?.trim() || 'no reason given'}`;
   const { before, after } = await overrideOnce(deps, number, 'fail', (run) => {
     const p = run.processing;
@@ -137,7 +162,7 @@ export async function failRunByOperator(deps: OperatorDeps, number: number, reas
       n_failures: p.n_failures + 1,
       next_retry: deps.clock() + retryDelay(p.n_failures, deps.config.retry, deps.random),
     };
-  });
+  }, options.selected);
   await operatorLog(deps, 2, number, `run ${number} (was ${describeState(before)}) ${text}`);
   return { action: 'fail', number, from: stateLabel(before), to: stateLabel(after), run: after, warnings: [] };
 }
@@ -147,13 +172,14 @@ export async function abandonRunByOperator(
   deps: OperatorDeps,
   number: number,
   reason?: string,
+  options: ActionOptions = {},
 ): Promise<OperatorResult> {
   const text = `abandoned by ${who(deps)}: ${reason?.trim() || 'no reason given'}`;
   const { before, after } = await overrideOnce(deps, number, 'abandon', (run) => {
     const p = run.processing;
     if (p?.state === 'abandoned') refuse(run, 'abandon', `it already is; use retry ${number} to process it again`);
     return { to: 'abandoned', reason: text, n_failures: p?.n_failures ?? 0 };
-  });
+  }, options.selected);
   await operatorLog(deps, 2, number, `run ${number} (was ${describeState(before)}) ${text}`);
   return { action: 'abandon', number, from: stateLabel(before), to: stateLabel(after), run: after, warnings: [] };
 }
@@ -165,7 +191,7 @@ export async function abandonRunByOperator(
 export async function retryRunByOperator(
   deps: OperatorDeps,
   number: number,
-  options: { reset?: boolean } = {},
+  options: { reset?: boolean } & ActionOptions = {},
 ): Promise<OperatorResult> {
   const text = `retry requested by ${who(deps)}${options.reset ? ' (failure count reset)' : ''}`;
   const { before, after } = await overrideOnce(deps, number, 'retry', (run) => {
@@ -182,7 +208,7 @@ export async function retryRunByOperator(
       ...(options.reset ? { n_interruptions: 0 } : {}),
       next_retry: deps.clock(),
     };
-  });
+  }, options.selected);
   await operatorLog(deps, 1, number, `run ${number} (was ${describeState(before)}): ${text}`);
   return {
     action: 'retry',

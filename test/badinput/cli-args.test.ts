@@ -95,7 +95,7 @@ describe('wrong CLI arguments', () => {
       { args: ['list', '--limit', '-1', ...store], names: /--limit: expected a positive integer, got -1/ },
       { args: ['show', 'abc', ...store], names: /number: expected a non-negative integer run number, got "abc"/ },
       { args: ['show', ...store], names: /show <number>[\s\S]*number .*\[required\]/ },
-      { args: ['fail', ...store], names: /fail <number>[\s\S]*number .*\[required\]/ },
+      { args: ['fail', ...store], names: /number: name the runs \(fail <runs> \[reason\.\.\]\), or select them with --state or --tag/ },
       { args: ['abandon', '-1', ...store], names: /number: .* got "-1"/ },
       { args: ['hold', '', ...store], names: /number: .* got ""/ },
       { args: ['logs', '1', '--attempt', '0', ...store], names: /--attempt: expected a positive integer, got 0/ },

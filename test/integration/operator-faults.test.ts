@@ -120,3 +120,68 @@ describe('--json', () => {
     expect(JSON.parse(top.stdout)).toMatchObject({ readAt: iso });
   });
 });
+
+describe('held runs and several runs at once', () => {
+  it('list shows held runs as held and filters by --tag', async () => {
+    config(['true']);
+    await submit(1, ['hold']);
+    await submit(2);
+    await submit(3, ['calib']);
+    const listed = await sandbox.run(['list']);
+    expect(listed.exitCode, listed.stderr).toBe(0);
+    expect(listed.stdout).toMatch(/^1 +pending \(held\) /m);
+    expect(listed.stdout).toMatch(/^2 +pending /m);
+    const held = await sandbox.run(['list', '--tag', 'hold']);
+    expect(held.stdout.trim().split('\n').slice(1).map((l) => l.split(/\s+/)[0])).toEqual(['1']);
+    const calib = await sandbox.run(['list', '--tag', 'calib', '--json']);
+    expect((JSON.parse(calib.stdout) as Array<{ number: number }>).map((r) => r.number)).toEqual([3]);
+  });
+
+  it('fail, abandon, retry, hold and release take numbers, ranges and --state/--tag, count, and ask above five', async () => {
+    config(['true']);
+    for (let n = 1; n <= 8; n++) await submit(n, n <= 2 ? ['calib'] : []);
+    const store = await sandbox.openStore();
+
+    // More than five runs without --yes and without a terminal to ask: refused, nothing written.
+    const unconfirmed = await sandbox.run(['abandon', '1-8', 'detector', 'off']);
+    expect(unconfirmed.exitCode).toBe(2);
+    expect(unconfirmed.stderr).toMatch(/--yes: 8 runs selected \(1, 2, 3, 4, 5, 6, 7, 8\).*add --yes/);
+    expect((await store.listRuns({ state: 'abandoned' })).length).toBe(0);
+
+    const abandoned = await sandbox.run(['abandon', '1-6,8', 'detector', 'off', '--yes']);
+    expect(abandoned.exitCode, abandoned.stderr).toBe(0);
+    expect(abandoned.stdout).toMatch(/^run 8: pending → abandoned \(abandoned by .*: detector off\)/m);
+    expect(abandoned.stdout).toMatch(/^abandon: 7 runs selected: 7 changed$/m);
+
+    // A selection by state and tag; five runs or fewer need no confirmation.
+    const retried = await sandbox.run(['retry', '--state', 'abandoned', '--tag', 'calib', '--reset']);
+    expect(retried.exitCode, retried.stderr).toBe(0);
+    expect(retried.stdout).toMatch(/^retry: 2 runs selected: 2 changed$/m);
+    expect((await store.getRun(1))!.processing).toMatchObject({ state: 'failed', n_failures: 0 });
+    expect((await store.getRun(3))!.processing).toMatchObject({ state: 'abandoned' });
+
+    // Several numbers: each run on its own; refusals and unknown numbers are reported, exit 1.
+    const mixed = await sandbox.run(['retry', '2', '3', '7', '99']);
+    expect(mixed.exitCode).toBe(1);
+    expect(mixed.stdout).toMatch(/^run 2: failed \(retry requested by /m);
+    expect(mixed.stdout).toMatch(/^run 3: abandoned → failed /m);
+    expect(mixed.stdout).toMatch(/^run 7: skipped: cannot retry run 7: it is pending/m);
+    expect(mixed.stdout).toMatch(/^run 99: not found$/m);
+    expect(mixed.stdout).toMatch(/^retry: 4 runs selected: 2 changed, 1 skipped, 1 not found$/m);
+
+    const held = await sandbox.run(['hold', '4', '5', '6', '--json']);
+    expect(held.exitCode, held.stderr).toBe(0);
+    expect(JSON.parse(held.stdout)).toMatchObject({ action: 'hold', selected: 3, changed: 3, skipped: 0, not_found: 0 });
+    const released = await sandbox.run(['release', '--tag', 'hold']);
+    expect(released.stdout).toMatch(/^release: 3 runs selected: 3 changed$/m);
+    expect((await store.listRuns({ tag: 'hold' })).length).toBe(0);
+
+    // `fail 7 8 9` reads as run 7 with the reason "8 9": refused, naming the way to write several runs.
+    const ambiguous = await sandbox.run(['fail', '7', '8', '9']);
+    expect(ambiguous.exitCode).toBe(2);
+    expect(ambiguous.stderr).toContain('fail 7,8,9');
+    const nothing = await sandbox.run(['hold']);
+    expect(nothing.exitCode).toBe(2);
+    expect(nothing.stderr).toMatch(/number: name the runs \(hold <runs\.\.>\), or select them with --state or --tag/);
+  });
+});
