@@ -12,9 +12,24 @@ export class UsageError extends Error {
 /** A configuration value is missing, malformed or contradicts another; `field` is its dotted path. */
 export class ConfigError extends UsageError {
   constructor(field: string, message: string) {
-    super(`config: ${field}: ${message}`, field);
+    // The configuration as a whole (its file, its top) is field "config": named once, not "config: config:".
+    super(field === 'config' ? `config: ${message}` : `config: ${field}: ${message}`, field);
     this.name = 'ConfigError';
   }
+}
+
+/** Every problem found in one configuration (two or more), each naming its field, so one edit fixes them all. */
+export class ConfigProblems extends ConfigError {
+  constructor(readonly problems: ConfigError[]) {
+    super('config', `${problems.length} problems:\n${problems.map((p) => `  ${p.message.replace(/^config: /, '')}`).join('\n')}`);
+    this.name = 'ConfigProblems';
+  }
+}
+
+/** Throws what `problems` found: nothing, the one error, or all of them at once. */
+export function throwConfigProblems(problems: ConfigError[]): void {
+  if (problems.length === 1) throw problems[0];
+  if (problems.length > 1) throw new ConfigProblems(problems);
 }
 
 export class DuplicateRunError extends UsageError {

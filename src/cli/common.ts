@@ -143,3 +143,19 @@ export function durationFlag(value: string, flag: string, min: { ms: number; why
   }
   return ms;
 }
+
+/**
+ * An integer flag such as `--limit 20`, read from the text given (the option is a string to yargs, which would
+ * turn `abc` into NaN): a UsageError names the flag, what was given and what is expected.
+ */
+export function integerFlag(value: string | number | undefined, flag: string, range: { min: number; max?: number }): number | undefined {
+  if (value === undefined) return undefined;
+  const text = String(value).trim();
+  const number = Number(text);
+  const max = range.max ?? Number.MAX_SAFE_INTEGER;
+  if (!/^[-+]?\d+$/.test(text) || !Number.isSafeInteger(number) || number < range.min || number > max) {
+    const expected = range.max === undefined ? `an integer ≥ ${range.min}` : `an integer from ${range.min} to ${range.max}`;
+    throw new UsageError(`--${flag}: expected ${expected}, got ${JSON.stringify(String(value))}`, flag);
+  }
+  return number;
+}

@@ -10,7 +10,7 @@ import { portFromOption, portOptionSpec } from './port-option.js';
 import { assertHostReady } from '../daemon/host-check.js';
 
 interface DaemonArgs extends GlobalArgs {
-  slots?: number;
+  slots?: string;
   once?: boolean;
   order?: string;
   undying?: boolean;
@@ -23,7 +23,8 @@ export const daemonCommand: CommandModule<GlobalArgs, DaemonArgs> = {
   describe: 'claim and process runs until stopped (^C, SIGTERM or SIGHUP releases running runs)',
   builder: (yargs: Argv<GlobalArgs>) =>
     yargs
-      .option('slots', { type: 'number', describe: 'runs processed at once by this daemon (default 1)' })
+      // A string, so that `--slots abc` is judged (and named) by the configuration's check, not turned into NaN.
+      .option('slots', { type: 'string', describe: 'runs processed at once by this daemon (default 1)' })
       .option('once', { type: 'boolean', describe: 'process until nothing is eligible, then exit 0' })
       .option('order', { type: 'string', choices: ['newest', 'oldest'], describe: 'after priority, which start first' })
       .option('undying', {

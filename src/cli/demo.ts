@@ -9,7 +9,7 @@ import { createLogger } from '../log/logger.js';
 import { openStore } from '../store/open-store.js';
 import type { RunStore, StateCounts } from '../store/run-store.js';
 import type { NewRun } from '../store/types.js';
-import { printJson, runCommand, table, truncate, type GlobalArgs } from './common.js';
+import { integerFlag, printJson, runCommand, table, truncate, type GlobalArgs } from './common.js';
 
 // `runwarden demo`: a fresh store in a new directory, sample runs and a sample processing script, the
 // real daemon in this process, progress while it works, and a summary. Everything it writes stays in
@@ -17,8 +17,8 @@ import { printJson, runCommand, table, truncate, type GlobalArgs } from './commo
 
 interface DemoArgs extends GlobalArgs {
   dir?: string;
-  runs?: number;
-  slots?: number;
+  runs?: string;
+  slots?: string;
 }
 
 const SAMPLE_SCRIPT = `#!/bin/sh
@@ -127,18 +127,14 @@ export const demoCommand: CommandModule<GlobalArgs, DemoArgs> = {
   builder: (yargs: Argv<GlobalArgs>) =>
     yargs
       .option('dir', { type: 'string', describe: 'directory to create (default runwarden-demo-<time>)' })
-      .option('runs', { type: 'number', default: 20, describe: 'how many sample runs' })
-      .option('slots', { type: 'number', default: 4, describe: 'runs processed at once' })
+      .option('runs', { type: 'string', describe: 'how many sample runs (default 20)' })
+      .option('slots', { type: 'string', describe: 'runs processed at once (default 4)' })
       .example('$0 demo', 'the whole product in under a minute')
       .example('$0 demo --dir /tmp/try --runs 40 --slots 8', 'bigger'),
   handler: (args) =>
     runCommand(async () => {
-      const total = args.runs ?? 20;
-      const slots = args.slots ?? 4;
-      if (!Number.isInteger(total) || total < 1 || total > 10_000) {
-        throw new UsageError(`--runs: expected an integer from 1 to 10000, got ${total}`, 'runs');
-      }
-      if (!Number.isInteger(slots) || slots < 1) throw new UsageError(`--slots: expected a positive integer, got ${slots}`, 'slots');
+      const total = integerFlag(args.runs, 'runs', { min: 1, max: 10_000 }) ?? 20;
+      const slots = integerFlag(args.slots, 'slots', { min: 1 }) ?? 4;
       const dir = resolve(args.dir ?? defaultDemoDir());
       if (existsSync(dir) && readdirSync(dir).length > 0) {
         throw new UsageError(`--dir: ${dir} exists and is not empty; name a new directory`, 'dir');

@@ -1,11 +1,11 @@
 import type { Argv, CommandModule } from 'yargs';
-import { UsageError } from '../errors.js';
 import type { RunFilter } from '../store/run-store.js';
 import { RUN_STATES, type RunDoc } from '../store/types.js';
 import {
   configFromArgs,
   formatRelative,
   formatTime,
+  integerFlag,
   printJson,
   runCommand,
   table,
@@ -18,7 +18,7 @@ interface ListArgs extends GlobalArgs {
   state?: string;
   host?: string;
   tag?: string;
-  limit?: number;
+  limit?: string;
 }
 
 /** The STATE column: the state, and `(held)` for a run tagged hold, which no daemon claims until released. */
@@ -35,22 +35,20 @@ export const listCommand: CommandModule<GlobalArgs, ListArgs> = {
       .option('state', { type: 'string', choices: ['pending', ...RUN_STATES], describe: 'only runs in this state' })
       .option('host', { type: 'string', describe: 'only runs last claimed by this host' })
       .option('tag', { type: 'string', describe: 'only runs with this tag (e.g. hold)' })
-      .option('limit', { type: 'number', default: 50, describe: 'at most this many runs' })
+      .option('limit', { type: 'string', describe: 'at most this many runs (default 50)' })
       .example('$0 list --state failed', 'failed runs waiting for a retry')
       .example('$0 list --host daq01 --json', 'runs last handled by host daq01, as JSON')
       .example('$0 list --tag hold', 'runs held back from processing'),
   handler: (args) =>
     runCommand(async () => {
       const config = configFromArgs({ ...args, host: undefined });
-      if (args.limit !== undefined && (!Number.isInteger(args.limit) || args.limit < 1)) {
-        throw new UsageError(`--limit: expected a positive integer, got ${args.limit}`, 'limit');
-      }
+      const limit = integerFlag(args.limit, 'limit', { min: 1 }) ?? 50;
       const runs = await withStore(config, (store) =>
         store.listRuns({
           ...(args.state ? { state: args.state as RunFilter['state'] } : {}),
           ...(args.host ? { host: args.host } : {}),
           ...(args.tag !== undefined ? { tag: args.tag } : {}),
-          limit: args.limit ?? 50,
+          limit,
         }),
       );
       if (args.json) return printJson(runs);

@@ -3,7 +3,7 @@ import type { Argv, CommandModule } from 'yargs';
 import { UsageError } from '../errors.js';
 import { parseSubmittedRun } from '../policy/run-validation.js';
 import type { NewRun } from '../store/types.js';
-import { configFromArgs, printJson, runCommand, withStore, type GlobalArgs } from './common.js';
+import { configFromArgs, integerFlag, printJson, runCommand, withStore, type GlobalArgs } from './common.js';
 
 interface SubmitArgs extends GlobalArgs {
   number?: string;
@@ -14,7 +14,7 @@ interface SubmitArgs extends GlobalArgs {
   end?: string;
   mode?: string;
   tag?: string[];
-  priority?: number;
+  priority?: string;
   param?: string[];
 }
 
@@ -57,6 +57,7 @@ function runsFromFile(file: string, now: number): NewRun[] {
 }
 
 function readFileSafely(file: string): string {
+  if (file === '') throw new UsageError('--file: empty; give a JSON lines file, or - to read standard input', 'file');
   try {
     return readFileSync(file, 'utf8');
   } catch (error) {
@@ -77,8 +78,16 @@ export const submitCommand: CommandModule<GlobalArgs, SubmitArgs> = {
       .option('end', { type: 'string', describe: 'end of data taking (ISO-8601)' })
       .option('mode', { type: 'string', describe: 'acquisition mode' })
       .option('tag', { type: 'string', array: true, describe: 'tag, repeatable; "hold" keeps it from being claimed' })
-      .option('priority', { type: 'number', describe: 'higher is processed first (default 0)' })
+      .option('priority', { type: 'string', describe: 'higher is processed first (default 0)' })
       .option('param', { type: 'string', array: true, describe: 'key=value, repeatable; as {params.key}' })
+      // `--file -` (stdin, with a space): yargs-parser reads the lone "-" as an empty option, leaving both --file
+      // and the run number empty strings (`--file ''` leaves the number unset).
+      .middleware((argv) => {
+        if (argv.file === '' && argv.number === '') {
+          argv.file = '-';
+          delete argv.number;
+        }
+      }, true)
       .conflicts('file', ['input', 'name', 'start', 'end', 'mode', 'tag', 'priority', 'param'])
       .check((argv) => {
         if (argv.file === undefined && argv.number === undefined) throw new UsageError('give a run number or --file', 'number');
@@ -103,7 +112,7 @@ export const submitCommand: CommandModule<GlobalArgs, SubmitArgs> = {
         if (args.end !== undefined) raw.end = args.end;
         if (args.mode !== undefined) raw.mode = args.mode;
         if (args.tag !== undefined) raw.tags = args.tag;
-        if (args.priority !== undefined) raw.priority = args.priority;
+        if (args.priority !== undefined) raw.priority = integerFlag(args.priority, 'priority', { min: Number.MIN_SAFE_INTEGER });
         if (args.param !== undefined) raw.params = parseParams(args.param);
         runs = [parseSubmittedRun(raw, 'submit', now)];
       }

@@ -8,7 +8,7 @@
 import { readFileSync, statSync } from 'node:fs';
 import { dirname, isAbsolute, resolve } from 'node:path';
 import { parseDocument } from 'yaml';
-import { ConfigError } from '../errors.js';
+import { ConfigError, ConfigProblems, throwConfigProblems } from '../errors.js';
 import { showValue } from './duration.js';
 import { CONFIG_KEYS, DEFAULT_CONFIG_FILE, SECTIONS, kindOf, type Config, type FieldKind } from './schema.js';
 import { isPlainObject, validateConfig } from './validate.js';
@@ -265,9 +265,22 @@ export function loadConfig(options: LoadConfigOptions): Config {
     }
   }
 
+  // Every override is applied on its own: one that cannot be is kept as a problem and the others still are,
+  // so the report at the end names every problem at once.
+  const problems: ConfigError[] = [];
+  const apply = (change: () => void) => {
+    try {
+      change();
+    } catch (error) {
+      if (!(error instanceof ConfigError)) throw error;
+      problems.push(error);
+    }
+  };
   for (const { path, value, name } of environmentOverrides(options.env)) {
-    assign(raw, path, typeText(path, value, name), name);
-    sources.set(path.join('.'), name);
+    apply(() => {
+      assign(raw, path, typeText(path, value, name), name);
+      sources.set(path.join('.'), name);
+    });
   }
 
   const flags = options.flags;
@@ -275,15 +288,41 @@ export function loadConfig(options: LoadConfigOptions): Config {
     const value = flags[key];
     if (value === undefined) continue;
     const flag = `--${key.replace('_', '-')}`;
-    raw[key] = typeof value === 'string' ? typeText([key], value, flag) : value;
-    sources.set(key, flag);
+    apply(() => {
+      raw[key] = typeof value === 'string' ? typeText([key], value, flag) : value;
+      sources.set(key, flag);
+    });
   }
   for (const text of flags.set ?? []) {
-    const { path, value } = parseSetOverride(text);
-    const source = `--set ${path.join('.')}`;
-    assign(raw, path, typeText(path, value, source), source);
-    sources.set(path.join('.'), source);
+    apply(() => {
+      const { path, value } = parseSetOverride(text);
+      const source = `--set ${path.join('.')}`;
+      assign(raw, path, typeText(path, value, source), source);
+      sources.set(path.join('.'), source);
+    });
   }
 
-  return validateConfig(raw, { cwd: options.cwd, hostName: options.hostName, sourceOf: (field) => sources.of(field) });
+  // A field the merged configuration does not hold is a default, whoever set its section: `timeouts:
+  // {check_interval: 30}` in a file does not make the file the source of timeouts.max_busy_time.
+  const sourceOf = (field: string) => (holds(raw, field) ? sources.of(field) : undefined);
+  let config: Config;
+  try {
+    config = validateConfig(raw, { cwd: options.cwd, hostName: options.hostName, sourceOf });
+  } catch (error) {
+    if (problems.length === 0 || !(error instanceof ConfigError)) throw error;
+    throwConfigProblems([...problems, ...(error instanceof ConfigProblems ? error.problems : [error])]);
+    throw error;
+  }
+  throwConfigProblems(problems);
+  return config;
+}
+
+/** True when `raw` has a value at a dotted field such as `timeouts.max_busy_time` or `process.command[2]`. */
+function holds(raw: Raw, field: string): boolean {
+  let node: unknown = raw;
+  for (const key of field.replace(/\[\d+\]/g, '').split('.')) {
+    if (!isPlainObject(node) || node[key] === undefined) return false;
+    node = node[key];
+  }
+  return true;
 }

@@ -2,7 +2,7 @@
 // field, what was wrong, the bad value and what would be accepted.
 
 import { isAbsolute, resolve } from 'node:path';
-import { ConfigError } from '../errors.js';
+import { ConfigError, throwConfigProblems } from '../errors.js';
 import {
   BUILTIN_PLACEHOLDERS,
   RESERVED_RESOURCE_NAMES,
@@ -78,7 +78,21 @@ export function nearestKey(unknownPath: string, candidates: readonly string[]): 
 }
 
 class Checker {
+  /** Problems found so far: validation goes on past one, so every problem is reported at once. */
+  readonly problems: ConfigError[] = [];
+
   constructor(readonly sourceOf: (field: string) => string | undefined) {}
+
+  /** `read()`, or `fallback` when it finds a problem (kept for the report at the end). */
+  keep<T>(fallback: T, read: () => T): T {
+    try {
+      return read();
+    } catch (error) {
+      if (!(error instanceof ConfigError)) throw error;
+      this.problems.push(error);
+      return fallback;
+    }
+  }
 
   where(field: string): string {
     const source = this.sourceOf(field);
@@ -179,14 +193,19 @@ function checkUnknownKeys(check: Checker, raw: Raw): void {
   const candidates = knownKeyPaths();
   const topKeys = Object.keys(CONFIG_KEYS);
   for (const key of Object.keys(raw)) {
-    if (!Object.hasOwn(CONFIG_KEYS, key)) check.unknownKey(key, candidates, topKeys);
+    if (!Object.hasOwn(CONFIG_KEYS, key)) {
+      check.keep(undefined, () => check.unknownKey(key, candidates, topKeys));
+      continue;
+    }
     const kind = (CONFIG_KEYS as Record<string, unknown>)[key];
     // An empty section in YAML (`process:` with every key commented out) is null: treat it as absent.
     if (typeof kind !== 'object' || kind === null || raw[key] === undefined || raw[key] === null) continue;
-    const section = check.mapping(key, raw[key], `a mapping of ${key}.* keys`);
+    const section = check.keep({}, () => check.mapping(key, raw[key], `a mapping of ${key}.* keys`));
     const inner = Object.keys(kind);
     for (const innerKey of Object.keys(section)) {
-      if (!inner.includes(innerKey)) check.unknownKey(`${key}.${innerKey}`, candidates, inner.map((k) => `${key}.${k}`));
+      if (!inner.includes(innerKey)) {
+        check.keep(undefined, () => check.unknownKey(`${key}.${innerKey}`, candidates, inner.map((k) => `${key}.${k}`)));
+      }
     }
   }
 }
@@ -309,141 +328,166 @@ export function validateConfig(raw: unknown, options: ValidateOptions): Config {
   const o = section('observe');
   const defaults = defaultConfig(cwd, '');
 
-  const host = rawRoot.host === undefined ? (options.hostName ?? defaultHostName)() : check.string('host', rawRoot.host, '');
-  if (/\s/.test(host)) check.fail('host', `a host name cannot contain white space, got ${showValue(host)}`);
+  // Each independent value is read with check.keep: a problem is recorded and the default stands in, so one run
+  // reports every problem of the configuration, each naming its field.
+  const keep = <T>(fallback: T, read: () => T): T => check.keep(fallback, read);
+  const host = keep('', () => {
+    const name = rawRoot.host === undefined ? (options.hostName ?? defaultHostName)() : check.string('host', rawRoot.host, '');
+    if (/\s/.test(name)) check.fail('host', `a host name cannot contain white space, got ${showValue(name)}`);
+    return name;
+  });
 
-  const resources = readResources(check, p.resources);
-  const command = readStringList(check, 'process.command', p.command, '["my-processor", "--run", "{number}", "--out", "{output}"]', false);
-  checkCommandPlaceholders(check, command, resources);
+  const resources = keep({}, () => readResources(check, p.resources));
+  const command = keep([] as string[], () => {
+    const list = readStringList(check, 'process.command', p.command, '["my-processor", "--run", "{number}", "--out", "{output}"]', false);
+    checkCommandPlaceholders(check, list, resources);
+    return list;
+  });
 
   const env: Record<string, string> = {};
   if (p.env !== undefined) {
-    const map = check.mapping('process.env', p.env, 'a mapping of variable names to values, e.g. {OMP_NUM_THREADS: "4"}');
+    const map = keep({}, () => check.mapping('process.env', p.env, 'a mapping of variable names to values, e.g. {OMP_NUM_THREADS: "4"}'));
     for (const [name, value] of Object.entries(map)) {
-      const field = `process.env.${name}`;
-      if (!ENV_NAME.test(name)) check.fail(field, 'an environment variable name must be letters, digits and _ and not start with a digit');
-      if (typeof value !== 'string' && typeof value !== 'number' && typeof value !== 'boolean') {
-        check.expected(field, 'a string (numbers and booleans are turned into strings)', value);
-      }
-      if (typeof value === 'number' && !Number.isFinite(value)) check.expected(field, 'a string or a finite number', value);
-      const text = String(value);
-      if (text.includes('\0')) check.fail(field, 'an environment value cannot contain a NUL byte');
-      env[name] = text;
+      keep(undefined, () => {
+        const field = `process.env.${name}`;
+        if (!ENV_NAME.test(name)) check.fail(field, 'an environment variable name must be letters, digits and _ and not start with a digit');
+        if (typeof value !== 'string' && typeof value !== 'number' && typeof value !== 'boolean') {
+          check.expected(field, 'a string (numbers and booleans are turned into strings)', value);
+        }
+        if (typeof value === 'number' && !Number.isFinite(value)) check.expected(field, 'a string or a finite number', value);
+        const text = String(value);
+        if (text.includes('\0')) check.fail(field, 'an environment value cannot contain a NUL byte');
+        env[name] = text;
+      });
     }
   }
 
   const noRetry = p.no_retry_exit_codes === undefined
     ? []
-    : check.array('process.no_retry_exit_codes', p.no_retry_exit_codes, 'a list of exit codes', '[2, 78]').map((code, index) =>
-        check.integer(`process.no_retry_exit_codes[${index}]`, code, 0, 0, 255),
+    : keep([] as number[], () =>
+        check.array('process.no_retry_exit_codes', p.no_retry_exit_codes, 'a list of exit codes', '[2, 78]').map((code, index) =>
+          check.integer(`process.no_retry_exit_codes[${index}]`, code, 0, 0, 255),
+        ),
       );
 
   const dropTargetsAfter: Record<string, number> = {};
   if (p.drop_targets_after !== undefined) {
-    const map = check.mapping('process.drop_targets_after', p.drop_targets_after, 'a mapping of target globs to failure counts, e.g. {"event*": 2, "*": 7}');
+    const map = keep({}, () => check.mapping('process.drop_targets_after', p.drop_targets_after, 'a mapping of target globs to failure counts, e.g. {"event*": 2, "*": 7}'));
     for (const [glob, count] of Object.entries(map)) {
-      if (glob === '') check.fail('process.drop_targets_after', 'a glob cannot be empty; use "*" to match every target');
-      dropTargetsAfter[glob] = check.integer(`process.drop_targets_after.${glob}`, count, 0, 0);
+      keep(undefined, () => {
+        if (glob === '') check.fail('process.drop_targets_after', 'a glob cannot be empty; use "*" to match every target');
+        dropTargetsAfter[glob] = check.integer(`process.drop_targets_after.${glob}`, count, 0, 0);
+      });
     }
   }
 
-  const outputRoot = check.path('process.output_root', p.output_root, defaults.process.output_root, cwd);
+  const outputRoot = keep(defaults.process.output_root, () => check.path('process.output_root', p.output_root, defaults.process.output_root, cwd));
   const timeouts = {} as Config['timeouts'];
+  const badTimeouts = new Set<string>();
   for (const key of Object.keys(defaults.timeouts) as (keyof Config['timeouts'])[]) {
     const field = `timeouts.${key}`;
-    const value = check.duration(field, t[key], defaults.timeouts[key]);
-    if (value <= 0) check.fail(field, `must be more than 0, got ${showValue(t[key])}`);
-    timeouts[key] = value;
+    timeouts[key] = keep(defaults.timeouts[key], () => {
+      const value = check.duration(field, t[key], defaults.timeouts[key]);
+      if (value <= 0) check.fail(field, `must be more than 0, got ${showValue(t[key])}`);
+      return value;
+    });
+    if (check.problems.some((problem) => problem.field === field)) badTimeouts.add(field);
   }
   // Owners refresh their lease every check_interval; a limit within three heartbeats would reap live work.
+  // Judged only between values that are themselves valid; each side names where it came from, or the default.
   for (const key of ['max_considering_time', 'max_busy_time', 'presumed_dead'] as const) {
+    const field = `timeouts.${key}`;
+    if (badTimeouts.has(field) || badTimeouts.has('timeouts.check_interval')) continue;
     const check3 = 3 * timeouts.check_interval;
     if (timeouts[key] <= check3) {
-      const field = `timeouts.${key}`;
-      const origins = [field, 'timeouts.check_interval']
-        .map((name) => [name, check.sourceOf(name)] as const)
-        .filter(([, source]) => source !== undefined)
-        .map(([name, source]) => `${name} set by ${source}`);
-      throw new ConfigError(
-        field,
-        `${formatDuration(timeouts[key])} must be more than 3 × timeouts.check_interval ` +
-          `(3 × ${formatDuration(timeouts.check_interval)} = ${formatDuration(check3)}): ` +
-          `a live owner refreshes its lease every check_interval, so a shorter limit would take its work away; ` +
-          `raise timeouts.${key} or lower timeouts.check_interval` +
-          (origins.length > 0 ? ` (${origins.join('; ')})` : ''),
+      const origins = [field, 'timeouts.check_interval'].map((name) => {
+        const source = check.sourceOf(name);
+        return source !== undefined ? `${name} set by ${source}` : `${name} is the default`;
+      });
+      check.problems.push(
+        new ConfigError(
+          field,
+          `${formatDuration(timeouts[key])} must be more than 3 × timeouts.check_interval ` +
+            `(3 × ${formatDuration(timeouts.check_interval)} = ${formatDuration(check3)}): ` +
+            `a live owner refreshes its lease every check_interval, so a shorter limit would take its work away; ` +
+            `raise timeouts.${key} or lower timeouts.check_interval (${origins.join('; ')})`,
+        ),
       );
     }
   }
 
-  const retryBase = check.duration('retry.base', r.base, defaults.retry.base);
-  const factor = check.number('retry.factor', r.factor, defaults.retry.factor);
-  if (factor < 1) check.expected('retry.factor', 'a number ≥ 1 (the delay grows by it per failure)', factor);
-  let jitter: [number, number] = defaults.retry.jitter;
-  if (r.jitter !== undefined) {
-    const pair = check.array('retry.jitter', r.jitter, 'two numbers [lo, hi] with 0 < lo ≤ hi', '[0.5, 1.5]');
-    if (pair.length !== 2) check.expected('retry.jitter', 'two numbers [lo, hi] with 0 < lo ≤ hi, e.g. [0.5, 1.5]', pair);
-    const lo = check.number('retry.jitter[0]', pair[0], 0);
-    const hi = check.number('retry.jitter[1]', pair[1], 0);
-    if (!(lo > 0 && lo <= hi)) check.expected('retry.jitter', 'two numbers [lo, hi] with 0 < lo ≤ hi, e.g. [0.5, 1.5]', pair);
-    jitter = [lo, hi];
-  }
+  const retryBase = keep(defaults.retry.base, () => check.duration('retry.base', r.base, defaults.retry.base));
+  const factor = keep(defaults.retry.factor, () => {
+    const value = check.number('retry.factor', r.factor, defaults.retry.factor);
+    if (value < 1) check.expected('retry.factor', 'a number ≥ 1 (the delay grows by it per failure)', value);
+    return value;
+  });
+  const jitter: [number, number] = r.jitter === undefined
+    ? defaults.retry.jitter
+    : keep(defaults.retry.jitter, () => {
+        const pair = check.array('retry.jitter', r.jitter, 'two numbers [lo, hi] with 0 < lo ≤ hi', '[0.5, 1.5]');
+        if (pair.length !== 2) check.expected('retry.jitter', 'two numbers [lo, hi] with 0 < lo ≤ hi, e.g. [0.5, 1.5]', pair);
+        const lo = check.number('retry.jitter[0]', pair[0], 0);
+        const hi = check.number('retry.jitter[1]', pair[1], 0);
+        if (!(lo > 0 && lo <= hi)) check.expected('retry.jitter', 'two numbers [lo, hi] with 0 < lo ≤ hi, e.g. [0.5, 1.5]', pair);
+        return [lo, hi];
+      });
 
-  const maxUsed = check.number('disk.max_used_percent', d.max_used_percent, defaults.disk.max_used_percent);
-  if (!(maxUsed > 0 && maxUsed <= 100)) check.expected('disk.max_used_percent', 'a percentage in (0, 100]', maxUsed);
+  const maxUsed = keep(defaults.disk.max_used_percent, () => {
+    const value = check.number('disk.max_used_percent', d.max_used_percent, defaults.disk.max_used_percent);
+    if (!(value > 0 && value <= 100)) check.expected('disk.max_used_percent', 'a percentage in (0, 100]', value);
+    return value;
+  });
 
-  return {
-    store: readStore(check, rawRoot.store, defaults.store, cwd),
+  const config: Config = {
+    store: keep(defaults.store, () => readStore(check, rawRoot.store, defaults.store, cwd)),
     host,
-    slots: check.integer('slots', rawRoot.slots, defaults.slots, 1),
-    order: check.oneOf('order', rawRoot.order, SELECTION_ORDERS, defaults.order),
-    log_level: check.oneOf('log_level', rawRoot.log_level, LOG_LEVELS, defaults.log_level),
+    slots: keep(defaults.slots, () => check.integer('slots', rawRoot.slots, defaults.slots, 1)),
+    order: keep(defaults.order, () => check.oneOf('order', rawRoot.order, SELECTION_ORDERS, defaults.order)),
+    log_level: keep(defaults.log_level, () => check.oneOf('log_level', rawRoot.log_level, LOG_LEVELS, defaults.log_level)),
     process: {
       command,
-      cwd: check.path('process.cwd', p.cwd, defaults.process.cwd, cwd),
+      cwd: keep(defaults.process.cwd, () => check.path('process.cwd', p.cwd, defaults.process.cwd, cwd)),
       env,
       output_root: outputRoot,
-      log_dir: check.path('process.log_dir', p.log_dir, defaults.process.log_dir, cwd),
-      require_output: check.boolean('process.require_output', p.require_output, defaults.process.require_output),
-      clean_output: check.boolean('process.clean_output', p.clean_output, defaults.process.clean_output),
-      max_log_bytes: maxLogBytes(check, p.max_log_bytes, defaults.process.max_log_bytes),
+      log_dir: keep(defaults.process.log_dir, () => check.path('process.log_dir', p.log_dir, defaults.process.log_dir, cwd)),
+      require_output: keep(defaults.process.require_output, () => check.boolean('process.require_output', p.require_output, defaults.process.require_output)),
+      clean_output: keep(defaults.process.clean_output, () => check.boolean('process.clean_output', p.clean_output, defaults.process.clean_output)),
+      max_log_bytes: keep(defaults.process.max_log_bytes, () => maxLogBytes(check, p.max_log_bytes, defaults.process.max_log_bytes)),
       no_retry_exit_codes: noRetry,
-      targets: readStringList(check, 'process.targets', p.targets, '["peaks", "events"]', true),
+      targets: keep([] as string[], () => readStringList(check, 'process.targets', p.targets, '["peaks", "events"]', true)),
       drop_targets_after: dropTargetsAfter,
-      minimal_targets: readStringList(check, 'process.minimal_targets', p.minimal_targets, '["raw_records"]', true),
+      minimal_targets: keep([] as string[], () => readStringList(check, 'process.minimal_targets', p.minimal_targets, '["raw_records"]', true)),
       resources,
-      host_fault_threshold: check.integer(
-        'process.host_fault_threshold',
-        p.host_fault_threshold,
-        defaults.process.host_fault_threshold,
-        1,
+      host_fault_threshold: keep(defaults.process.host_fault_threshold, () =>
+        check.integer('process.host_fault_threshold', p.host_fault_threshold, defaults.process.host_fault_threshold, 1),
       ),
     },
     timeouts,
     retry: {
       base: retryBase,
       factor,
-      max_exponent: check.integer('retry.max_exponent', r.max_exponent, defaults.retry.max_exponent, 0),
+      max_exponent: keep(defaults.retry.max_exponent, () => check.integer('retry.max_exponent', r.max_exponent, defaults.retry.max_exponent, 0)),
       jitter,
-      max_failures: check.integer('retry.max_failures', r.max_failures, defaults.retry.max_failures, 1),
-      max_interruptions: check.integer(
-        'retry.max_interruptions',
-        r.max_interruptions,
-        defaults.retry.max_interruptions,
-        1,
+      max_failures: keep(defaults.retry.max_failures, () => check.integer('retry.max_failures', r.max_failures, defaults.retry.max_failures, 1)),
+      max_interruptions: keep(defaults.retry.max_interruptions, () =>
+        check.integer('retry.max_interruptions', r.max_interruptions, defaults.retry.max_interruptions, 1),
       ),
     },
     disk: {
-      path: check.path('disk.path', d.path, outputRoot, cwd),
+      path: keep(outputRoot, () => check.path('disk.path', d.path, outputRoot, cwd)),
       max_used_percent: maxUsed,
-      min_free_bytes: check.bytes('disk.min_free_bytes', d.min_free_bytes, defaults.disk.min_free_bytes),
+      min_free_bytes: keep(defaults.disk.min_free_bytes, () => check.bytes('disk.min_free_bytes', d.min_free_bytes, defaults.disk.min_free_bytes)),
     },
     observe: {
-      bind: readBindAddress(check, o.bind, defaults.observe.bind),
+      bind: keep(defaults.observe.bind, () => readBindAddress(check, o.bind, defaults.observe.bind)),
       // 0 asks the system for a free port; the daemon logs the one it got.
-      inspect_port: check.integer('observe.inspect_port', o.inspect_port, defaults.observe.inspect_port, 0, 65535),
-      metrics_port: check.integer('observe.metrics_port', o.metrics_port, defaults.observe.metrics_port, 0, 65535),
+      inspect_port: keep(defaults.observe.inspect_port, () => check.integer('observe.inspect_port', o.inspect_port, defaults.observe.inspect_port, 0, 65535)),
+      metrics_port: keep(defaults.observe.metrics_port, () => check.integer('observe.metrics_port', o.metrics_port, defaults.observe.metrics_port, 0, 65535)),
     },
   };
+  throwConfigProblems(check.problems);
+  return config;
 }
 
 /** An IP address or a host name without white space; listening anywhere but loopback is the user's choice. */

@@ -172,7 +172,9 @@ describe('validateConfig: refusals', () => {
   it.each(REFUSALS)('%s', (_rule, raw, field, fragment) => {
     const error = refusal(raw);
     expect(error.field).toBe(field);
-    expect(error.message.startsWith(`config: ${field}: `)).toBe(true);
+    // The configuration as a whole is named once ("config: expected …"), never "config: config: …".
+    expect(error.message.startsWith(field === 'config' ? 'config: ' : `config: ${field}: `)).toBe(true);
+    expect(error.message.startsWith('config: config:')).toBe(false);
     expect(error.message).toContain(fragment);
     expect(error.exitCode).toBe(2);
   });

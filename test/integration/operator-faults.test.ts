@@ -1,4 +1,4 @@
-import { existsSync, readdirSync } from 'node:fs';
+import { existsSync, readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { writeConfig } from '../helpers/cli.js';
@@ -183,5 +183,45 @@ describe('held runs and several runs at once', () => {
     const nothing = await sandbox.run(['hold']);
     expect(nothing.exitCode).toBe(2);
     expect(nothing.stderr).toMatch(/number: name the runs \(hold <runs\.\.>\), or select them with --state or --tag/);
+  });
+});
+
+describe('input errors', () => {
+  it('submit --file - reads standard input', async () => {
+    config(['true']);
+    const submitted = await sandbox.run(['submit', '--file', '-'], { input: '{"number": 40}\n{"number": 41}\n' });
+    expect(submitted.exitCode, submitted.stderr).toBe(0);
+    expect(submitted.stdout).toBe('submitted 2 runs (40 … 41)');
+  });
+
+  it('config errors: every problem at once, each naming its field and its source or the default; flags say what was given', async () => {
+    writeFileSync(join(sandbox.dir, 'short.yaml'), 'timeouts: {check_interval: 30}\n');
+    const contradiction = await sandbox.run(['list', '--config', 'short.yaml']);
+    expect(contradiction.exitCode).toBe(2);
+    expect(contradiction.stderr).toContain(
+      `(timeouts.max_considering_time is the default; timeouts.check_interval set by ${join(sandbox.dir, 'short.yaml')})`,
+    );
+
+    const slots = await sandbox.run(['daemon', '--slots', 'abc', '--once', '--store', 'sqlite:./runs.db']);
+    expect(slots.exitCode).toBe(2);
+    expect(slots.stderr).toContain('slots: expected an integer ≥ 1, got "abc" (set by --slots)');
+    const limit = await sandbox.run(['list', '--limit', 'ten']);
+    expect(limit.exitCode).toBe(2);
+    expect(limit.stderr).toContain('--limit: expected an integer ≥ 1, got "ten"');
+
+    const missing = await sandbox.run(['list', '--config', 'nope.yaml']);
+    expect(missing.exitCode).toBe(2);
+    expect(missing.stderr).toMatch(/^runwarden: config: file not found: .*nope\.yaml/);
+    expect(missing.stderr).not.toContain('config: config:');
+
+    writeFileSync(join(sandbox.dir, 'many.yaml'), 'slots: 0\norder: up\ntimeouts: {idle_poll: soon}\nbogus: 1\n');
+    const many = await sandbox.run(['list', '--config', 'many.yaml', '--set', 'retry.factor=0.5'], {
+      env: { RUNWARDEN_PROCESS__TARGETS: '[oops' },
+    });
+    expect(many.exitCode).toBe(2);
+    expect(many.stderr).toMatch(/^runwarden: config: 6 problems:$/m);
+    for (const field of ['slots', 'order', 'timeouts.idle_poll', 'bogus', 'retry.factor', 'process.targets']) {
+      expect(many.stderr, field).toMatch(new RegExp(`^  ${field.replace('.', '\\.')}: `, 'm'));
+    }
   });
 });
