@@ -1,4 +1,4 @@
-import { closeSync, fstatSync, openSync, readSync } from 'node:fs';
+import { closeSync, constants as fsConstants, fstatSync, openSync, readSync } from 'node:fs';
 import { join } from 'node:path';
 import type { RunStore } from '../store/run-store.js';
 import type { RunDoc } from '../store/types.js';
@@ -14,16 +14,22 @@ export const LOG_TAIL_BYTES = 4096;
 const FAILURES_READ = 200;
 const BUSY_READ = 1000;
 
-/** The last `maxBytes` of a file as text, or null when it cannot be read here (another host's run). */
+/**
+ * The last `maxBytes` of a file as text, or null when it cannot be read here (another host's run). The command
+ * can write into its log directory: a FIFO or a symbolic link there is never opened in a blocking way nor
+ * followed, and only a regular file is read.
+ */
 export function readLogTail(file: string, maxBytes = LOG_TAIL_BYTES): string | null {
   let fd: number;
   try {
-    fd = openSync(file, 'r');
+    fd = openSync(file, fsConstants.O_RDONLY | fsConstants.O_NONBLOCK | fsConstants.O_NOFOLLOW);
   } catch {
     return null;
   }
   try {
-    const size = fstatSync(fd).size;
+    const stat = fstatSync(fd);
+    if (!stat.isFile()) return null;
+    const size = stat.size;
     const length = Math.min(size, maxBytes);
     const buffer = Buffer.alloc(length);
     const read = readSync(fd, buffer, 0, length, size - length);

@@ -1,4 +1,5 @@
-import { mkdirSync, writeFileSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { mkdirSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import fc from 'fast-check';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
@@ -341,6 +342,16 @@ describe('reading a snapshot', () => {
     expect(Buffer.byteLength(tail ?? '')).toBe(LOG_TAIL_BYTES);
     expect(lastOutputLine(tail ?? '')).toBe('the last line');
     expect(readLogTail(join(dir, 'elsewhere.log'))).toBeNull();
+  });
+
+  it('a FIFO or a symbolic link where the log should be is null, without blocking', () => {
+    const fifo = join(dir, 'attempt-2.log');
+    execFileSync('mkfifo', [fifo]);
+    expect(readLogTail(fifo)).toBeNull();
+    const target = join(dir, 'secret.txt');
+    writeFileSync(target, 'not a log\n');
+    symlinkSync(target, join(dir, 'attempt-3.log'));
+    expect(readLogTail(join(dir, 'attempt-3.log'))).toBeNull();
   });
 
   it('from a real store: busy runs with the last line of their attempt log, failures newest first', async () => {
