@@ -12,6 +12,7 @@ import {
   type GlobalArgs,
 } from './common.js';
 import { formatHistory, summariseHistory } from './history.js';
+import { printable } from '../policy/terminal-text.js';
 
 interface StatusArgs extends GlobalArgs {
   history?: boolean;
@@ -77,6 +78,10 @@ export const statusCommand: CommandModule<GlobalArgs, StatusArgs> = {
               ]),
             ),
       );
+      // A paused host says why (a host fault: an unwritable directory, a missing executable).
+      for (const h of hosts) {
+        if (h.state === 'paused') out.push(`host ${printable(h.host)} paused: ${printable(h.paused_reason ?? '?')}`);
+      }
       out.push('');
       const order = ['pending', 'considering', 'busy', 'done', 'failed', 'abandoned'] as const;
       out.push(table(['STATE', 'RUNS'], order.map((state) => [state, String(counts[state] ?? 0)])));

@@ -92,6 +92,7 @@ describe('host faults at run time', () => {
     expect(paused.paused_reason).toMatch(/^process\.log_dir: cannot create or write .*logs/);
     const status = await sandbox.run(['status']);
     expect(status.stdout).toMatch(/^testhost\s+paused\s/m);
+    expect(status.stdout).toMatch(/^host testhost paused: process\.log_dir: cannot create or write /m);
     const warning = (await s.listLog({ minPriority: 2 })).find((e) => e.message.includes('paused'));
     expect(warning?.message).toMatch(
       /^host testhost paused: 3 run\(s\) in a row could not start for a reason of this host \(process\.log_dir: /,

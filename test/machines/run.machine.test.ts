@@ -143,6 +143,32 @@ describe('run machine', () => {
     expect(t.writes).toEqual(['busy', 'abandoned: 3 failures reached retry.max_failures (3)']);
   });
 
+  it('a preflight the host could not pass is an interruption: judged by max_interruptions, not max_failures', async () => {
+    const hostFault = Object.assign(new Error("ENOTDIR: not a directory, mkdir '/logs/12'"), {
+      hostFault: 'process.log_dir: cannot create or write /logs',
+    });
+    // at the failure limit already: a failure would abandon it, an interruption does not
+    const t = start(claimed({ nFailures: 2, attempt: 3 }), {
+      maxFailures: 3,
+      preflight: async () => Promise.reject(hostFault),
+    });
+    await settle();
+    expect(t.states.slice(-2)).toEqual(['failed.recording', 'failed.waitingForRetry']);
+    expect(t.failures).toEqual([
+      { kind: 'preflight', message: "ENOTDIR: not a directory, mkdir '/logs/12'", hostFault: hostFault.hostFault },
+    ]);
+
+    const last = start(claimed({ nInterruptions: 19, attempt: 20 }), {
+      maxInterruptions: 20,
+      preflight: async () => Promise.reject(hostFault),
+    });
+    await settle();
+    expect(last.writes).toEqual([
+      'busy',
+      'abandoned: 20 interruptions reached retry.max_interruptions (20): its host keeps going away while it runs',
+    ]);
+  });
+
   it('abandons at once on an exit code listed in no_retry_exit_codes', async () => {
     const t = start(claimed(), { noRetry: [42] });
     await settle();
