@@ -267,6 +267,11 @@ export function createDaemonMetrics(options: DaemonMetricsOptions): DaemonMetric
     labelNames: ['kind'],
     registers,
   });
+  const hostFaults = new Counter({
+    name: 'runwarden_host_faults_total',
+    help: 'Attempts this daemon could not start for a reason of the host (interruptions, not failures)',
+    registers,
+  });
   const durations = new Histogram({
     name: 'runwarden_attempt_duration_seconds',
     help: "How long each attempt's command ran, by how it ended",
@@ -284,6 +289,11 @@ export function createDaemonMetrics(options: DaemonMetricsOptions): DaemonMetric
   const countFailure = (failure: AttemptFailure | null, counter: Counter<'kind'>) => {
     if (failure && Object.hasOwn(FAILURE_KIND_NAMES, failure.kind)) counter.inc({ kind: failure.kind });
   };
+  /** A host fault is an interruption: counted apart, never as the run's failure. */
+  const countAttemptEnd = (failure: AttemptFailure | null) => {
+    if (failure?.hostFault !== undefined) hostFaults.inc();
+    else countFailure(failure, failures);
+  };
 
   /** The last stage of each run actor; weak, so settled actors are forgotten with them. */
   const runStages = new WeakMap<object, RunStage>();
@@ -297,9 +307,9 @@ export function createDaemonMetrics(options: DaemonMetricsOptions): DaemonMetric
     if (stage === runStages.get(actorRef)) return;
     runStages.set(actorRef, stage);
     if (stage === 'considering') claims.inc();
-    else if (stage === 'failure_recorded') countFailure(snapshot.context.failure, failures);
+    else if (stage === 'failure_recorded') countAttemptEnd(snapshot.context.failure);
     else if (stage === 'abandon_recorded') {
-      countFailure(snapshot.context.failure, failures);
+      countAttemptEnd(snapshot.context.failure);
       countFailure(snapshot.context.failure, abandoned);
     }
   };

@@ -34,7 +34,8 @@ export async function countersFromStore(store: RunStore, host: string): Promise<
       if (event.to === 'considering') expected.claims += 1;
       const kind = event.detail?.kind;
       if ((event.to === 'failed' || event.to === 'abandoned') && typeof kind === 'string') {
-        bump(expected.failures, kind);
+        // an interruption (a host fault) is not a failure; a run it abandons is still abandoned
+        if (event.detail?.interruption === undefined) bump(expected.failures, kind);
         if (event.to === 'abandoned') bump(expected.abandoned, kind);
       }
       if (event.from === 'busy') bump(expected.attempts, commandOutcome(event) ?? `unexplained: ${event.reason}`);

@@ -115,7 +115,11 @@ describe('host faults at run time', () => {
     rmSync(logs, { force: true });
     mkdirSync(logs);
     await waitFor(async () => (await s.countRunsByState()).done === 5, 'every run to be done', { timeoutMs: 60_000 });
-    const resumed = (await s.getHost('testhost'))!;
+    // the host document follows within a heartbeat
+    const resumed = await waitFor(async () => {
+      const host = await s.getHost('testhost');
+      return host && host.state !== 'paused' ? host : null;
+    }, 'the host document to leave paused');
     expect(resumed.paused_reason).toBeUndefined();
     const info = (await s.listLog()).map((e) => e.message).join('\n');
     expect(info).toMatch(/host testhost: the host check passes again \(was: process\.log_dir: .*\); claiming again/);
