@@ -62,7 +62,7 @@ export function hostEffects(ctx: DaemonContext, view: () => HostView) {
     const repaired = recovered.filter((r) => r.outcome !== 'lost_race');
     if (repaired.length > 0) {
       logger.warn(
-        `host ${host} restarted: ${repaired.length} run(s) of the previous daemon failed at once ` +
+        `host ${host} restarted: ${repaired.length} run(s) of the previous daemon interrupted (eligible again at once, not counted as failures) ` +
           `(${repaired.map((r) => r.number).join(', ')}); ` +
           `${repaired.filter((r) => r.killedPgid !== undefined).length} orphaned command(s) killed`,
       );
