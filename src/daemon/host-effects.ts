@@ -62,8 +62,8 @@ export function hostEffects(ctx: DaemonContext, view: () => HostView) {
     const repaired = recovered.filter((r) => r.outcome !== 'lost_race');
     if (repaired.length > 0) {
       logger.warn(
-        `host ${host} restarted: ${repaired.length} run(s) of the previous daemon interrupted (eligible again at once, not counted as failures) ` +
-          `(${repaired.map((r) => r.number).join(', ')}); ` +
+        `host ${host} restarted: ${repaired.length} run(s) of the previous daemon interrupted ` +
+          `(${repaired.map((r) => r.number).join(', ')}), eligible again at once and not counted as failures; ` +
           `${repaired.filter((r) => r.killedPgid !== undefined).length} orphaned command(s) killed`,
       );
     }
