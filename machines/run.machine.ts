@@ -1,5 +1,6 @@
 import { assign, enqueueActions, fromCallback, fromPromise, sendTo, setup, type EventObject } from 'xstate';
 import { decideAfterFailure, decideAfterInterruption } from '../src/policy/failure-decision.js';
+import { reasonFromStderr } from '../src/policy/failure-text.js';
 import { supervisorMachine } from './supervisor.machine.js';
 import type {
   AttemptFailure,
@@ -93,8 +94,8 @@ function failureFromResult(result: SupervisorResult, plan: CommandPlan | null): 
         ...base,
         kind: 'exit',
         message: result.signal
-          ? `killed by ${result.signal}${result.stderrTail ? `: ${result.stderrTail}` : ''}`
-          : `exit code ${result.exitCode}${result.stderrTail ? `: ${result.stderrTail}` : ''}`,
+          ? `killed by ${result.signal}${result.stderrTail ? `: ${reasonFromStderr(result.stderrTail)}` : ''}`
+          : `exit code ${result.exitCode}${result.stderrTail ? `: ${reasonFromStderr(result.stderrTail)}` : ''}`,
       };
   }
 }

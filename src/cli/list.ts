@@ -9,22 +9,16 @@ import {
   printJson,
   runCommand,
   table,
-  truncate,
   withStore,
   type GlobalArgs,
 } from './common.js';
+import { cellText, reasonLine, runStateLabel } from './run-view.js';
 
 interface ListArgs extends GlobalArgs {
   state?: string;
   host?: string;
   tag?: string;
   limit?: string;
-}
-
-/** The STATE column: the state, and `(held)` for a run tagged hold, which no daemon claims until released. */
-export function runStateLabel(run: RunDoc): string {
-  const state = run.processing?.state ?? 'pending';
-  return run.tags.includes('hold') ? `${state} (held)` : state;
 }
 
 export const listCommand: CommandModule<GlobalArgs, ListArgs> = {
@@ -64,14 +58,14 @@ export const listCommand: CommandModule<GlobalArgs, ListArgs> = {
             const p = run.processing;
             return [
               String(run.number),
-              runStateLabel(run),
+              runStateLabel(run, config),
               p ? String(p.attempt) : '-',
               p ? String(p.n_failures) : '-',
-              p?.host ?? '-',
+              p ? cellText(p.host, 24) : '-',
               p ? formatRelative(p.time, now) : formatTime(run.start),
               p?.state === 'failed' ? formatRelative(p.next_retry, now) : '-',
-              truncate(run.name, 24),
-              truncate(p?.reason, 60),
+              cellText(run.name, 24),
+              cellText(reasonLine(p?.reason), 60),
             ];
           }),
         )}\n`,

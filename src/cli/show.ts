@@ -1,63 +1,129 @@
 import type { Argv, CommandModule } from 'yargs';
 import { RunNotFoundError } from '../errors.js';
 import type { RunDoc, RunEvent } from '../store/types.js';
-import { configFromArgs, formatTime, printJson, runCommand, table, truncate, withStore, type GlobalArgs } from './common.js';
+import type { Config } from '../config/schema.js';
+import { degradationOf } from '../policy/degradation.js';
+import { printable, printableLines } from '../policy/terminal-text.js';
+import { configFromArgs, formatTime, printJson, runCommand, table, withStore, type GlobalArgs } from './common.js';
+import { reasonLine } from './run-view.js';
 import { numberArgument } from './submit.js';
 
 interface ShowArgs extends GlobalArgs {
   number?: string;
+  wide?: boolean;
 }
 
 const TIME_FIELDS = new Set(['start', 'end', 'time', 'started', 'ended', 'next_retry', 'at']);
+/** Fields whose text keeps its lines (a traceback), each line printable. */
+const MULTILINE_FIELDS = new Set(['reason']);
+const FIELD_WIDTH = 12;
 
 function describeValue(key: string, value: unknown): string {
   if (typeof value === 'number' && TIME_FIELDS.has(key)) return formatTime(value);
-  if (typeof value === 'string') return value;
-  return JSON.stringify(value);
+  if (typeof value === 'string') return MULTILINE_FIELDS.has(key) ? printableLines(value) : printable(value);
+  // JSON escapes C0 controls but not C1 ones, DEL or bidi overrides: printable takes those too.
+  return printable(JSON.stringify(value) ?? String(value));
 }
 
-export function renderRun(run: RunDoc, events: RunEvent[]): string {
+/** `  key          value`, a value of several lines indented under its first. */
+function field(key: string, text: string): string[] {
+  const [first = '', ...rest] = text.split('\n');
+  return [`  ${printable(key).padEnd(FIELD_WIDTH)} ${first}`, ...rest.map((line) => `  ${' '.repeat(FIELD_WIDTH)} ${line}`)];
+}
+
+/** `text` cut into lines of at most `width` characters, at spaces where it can. */
+export function wrapText(text: string, width: number): string[] {
+  const room = Math.max(10, Math.floor(width));
+  const lines: string[] = [];
+  let rest = text;
+  while (rest.length > room) {
+    const space = rest.lastIndexOf(' ', room);
+    const cut = space > room / 2 ? space : room;
+    lines.push(rest.slice(0, cut).trimEnd());
+    rest = rest.slice(cut).trimStart();
+  }
+  lines.push(rest);
+  return lines;
+}
+
+export interface RenderOptions {
+  /** The terminal's width: history reasons wrap within it. Undefined: each reason on one line, in full. */
+  width?: number;
+  /** The configuration in force, to say whether a done run did without targets or resources (degraded). */
+  config?: Pick<Config, 'process'>;
+}
+
+export function renderRun(run: RunDoc, events: RunEvent[], options: RenderOptions = {}): string {
   const lines: string[] = [`run ${run.number}`];
-  const { processing, outputs, ...rest } = run;
+  const { processing, outputs, invalid, ...rest } = run;
   for (const [key, value] of Object.entries(rest)) {
     if (key === 'number' || value === undefined) continue;
-    lines.push(`  ${key.padEnd(12)} ${describeValue(key, value)}`);
+    lines.push(...field(key, describeValue(key, value)));
   }
+  for (const problem of invalid ?? []) lines.push(...field('invalid', printable(problem)));
   if (processing) {
     lines.push('processing');
-    for (const [key, value] of Object.entries(processing)) {
+    const { problems, ...fields } = processing;
+    for (const [key, value] of Object.entries(fields)) {
       if (value === undefined) continue;
-      lines.push(`  ${key.padEnd(12)} ${describeValue(key, value)}`);
+      lines.push(...field(key, describeValue(key, value)));
+    }
+    for (const problem of problems ?? []) lines.push(...field('invalid', printable(problem)));
+    const degraded = options.config ? degradationOf(run, options.config) : null;
+    if (degraded) {
+      lines.push(...field('degraded', `${processing.state === 'done' ? 'done' : 'attempt'} with ${degraded.summary}`));
     }
   } else {
     lines.push('processing    never claimed (pending)');
   }
   if (outputs.length > 0) {
     lines.push('outputs');
-    for (const o of outputs) lines.push(`  ${o.location}  (host ${o.host}, attempt ${o.attempt}, ${formatTime(o.at)})`);
+    for (const o of outputs) {
+      lines.push(`  ${printable(o.location)}  (host ${printable(o.host)}, attempt ${o.attempt}, ${formatTime(o.at)})`);
+    }
   }
   lines.push('', 'history');
-  lines.push(
-    events.length === 0
-      ? '  (no events)'
-      : table(
-          ['TIME', 'HOST', 'ATTEMPT', 'FROM', 'TO', 'EXIT', 'DURATION', 'REASON'],
-          events.map((e) => [
-            formatTime(e.time),
-            e.host,
-            String(e.attempt),
-            e.from ?? '-',
-            e.to,
-            e.exit_code !== undefined ? String(e.exit_code) : e.signal ?? '-',
-            e.duration_ms !== undefined ? `${(e.duration_ms / 1000).toFixed(1)}s` : '-',
-            truncate(e.reason, 70),
-          ]),
-        )
-          .split('\n')
-          .map((l) => `  ${l}`)
-          .join('\n'),
-  );
+  lines.push(events.length === 0 ? '  (no events)' : historyTable(events, options.width));
   return lines.join('\n');
+}
+
+/**
+ * The history table, indented. Each reason is one printable line; with a width, a reason longer than the room
+ * left of the other columns wraps onto lines of its own under the REASON column (nothing is cut).
+ */
+function historyTable(events: RunEvent[], width: number | undefined): string {
+  const INDENT = '  ';
+  const rows = events.map((e) => [
+    formatTime(e.time),
+    printable(e.host),
+    String(e.attempt),
+    e.from ?? '-',
+    e.to,
+    e.exit_code !== undefined ? String(e.exit_code) : e.signal ?? '-',
+    e.duration_ms !== undefined ? `${(e.duration_ms / 1000).toFixed(1)}s` : '-',
+  ]);
+  const reasons = events.map((e) => reasonLine(e.reason));
+  const headers = ['TIME', 'HOST', 'ATTEMPT', 'FROM', 'TO', 'EXIT', 'DURATION', 'REASON'];
+  const without = table(headers.slice(0, -1), rows).split('\n');
+  // Where the REASON column starts: the widest of the other columns' lines, and two spaces.
+  const reasonAt = Math.max(...without.map((l) => l.length)) + 2;
+  const room = width === undefined ? Infinity : width - INDENT.length - reasonAt;
+  // A terminal too narrow for a REASON column: each reason goes on its own lines under its row.
+  const below = room < 30;
+  const BELOW = '    ';
+  const out: string[] = [];
+  without.forEach((line, i) => {
+    const reason = i === 0 ? (below ? '' : 'REASON') : reasons[i - 1] ?? '';
+    if (below) {
+      out.push(`${INDENT}${line}`.trimEnd());
+      if (reason !== '') for (const part of wrapText(reason, (width ?? 80) - BELOW.length)) out.push(`${BELOW}${part}`);
+      return;
+    }
+    const parts = reason === '' ? [''] : Number.isFinite(room) ? wrapText(reason, room) : [reason];
+    out.push(`${INDENT}${line.padEnd(reasonAt)}${parts[0]}`.trimEnd());
+    for (const more of parts.slice(1)) out.push(`${INDENT}${' '.repeat(reasonAt)}${more}`);
+  });
+  return out.join('\n');
 }
 
 export const showCommand: CommandModule<GlobalArgs, ShowArgs> = {
@@ -66,6 +132,10 @@ export const showCommand: CommandModule<GlobalArgs, ShowArgs> = {
   builder: (yargs: Argv<GlobalArgs>) =>
     yargs
       .positional('number', { type: 'string', describe: 'run number' })
+      .option('wide', {
+        type: 'boolean',
+        describe: 'each history reason on one line in full (the default when the output is not a terminal)',
+      })
       .example('$0 show 1042', 'state, attempts, reasons and every transition of run 1042')
       .example('$0 show 1042 --json', 'the same as JSON: {run, events}'),
   handler: (args) =>
@@ -78,6 +148,7 @@ export const showCommand: CommandModule<GlobalArgs, ShowArgs> = {
       }));
       if (!run) throw new RunNotFoundError(number);
       if (args.json) return printJson({ run, events });
-      process.stdout.write(`${renderRun(run, events)}\n`);
+      const width = process.stdout.isTTY && !args.wide ? process.stdout.columns : undefined;
+      process.stdout.write(`${renderRun(run, events, { config, ...(width ? { width } : {}) })}\n`);
     }),
 };

@@ -1,5 +1,7 @@
 import { closeSync, constants as fsConstants, fstatSync, openSync, readSync } from 'node:fs';
 import { join } from 'node:path';
+import type { Config } from '../config/schema.js';
+import { degradationOf } from '../policy/degradation.js';
 import type { RunStore } from '../store/run-store.js';
 import type { RunDoc } from '../store/types.js';
 import { lastOutputLine, type TopSnapshot } from './top-view.js';
@@ -47,7 +49,16 @@ export function attemptLogFile(logDir: string, run: RunDoc): string | null {
   return attempt === undefined ? null : join(logDir, String(run.number), `attempt-${attempt}.log`);
 }
 
-export async function readTopSnapshot(store: RunStore, logDir: string, now: () => number = Date.now): Promise<TopSnapshot> {
+/**
+ * One reading for the view. With `config`, each busy run says what its attempt runs without (degradationOf
+ * against the configured targets and resources).
+ */
+export async function readTopSnapshot(
+  store: RunStore,
+  logDir: string,
+  now: () => number = Date.now,
+  config?: Pick<Config, 'process'>,
+): Promise<TopSnapshot> {
   const [hosts, counts, busyRuns, failed, abandoned] = await Promise.all([
     store.listHosts(),
     store.countRunsByState(),
@@ -58,7 +69,8 @@ export async function readTopSnapshot(store: RunStore, logDir: string, now: () =
   const busy = busyRuns.map((run) => {
     const file = attemptLogFile(logDir, run);
     const tail = file === null ? null : readLogTail(file);
-    return { run, lastOutput: tail === null ? null : lastOutputLine(tail) };
+    const degraded = config ? degradationOf(run, config)?.summary : undefined;
+    return { run, lastOutput: tail === null ? null : lastOutputLine(tail), ...(degraded ? { degraded } : {}) };
   });
   const failures = [...failed, ...abandoned]
     .sort((a, b) => (b.processing?.time ?? 0) - (a.processing?.time ?? 0) || b.number - a.number)

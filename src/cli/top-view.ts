@@ -1,6 +1,7 @@
 import { formatByteSize, formatElapsed } from '../config/duration.js';
 import type { StateCounts } from '../store/run-store.js';
 import { RUN_STATES, type HostDoc, type RunDoc } from '../store/types.js';
+import { causeFirst } from '../policy/failure-decision.js';
 import { printable } from '../policy/terminal-text.js';
 import { formatRelative, formatTime, table } from './common.js';
 
@@ -12,6 +13,8 @@ import { formatRelative, formatTime, table } from './common.js';
 export interface BusyRunView {
   run: RunDoc;
   lastOutput: string | null;
+  /** What the attempt runs without (fewer targets or resources than configured), e.g. `targets 1 of 3 (…)`. */
+  degraded?: string;
 }
 
 /** What one refresh read from the store (and the attempt logs). */
@@ -156,11 +159,11 @@ function hostSection(snapshot: TopSnapshot, now: number): Section {
 function busySection(snapshot: TopSnapshot, now: number): Section {
   return {
     headers: ['BUSY', 'ATTEMPT', 'HOST', 'ELAPSED', 'LAST OUTPUT'],
-    items: snapshot.busy.map(({ run, lastOutput }) => {
+    items: snapshot.busy.map(({ run, lastOutput, degraded }) => {
       const p = run.processing;
       return [
         String(run.number),
-        p ? String(p.attempt) : '-',
+        p ? `${p.attempt}${degraded ? ' (degraded)' : ''}` : '-',
         cell(p?.host, 16),
         p?.started !== undefined ? formatElapsed(now - p.started) : '-',
         lastOutput === null ? NO_LOG_HERE : printable(lastOutput) || NO_OUTPUT_YET,
@@ -183,7 +186,8 @@ function failureSection(snapshot: TopSnapshot, now: number): Section {
         p ? String(p.n_failures) : '-',
         cell(p?.host, 12),
         p ? formatRelative(p.time, now) : '-',
-        cell(p?.reason) || '-',
+        // The failure that tipped a run given up on, not only "gave up: 10 failures reached …".
+        cell(p?.reason === undefined ? undefined : causeFirst(p.reason)) || '-',
       ];
     }),
     empty: 'no failed or abandoned runs',

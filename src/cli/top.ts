@@ -1,6 +1,7 @@
 import type { Argv, CommandModule } from 'yargs';
 import { UsageError } from '../errors.js';
 import { openStore } from '../store/open-store.js';
+import type { Config } from '../config/schema.js';
 import type { RunStore } from '../store/run-store.js';
 import { configFromArgs, durationFlag, printJson, runCommand, type GlobalArgs } from './common.js';
 import { LiveScreen } from './live-screen.js';
@@ -63,8 +64,8 @@ export const topCommand: CommandModule<GlobalArgs, TopArgs> = {
       }
       const store = await openStore(config.store, { create: false });
       try {
-        if (!args.once) return await runLiveView(store, config.process.log_dir, intervalMs);
-        const snapshot = await readTopSnapshot(store, config.process.log_dir);
+        if (!args.once) return await runLiveView(store, config, intervalMs);
+        const snapshot = await readTopSnapshot(store, config.process.log_dir, Date.now, config);
         if (args.json) return printJson(snapshot);
         const view: TopView = { location: store.location, snapshot, intervalMs, live: false };
         process.stdout.write(`${renderTop(view, printedFrameSize(), Date.now()).join('\n')}\n`);
@@ -78,7 +79,7 @@ export const topCommand: CommandModule<GlobalArgs, TopArgs> = {
  * Refreshes and redraws until a quit key or a signal; resolves with the exit code, the terminal restored.
  * A failed refresh keeps the last data on screen and names the error on the status line.
  */
-function runLiveView(store: RunStore, logDir: string, intervalMs: number): Promise<number> {
+function runLiveView(store: RunStore, config: Config, intervalMs: number): Promise<number> {
   const screen = new LiveScreen(process.stdin, process.stdout);
   const view: TopView = { location: store.location, snapshot: null, intervalMs, live: true };
   return new Promise<number>((resolve, reject) => {
@@ -110,7 +111,7 @@ function runLiveView(store: RunStore, logDir: string, intervalMs: number): Promi
     }
     const refresh = async () => {
       try {
-        view.snapshot = await readTopSnapshot(store, logDir);
+        view.snapshot = await readTopSnapshot(store, config.process.log_dir, Date.now, config);
         delete view.error;
       } catch (error) {
         view.error = error instanceof Error ? error.message : String(error);

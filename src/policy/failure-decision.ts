@@ -35,6 +35,18 @@ export function abandonReason(why: string, lastFailure: string, label = 'last fa
   return `gave up: ${why}; ${label}: ${lastFailure}`;
 }
 
+const GAVE_UP = /^gave up: (.*?); (?:last failure|last interruption): ([\s\S]*)$/;
+
+/**
+ * What a person needs first from a reason, where a view has one line for it (top, list): for an abandonReason
+ * (`gave up: 10 failures reached retry.max_failures (10); last failure: exit code 1: ValueError: …`) the failure
+ * that tipped it, then why it was given up on; any other reason as it is.
+ */
+export function causeFirst(reason: string): string {
+  const match = GAVE_UP.exec(reason);
+  return match ? `${match[2]} (gave up: ${match[1]})` : reason;
+}
+
 export type FailureOutcome =
   | { to: 'failed'; reason: string; n_failures: number; n_interruptions?: number; next_retry: number }
   | { to: 'abandoned'; reason: string; n_failures: number; n_interruptions?: number };

@@ -134,7 +134,8 @@ describe('renderTop', () => {
     expect(lines).toContainEqual(expect.stringMatching(/^1041 +1 +daq02 +2m5s +-$/));
     expect(lines).toContainEqual(expect.stringMatching(/^1039 +retry in 5m +2 +daq01 +40s ago +exit code 3: calibration missing fo…$/));
     expect(lines).toContainEqual(expect.stringMatching(/^1020 +retry due +2 +daq01 +40s ago +host stopped$/));
-    expect(lines).toContainEqual(expect.stringMatching(/^1001 +abandoned +2 +daq01 +40s ago +gave up: 10 failures reached retry\.…$/));
+    // A run given up on shows the failure that tipped it first, then why it was given up on (issue 13).
+    expect(lines).toContainEqual(expect.stringMatching(/^1001 +abandoned +2 +daq01 +40s ago +stalled \(gave up: 10 failures reach…$/));
     expect(lines.at(-1)).toBe('q or ^C quits · refreshed every 1s');
     expect(lines.some((l) => l.startsWith('…'))).toBe(false);
   });

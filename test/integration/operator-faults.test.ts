@@ -1,4 +1,4 @@
-import { existsSync, readdirSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { writeConfig } from '../helpers/cli.js';
@@ -223,5 +223,65 @@ describe('input errors', () => {
     for (const field of ['slots', 'order', 'timeouts.idle_poll', 'bogus', 'retry.factor', 'process.targets']) {
       expect(many.stderr, field).toMatch(new RegExp(`^  ${field.replace('.', '\\.')}: `, 'm'));
     }
+  });
+});
+
+describe('what list, show and top say about a run', () => {
+  it('a traceback is stored from its error line; top and list lead with the cause of a give-up; show prints reasons in full', async () => {
+    const traceback = [
+      'Traceback (most recent call last):',
+      '  File "/opt/proc/run.py", line 12, in <module>',
+      '    main()',
+      'ValueError: bad calibration for run 9',
+    ].join('\\n');
+    config(['sh', '-c', `printf '${traceback}\\n' >&2; exit 1`]);
+    writeConfig(sandbox.dir, readFileSync(join(sandbox.dir, 'runwarden.yaml'), 'utf8').replace('max_failures: 3', 'max_failures: 1'));
+    await submit(9);
+    const processed = await sandbox.run(['process', '9']);
+    expect(processed.exitCode).toBe(1);
+    const run = (await (await sandbox.openStore()).getRun(9))!;
+    expect(run.processing!.reason).toMatch(/^gave up: 1 failure reached retry\.max_failures \(1\); last failure: exit code 1: ValueError: bad calibration for run 9\nTraceback/);
+
+    const [top, list, show] = await Promise.all([
+      sandbox.run(['top', '--once'], { env: { COLUMNS: '160', LINES: '30' } }),
+      sandbox.run(['list']),
+      sandbox.run(['show', '9']),
+    ]);
+    expect(top.stdout).toMatch(/^9 +abandoned +1 .* exit code 1: ValueError: bad calibration for run 9 /m);
+    expect(list.stdout).toMatch(/^9 +abandoned .* exit code 1: ValueError: bad calibration for run 9 /m);
+    // Not a terminal: each history reason in full on its line, nothing cut.
+    expect(show.stdout).toMatch(/ busy +abandoned +1 +[\d.]+s +exit code 1: ValueError: bad calibration for run 9 Traceback \(most recent call last\): .* ValueError: bad calibration for run 9 \(gave up: 1 failure reached retry\.max_failures \(1\)\)$/m);
+  });
+
+  it('escape sequences in run fields never reach the terminal; runs done with fewer targets are marked degraded', async () => {
+    config(['true'], '  targets: [raw, peaks, events]\n  drop_targets_after: {"*": 0}\n  minimal_targets: [raw]');
+    const store = await sandbox.openStore();
+    const evil = 'x\u001b]52;c;ZXZpbA==\u0007y\u001b[2J\u009b31m';
+    await store.insertRun({ number: 1, start: Date.now(), tags: [], name: evil, input: `/data/${evil}`, mode: evil, params: { k: evil } });
+    // Run 2: done by an attempt that got one target of three. Run 3: busy with one target.
+    await store.insertRun({ number: 2, start: Date.now(), tags: [] });
+    await store.insertRun({ number: 3, start: Date.now(), tags: [] });
+    const owner = { host: 'daq', pid: 1, order: 'newest' as const };
+    for (const number of [2, 3]) {
+      const claimed = (await store.claimRun(number, owner, { state: null, token: null }))!;
+      await store.markBusy(number, claimed.processing!.token, { started: Date.now(), targets: ['raw'] });
+      if (number === 2) {
+        await store.finishRun(number, claimed.processing!.token, { location: '/out/2', host: 'daq', attempt: 1, at: Date.now() });
+      }
+    }
+    const [list, show1, show2, top] = await Promise.all([
+      sandbox.run(['list']),
+      sandbox.run(['show', '1']),
+      sandbox.run(['show', '2']),
+      sandbox.run(['top', '--once'], { env: { COLUMNS: '160', LINES: '30' } }),
+    ]);
+    for (const [what, out] of [['list', list.stdout], ['show', show1.stdout], ['top', top.stdout]] as const) {
+      expect(out, what).not.toMatch(/[\u001b\u0007\u009b]/);
+    }
+    expect(show1.stdout).toMatch(/^ {2}name +xy$/m);
+    expect(list.stdout).toMatch(/^2 +done \(degraded\) /m);
+    expect(list.stdout).toMatch(/^3 +busy /m);
+    expect(show2.stdout).toMatch(/^ {2}degraded +done with targets 1 of 3 \(without peaks, events\)$/m);
+    expect(top.stdout).toMatch(/^3 +1 \(degraded\) +daq /m);
   });
 });
