@@ -4,7 +4,8 @@ import type { RunSettlement, SupervisorTiming } from './types.js';
 
 // One host actor per daemon. It claims runs while slots are free and spawns one run actor per claim
 // (system id `run-<number>`, child id `run-slot-<k>`); effects (store, signals, wake-ups) are the actors
-// src/daemon provides.
+// src/daemon provides. A claim names the runs that still have an actor here, so a run failed by hand while
+// its attempt is still stopping is never claimed again before that actor has settled (issue 12 fault 1).
 
 export interface HostInput {
   host: string;
@@ -25,6 +26,12 @@ export interface HostInput {
 /** What the host's check found; null when it passed (the host can start runs again). */
 export interface HostCheckOutput {
   problem: string | null;
+}
+
+/** What the claim effect is told: the host, and the runs it must not take (their actors are still alive). */
+export interface ClaimInput {
+  host: string;
+  running: number[];
 }
 
 export interface ClaimOutput {
@@ -88,7 +95,7 @@ export const hostMachine = setup({
     wakeWatcher: fromCallback<EventObject, { host: string }>(() => undefined),
     /** Repairs what other hosts left behind, every cleanup_interval. */
     cleaner: fromCallback<EventObject, { host: string }>(() => undefined),
-    claimNext: fromPromise<ClaimOutput, { host: string }>(async ({ input }) => ({
+    claimNext: fromPromise<ClaimOutput, ClaimInput>(async ({ input }) => ({
       run: null,
       nextPollMs: 0 * input.host.length,
     })),
@@ -105,6 +112,10 @@ export const hostMachine = setup({
   },
   guards: {
     claimedRun: (_, params: { output: ClaimOutput }) => params.output.run !== null,
+    // A second actor with the same system id would crash the host; the claim excludes running runs, so this
+    // is a broken claim effect, reported as such.
+    claimedRunStillRunning: ({ context }, params: { output: ClaimOutput }) =>
+      params.output.run !== null && context.running.includes(params.output.run.number),
     hasFreeSlot: ({ context }) => context.running.length < context.slots,
     hasRunsActive: ({ context }) => context.running.length > 0,
     noRunsActive: ({ context }) => context.running.length === 0,
@@ -181,6 +192,11 @@ export const hostMachine = setup({
     }),
     rememberDisplaced: assign({ error: ({ event }) => (event.type === 'DISPLACED' ? event.reason : 'displaced') }),
     rememberFatal: assign({ error: ({ event }) => (event.type === 'FATAL' ? event.error : 'fatal error') }),
+    rememberDoubleClaim: assign({
+      error: (_, params: { output: ClaimOutput }) =>
+        `internal: run ${params.output.run?.number} was claimed while its previous attempt's actor is still ` +
+        `running here; the claim must exclude running runs`,
+    }),
     rememberError: assign({
       error: (_, params: { error: unknown }) =>
         params.error instanceof Error ? params.error.message : String(params.error),
@@ -256,8 +272,13 @@ export const hostMachine = setup({
           entry: 'clearWake',
           invoke: {
             src: 'claimNext',
-            input: ({ context }) => ({ host: context.host }),
+            input: ({ context }) => ({ host: context.host, running: context.running }),
             onDone: [
+              {
+                guard: { type: 'claimedRunStillRunning', params: ({ event }) => ({ output: event.output }) },
+                target: '#host.failed',
+                actions: { type: 'rememberDoubleClaim', params: ({ event }) => ({ output: event.output }) },
+              },
               {
                 guard: { type: 'claimedRun', params: ({ event }) => ({ output: event.output }) },
                 target: 'deciding',

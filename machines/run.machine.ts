@@ -151,6 +151,8 @@ export const runMachine = setup({
       { run: ClaimedRun; failure: AttemptFailure; why: string }
     >(async () => ({ ok: false })),
     releaseRun: fromPromise<FencedWriteResult, { run: ClaimedRun }>(async () => ({ ok: false })),
+    /** Clears the run's drain fence when it names this attempt: its command is gone (never fails the run). */
+    confirmAttemptGone: fromPromise<void, { run: ClaimedRun }>(async () => undefined),
   },
   guards: {
     writeAccepted: (_, params: { output: FencedWriteResult }) => params.output.ok,
@@ -239,7 +241,7 @@ export const runMachine = setup({
               target: 'busy',
               actions: { type: 'rememberPlan', params: ({ event }) => ({ output: event.output }) },
             },
-            { target: 'lost' },
+            { target: 'confirmingGone' },
           ],
           onError: {
             target: 'failed',
@@ -248,7 +250,7 @@ export const runMachine = setup({
         },
       ],
       on: {
-        LEASE_LOST: 'lost',
+        LEASE_LOST: 'confirmingGone',
         STOP: 'releasing',
       },
     },
@@ -262,7 +264,7 @@ export const runMachine = setup({
             src: 'supervisor',
             input: ({ context }) => ({ plan: context.plan!, timing: context.timing }),
             onDone: [
-              { guard: 'leaseWasLost', target: '#run.lost' },
+              { guard: 'leaseWasLost', target: '#run.confirmingGone' },
               { guard: 'hostIsStopping', target: '#run.releasing' },
               {
                 guard: { type: 'commandUnkillable', params: ({ event }) => ({ output: event.output }) },
@@ -297,14 +299,14 @@ export const runMachine = setup({
                 guard: { type: 'writeAccepted', params: ({ event }) => ({ output: event.output }) },
                 target: '#run.done',
               },
-              { target: '#run.lost' },
+              { target: '#run.confirmingGone' },
             ],
             onError: {
               target: '#run.failed',
               actions: { type: 'rememberOutputFailure', params: ({ event }) => ({ error: event.error }) },
             },
           },
-          on: { LEASE_LOST: '#run.lost' },
+          on: { LEASE_LOST: '#run.confirmingGone' },
         },
       },
     },
@@ -323,7 +325,7 @@ export const runMachine = setup({
                 guard: { type: 'writeAccepted', params: ({ event }) => ({ output: event.output }) },
                 target: 'waitingForRetry',
               },
-              { target: '#run.lost' },
+              { target: '#run.confirmingGone' },
             ],
             onError: {
               target: '#run.error',
@@ -359,7 +361,7 @@ export const runMachine = setup({
                 guard: { type: 'writeAccepted', params: ({ event }) => ({ output: event.output }) },
                 target: 'recorded',
               },
-              { target: '#run.lost' },
+              { target: '#run.confirmingGone' },
             ],
             onError: {
               target: '#run.error',
@@ -379,12 +381,22 @@ export const runMachine = setup({
             guard: { type: 'writeAccepted', params: ({ event }) => ({ output: event.output }) },
             target: 'released',
           },
-          { target: 'lost' },
+          { target: 'confirmingGone' },
         ],
         onError: {
           target: 'error',
           actions: { type: 'rememberError', params: ({ event }) => ({ error: event.error }) },
         },
+      },
+    },
+    // The lease was taken away and this attempt's command is gone (it never started, or the supervisor saw its
+    // group end): say so, so the run's next attempt need not wait for the drain fence to expire.
+    confirmingGone: {
+      invoke: {
+        src: 'confirmAttemptGone',
+        input: ({ context }) => ({ run: context.run }),
+        onDone: 'lost',
+        onError: 'lost',
       },
     },
     done: { type: 'final', entry: { type: 'reportSettled', params: { settlement: 'done' } } },

@@ -2,6 +2,7 @@ import { formatElapsed } from '../config/duration.js';
 import type { Config } from '../config/schema.js';
 import type { Logger } from '../log/logger.js';
 import { interruptionOutcome, repairFailureOutcome } from '../policy/failure-decision.js';
+import { drainLimitMs } from '../policy/lease-limits.js';
 import { retryDelay } from '../policy/retry-delay.js';
 import type { RunOverride, RunStore } from '../store/run-store.js';
 import type { RunDoc, RunState } from '../store/types.js';
@@ -144,7 +145,8 @@ export async function cleanupPass(deps: CleanupDeps): Promise<CleanupReport> {
   const repairAsync = async (run: RunDoc, kind: RepairKind, change: (run: RunDoc) => Promise<RunOverride>) => {
     try {
       const p = run.processing;
-      const planned = await change(run);
+      // a busy run taken over keeps its attempt as draining until its command is surely gone (issue 12)
+      const planned = { ...(await change(run)), drainMs: drainLimitMs(deps.config.timeouts) };
       const ok = await store.overrideRun(
         run.number,
         { state: p?.state ?? null, token: p?.token ?? null },

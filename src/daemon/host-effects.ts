@@ -1,11 +1,12 @@
 import { fromCallback, fromPromise, type EventObject } from 'xstate';
-import type { ClaimOutput, HostCheckOutput } from '../../machines/host.machine.js';
+import type { ClaimInput, ClaimOutput, HostCheckOutput } from '../../machines/host.machine.js';
 import { formatByteSize, formatDuration } from '../config/duration.js';
 import { StoreReplacedError } from '../errors.js';
 import { describeHostProblems, hostProblems } from './host-check.js';
 import { readProcStart } from '../process/proc.js';
 import { monitorMinute, type HostPatch } from '../store/run-store.js';
-import type { DiskFigures, HostDoc, HostState, MonitorSample } from '../store/types.js';
+import { isStoreContention } from '../store/contention.js';
+import type { DiskFigures, HostDoc, HostState, MonitorSample, RunDoc } from '../store/types.js';
 import { cleanupPass } from './cleanup.js';
 import { LeaseObservations } from './lease-observations.js';
 import { displacePreviousDaemon } from './displace.js';
@@ -245,7 +246,7 @@ export function hostEffects(ctx: DaemonContext, view: () => HostView) {
     store.watchNewRuns(() => sendBack({ type: 'WAKE' })),
   );
 
-  const claimNext = fromPromise<ClaimOutput, { host: string }>(async () => {
+  const claimNext = fromPromise<ClaimOutput, ClaimInput>(async ({ input }) => {
     if (diskGateShut()) {
       // Look again soon: space often returns when an operator or a transfer frees it.
       const nextPollMs = Math.min(config.timeouts.idle_poll, config.timeouts.check_interval);
@@ -253,7 +254,17 @@ export function hostEffects(ctx: DaemonContext, view: () => HostView) {
     }
     // A store that is no longer the one at its location refuses the claim (StoreReplacedError): the error
     // ends the host, crash-only, before anything more is claimed.
-    const doc = await store.claimNextRun({ host, pid: process.pid, order: config.order });
+    let doc: RunDoc | null;
+    try {
+      // never a run whose previous attempt's actor is still stopping here (issue 12 fault 1)
+      doc = await store.claimNextRun({ host, pid: process.pid, order: config.order, exclude: input.running });
+    } catch (error) {
+      // Another process holds the store's write lock, or the servers are unreachable for now: claim nothing
+      // and look again later (issue 12 fault 11); any other error stays fatal (crash-only).
+      if (!isStoreContention(error)) throw error;
+      logger.warn(`claim postponed: the store is busy or unreachable (${String(error)})`);
+      return { run: null, nextPollMs: config.timeouts.check_interval };
+    }
     const idle = config.timeouts.idle_poll;
     if (doc?.processing) {
       const p = doc.processing;

@@ -1,6 +1,7 @@
 import { userInfo } from 'node:os';
 import type { Config } from '../config/schema.js';
 import { ChangedMeanwhileError, RefusedError, RunNotFoundError } from '../errors.js';
+import { drainLimitMs } from '../policy/lease-limits.js';
 import { retryDelay } from '../policy/retry-delay.js';
 import type { RunExpectation, RunOverride, RunStore } from '../store/run-store.js';
 import type { LogPriority, RunDoc, RunState } from '../store/types.js';
@@ -100,7 +101,8 @@ async function overrideOnce(
 ): Promise<{ before: RunDoc; after: RunDoc }> {
   for (let round = 0; round < 2; round++) {
     const before = selected ?? (await readRun(deps.store, number));
-    const change = plan(before);
+    // a busy run taken from its owner keeps its attempt as draining until its command is gone (issue 12)
+    const change = { ...plan(before), drainMs: drainLimitMs(deps.config.timeouts) };
     const ok = await deps.store.overrideRun(number, expectationOf(before), change, {
       host: deps.host,
       detail: { by: 'operator', user: deps.user, action },
@@ -259,15 +261,26 @@ export async function claimForProcessing(
       refuse(before, 'process', `--force takes it away from its owner (its command is killed within a check_interval)`);
     }
     if (!options.force && p?.state === 'done') refuse(before, 'process', `add --force to process it again`);
+    const takenFrom = p && (p.state === 'considering' || p.state === 'busy')
+      ? { host: p.host, pid: p.pid, state: p.state }
+      : undefined;
+    const reason = takenFrom
+      ? `forced by ${who(deps)} (process ${number} --force): taken from host ${takenFrom.host} ` +
+        `(pid ${takenFrom.pid}, ${takenFrom.state})`
+      : `claimed by ${who(deps)} to process in the foreground`;
     const claimed = await deps.store.claimRun(
       number,
       { host: deps.host, pid: process.pid, order: deps.config.order },
       expectationOf(before),
+      {
+        drainMs: drainLimitMs(deps.config.timeouts),
+        note: {
+          reason,
+          detail: { by: 'operator', user: deps.user, action: options.force ? 'process --force' : 'process' },
+        },
+      },
     );
     if (!claimed) continue;
-    const takenFrom = p && (p.state === 'considering' || p.state === 'busy')
-      ? { host: p.host, pid: p.pid, state: p.state }
-      : undefined;
     await operatorLog(
       deps,
       takenFrom ? 2 : 1,

@@ -12,9 +12,14 @@ import { HostFaultError, hostFaultBehind } from './host-check.js';
 import { retryDelay } from '../policy/retry-delay.js';
 import { validateRunDocument } from '../policy/run-validation.js';
 import { printableLines } from '../policy/terminal-text.js';
-import type { RunDoc } from '../store/types.js';
+import { performance } from 'node:perf_hooks';
+import { setTimeout as sleep } from 'node:timers/promises';
+import type { DrainingAttempt, RunDoc } from '../store/types.js';
 import type { DaemonContext } from './context.js';
 import { formatDuration } from '../config/duration.js';
+import { leaseHoldLimitMs } from '../policy/lease-limits.js';
+import { killProcessGroup } from '../process/kill-group.js';
+import { isStoreContention } from '../store/contention.js';
 
 // The effects of the run machine: every store write is fenced by the attempt's lease token, and each
 // returns `ok: false` instead of writing when the lease is gone.
@@ -122,13 +127,142 @@ function reasonFor(ctx: DaemonContext, failure: AttemptFailure, written: string 
   }
 }
 
+function describeError(error: unknown): string {
+  return error instanceof Error ? error.message : String(error);
+}
+
+function isoTime(ms: number): string {
+  return Number.isFinite(ms) ? new Date(ms).toISOString() : String(ms);
+}
+
 export function runEffects(ctx: DaemonContext) {
   const { config, store, logger, clock } = ctx;
   // Names this daemon (or foreground `process N`) in every command, so a successor finds orphans no record names.
   const daemonTag = ownDaemonTag(ctx.host, store.location);
 
-  const preflight = fromPromise<PreflightOutput, { run: ClaimedRun }>(async ({ input }) => {
+  // The lease binds the command (issue 12 fault 11): an attempt that cannot renew its lease for this long
+  // (the store locked by another process, or unreachable) gives it up and kills its command, before another
+  // host may take the run over as stale and start it again.
+  const holdMs = leaseHoldLimitMs(config.timeouts);
+  const retryMs = Math.min(config.timeouts.check_interval, 1000);
+  /** Per attempt: the monotonic time at which its last successful lease write was sent (the claim counts). */
+  const renewedAt = new Map<string, number>();
+  const attemptKey = (run: ClaimedRun) => `${run.number}/${run.attempt}`;
+  const lastRenewal = (run: ClaimedRun): number => {
+    const key = attemptKey(run);
+    let at = renewedAt.get(key);
+    if (at === undefined) {
+      at = performance.now(); // the claim wrote the lease a moment ago
+      renewedAt.set(key, at);
+    }
+    return at;
+  };
+  /** A lease write sent at `sentAt` succeeded: the store's lease time is at least that recent. */
+  const leaseRenewed = (run: ClaimedRun, sentAt: number) => {
+    renewedAt.set(attemptKey(run), Math.max(lastRenewal(run), sentAt));
+  };
+
+  /**
+   * A fenced write of the attempt. Contention (SQLITE_BUSY, MongoDB unreachable) is retried while the lease
+   * can still be held; past that the write counts as refused, as if the lease had been taken: the actor stops
+   * writing and the run is left for cleanup to fail, never half-finished by two owners.
+   */
+  async function fencedWrite(run: ClaimedRun, what: string, write: () => Promise<boolean>): Promise<boolean> {
+    let warned = false;
+    for (;;) {
+      const sentAt = performance.now();
+      try {
+        const ok = await write();
+        if (ok) leaseRenewed(run, sentAt);
+        return ok;
+      } catch (error) {
+        if (!isStoreContention(error)) throw error;
+        const silent = performance.now() - lastRenewal(run);
+        if (silent >= holdMs) {
+          logger.error(
+            `run ${run.number}: the store refused ${what} for ${formatDuration(Math.round(silent))} ` +
+              `(${describeError(error)}); giving the lease up`,
+            { number: run.number },
+          );
+          return false;
+        }
+        if (!warned) {
+          logger.warn(`run ${run.number}: ${what} waits for the store: ${describeError(error)}`, { number: run.number });
+          warned = true;
+        }
+        await sleep(retryMs);
+      }
+    }
+  }
+
+  /** Kills this host's own previous command of the run (its group, checked by start time); true when gone. */
+  async function killOwnPreviousCommand(number: number, previous: DrainingAttempt): Promise<boolean> {
+    if (previous.host !== ctx.host || previous.pgid === undefined || previous.proc_start === undefined) return false;
+    if (previous.pgid <= 1) return false;
+    const outcome = await killProcessGroup(previous.pgid, {
+      escalateMs: config.timeouts.signal_escalate,
+      procStart: previous.proc_start,
+    });
+    if (outcome === 'unkillable') {
+      logger.error(
+        `run ${number}: process group ${previous.pgid} of attempt ${previous.attempt} survived SIGKILL; ` +
+          `waiting for its drain limit`,
+        { number },
+      );
+      return false;
+    }
+    return true;
+  }
+
+  /**
+   * Issue 12 faults 6 and 13: when the run was taken from a busy attempt whose command may still run (its
+   * draining record), no command of this attempt starts, and its output directory is not touched, until that
+   * command is gone: this host's own is killed at once; another host's is confirmed gone by its owner, or is
+   * gone for certain once the record's time (store clock) has passed. The lease is renewed meanwhile.
+   * False when this attempt lost its lease while waiting, or was stopped.
+   */
+  async function waitForPreviousAttempt(run: ClaimedRun, signal: AbortSignal): Promise<boolean> {
+    if (!docOf(run).processing?.draining) return true;
+    let announced = false;
+    for (;;) {
+      if (signal.aborted) return false;
+      if (!(await fencedWrite(run, 'a lease heartbeat', () => store.heartbeatRun(run.number, run.token)))) {
+        return false;
+      }
+      const p = (await store.getRun(run.number))?.processing;
+      if (!p || p.token !== run.token) return false;
+      const previous = p.draining;
+      // p.time is the store's clock, just written by the heartbeat
+      if (!previous || previous.until <= p.time) return true;
+      if (await killOwnPreviousCommand(run.number, previous)) {
+        await store.confirmAttemptGone(run.number, { host: previous.host, attempt: previous.attempt });
+        logger.info(
+          `run ${run.number}: killed the command of attempt ${previous.attempt} (process group ${previous.pgid})`,
+          { number: run.number },
+        );
+        continue;
+      }
+      if (!announced) {
+        logger.warn(
+          `run ${run.number} attempt ${run.attempt} waits for attempt ${previous.attempt} on host ${previous.host} ` +
+            `(pid ${previous.pid}) to stop its command: until its owner confirms it gone, ` +
+            `at the latest ${isoTime(previous.until)}`,
+          { number: run.number },
+        );
+        announced = true;
+      }
+      try {
+        await sleep(retryMs, undefined, { signal });
+      } catch {
+        return false; // stopped while waiting
+      }
+    }
+  }
+
+  const preflight = fromPromise<PreflightOutput, { run: ClaimedRun }>(async ({ input, signal }) => {
     const { run } = input;
+    lastRenewal(run);
+    if (!(await waitForPreviousAttempt(run, signal))) return { ok: false };
     const doc = docOf(run);
     // A field decoding already reported is not reported twice.
     const decoded = doc.invalid ?? [];
@@ -192,11 +326,13 @@ export function runEffects(ctx: DaemonContext) {
     Object.assign(env, config.process.env, commandEnvironment(values, errorFile));
     env[DAEMON_TAG_VARIABLE] = daemonTag;
     const startedAt = clock();
-    const ok = await store.markBusy(
-      run.number,
-      run.token,
-      { started: startedAt, targets, resources },
-      { detail: { argv, targets, resources } },
+    const ok = await fencedWrite(run, 'the busy transition', () =>
+      store.markBusy(
+        run.number,
+        run.token,
+        { started: startedAt, targets, resources },
+        { detail: { argv, targets, resources } },
+      ),
     );
     if (!ok) return { ok: false };
     logger.info(`run ${run.number} attempt ${run.attempt} started`, { number: run.number });
@@ -225,11 +361,13 @@ export function runEffects(ctx: DaemonContext) {
         throw new Error(`output missing: the command exited 0 but ${plan.outputDir} is empty or absent`);
       }
       const now = clock();
-      const ok = await store.finishRun(
-        run.number,
-        run.token,
-        { location: plan.outputDir, host: ctx.host, attempt: run.attempt, at: now },
-        { duration_ms: now - plan.startedAt },
+      const ok = await fencedWrite(run, 'the done transition', () =>
+        store.finishRun(
+          run.number,
+          run.token,
+          { location: plan.outputDir, host: ctx.host, attempt: run.attempt, at: now },
+          { duration_ms: now - plan.startedAt },
+        ),
       );
       if (ok) logger.info(`run ${run.number} done (attempt ${run.attempt})`, { number: run.number });
       return { ok };
@@ -244,11 +382,13 @@ export function runEffects(ctx: DaemonContext) {
   const recordHostFault = async (run: ClaimedRun, failure: AttemptFailure): Promise<FencedWriteResult> => {
     const reason = hostFaultReason(await failureReason(ctx, failure), failure);
     const nInterruptions = run.nInterruptions + 1;
-    const ok = await store.failRun(
-      run.number,
-      run.token,
-      { reason, n_failures: run.nFailures, n_interruptions: nInterruptions, next_retry: clock() },
-      { detail: { kind: failure.kind, interruption: 'host_fault' } },
+    const ok = await fencedWrite(run, 'the failed transition', () =>
+      store.failRun(
+        run.number,
+        run.token,
+        { reason, n_failures: run.nFailures, n_interruptions: nInterruptions, next_retry: clock() },
+        { detail: { kind: failure.kind, interruption: 'host_fault' } },
+      ),
     );
     if (ok) {
       logger.warn(
@@ -267,20 +407,22 @@ export function runEffects(ctx: DaemonContext) {
       const reason = await failureReason(ctx, failure);
       const nFailures = run.nFailures + 1;
       const delay = retryDelay(run.nFailures, config.retry, ctx.random);
-      const ok = await store.failRun(
-        run.number,
-        run.token,
-        {
-          reason,
-          n_failures: nFailures,
-          next_retry: clock() + delay,
-          ...(failure.exitCode !== undefined ? { exit_code: failure.exitCode } : {}),
-          ...(failure.signal !== undefined ? { signal: failure.signal } : {}),
-        },
-        {
-          ...(failure.durationMs !== undefined ? { duration_ms: failure.durationMs } : {}),
-          detail: { kind: failure.kind, retry_in_ms: Math.round(delay) },
-        },
+      const ok = await fencedWrite(run, 'the failed transition', () =>
+        store.failRun(
+          run.number,
+          run.token,
+          {
+            reason,
+            n_failures: nFailures,
+            next_retry: clock() + delay,
+            ...(failure.exitCode !== undefined ? { exit_code: failure.exitCode } : {}),
+            ...(failure.signal !== undefined ? { signal: failure.signal } : {}),
+          },
+          {
+            ...(failure.durationMs !== undefined ? { duration_ms: failure.durationMs } : {}),
+            detail: { kind: failure.kind, retry_in_ms: Math.round(delay) },
+          },
+        ),
       );
       if (ok) {
         const message = `run ${run.number} failed (attempt ${run.attempt}, failure ${nFailures}), retry in ${roundedDelay(delay)}: ${reason}`;
@@ -302,20 +444,22 @@ export function runEffects(ctx: DaemonContext) {
     // A host fault is an interruption: the run is given up on at max_interruptions, its failures unchanged.
     const nFailures = interrupted ? run.nFailures : run.nFailures + 1;
     const reason = abandonReason(input.why, last, interrupted ? 'last interruption' : 'last failure');
-    const ok = await store.abandonRun(
-      run.number,
-      run.token,
-      {
-        reason: boundedReason(reason),
-        n_failures: nFailures,
-        ...(interrupted ? { n_interruptions: run.nInterruptions + 1 } : {}),
-        ...(failure.exitCode !== undefined ? { exit_code: failure.exitCode } : {}),
-        ...(failure.signal !== undefined ? { signal: failure.signal } : {}),
-      },
-      {
-        ...(failure.durationMs !== undefined ? { duration_ms: failure.durationMs } : {}),
-        detail: { kind: failure.kind, ...(interrupted ? { interruption: 'host_fault' } : {}) },
-      },
+    const ok = await fencedWrite(run, 'the abandoned transition', () =>
+      store.abandonRun(
+        run.number,
+        run.token,
+        {
+          reason: boundedReason(reason),
+          n_failures: nFailures,
+          ...(interrupted ? { n_interruptions: run.nInterruptions + 1 } : {}),
+          ...(failure.exitCode !== undefined ? { exit_code: failure.exitCode } : {}),
+          ...(failure.signal !== undefined ? { signal: failure.signal } : {}),
+        },
+        {
+          ...(failure.durationMs !== undefined ? { duration_ms: failure.durationMs } : {}),
+          detail: { kind: failure.kind, ...(interrupted ? { interruption: 'host_fault' } : {}) },
+        },
+      ),
     );
     if (ok) logger.error(`run ${run.number} abandoned: ${reason}`, { number: run.number });
     return { ok };
@@ -323,32 +467,59 @@ export function runEffects(ctx: DaemonContext) {
 
   const releaseRun = fromPromise<FencedWriteResult, { run: ClaimedRun }>(async ({ input }) => {
     // An interruption (counted in n_interruptions by the store), never a failure.
-    const ok = await store.releaseRun(input.run.number, input.run.token, 'host stopped', {
-      detail: { interruption: 'stopped' },
-    });
+    const ok = await fencedWrite(input.run, 'the release', () =>
+      store.releaseRun(input.run.number, input.run.token, 'host stopped', {
+        detail: { interruption: 'stopped' },
+      }),
+    );
     if (ok) logger.info(`run ${input.run.number} released: host stopped`, { number: input.run.number });
     return { ok };
   });
 
-  // Refreshes the lease every check_interval and reports when someone else changed the token.
+  // Refreshes the lease every check_interval and reports when someone else changed the token, or when the lease
+  // could not be renewed for longer than it may be held (then the command must stop: others may take over).
   const leaseKeeper = fromCallback<EventObject, { run: ClaimedRun }>(({ input, sendBack }) => {
+    const { run } = input;
+    lastRenewal(run);
     let inFlight = false;
     let lost = false;
+    let lastError = '';
     const timer = setInterval(() => {
-      if (inFlight || lost) return;
+      if (lost) return;
+      // checked even while a heartbeat hangs: an unreachable server must not keep the command running
+      const silent = performance.now() - lastRenewal(run);
+      if (silent >= holdMs) {
+        lost = true;
+        logger.error(
+          `run ${run.number}: lease not renewed for ${formatDuration(Math.round(silent))}` +
+            (lastError ? ` (${lastError})` : '') +
+            `; giving it up and stopping the command before another host may take the run over`,
+          { number: run.number },
+        );
+        sendBack({ type: 'LEASE_LOST' });
+        return;
+      }
+      if (inFlight) return;
       inFlight = true;
+      const sentAt = performance.now();
       store
-        .heartbeatRun(input.run.number, input.run.token)
+        .heartbeatRun(run.number, run.token)
         .then((ok) => {
-          if (!ok && !lost) {
+          if (ok) {
+            leaseRenewed(run, sentAt);
+            lastError = '';
+          } else if (!lost) {
             lost = true;
-            logger.warn(`run ${input.run.number}: lease lost (changed by an operator or cleanup); stopping it`, {
-              number: input.run.number,
+            logger.warn(`run ${run.number}: lease lost (changed by an operator or cleanup); stopping it`, {
+              number: run.number,
             });
             sendBack({ type: 'LEASE_LOST' });
           }
         })
-        .catch((error: unknown) => logger.error(`run ${input.run.number}: heartbeat failed: ${String(error)}`))
+        .catch((error: unknown) => {
+          lastError = describeError(error);
+          logger.error(`run ${run.number}: heartbeat failed: ${lastError}`, { number: run.number });
+        })
         .finally(() => {
           inFlight = false;
         });
@@ -356,5 +527,33 @@ export function runEffects(ctx: DaemonContext) {
     return () => clearInterval(timer);
   });
 
-  return { preflight, registerOutput, recordFailure, recordAbandon, releaseRun, leaseKeeper };
+  // The attempt is over and its command gone (the lease was lost): clear the run's drain fence if it names this
+  // attempt, so the next attempt need not wait for its time to pass. A failure here only delays that attempt.
+  const confirmAttemptGone = fromPromise<void, { run: ClaimedRun }>(async ({ input }) => {
+    const { run } = input;
+    renewedAt.delete(attemptKey(run));
+    try {
+      if (await store.confirmAttemptGone(run.number, { host: ctx.host, attempt: run.attempt })) {
+        logger.info(`run ${run.number}: the command of attempt ${run.attempt} is gone; the run may start again`, {
+          number: run.number,
+        });
+      }
+    } catch (error) {
+      logger.warn(
+        `run ${run.number}: could not record that attempt ${run.attempt}'s command is gone ` +
+          `(${describeError(error)}); its next attempt waits for the drain limit`,
+        { number: run.number },
+      );
+    }
+  });
+
+  return {
+    preflight,
+    registerOutput,
+    recordFailure,
+    recordAbandon,
+    releaseRun,
+    leaseKeeper,
+    confirmAttemptGone,
+  };
 }

@@ -8,13 +8,14 @@ export interface LeaseTimeouts {
 }
 
 /**
- * How long after its last successful heartbeat an owner may still hold a lease it cannot renew (the store is
- * locked or unreachable): past this its lease keeper gives the lease up and kills the command. One
- * check_interval short of max_busy_time, because the keeper looks once per check_interval; so the command is
- * told to stop before another host may take the run over as stale.
+ * How long after its last successful heartbeat was sent an owner may still hold a lease it cannot renew (the
+ * store is locked or unreachable): past this its lease keeper gives the lease up and kills the command. Two
+ * check_intervals short of max_busy_time: the keeper looks once per check_interval, and one more is margin for
+ * a late timer; so the command is told to stop before another host may take the run over as stale.
+ * (Validation keeps max_busy_time above 3 × check_interval, so this is at least one check_interval.)
  */
 export function leaseHoldLimitMs(timeouts: LeaseTimeouts): number {
-  return Math.max(timeouts.check_interval, timeouts.max_busy_time - timeouts.check_interval);
+  return Math.max(timeouts.check_interval, timeouts.max_busy_time - 2 * timeouts.check_interval);
 }
 
 /**

@@ -19,6 +19,11 @@ export interface ClaimRequest {
   pid: number;
   /** After priority (desc): `newest` takes the latest `start` first (bootstrax), `oldest` the earliest. */
   order: SelectionOrder;
+  /**
+   * Runs the claimer still has an actor for (claimNextRun never takes them): a run failed by hand while its
+   * attempt is still stopping on this host is not claimed again here until that attempt has ended.
+   */
+  exclude?: readonly number[];
 }
 
 export interface RunFilter {

@@ -204,13 +204,18 @@ describe('operator commands', () => {
       await ok(action, String(number), 'stop', 'it');
       const written = await run(number);
       expect(written.processing).toMatchObject({ state: to, host: 'testhost', pgid: leader });
+      // the attempt taken away is kept as draining (its command may still run) until its owner confirms it gone
+      expect(written.processing!.draining).toMatchObject({ host: 'testhost', attempt: 1, pgid: leader });
       const events = await s.listRunEvents(number);
       expect(events.at(-1)).toMatchObject({ host: 'ops', from: 'busy', to, detail: { by: 'operator' } });
 
       // Within a check_interval the owner notices, SIGTERMs the group, then SIGKILLs it (the command ignores TERM).
       await waitFor(() => !isAlive(child) && !isAlive(leader), `run ${number}'s command group to be killed`);
       await waitFor(async () => (await s.getHost('testhost'))?.running.length === 0, 'the daemon to let go of it');
-      expect(await run(number)).toEqual(written);
+      // its one write after the kill: the drain record naming its attempt is cleared; nothing else changes
+      const { draining: _gone, ...stillWritten } = written.processing!;
+      await waitFor(async () => (await run(number)).processing?.draining === undefined, 'the owner to confirm');
+      expect(await run(number)).toEqual({ ...written, processing: stillWritten });
       expect(await s.listRunEvents(number)).toEqual(events);
     }
 

@@ -387,6 +387,7 @@ timeouts:
   max_considering_time: 1s
   presumed_dead: 1s
   idle_poll: 1h
+  signal_escalate: 0.2s
 retry: {base: 0, factor: 2, max_exponent: 3, jitter: [1, 1], max_failures: 3}
 `,
     );

@@ -1,6 +1,12 @@
 import { describe, expect, it } from 'vitest';
 import { createActor, fromCallback, fromPromise, sendTo, setup, SimulatedClock, type EventObject } from 'xstate';
-import { hostMachine, type ClaimOutput, type HostCheckOutput, type HostInput } from '../../machines/host.machine.js';
+import {
+  hostMachine,
+  type ClaimInput,
+  type ClaimOutput,
+  type HostCheckOutput,
+  type HostInput,
+} from '../../machines/host.machine.js';
 import { runMachine, type ClaimedRun, type RunInput, type RunSettledEvent } from '../../machines/run.machine.js';
 import type { RunSettlement } from '../../machines/types.js';
 import { deferred, recordStates, settle } from './helpers.js';
@@ -41,7 +47,7 @@ interface Options {
   slots?: number;
   once?: boolean;
   queue?: number[];
-  claim?: () => Promise<ClaimOutput>;
+  claim?: (input: ClaimInput) => Promise<ClaimOutput>;
   recover?: () => Promise<void>;
   hostFaultThreshold?: number;
   checkHost?: () => Promise<HostCheckOutput>;
@@ -65,8 +71,8 @@ function start(options: Options = {}) {
       wakeWatcher: fromCallback<EventObject, { host: string }>(({ sendBack }) => {
         wake = () => sendBack({ type: 'WAKE' });
       }),
-      claimNext: fromPromise<ClaimOutput, { host: string }>(async () => {
-        if (options.claim) return options.claim();
+      claimNext: fromPromise<ClaimOutput, ClaimInput>(async ({ input }) => {
+        if (options.claim) return options.claim(input);
         const number = queue.shift();
         if (number === undefined) return { run: null, nextPollMs: 10_000 };
         claims.push(number);
@@ -123,6 +129,35 @@ function start(options: Options = {}) {
 }
 
 describe('host machine', () => {
+  it('tells each claim which runs still have an actor here, so none is claimed twice (issue 12 fault 1)', async () => {
+    const seen: number[][] = [];
+    const queue = [4, 7];
+    const t = start({
+      slots: 3,
+      claim: async (input) => {
+        seen.push([...input.running]);
+        const number = queue.shift();
+        return number === undefined ? { run: null, nextPollMs: 10_000 } : { run: claimedRun(number), nextPollMs: 10_000 };
+      },
+    });
+    await settle();
+    expect(seen).toEqual([[], [4], [4, 7]]);
+    expect(t.actor.getSnapshot().context.running).toEqual([4, 7]);
+  });
+
+  it('a claim that returns a run whose actor is still stopping ends the host with an error, not an actor crash', async () => {
+    // the store excludes running runs; a claim effect that does not is a bug the host names
+    const t = start({
+      slots: 2,
+      claim: async () => ({ run: claimedRun(9), nextPollMs: 10_000 }),
+    });
+    await settle();
+    const snapshot = t.actor.getSnapshot();
+    expect(snapshot.status).toBe('done');
+    expect(snapshot.value).toBe('failed');
+    expect(snapshot.output?.error).toMatch(/run 9 was claimed while its previous attempt's actor is still running/);
+  });
+
   it('starting → running.idle when there is nothing to claim, and claims at once on a wake-up', async () => {
     const t = start();
     await settle();

@@ -77,6 +77,9 @@ function start(run: ClaimedRun, options: { maxFailures?: number; maxInterruption
         writes.push('released');
         return ok();
       }),
+      confirmAttemptGone: fromPromise(async () => {
+        writes.push('gone');
+      }),
     },
   });
   const actor = createActor(machine, {
@@ -198,10 +201,12 @@ describe('run machine', () => {
     t.loseLease();
     await settle();
     expect(t.fake.signals).toEqual(['SIGTERM']);
+    // the drain fence is cleared only once the command has exited
+    expect(t.writes).toEqual(['busy']);
     t.fake.exit(null, 'SIGTERM');
     await settle();
-    expect(t.states).toEqual(['considering', 'busy.supervising', 'lost']);
-    expect(t.writes).toEqual(['busy']);
+    expect(t.states).toEqual(['considering', 'busy.supervising', 'confirmingGone', 'lost']);
+    expect(t.writes).toEqual(['busy', 'gone']);
   });
 
   it('a lost lease while considering stops without starting the command', async () => {
@@ -209,8 +214,8 @@ describe('run machine', () => {
     await settle();
     t.loseLease();
     await settle();
-    expect(t.states).toEqual(['considering', 'lost']);
-    expect(t.writes).toEqual(['busy']);
+    expect(t.states).toEqual(['considering', 'confirmingGone', 'lost']);
+    expect(t.writes).toEqual(['busy', 'gone']);
   });
 
   it('a fenced write refused means the lease is gone: lost, nothing else written', async () => {
@@ -220,7 +225,7 @@ describe('run machine', () => {
     t.fake.exit(2);
     await settle();
     expect(t.states.at(-1)).toBe('lost');
-    expect(t.writes).toEqual(['busy', 'failed']);
+    expect(t.writes).toEqual(['busy', 'failed', 'gone']);
   });
 
   it('STOP while busy terminates the command, then releases the run', async () => {

@@ -61,6 +61,8 @@ function hostEvents(snapshot: AnyMachineSnapshot): AnyEventObject[] {
           { type, output: { run: claimed(free), nextPollMs: POLL_MS } },
           { type, output: { run: null, nextPollMs: POLL_MS } },
           { type, output: { run: null, diskFull: true, nextPollMs: POLL_MS } },
+          // a broken claim effect that hands back a run still running here (the store excludes them)
+          ...context.running.slice(0, 1).map((number) => ({ type, output: { run: claimed(number), nextPollMs: POLL_MS } })),
         ];
       }
       if (src === 'register' || src === 'recoverRuns' || src === 'deregister' || src === 'announcePause') {

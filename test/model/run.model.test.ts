@@ -74,6 +74,7 @@ function runEvents(snapshot: AnyMachineSnapshot): AnyEventObject[] {
         return [{ type, output: { ok: true, plan: planFor(run) } }, { type, output: { ok: false } }];
       }
       if (src && WRITES.includes(src)) return [{ type, output: { ok: true } }, { type, output: { ok: false } }];
+      if (src === 'confirmAttemptGone') return [{ type, output: undefined }];
     }
     if (type === 'LEASE_LOST' || type === 'STOP') return [{ type }];
     if (type === 'RETRY') return [{ type, run: retried }];
@@ -124,6 +125,7 @@ async function replay(path: ModelPath, coverage: CoverageRecorder): Promise<Repl
       recordFailure: effects.promise('recordFailure'),
       recordAbandon: effects.promise('recordAbandon'),
       releaseRun: effects.promise('releaseRun'),
+      confirmAttemptGone: effects.promise('confirmAttemptGone'),
     },
   });
   let rootId = '';

@@ -325,6 +325,19 @@ export function runStoreConformance(name: string, open: OpenForTest): void {
         expect(await store.nextRetryAt()).toBe(later);
       });
 
+      it('never takes a run the claimer says it still has an actor for', async () => {
+        await store.insertRuns([run(1), run(2)]);
+        const a = await claimOnlyNewest(store, 2);
+        const b = await claimOnlyNewest(store, 1);
+        for (const [number, doc] of [[2, a], [1, b]] as const) {
+          const failure = { reason: 'x', n_failures: 1, next_retry: Date.now() - HOUR };
+          expect(await store.failRun(number, doc.processing!.token, failure)).toBe(true);
+        }
+        expect(await store.claimNextRun({ ...claimer(), exclude: [1, 2] })).toBeNull();
+        expect((await store.claimNextRun({ ...claimer(), exclude: [2] }))?.number).toBe(1);
+        expect((await store.claimNextRun({ ...claimer(), exclude: [] }))?.number).toBe(2);
+      });
+
       it('prefers a retry-ready failed run over a pending one of lower priority and vice versa', async () => {
         await store.insertRuns([run(1, { priority: 2 }), run(2, { priority: 1 }), run(3, { priority: 3 })]);
         const first = await claimOnlyNewest(store, 3);

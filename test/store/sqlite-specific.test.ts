@@ -344,7 +344,7 @@ describe('SqliteRunStore specifics', () => {
         const pending = plan(CLAIM_SQL.pending(oldest));
         expect(pending).toMatch(/USING (COVERING )?INDEX runs_pending_(newest|oldest)/);
         expect(pending).not.toMatch(/TEMP B-TREE/);
-        expect(plan(CLAIM_SQL.retry(oldest), { now: Date.now() })).toMatch(/USING INDEX runs_retry/);
+        expect(plan(CLAIM_SQL.retry(oldest), { now: Date.now(), exclude: '[3]' })).toMatch(/USING INDEX runs_retry/);
       }
       expect(plan(CLAIM_SQL.nextRetry)).toMatch(/runs_retry/);
       // runs waiting for a previous attempt to stop come from their own partial index

@@ -279,7 +279,7 @@ export class MongoRunStore implements RunStore {
   // ------------------------------------------------------------------------------------------------ claim
 
   async claimNextRun(request: ClaimRequest): Promise<RunDoc | null> {
-    const after = await this.runs.findOneAndUpdate(claimFilter(), claimUpdate(request, randomUUID()), {
+    const after = await this.runs.findOneAndUpdate(claimFilter(request.exclude), claimUpdate(request, randomUUID()), {
       sort: claimSort(request.order),
       returnDocument: 'after',
     });

@@ -192,8 +192,9 @@ export function confirmGoneUpdate(): Pipeline {
  * Runs a fresh daemon may take: not tagged hold/abandon, and either never processed (no processing state)
  * or failed with a next_retry that the server's clock has reached.
  */
-export function claimFilter(): Filter {
+export function claimFilter(exclude: readonly number[] = []): Filter {
   return {
+    ...(exclude.length > 0 ? { number: { $nin: [...exclude] } } : {}),
     tags: { $nin: [...HELD_TAGS] },
     $or: [
       { 'processing.state': null },

@@ -88,6 +88,7 @@ export const CLAIM_SQL = {
     `SELECT number, priority, start FROM runs INDEXED BY runs_retry
       WHERE state = 'failed' AND held = 0 AND next_retry <= @now AND ${ADDRESSABLE}
         AND (draining_until IS NULL OR draining_until <= @now)
+        AND number NOT IN (SELECT value FROM json_each(@exclude))
       ORDER BY priority DESC, start ${oldest ? 'ASC' : 'DESC'}, number ${oldest ? 'ASC' : 'DESC'}
       LIMIT 1`,
   // The earliest time a failed run may be claimed: its next_retry, or later while a previous attempt drains.
@@ -499,7 +500,10 @@ export class SqliteRunStore implements RunStore {
     const pending = this.stmt(`claim-pending:${oldest}`, CLAIM_SQL.pending(oldest)).get() as
       | Candidate
       | undefined;
-    const retry = this.stmt(`claim-retry:${oldest}`, CLAIM_SQL.retry(oldest)).get({ now }) as
+    const retry = this.stmt(`claim-retry:${oldest}`, CLAIM_SQL.retry(oldest)).get({
+      now,
+      exclude: JSON.stringify(request.exclude ?? []),
+    }) as
       | Candidate
       | undefined;
     const pick = pending && retry ? (before(pending, retry, oldest) ? pending : retry) : (pending ?? retry);
