@@ -229,7 +229,7 @@ export async function processAttempt(ctx: DaemonContext, doc: RunDoc): Promise<s
 
 /**
  * What a healthy daemon does with the run from here on: claims it whenever it is eligible (moving the clock to
- * its next_retry) and processes each attempt, until it is done or abandoned. Returns the tokens it held.
+ * its next_retry, or to the end of a previous attempt's drain fence) and processes each attempt, until it is done or abandoned. Returns the tokens it held.
  */
 export async function processToEnd(
   ctx: DaemonContext,
@@ -247,6 +247,10 @@ export async function processToEnd(
     if (p?.state === 'done' || p?.state === 'abandoned') return tokens;
     if (p?.state === 'failed' && p.next_retry !== undefined && p.next_retry > clock.now) {
       clock.advance(p.next_retry - clock.now);
+    }
+    // a run taken from a busy owner that never confirmed its command gone waits for the drain limit (nextRetryAt)
+    if (p?.state === 'failed' && p.draining !== undefined && p.draining.until > clock.now) {
+      clock.advance(p.draining.until - clock.now);
     }
     const claimed = await ctx.store.claimNextRun({ host: ctx.host, pid: process.pid, order: 'newest' });
     if (!claimed) throw new Error(`run ${number} is ${p?.state ?? 'pending'} and cannot be claimed`);
