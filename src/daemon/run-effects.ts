@@ -145,7 +145,11 @@ export function runEffects(ctx: DaemonContext) {
   // host may take the run over as stale and start it again.
   const holdMs = leaseHoldLimitMs(config.timeouts);
   const retryMs = Math.min(config.timeouts.check_interval, 1000);
-  /** Per attempt: the monotonic time at which its last successful lease write was sent (the claim counts). */
+  /**
+   * Per attempt: the monotonic time its last successful lease write completed (the claim counts). A write that
+   * waited long for a lock commits at its end, so completion is what the store's time says; a slow answer
+   * from a remote server is covered by the check_interval of margin in holdMs.
+   */
   const renewedAt = new Map<string, number>();
   const attemptKey = (run: ClaimedRun) => `${run.number}/${run.attempt}`;
   const lastRenewal = (run: ClaimedRun): number => {
@@ -157,9 +161,9 @@ export function runEffects(ctx: DaemonContext) {
     }
     return at;
   };
-  /** A lease write sent at `sentAt` succeeded: the store's lease time is at least that recent. */
-  const leaseRenewed = (run: ClaimedRun, sentAt: number) => {
-    renewedAt.set(attemptKey(run), Math.max(lastRenewal(run), sentAt));
+  /** A lease write of the attempt has just succeeded. */
+  const leaseRenewed = (run: ClaimedRun) => {
+    renewedAt.set(attemptKey(run), performance.now());
   };
 
   /**
@@ -170,10 +174,9 @@ export function runEffects(ctx: DaemonContext) {
   async function fencedWrite(run: ClaimedRun, what: string, write: () => Promise<boolean>): Promise<boolean> {
     let warned = false;
     for (;;) {
-      const sentAt = performance.now();
       try {
         const ok = await write();
-        if (ok) leaseRenewed(run, sentAt);
+        if (ok) leaseRenewed(run);
         return ok;
       } catch (error) {
         if (!isStoreContention(error)) throw error;
@@ -501,12 +504,11 @@ export function runEffects(ctx: DaemonContext) {
       }
       if (inFlight) return;
       inFlight = true;
-      const sentAt = performance.now();
       store
         .heartbeatRun(run.number, run.token)
         .then((ok) => {
           if (ok) {
-            leaseRenewed(run, sentAt);
+            leaseRenewed(run);
             lastError = '';
           } else if (!lost) {
             lost = true;
