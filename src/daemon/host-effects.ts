@@ -25,6 +25,44 @@ export interface HostView {
 /** Shortest pause before looking again when a retry is already due but was not claimable. */
 const MIN_POLL_MS = 50;
 
+/**
+ * Crash-only for an effect that repeats on a timer and cannot report its errors to the chart: a store file
+ * replaced is fatal at once, and failing without a single success for longer than `limitMs` (measured on a
+ * monotonic clock, so a wall-clock step neither ends nor prolongs it) is fatal too, instead of an error
+ * logged for ever by a daemon that no longer works. `fatal` is called once.
+ */
+export function failureBound(what: string, limitMs: number, limitName: string, fatal: (reason: string) => void) {
+  let lastSuccess = performance.now();
+  let ended = false;
+  const end = (reason: string) => {
+    if (ended) return;
+    ended = true;
+    fatal(reason);
+  };
+  return {
+    get ended() {
+      return ended;
+    },
+    succeeded() {
+      lastSuccess = performance.now();
+    },
+    /** Records a failure; true when it ended the effect (the caller need not log it as well). */
+    failed(error: unknown): boolean {
+      if (error instanceof StoreReplacedError) {
+        end(error.message);
+        return true;
+      }
+      const failingMs = performance.now() - lastSuccess;
+      if (failingMs < limitMs) return false;
+      end(
+        `${what} for ${formatDuration(Math.round(failingMs))} (${limitName} is ${formatDuration(limitMs)}): ` +
+          `${String(error)}`,
+      );
+      return true;
+    },
+  };
+}
+
 export function hostEffects(ctx: DaemonContext, view: () => HostView) {
   const { store, config, logger, clock, host } = ctx;
 
@@ -129,30 +167,19 @@ export function hostEffects(ctx: DaemonContext, view: () => HostView) {
   const heartbeat = fromCallback<EventObject, { host: string }>(({ sendBack }) => {
     let inFlight = false;
     let displaced = false;
-    let fatal = false;
     let lastWritten = '';
-    let lastSuccess = performance.now(); // monotonic: a wall-clock step must not end (or prolong) the daemon
-    const failFatally = (reason: string) => {
-      if (fatal) return;
-      fatal = true;
-      sendBack({ type: 'FATAL', error: reason });
-    };
+    const bound = failureBound(
+      'the store refused host heartbeats',
+      config.timeouts.max_busy_time,
+      'timeouts.max_busy_time',
+      (reason) => sendBack({ type: 'FATAL', error: reason }),
+    );
     const failed = (error: unknown) => {
-      if (error instanceof StoreReplacedError) {
-        failFatally(error.message);
-        return;
-      }
       logger.error(`host heartbeat failed: ${String(error)}`);
-      const failingMs = performance.now() - lastSuccess;
-      if (failingMs >= config.timeouts.max_busy_time) {
-        failFatally(
-          `the store refused host heartbeats for ${formatDuration(Math.round(failingMs))} ` +
-            `(timeouts.max_busy_time is ${formatDuration(config.timeouts.max_busy_time)}): ${String(error)}`,
-        );
-      }
+      bound.failed(error);
     };
     const write = (force: boolean) => {
-      if (inFlight || displaced || fatal) return;
+      if (inFlight || displaced || bound.ended) return;
       const current = view();
       const key = JSON.stringify(current);
       inFlight = true;
@@ -168,7 +195,7 @@ export function hostEffects(ctx: DaemonContext, view: () => HostView) {
             ...(disk ? { disk } : {}),
           };
           const ok = await store.heartbeatHost(host, ctx.hostToken, patch);
-          lastSuccess = performance.now();
+          bound.succeeded();
           lastWritten = key;
           if (!ok) {
             displaced = true;
@@ -181,7 +208,7 @@ export function hostEffects(ctx: DaemonContext, view: () => HostView) {
         });
     };
     const follow = () => {
-      if (!displaced && !fatal) sampleMonitor(view());
+      if (!displaced && !bound.ended) sampleMonitor(view());
       write(false);
     };
     write(true);
@@ -203,8 +230,16 @@ export function hostEffects(ctx: DaemonContext, view: () => HostView) {
   const cleaner = fromCallback<EventObject, { host: string }>(({ sendBack }) => {
     // Kept across passes: a lease is stale only once this daemon saw it unchanged for the limit.
     const observations = new LeaseObservations(ctx.monotonic);
+    // A cleanup that fails pass after pass leaves other hosts' stale runs to rot: crash-only, as the heartbeat.
+    const { max_busy_time: maxBusy, cleanup_interval: interval } = config.timeouts;
+    const bound = failureBound(
+      'every cleanup pass failed',
+      Math.max(maxBusy, interval),
+      interval > maxBusy ? 'timeouts.cleanup_interval' : 'timeouts.max_busy_time',
+      (reason) => sendBack({ type: 'FATAL', error: reason }),
+    );
     const pass = () => {
-      if (cleaning) return;
+      if (cleaning || bound.ended) return;
       cleaning = cleanupPass({
         store,
         config,
@@ -217,6 +252,7 @@ export function hostEffects(ctx: DaemonContext, view: () => HostView) {
         pid: process.pid,
       })
         .then((report) => {
+          bound.succeeded();
           // A repaired run may be eligible again at once: look now rather than at the next poll.
           if (report.repairs.length > 0) sendBack({ type: 'WAKE' });
           if (report.repairs.length + report.deadHosts.length + report.errors.length > 0) {
@@ -227,8 +263,8 @@ export function hostEffects(ctx: DaemonContext, view: () => HostView) {
           }
         })
         .catch((error: unknown) => {
-          if (error instanceof StoreReplacedError) sendBack({ type: 'FATAL', error: error.message });
-          else logger.error(`cleanup pass failed: ${String(error)}`);
+          logger.error(`cleanup pass failed: ${String(error)}`);
+          bound.failed(error);
         })
         .finally(() => {
           cleaning = undefined;
