@@ -443,7 +443,8 @@ export function runEffects(ctx: DaemonContext) {
   >(async ({ input }) => {
     const { run, failure } = input;
     const interrupted = failure.hostFault !== undefined;
-    const last = interrupted ? hostFaultReason(await failureReason(ctx, failure), failure) : await failureReason(ctx, failure);
+    const written = await failureReason(ctx, failure);
+    const last = interrupted ? hostFaultReason(written, failure) : written;
     // A host fault is an interruption: the run is given up on at max_interruptions, its failures unchanged.
     const nFailures = interrupted ? run.nFailures : run.nFailures + 1;
     const reason = abandonReason(input.why, last, interrupted ? 'last interruption' : 'last failure');
