@@ -3,7 +3,8 @@
 
 import { formatByteSize, formatElapsed } from '../config/duration.js';
 import { monitorMinute } from '../store/run-store.js';
-import { HOST_STATES, type HostState, type MonitorSample } from '../store/types.js';
+import { parseUncleanRestart } from '../policy/host-restart.js';
+import { HOST_STATES, type HostState, type LogEntry, type MonitorSample } from '../store/types.js';
 import { isDateMs, isoTimeOrInvalid } from '../time-range.js';
 
 const MINUTE_MS = 60_000;
@@ -53,6 +54,21 @@ export interface HostHistory {
   silentMinutes: number;
   stops: HistoryGap[];
   stoppedMinutes: number;
+  /**
+   * Daemons of this host that started where their predecessor ended without stopping (killed, crashed), from the
+   * operator log: also the silences too short to leave a minute without a sample.
+   */
+  restarts: HostRestart[];
+}
+
+export interface HostRestart {
+  /** When the new daemon started, epoch ms. */
+  at: number;
+  /** The predecessor's last heartbeat, and the silence until the restart. */
+  lastHeard: number;
+  silentMs: number;
+  previousPid: number;
+  previousState: string;
 }
 
 function gapsOf(sorted: MonitorSample[], nowMs: number): HistoryGap[] {
@@ -70,7 +86,7 @@ function gapsOf(sorted: MonitorSample[], nowMs: number): HistoryGap[] {
   return gaps;
 }
 
-function summariseHost(host: string, samples: MonitorSample[], nowMs: number): HostHistory {
+function summariseHost(host: string, samples: MonitorSample[], nowMs: number, restarts: HostRestart[]): HostHistory {
   const sorted = [...samples].sort((a, b) => a.time - b.time);
   const minutesByState: Partial<Record<HostState, number>> = {};
   for (const s of sorted) minutesByState[s.state] = (minutesByState[s.state] ?? 0) + 1;
@@ -108,6 +124,7 @@ function summariseHost(host: string, samples: MonitorSample[], nowMs: number): H
     silentMinutes: silences.reduce((n, g) => n + g.minutes, 0),
     stops,
     stoppedMinutes: stops.reduce((n, g) => n + g.minutes, 0),
+    restarts,
   };
 }
 
@@ -119,13 +136,32 @@ export function summariseHistory(
   samples: MonitorSample[],
   window: HistoryWindow,
   knownHosts: string[] = [],
+  log: LogEntry[] = [],
 ): HostHistory[] {
   const inWindow = samples.filter((s) => s.time >= window.sinceMs && s.time <= window.nowMs);
   const byHost = new Map<string, MonitorSample[]>(knownHosts.map((h) => [h, []]));
   for (const s of inWindow) byHost.set(s.host, [...(byHost.get(s.host) ?? []), s]);
+  const restarts = new Map<string, HostRestart[]>();
+  for (const entry of log) {
+    if (entry.time < window.sinceMs || entry.time > window.nowMs) continue;
+    const restart = parseUncleanRestart(entry.message);
+    if (!restart) continue;
+    if (!byHost.has(restart.host)) byHost.set(restart.host, []);
+    const list = restarts.get(restart.host) ?? [];
+    list.push({
+      at: entry.time,
+      lastHeard: restart.lastHeard,
+      silentMs: Math.max(0, entry.time - restart.lastHeard),
+      previousPid: restart.previousPid,
+      previousState: restart.previousState,
+    });
+    restarts.set(restart.host, list);
+  }
   return [...byHost.keys()]
     .sort()
-    .map((host) => summariseHost(host, byHost.get(host) ?? [], window.nowMs));
+    .map((host) =>
+      summariseHost(host, byHost.get(host) ?? [], window.nowMs, (restarts.get(host) ?? []).sort((a, b) => a.at - b.at)),
+    );
 }
 
 // -------------------------------------------------------------------------------------------------- text
@@ -155,6 +191,26 @@ function gapLines(label: string, gaps: HistoryGap[], total: number, withDate: bo
   const lines = [`  ${label.padEnd(9)} ${formatElapsed(total * MINUTE_MS)} in ${gaps.length} gap(s)`];
   for (const gap of gaps.slice(0, SILENCES_SHOWN)) lines.push(`            ${gapLine(gap, withDate)}`);
   if (gaps.length > SILENCES_SHOWN) lines.push(`            … and ${gaps.length - SILENCES_SHOWN} more`);
+  return lines;
+}
+
+/** `10:07:42Z`: restarts are seconds apart. */
+function secondTime(ms: number, withDate: boolean): string {
+  if (!isDateMs(ms)) return isoTimeOrInvalid(ms);
+  const iso = new Date(ms).toISOString();
+  return withDate ? `${iso.slice(0, 10)} ${iso.slice(11, 19)}Z` : `${iso.slice(11, 19)}Z`;
+}
+
+function restartLines(restarts: HostRestart[], withDate: boolean): string[] {
+  if (restarts.length === 0) return [];
+  const lines = [`  ${'restarts'.padEnd(9)} ${restarts.length} without a stop (the daemon was killed or crashed)`];
+  for (const r of restarts.slice(-SILENCES_SHOWN)) {
+    lines.push(
+      `            ${secondTime(r.at, withDate)} after ${formatElapsed(r.silentMs)} silent ` +
+        `(pid ${r.previousPid} was ${r.previousState})`,
+    );
+  }
+  if (restarts.length > SILENCES_SHOWN) lines.push(`            … and ${restarts.length - SILENCES_SHOWN} earlier`);
   return lines;
 }
 
@@ -197,6 +253,7 @@ export function formatHistory(histories: HostHistory[], window: HistoryWindow): 
     );
     out.push(...gapLines('silence', h.silences, h.silentMinutes, withDate));
     if (h.stops.length > 0) out.push(...gapLines('stopped', h.stops, h.stoppedMinutes, withDate));
+    out.push(...restartLines(h.restarts, withDate));
   }
   return out.join('\n');
 }

@@ -24,11 +24,13 @@ async function printHistory(config: Config, args: StatusArgs): Promise<void> {
   const sinceMs = durationFlag(args.since ?? '1h', 'since', { ms: 60_000, why: 'samples are taken once a minute' });
   const nowMs = Date.now();
   const window = { sinceMs: nowMs - sinceMs, nowMs };
-  const { samples, hosts } = await withStore(config, async (store) => ({
+  const { samples, hosts, log } = await withStore(config, async (store) => ({
     samples: await store.listMonitor({ sinceMs: window.sinceMs }),
     hosts: await store.listHosts(),
+    // Restarts without a stop are warnings in the operator log (newest first; a generous bound).
+    log: await store.listLog({ minPriority: 2, limit: 20_000 }),
   }));
-  const histories = summariseHistory(samples, window, hosts.map((h) => h.host));
+  const histories = summariseHistory(samples, window, hosts.map((h) => h.host), log);
   if (args.json) return printJson({ since: window.sinceMs, now: nowMs, hosts: histories, samples });
   process.stdout.write(`${formatHistory(histories, window)}\n`);
 }
@@ -66,16 +68,20 @@ export const statusCommand: CommandModule<GlobalArgs, StatusArgs> = {
           ? 'no hosts have registered yet'
           : table(
               ['HOST', 'STATE', 'PID', 'HEARTBEAT', 'SLOTS', 'RUNNING', 'DISK', 'VERSION'],
-              hosts.map((h) => [
-                h.host,
-                h.state,
-                String(h.pid),
-                formatRelative(h.time, now),
-                `${h.running.length}/${h.slots}`,
-                h.running.join(',') || '-',
-                h.disk ? `${Math.round(h.disk.used_percent)}% used, ${formatByteSize(h.disk.free_bytes)} free` : '-',
-                h.version,
-              ]),
+              hosts.map((h) => {
+                // A stopped or dead host runs nothing, whatever an older document still lists.
+                const running = h.state === 'stopped' || h.state === 'dead' ? [] : h.running;
+                return [
+                  printable(h.host),
+                  printable(h.state),
+                  String(h.pid),
+                  formatRelative(h.time, now),
+                  `${running.length}/${h.slots}`,
+                  running.join(',') || '-',
+                  h.disk ? `${Math.round(h.disk.used_percent)}% used, ${formatByteSize(h.disk.free_bytes)} free` : '-',
+                  printable(h.version),
+                ];
+              }),
             ),
       );
       // A paused host says why (a host fault: an unwritable directory, a missing executable).

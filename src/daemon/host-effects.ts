@@ -12,6 +12,8 @@ import { LeaseObservations } from './lease-observations.js';
 import { displacePreviousDaemon } from './displace.js';
 import { recoverOwnRuns } from './recover-own-runs.js';
 import type { DaemonContext } from './context.js';
+import { isDateMs, isoTimeOrInvalid } from '../time-range.js';
+import { uncleanRestartMessage } from '../policy/host-restart.js';
 import { VERSION } from '../version.js';
 
 /** What the host document should say right now; the daemon derives it from the host actor. */
@@ -76,6 +78,8 @@ export function hostEffects(ctx: DaemonContext, view: () => HostView) {
     previous = await store.getHost(host);
     // Even a document that says stopped or dead is checked: the pid + start time decide, not the state.
     if (previous) await displacePreviousDaemon(previous, config.timeouts.signal_escalate, logger);
+    // As the predecessor left it: one displaced by SIGTERM has written `stopped` by now.
+    const left = previous ? await store.getHost(host) : null;
     const now = clock();
     const procStart = readProcStart(process.pid);
     await store.registerHost({
@@ -94,6 +98,11 @@ export function hostEffects(ctx: DaemonContext, view: () => HostView) {
       `host ${host} started: pid ${process.pid}, ${config.slots} slot(s), store ${store.location}; ` +
         `new runs noticed by ${store.wakeUpMethod}`,
     );
+    // A predecessor that did not stop cleanly (killed, crashed) is recorded, however short the silence was:
+    // status --history counts these, since a restart within a minute leaves no gap in the monitor samples.
+    if (left && left.state !== 'stopped' && isDateMs(left.time)) {
+      logger.warn(uncleanRestartMessage({ host, previousPid: left.pid, previousState: left.state, lastHeard: left.time }));
+    }
   });
 
   const recoverRuns = fromPromise<void, { host: string }>(async () => {
@@ -199,7 +208,17 @@ export function hostEffects(ctx: DaemonContext, view: () => HostView) {
           lastWritten = key;
           if (!ok) {
             displaced = true;
-            sendBack({ type: 'DISPLACED', reason: `another daemon took over host ${host}` });
+            // Who took over: the document the newcomer registered (it may be another machine with this host name).
+            const newcomer = await store.getHost(host).catch(() => null);
+            sendBack({
+              type: 'DISPLACED',
+              reason:
+                `another daemon took over host ${host}` +
+                (newcomer
+                  ? `: pid ${newcomer.pid}, started ${isoTimeOrInvalid(newcomer.started)}, version ${newcomer.version}` +
+                    ` (this daemon is pid ${process.pid}; two daemons configured with one host name?)`
+                  : ' (its host document is gone)'),
+            });
           }
         })
         .catch(failed)

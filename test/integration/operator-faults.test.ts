@@ -1,7 +1,7 @@
 import { existsSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { writeConfig } from '../helpers/cli.js';
+import { waitFor, writeConfig } from '../helpers/cli.js';
 import { useSandbox } from '../helpers/sandbox.js';
 
 // What misleads the person on shift (issue 13), through the real CLI against real SQLite files.
@@ -283,5 +283,52 @@ describe('what list, show and top say about a run', () => {
     expect(list.stdout).toMatch(/^3 +busy /m);
     expect(show2.stdout).toMatch(/^ {2}degraded +done with targets 1 of 3 \(without peaks, events\)$/m);
     expect(top.stdout).toMatch(/^3 +1 \(degraded\) +daq /m);
+  });
+});
+
+describe('hosts', () => {
+  it('restarts after kill -9 show in status --history even within a minute; a displaced daemon names who took over', async () => {
+    config(['true']);
+    const store = await sandbox.openStore();
+    const registered = async (pid: number) =>
+      waitFor(async () => (await store.getHost('testhost'))?.pid === pid && (await store.getHost('testhost'))!.state !== 'starting', `daemon ${pid} registered`);
+    // Three crashes in a row, seconds apart: no minute without a sample, but three restarts without a stop.
+    for (let i = 0; i < 3; i++) {
+      const daemon = sandbox.start(['daemon']);
+      await registered(daemon.pid!);
+      daemon.kill('SIGKILL');
+      await daemon;
+    }
+    const last = sandbox.start(['daemon']);
+    await registered(last.pid!);
+    const history = await sandbox.run(['status', '--history']);
+    expect(history.exitCode, history.stderr).toBe(0);
+    expect(history.stdout).toMatch(/^ {2}restarts +3 without a stop \(the daemon was killed or crashed\)$/m);
+    expect(history.stdout.match(/^ {12}\d\d:\d\d:\d\dZ after \d+(\.\d+)?m?s silent \(pid \d+ was (idle|busy)\)$/gm)).toHaveLength(3);
+    const json = JSON.parse((await sandbox.run(['status', '--history', '--json'])).stdout) as {
+      hosts: Array<{ host: string; restarts: Array<{ at: string; previousPid: number }> }>;
+    };
+    expect(json.hosts.find((h) => h.host === 'testhost')!.restarts).toHaveLength(3);
+
+    // Another daemon (another machine with the same host name) takes the host document over: the displaced
+    // daemon says who.
+    const now = Date.now();
+    await store.registerHost({ host: 'testhost', pid: 424242, token: 'newcomer', state: 'idle', time: now, started: now, version: '9.9.9', slots: 1, running: [] });
+    const ended = await last;
+    expect(ended.exitCode).not.toBe(0);
+    expect(ended.all).toMatch(/another daemon took over host testhost: pid 424242, started \S+, version 9\.9\.9/);
+  });
+
+  it('a host presumed dead runs nothing: its RUNNING list is cleared', async () => {
+    config(['true'], '');
+    writeConfig(sandbox.dir, readFileSync(join(sandbox.dir, 'runwarden.yaml'), 'utf8').replace('timeouts:\n', 'timeouts:\n  presumed_dead: 1s\n'));
+    const store = await sandbox.openStore();
+    const long = Date.now() - 60_000;
+    await store.registerHost({ host: 'ghost', pid: 1, token: 't', state: 'busy', time: long, started: long, version: 'x', slots: 2, running: [5, 6] });
+    const cleaned = await sandbox.run(['cleanup']);
+    expect(cleaned.stdout).toMatch(/^host ghost presumed dead/m);
+    expect((await store.getHost('ghost'))).toMatchObject({ state: 'dead', running: [] });
+    const status = await sandbox.run(['status']);
+    expect(status.stdout).toMatch(/^ghost +dead +1 +\S+ ago +0\/2 +- /m);
   });
 });

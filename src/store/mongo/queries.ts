@@ -509,7 +509,8 @@ export function markDeadFilter(host: string, token: unknown, time: unknown): Fil
   return { host, token, time };
 }
 
-export const MARK_DEAD_UPDATE: Document = { $set: { state: 'dead' } };
+/** A dead host runs nothing: its RUNNING list goes with the state. */
+export const MARK_DEAD_UPDATE: Document = { $set: { state: 'dead', running: [] } };
 
 export const HOSTS_SORT: SortSpec = { host: 1 };
 

@@ -904,7 +904,11 @@ export class SqliteRunStore implements RunStore {
         'silent-hosts',
         `SELECT * FROM hosts WHERE state NOT IN ('stopped', 'dead') AND time < ?`,
       ).all(now - silentMs) as Row[];
-      const mark = this.stmt('mark-dead', `UPDATE hosts SET state = 'dead' WHERE host = ? AND token = ? AND time = ?`);
+      // A dead host runs nothing: its RUNNING list goes (the returned document keeps what it said last).
+      const mark = this.stmt(
+        'mark-dead',
+        `UPDATE hosts SET state = 'dead', running = '[]' WHERE host = ? AND token = ? AND time = ?`,
+      );
       const marked: HostDoc[] = [];
       for (const row of rows) {
         if (mark.run(row.host, row.token, row.time).changes === 1) marked.push(hostFromRow(row));
