@@ -56,9 +56,10 @@ export const processCommand: CommandModule<GlobalArgs, ProcessArgs> = {
         'Pending, failed, abandoned and held runs are processed as asked. Considering, busy and done runs are ' +
           'refused unless --force: a forced busy run loses its lease and its owner kills its command within one ' +
           'check_interval. The attempt writes its output to LOG_DIR/N/attempt-K.log and records every transition ' +
-          'as a daemon would. Exit 0 when the run is done, or when ^C released it (failed, eligible again now, ' +
-          'failure count unchanged); 1 when it failed, was abandoned or taken away. A second ^C kills the ' +
-          "command's process group at once and exits 130.",
+          'as a daemon would. Exit 0 when the run is done, or when ^C, SIGTERM or SIGHUP released it (failed, ' +
+          'eligible again now, failure count unchanged); 1 when it failed, was abandoned or taken away, or on a ' +
+          'fatal error (its store file replaced, an unexpected error: the command is killed). A second signal ' +
+          "kills the command's process group at once and exits 130.",
       )
       .example('$0 process 1042', 'process run 1042 now, in this terminal')
       .example('$0 process 1042 --force', 'take run 1042 from whoever has it (or redo a done run)'),
