@@ -3,7 +3,7 @@ import { requireCommand } from '../config/index.js';
 import { claimForProcessing, describeState } from '../daemon/operator-actions.js';
 import { processOneRun, type ProcessOneOutcome } from '../daemon/process-one.js';
 import { describeFatal, dieLoudly, exitProcess, onProcessFault, STOP_SIGNALS } from '../daemon/process-exit.js';
-import { createLogger } from '../log/logger.js';
+import { createLogger, dropWriteErrors } from '../log/logger.js';
 import { openStore } from '../store/open-store.js';
 import type { RunDoc } from '../store/types.js';
 import { configFromArgs, formatTime, printJson, runCommand, type GlobalArgs } from './common.js';
@@ -72,6 +72,8 @@ export const processCommand: CommandModule<GlobalArgs, ProcessArgs> = {
       await assertHostReady(config);
       const store = await openStore(config.store, { create: false });
       const logger = createLogger({ level: config.log_level, host: config.host, store });
+      // A terminal that went away (SIGHUP) must not turn the outcome line into a crash: it is dropped.
+      dropWriteErrors(process.stdout);
       let signalsSeen = 0;
       let stop = () => {};
       let kill = () => {};
