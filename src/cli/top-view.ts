@@ -145,7 +145,8 @@ function hostSection(snapshot: TopSnapshot, now: number): Section {
     headers: ['HOST', 'STATE', 'HEARTBEAT', 'SLOTS', 'DISK'],
     items: snapshot.hosts.map((h) => [
       cell(h.host, 20),
-      cell(h.state),
+      // a host paused for a host fault says why (an unwritable directory, a missing executable)
+      h.state === 'paused' && h.paused_reason ? cell(`paused: ${h.paused_reason}`, 40) : cell(h.state),
       formatRelative(h.time, now),
       `${h.running.length}/${h.slots}`,
       h.disk ? `${Math.round(h.disk.used_percent)}% used, ${formatByteSize(h.disk.free_bytes)} free` : '-',

@@ -140,6 +140,17 @@ describe('renderTop', () => {
     expect(lines.some((l) => l.startsWith('…'))).toBe(false);
   });
 
+  it('a paused host says why, cut to fit', () => {
+    const reason = 'process.log_dir: cannot create or write /data/logs: EACCES: permission denied';
+    const lines = renderTop(
+      view(snapshotOf({ hosts: [host('daq01', { state: 'paused', running: [], paused_reason: reason })] })),
+      { columns: 80, rows: 24 },
+      NOW,
+    );
+    expectFits(lines, 80, 24);
+    expect(lines).toContainEqual(expect.stringMatching(/^daq01 +paused: process\.log_dir: cannot create… +3s ago +0\/4/));
+  });
+
   it('an empty store says so in each section', () => {
     const lines = renderTop(view(snapshotOf()), { columns: 80, rows: 24 }, NOW);
     expect(lines).toEqual([
