@@ -17,7 +17,7 @@ export const cleanupCommand: CommandModule<GlobalArgs, GlobalArgs> = {
   builder: (yargs: Argv<GlobalArgs>) =>
     yargs
       .epilogue(
-        'Marks hosts silent for timeouts.presumed_dead as dead; fails runs considering longer than ' +
+        'Marks hosts silent for timeouts.presumed_dead as dead and forgets hosts dead for timeouts.forget_dead_hosts; fails runs considering longer than ' +
           'timeouts.max_considering_time or busy longer than timeouts.max_busy_time without a heartbeat (a ' +
           'counted failure; abandoned once retry.max_failures is reached); fails done runs without a registered ' +
           'output when process.require_output is on; abandons runs tagged "abandon"; repairs half-written ' +
@@ -37,6 +37,9 @@ export const cleanupCommand: CommandModule<GlobalArgs, GlobalArgs> = {
       const out: string[] = [];
       for (const h of report.deadHosts) {
         out.push(`host ${h.host} presumed dead: silent since ${formatTime(h.silentSince)}`);
+      }
+      for (const h of report.forgottenHosts) {
+        out.push(`host ${h.host} forgotten: dead and silent since ${formatTime(h.silentSince)} (timeouts.forget_dead_hosts)`);
       }
       if (report.repairs.length > 0) {
         out.push(

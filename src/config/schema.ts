@@ -49,6 +49,8 @@ export interface Config {
     cleanup_interval: number;
     idle_poll: number;
     presumed_dead: number;
+    /** A host dead and silent for this long is removed from the hosts list by cleanup. */
+    forget_dead_hosts: number;
     max_processing_time: number;
     max_no_output_time: number;
     /** `daemon --undying`: pause before restarting a crashed daemon. */
@@ -119,6 +121,7 @@ export function defaultConfig(cwd: string, host: string = defaultHostName()): Co
       cleanup_interval: 60_000,
       idle_poll: 10_000,
       presumed_dead: 300_000,
+      forget_dead_hosts: 7 * 24 * 3_600_000,
       max_processing_time: 72 * 3_600_000,
       max_no_output_time: 30 * 60_000,
       restart_pause: 10_000,
@@ -182,6 +185,7 @@ export const CONFIG_KEYS = {
     cleanup_interval: 'duration',
     idle_poll: 'duration',
     presumed_dead: 'duration',
+    forget_dead_hosts: 'duration',
     max_processing_time: 'duration',
     max_no_output_time: 'duration',
     restart_pause: 'duration',

@@ -54,6 +54,8 @@ export interface CleanupRepair {
 export interface CleanupReport {
   /** Hosts this pass marked dead, with the time they last wrote. */
   deadHosts: Array<{ host: string; silentSince: number }>;
+  /** Dead hosts silent for longer than timeouts.forget_dead_hosts, removed from the hosts list by this pass. */
+  forgottenHosts: Array<{ host: string; silentSince: number }>;
   repairs: CleanupRepair[];
   /** Runs that changed between reading and writing (another cleaner, the owner or an operator got there first). */
   lost: Array<{ number: number; kind: RepairKind }>;
@@ -123,7 +125,7 @@ async function invalidProcessingOverride(deps: CleanupDeps, run: RunDoc, problem
 
 export async function cleanupPass(deps: CleanupDeps): Promise<CleanupReport> {
   const { store, config } = deps;
-  const report: CleanupReport = { deadHosts: [], repairs: [], lost: [], errors: [] };
+  const report: CleanupReport = { deadHosts: [], forgottenHosts: [], repairs: [], lost: [], errors: [] };
 
   const warn = async (message: string, number?: number) => {
     if (deps.logger) {
@@ -176,6 +178,10 @@ export async function cleanupPass(deps: CleanupDeps): Promise<CleanupReport> {
   for (const host of await store.markSilentHostsDead(config.timeouts.presumed_dead)) {
     report.deadHosts.push({ host: host.host, silentSince: host.time });
     await warn(`host ${host.host} presumed dead: silent since ${isoTimeOrInvalid(host.time)}`);
+  }
+  // Hosts gone for good (decommissioned, renamed) leave the hosts list after timeouts.forget_dead_hosts.
+  for (const host of await store.forgetDeadHosts(config.timeouts.forget_dead_hosts)) {
+    report.forgottenHosts.push({ host: host.host, silentSince: host.time });
   }
 
   // First, so a half-written row is repaired for what it is, not reported stale from a time it lacks.

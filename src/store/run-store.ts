@@ -263,6 +263,11 @@ export interface RunStore {
    */
   markSilentHostsDead(silentMs: number): Promise<HostDoc[]>;
   listHosts(): Promise<HostDoc[]>;
+  /**
+   * Removes the documents of hosts that are dead and have been silent for longer than `silentMs` (each with one
+   * conditional delete, so a host that came back meanwhile stays); returns what was removed.
+   */
+  forgetDeadHosts(silentMs: number): Promise<HostDoc[]>;
 
   /**
    * Stores a host's status for the minute of `sample.time`. Idempotent per host and minute: a second sample

@@ -137,7 +137,7 @@ describe('cleanupPass', () => {
 
     // A second pass finds nothing left to do.
     const again = await cleanupPass(deps(now, 'cleaner'));
-    expect(again).toEqual({ deadHosts: [], repairs: [], lost: [], errors: [] });
+    expect(again).toEqual({ deadHosts: [], forgottenHosts: [], repairs: [], lost: [], errors: [] });
   });
 
   it('abandons a stale run whose interruption reaches retry.max_interruptions, with both reasons', async () => {

@@ -319,16 +319,22 @@ describe('hosts', () => {
     expect(ended.all).toMatch(/another daemon took over host testhost: pid 424242, started \S+, version 9\.9\.9/);
   });
 
-  it('a host presumed dead runs nothing: its RUNNING list is cleared', async () => {
+  it('a host presumed dead runs nothing (its RUNNING list is cleared); a host dead for a week is forgotten', async () => {
     config(['true'], '');
     writeConfig(sandbox.dir, readFileSync(join(sandbox.dir, 'runwarden.yaml'), 'utf8').replace('timeouts:\n', 'timeouts:\n  presumed_dead: 1s\n'));
     const store = await sandbox.openStore();
     const long = Date.now() - 60_000;
     await store.registerHost({ host: 'ghost', pid: 1, token: 't', state: 'busy', time: long, started: long, version: 'x', slots: 2, running: [5, 6] });
+    // Dead for eight days: past timeouts.forget_dead_hosts (7 days by default), so cleanup forgets it.
+    const gone = Date.now() - 8 * 24 * 3_600_000;
+    await store.registerHost({ host: 'gone', pid: 2, token: 'g', state: 'dead', time: gone, started: gone, version: 'x', slots: 1, running: [] });
     const cleaned = await sandbox.run(['cleanup']);
     expect(cleaned.stdout).toMatch(/^host ghost presumed dead/m);
+    expect(cleaned.stdout).toMatch(/^host gone forgotten: dead and silent since \S+ \S+ \(timeouts\.forget_dead_hosts\)$/m);
+    expect(await store.getHost('gone')).toBeNull();
     expect((await store.getHost('ghost'))).toMatchObject({ state: 'dead', running: [] });
     const status = await sandbox.run(['status']);
     expect(status.stdout).toMatch(/^ghost +dead +1 +\S+ ago +0\/2 +- /m);
+    expect(status.stdout).not.toMatch(/^gone /m);
   });
 });

@@ -375,7 +375,7 @@ describe('operator commands', () => {
       /^99\s+tagged_abandon\s+pending\s+abandoned\s+tagged abandon; abandoned by cleanup on host ops/m,
     );
     const json = await ok('cleanup', '--json');
-    expect(JSON.parse(json.stdout)).toEqual({ deadHosts: [], repairs: [], lost: [], errors: [] });
+    expect(JSON.parse(json.stdout)).toEqual({ deadHosts: [], forgottenHosts: [], repairs: [], lost: [], errors: [] });
     expect((await ok('cleanup')).stdout).toBe('nothing to repair');
   });
 });

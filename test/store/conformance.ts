@@ -843,6 +843,18 @@ export function runStoreConformance(name: string, open: OpenForTest): void {
         // a dead host's heartbeat still works when it comes back with the same token
         expect(await store.heartbeatHost('alpha', 'a', { state: 'idle' })).toBe(true);
       });
+
+      it('markSilentHostsDead clears the RUNNING list; forgetDeadHosts removes hosts dead for longer than the limit', async () => {
+        await store.registerHost(hostDoc('alpha', 'a', { state: 'busy', time: Date.now() - 3 * HOUR, running: [5, 6] }));
+        await store.registerHost(hostDoc('beta', 'b', { state: 'dead', time: Date.now() - 10 * HOUR }));
+        await store.registerHost(hostDoc('gamma', 'c', { state: 'stopped', time: Date.now() - 10 * HOUR }));
+        await store.markSilentHostsDead(HOUR);
+        expect(await store.getHost('alpha')).toMatchObject({ state: 'dead', running: [] });
+        expect((await store.forgetDeadHosts(5 * HOUR)).map((h) => h.host)).toEqual(['beta']);
+        expect((await store.listHosts()).map((h) => h.host)).toEqual(['alpha', 'gamma']);
+        expect(await store.forgetDeadHosts(5 * HOUR)).toEqual([]);
+        expect((await store.forgetDeadHosts(2 * HOUR)).map((h) => h.host)).toEqual(['alpha']);
+      });
     });
 
     describe('drain fence (a busy run taken away keeps its attempt until its command is gone)', () => {

@@ -92,6 +92,7 @@ import {
   MARK_DEAD_UPDATE,
   markBusyUpdate,
   markDeadFilter,
+  forgettableHostsFilter,
   listMonitorFilter,
   monitorFilter,
   MONITOR_SORT,
@@ -497,6 +498,16 @@ export class MongoRunStore implements RunStore {
       if (result.matchedCount === 1) marked.push(hostFromDoc(doc));
     }
     return marked;
+  }
+
+  async forgetDeadHosts(silentMs: number): Promise<HostDoc[]> {
+    const dead = await this.hosts.find(forgettableHostsFilter(silentMs)).sort(HOSTS_SORT).toArray();
+    const forgotten: HostDoc[] = [];
+    for (const doc of dead) {
+      const result = await this.hosts.deleteOne({ ...markDeadFilter(doc.host, doc.token, doc.time), state: 'dead' });
+      if (result.deletedCount === 1) forgotten.push(hostFromDoc(doc));
+    }
+    return forgotten;
   }
 
   async listHosts(): Promise<HostDoc[]> {

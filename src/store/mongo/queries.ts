@@ -504,6 +504,15 @@ export function silentHostsFilter(silentMs: number): Filter {
   };
 }
 
+/** Dead hosts silent for longer than `silentMs` by the server's clock: cleanup forgets them. */
+export function forgettableHostsFilter(silentMs: number): Filter {
+  return {
+    state: 'dead',
+    time: { $type: 'date' },
+    $expr: { $lt: ['$time', { $subtract: ['$$NOW', silentMs] }] },
+  };
+}
+
 /** Marks one silent host dead only if it has not written since it was read (same token and time). */
 export function markDeadFilter(host: string, token: unknown, time: unknown): Filter {
   return { host, token, time };

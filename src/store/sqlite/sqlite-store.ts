@@ -917,6 +917,20 @@ export class SqliteRunStore implements RunStore {
     });
   }
 
+  async forgetDeadHosts(silentMs: number): Promise<HostDoc[]> {
+    const now = this.clock();
+    return this.immediate(() => {
+      const rows = this.stmt('forgettable-hosts', `SELECT * FROM hosts WHERE state = 'dead' AND time < ?`).all(
+        now - silentMs,
+      ) as Row[];
+      const forget = this.stmt(
+        'forget-host',
+        `DELETE FROM hosts WHERE host = ? AND token = ? AND time = ? AND state = 'dead'`,
+      );
+      return rows.filter((row) => forget.run(row.host, row.token, row.time).changes === 1).map(hostFromRow);
+    });
+  }
+
   async listHosts(): Promise<HostDoc[]> {
     return (this.stmt('list-hosts', 'SELECT * FROM hosts ORDER BY host').all() as Row[]).map(hostFromRow);
   }
