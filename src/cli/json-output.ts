@@ -7,7 +7,7 @@ import { isDateMs } from '../time-range.js';
  * Keys whose numbers are times in epoch ms in what the commands print: run documents (start, end, processing
  * time/started/ended/next_retry, outputs' at), run_events and log entries (time), host documents (time,
  * started), monitor samples (time), status --history (since, now, first, last, and each gap's from/to), top
- * (readAt) and cleanup (silentSince). A run event's from/to are states (strings) and stay as they are.
+ * (readAt), cleanup (silentSince) and a run's drain fence (processing.draining.until). A run event's from/to are states (strings) and stay as they are.
  */
 const TIME_KEYS = new Set([
   'start',
@@ -25,6 +25,7 @@ const TIME_KEYS = new Set([
   'to',
   'readAt',
   'silentSince',
+  'until',
 ]);
 
 /** Fields holding the user's own data: their keys are not ours, so `params.start: 5` stays 5. */

@@ -46,6 +46,15 @@ export function wrapText(text: string, width: number): string[] {
   return lines;
 }
 
+/** Why a failed run is not retried yet: the attempt taken from its owner may still be stopping (issue 12). */
+function drainingLine(d: NonNullable<NonNullable<RunDoc['processing']>['draining']>): string {
+  const group = d.pgid !== undefined ? `, process group ${d.pgid}` : '';
+  return printable(
+    `attempt ${d.attempt} on host ${d.host} (pid ${d.pid}${group}) may still be stopping its command: ` +
+      `no new attempt starts before its owner confirms it gone, or ${formatTime(d.until)} at the latest`,
+  );
+}
+
 export interface RenderOptions {
   /** The terminal's width: history reasons wrap within it. Undefined: each reason on one line, in full. */
   width?: number;
@@ -66,6 +75,10 @@ export function renderRun(run: RunDoc, events: RunEvent[], options: RenderOption
     const { problems, ...fields } = processing;
     for (const [key, value] of Object.entries(fields)) {
       if (value === undefined) continue;
+      if (key === 'draining' && fields.draining) {
+        lines.push(...field(key, drainingLine(fields.draining)));
+        continue;
+      }
       lines.push(...field(key, describeValue(key, value)));
     }
     for (const problem of problems ?? []) lines.push(...field('invalid', printable(problem)));

@@ -27,6 +27,28 @@ describe('renderRun', () => {
   it('without a width, each reason is one line in full', () => {
     expect(renderRun(run, events)).toContain(`  ${reason}`);
   });
+
+  it('says why a failed run is not retried yet: its previous attempt may still be stopping (issue 12)', () => {
+    const failed: RunDoc = {
+      ...run,
+      processing: {
+        state: 'failed',
+        host: 'daq',
+        pid: 40,
+        token: 't2',
+        attempt: 1,
+        time: T,
+        n_failures: 1,
+        next_retry: T,
+        draining: { host: 'daq', pid: 40, attempt: 1, pgid: 41, proc_start: 5, until: T + 126_000 },
+      },
+    };
+    const text = renderRun(failed, events);
+    expect(text).toContain(
+      '  draining     attempt 1 on host daq (pid 40, process group 41) may still be stopping its command: ' +
+        'no new attempt starts before its owner confirms it gone, or 2026-12-06 03:02:06Z at the latest',
+    );
+  });
 });
 
 describe('wrapText', () => {
