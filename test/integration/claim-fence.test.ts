@@ -3,7 +3,8 @@ import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { operatorUser } from '../../src/daemon/operator-actions.js';
 import type { RunDoc } from '../../src/store/types.js';
-import { isAlive, waitFor, writeConfig } from '../helpers/cli.js';
+import { execa } from 'execa';
+import { isAlive, repoRoot, waitFor, writeConfig } from '../helpers/cli.js';
 import { useSandbox } from '../helpers/sandbox.js';
 
 // Issue 12 faults 1, 6 and 13, through the real CLI and daemons on one SQLite file: a run taken from a live
@@ -187,5 +188,55 @@ describe('drain fence: a run taken from a live owner starts again only once its 
     expect(isAlive(leader)).toBe(false);
     expect(overlaps()).toEqual([]);
     expect((await run(10)).processing).toMatchObject({ state: 'done', host: 'testhost', attempt: 2 });
+  });
+
+  it('fault 11: a daemon rides out its store locked by another process past the statement timeout', async () => {
+    // SQLite waits 10 s for a lock, then refuses with SQLITE_BUSY; max_busy_time is longer than the lock, so no
+    // lease may be taken: every claim, heartbeat and cleanup write meanwhile must be postponed, not fatal.
+    config(
+      '',
+      `  check_interval: 0.3s
+  cleanup_interval: 0.3s
+  idle_poll: 0.3s
+  max_busy_time: 40s
+  max_considering_time: 40s`,
+    );
+    const daemon = sandbox.start(['daemon']);
+    const s = await sandbox.openStore();
+    await waitFor(async () => (await s.getHost('testhost'))?.state === 'idle', 'the daemon to be idle');
+
+    const lockedFile = join(sandbox.dir, 'locked');
+    const locker = sandbox.track(
+      execa(
+        process.execPath,
+        [
+          '-e',
+          `const Database = require('better-sqlite3');
+           const db = new Database(process.argv[1], { timeout: 0 });
+           db.exec('BEGIN EXCLUSIVE');
+           require('fs').writeFileSync(process.argv[2], 'locked');
+           setTimeout(() => { db.exec('COMMIT'); db.close(); }, 12000);`,
+          join(sandbox.dir, 'runs.db'),
+          lockedFile,
+        ],
+        { cwd: repoRoot, reject: false },
+      ),
+    );
+    await waitFor(() => existsSync(lockedFile), 'the store to be locked');
+    const unlocked = await locker;
+    expect(unlocked.exitCode, String(unlocked.stderr)).toBe(0);
+
+    await submit(12);
+    // attempt 1 of this command never ends by itself: fail it to see attempt 2 done by the same daemon
+    await firstCommand(12);
+    expect(daemon.exitCode).toBeNull();
+    const failed = await sandbox.run(['fail', '12', 'enough', '--host', 'ops']);
+    expect(failed.exitCode, failed.stderr).toBe(0);
+    const finished = await done(12, [daemon]);
+    expect(finished.processing!.attempt).toBe(2);
+    daemon.kill('SIGTERM');
+    const result = await daemon;
+    expect(result.exitCode).toBe(0);
+    expect(String(result.stderr)).toMatch(/claim postponed: the store is busy or unreachable/);
   });
 });
