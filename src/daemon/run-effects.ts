@@ -12,7 +12,6 @@ import { HostFaultError, hostFaultBehind } from './host-check.js';
 import { retryDelay } from '../policy/retry-delay.js';
 import { validateRunDocument } from '../policy/run-validation.js';
 import { printableLines } from '../policy/terminal-text.js';
-import { performance } from 'node:perf_hooks';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { DrainingAttempt, RunDoc } from '../store/types.js';
 import type { DaemonContext } from './context.js';
@@ -156,14 +155,14 @@ export function runEffects(ctx: DaemonContext) {
     const key = attemptKey(run);
     let at = renewedAt.get(key);
     if (at === undefined) {
-      at = performance.now(); // the claim wrote the lease a moment ago
+      at = ctx.monotonic(); // the claim wrote the lease a moment ago
       renewedAt.set(key, at);
     }
     return at;
   };
   /** A lease write of the attempt has just succeeded. */
   const leaseRenewed = (run: ClaimedRun) => {
-    renewedAt.set(attemptKey(run), performance.now());
+    renewedAt.set(attemptKey(run), ctx.monotonic());
   };
 
   /**
@@ -180,7 +179,7 @@ export function runEffects(ctx: DaemonContext) {
         return ok;
       } catch (error) {
         if (!isStoreContention(error)) throw error;
-        const silent = performance.now() - lastRenewal(run);
+        const silent = ctx.monotonic() - lastRenewal(run);
         if (silent >= holdMs) {
           logger.error(
             `run ${run.number}: the store refused ${what} for ${formatDuration(Math.round(silent))} ` +
@@ -491,7 +490,7 @@ export function runEffects(ctx: DaemonContext) {
     const timer = setInterval(() => {
       if (lost) return;
       // checked even while a heartbeat hangs: an unreachable server must not keep the command running
-      const silent = performance.now() - lastRenewal(run);
+      const silent = ctx.monotonic() - lastRenewal(run);
       if (silent >= holdMs) {
         lost = true;
         logger.error(
