@@ -148,7 +148,8 @@ function hostSection(snapshot: TopSnapshot, now: number): Section {
       // a host paused for a host fault says why (an unwritable directory, a missing executable)
       h.state === 'paused' && h.paused_reason ? cell(`paused: ${h.paused_reason}`, 40) : cell(h.state),
       formatRelative(h.time, now),
-      `${h.running.length}/${h.slots}`,
+      // A stopped or dead host runs nothing, whatever an older document still lists.
+      `${h.state === 'stopped' || h.state === 'dead' ? 0 : h.running.length}/${h.slots}`,
       h.disk ? `${Math.round(h.disk.used_percent)}% used, ${formatByteSize(h.disk.free_bytes)} free` : '-',
     ]),
     empty: 'no hosts have registered yet',

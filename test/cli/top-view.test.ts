@@ -128,7 +128,8 @@ describe('renderTop', () => {
     expect(lines[1]).toBe('runs  pending 12  considering 0  busy 2  done 830  failed 2  abandoned 1');
     expect(lines).toContainEqual(expect.stringMatching(/^daq01 +busy +3s ago +2\/4 +42% used, 512GiB free$/));
     expect(lines).toContainEqual(expect.stringMatching(/^daq02 +idle +12s ago +0\/4/));
-    expect(lines).toContainEqual(expect.stringMatching(/^old +dead +3s ago +2\/4 +-$/));
+    // A dead host runs nothing, whatever its document still lists (issue 13).
+    expect(lines).toContainEqual(expect.stringMatching(/^old +dead +3s ago +0\/4 +-$/));
     expect(lines).toContainEqual(expect.stringMatching(/^1042 +2 +daq01 +2m5s +processing chunk 17 of 40$/));
     // Another host's attempt log is not on this host.
     expect(lines).toContainEqual(expect.stringMatching(/^1041 +1 +daq02 +2m5s +-$/));

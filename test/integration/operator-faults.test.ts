@@ -1,5 +1,6 @@
 import { existsSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import Database from 'better-sqlite3';
 import { describe, expect, it } from 'vitest';
 import { waitFor, writeConfig } from '../helpers/cli.js';
 import { useSandbox } from '../helpers/sandbox.js';
@@ -283,6 +284,22 @@ describe('what list, show and top say about a run', () => {
     expect(list.stdout).toMatch(/^3 +busy /m);
     expect(show2.stdout).toMatch(/^ {2}degraded +done with targets 1 of 3 \(without peaks, events\)$/m);
     expect(top.stdout).toMatch(/^3 +1 \(degraded\) +daq /m);
+  });
+
+  it('a document another tool wrote badly is marked invalid in list and its problems named in show', async () => {
+    config(['true']);
+    await submit(4);
+    await (await sandbox.openStore()).close();
+    // Another tool leaves run 4 busy without a lease token or host.
+    const db = new Database(join(sandbox.dir, 'runs.db'));
+    try {
+      db.prepare(`UPDATE runs SET state = 'busy', attempt = 1, n_failures = 0, time = ?, pid = 7 WHERE number = 4`).run(Date.now());
+    } finally {
+      db.close();
+    }
+    const [list, show] = await Promise.all([sandbox.run(['list']), sandbox.run(['show', '4'])]);
+    expect(list.stdout).toMatch(/^4 +busy \(invalid\) /m);
+    expect(show.stdout).toMatch(/^ {2}invalid +busy without token$/m);
   });
 });
 
