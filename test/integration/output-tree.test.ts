@@ -8,8 +8,8 @@ import { useSandbox } from '../helpers/sandbox.js';
 
 // A large output tree never stalls the daemon (issue 12 fault 16): run 1's first attempt leaves 100,000 files
 // in its output directory (clean_output off), its second attempt starts over that tree and stays silent long
-// enough for the stall check to walk it. Meanwhile run 2 runs on the same daemon and a second daemon's cleanup
-// watches every lease: the daemon's event-loop delay (runwarden_event_loop_delay_seconds) stays under a quarter
+// enough for the stall check to walk it. Meanwhile run 2 runs on the same daemon and a second daemon's cleanup,
+// started once both runs are busy, watches every lease: the daemon's event-loop delay (runwarden_event_loop_delay_seconds) stays under a quarter
 // of check_interval, and run 2's lease is never taken over.
 
 const sandbox = useSandbox();
@@ -20,8 +20,12 @@ const FILES = 100_000;
 describe('a large output tree', () => {
   it(`${FILES} output files: the event loop is never held for a quarter of check_interval, no lease is taken over`, async () => {
     const gate = join(sandbox.dir, 'gate');
-    // A node one-liner makes the files quickly: 100 directories of 1,000 empty files.
-    const makeTree = `for(let d=0;d<100;d++){const dir=process.argv[1]+'/d'+d;fs.mkdirSync(dir);for(let f=0;f<${FILES / 100};f++)fs.writeFileSync(dir+'/f'+f,'')}`;
+    // A node one-liner makes the entries quickly: 100 directories of 1,000 names, hard links to one empty file
+    // per directory (a link is a directory entry without a new inode: several times faster to make than a file,
+    // and the same for a directory walk or a recursive watch). It prints one line per directory.
+    const makeTree =
+      `for(let d=0;d<100;d++){const dir=process.argv[1]+'/d'+d;fs.mkdirSync(dir);fs.writeFileSync(dir+'/f0','');` +
+      `for(let f=1;f<${FILES / 100};f++)fs.linkSync(dir+'/f0',dir+'/f'+f);console.log(dir)}`;
     const work = sandbox.script(
       'work.sh',
       [
@@ -74,7 +78,17 @@ retry: {base: 100ms, factor: 1, max_exponent: 0, jitter: [1, 1], max_failures: 5
     );
     const s = await sandbox.openStore();
     await waitFor(async () => (await s.getRun(2))?.processing?.state === 'busy', 'run 2 to be busy');
-    // The watcher: a daemon of another host whose cleanup takes over any lease silent for max_busy_time.
+    // Attempt 2 of run 1 starts over the tree on this daemon (no other daemon runs yet to claim the retry).
+    await waitFor(
+      async () => {
+        const p = (await s.getRun(1))?.processing;
+        return p?.state === 'busy' && p.attempt === 2 && p.host === 'alpha';
+      },
+      'run 1 attempt 2 to be busy on alpha',
+      { timeoutMs: 90_000 },
+    );
+    // The watcher: a daemon of another host whose cleanup takes over any lease silent for max_busy_time; it
+    // finds nothing to claim, both runs are busy.
     sandbox.start(['daemon', '--host', 'beta', '--slots', '1']);
     await waitFor(async () => (await s.getHost('beta'))?.state === 'idle', 'host beta to be idle', { timeoutMs: 30_000 });
     await waitFor(
