@@ -11,7 +11,7 @@ import { isSameProcess } from '../../src/process/proc.js';
 
 const here = dirname(fileURLToPath(import.meta.url));
 export const repoRoot = resolve(here, '../..');
-const tsxLoader = pathToFileURL(createRequire(import.meta.url).resolve('tsx/esm')).href;
+export const tsxLoader = pathToFileURL(createRequire(import.meta.url).resolve('tsx/esm')).href;
 export const cliEntry = join(repoRoot, 'src/cli/main.ts');
 
 /** Environment for children: no RUNWARDEN_* from the developer's shell leaks into a test. */

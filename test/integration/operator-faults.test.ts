@@ -1,8 +1,10 @@
 import { existsSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
+import { execa } from 'execa';
 import { describe, expect, it } from 'vitest';
-import { waitFor, writeConfig } from '../helpers/cli.js';
+import { cleanEnv, cliEntry, tsxLoader, waitFor, writeConfig } from '../helpers/cli.js';
 import { useSandbox } from '../helpers/sandbox.js';
 
 // What misleads the person on shift (issue 13), through the real CLI against real SQLite files.
@@ -184,6 +186,31 @@ describe('held runs and several runs at once', () => {
     const nothing = await sandbox.run(['hold']);
     expect(nothing.exitCode).toBe(2);
     expect(nothing.stderr).toMatch(/number: name the runs \(hold <runs\.\.>\), or select them with --state or --tag/);
+  });
+});
+
+describe.skipIf(spawnSync('script', ['--version']).status !== 0)('the confirmation on a terminal (script(1) gives the command one)', () => {
+  it('asks before changing more than five runs: y goes on, anything else changes nothing', async () => {
+    config(['true']);
+    for (let n = 1; n <= 7; n++) await submit(n);
+    const inTerminal = (args: string, answer: string) =>
+      execa('script', ['-qec', `${process.execPath} --import ${tsxLoader} ${cliEntry} ${args}`, '/dev/null'], {
+        cwd: sandbox.dir,
+        env: cleanEnv(),
+        extendEnv: false,
+        input: answer,
+        reject: false,
+      });
+    const declined = await inTerminal('hold 1-7', 'n\n');
+    expect(declined.stdout).toContain('hold 7 runs: 1, 2, 3, 4, 5, 6, 7? [y/N]');
+    expect(declined.stdout).toContain('runwarden: hold: nothing done');
+    expect(declined.exitCode).toBe(1);
+    const store = await sandbox.openStore();
+    expect(await store.listRuns({ tag: 'hold' })).toEqual([]);
+    const confirmed = await inTerminal('hold 1-7', 'y\n');
+    expect(confirmed.exitCode, confirmed.stdout).toBe(0);
+    expect(confirmed.stdout).toContain('hold: 7 runs selected: 7 changed');
+    expect((await store.listRuns({ tag: 'hold' })).length).toBe(7);
   });
 });
 
