@@ -195,15 +195,19 @@ describe('drain fence: a run taken from a live owner starts again only once its 
     // lease may be taken: every claim, heartbeat and cleanup write meanwhile must be postponed, not fatal.
     config(
       '',
-      `  check_interval: 0.3s
-  cleanup_interval: 0.3s
-  idle_poll: 0.3s
+      `  check_interval: 5s
+  cleanup_interval: 1h
+  idle_poll: 0.2s
   max_busy_time: 40s
   max_considering_time: 40s`,
     );
     const daemon = sandbox.start(['daemon']);
     const s = await sandbox.openStore();
     await waitFor(async () => (await s.getHost('testhost'))?.state === 'idle', 'the daemon to be idle');
+    // Lock right after a host heartbeat: the next one is check_interval away, so the statement the lock holds
+    // up is one of the idle daemon's claims (every idle_poll).
+    const beat = (await s.getHost('testhost'))!.time;
+    await waitFor(async () => (await s.getHost('testhost'))!.time !== beat, 'a host heartbeat', { intervalMs: 10 });
 
     const lockedFile = join(sandbox.dir, 'locked');
     const locker = sandbox.track(
