@@ -55,7 +55,10 @@ export const processCommand: CommandModule<GlobalArgs, ProcessArgs> = {
       .epilogue(
         'Pending, failed, abandoned and held runs are processed as asked. Considering, busy and done runs are ' +
           'refused unless --force: a forced busy run loses its lease and its owner kills its command within one ' +
-          'check_interval. The attempt writes its output to LOG_DIR/N/attempt-K.log and records every transition ' +
+          'check_interval; this attempt starts its own command only once the old one is gone (on this host it ' +
+          'kills the old process group itself; otherwise it waits for the owner, at most max_busy_time after ' +
+          "the owner's last heartbeat, and says so). " +
+          'The attempt writes its output to LOG_DIR/N/attempt-K.log and records every transition ' +
           'as a daemon would. Exit 0 when the run is done, or when ^C, SIGTERM or SIGHUP released it (failed, ' +
           'eligible again now, failure count unchanged); 1 when it failed, was abandoned or taken away, or on a ' +
           'fatal error (its store file replaced, an unexpected error: the command is killed). A second signal ' +
@@ -100,7 +103,10 @@ export const processCommand: CommandModule<GlobalArgs, ProcessArgs> = {
         if (claim.takenFrom) {
           process.stderr.write(
             `runwarden: warning: run ${number} taken away from host ${claim.takenFrom.host} ` +
-              `(pid ${claim.takenFrom.pid}, ${claim.takenFrom.state}); it stops its command within a check_interval\n`,
+              `(pid ${claim.takenFrom.pid}, ${claim.takenFrom.state}); ` +
+              (claim.takenFrom.state === 'busy'
+                ? `this attempt starts its command only once that host's command is gone\n`
+                : `it had not started its command yet\n`),
           );
         }
         const handle = processOneRun({ store, config, logger, host: config.host }, claim.run);
