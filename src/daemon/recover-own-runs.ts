@@ -96,6 +96,17 @@ export async function recoverOwnRuns(ctx: DaemonContext, previous: HostDoc | nul
   // then the /proc scan kills what no record named.
   const recordedKills = await Promise.all(held.map((run) => killRecordedGroup(run, config.timeouts.signal_escalate)));
   const scanKills = await killUnrecordedOrphans(ctx);
+  // A run taken from the previous daemon while its command ran keeps that attempt as draining (issue 12): the
+  // command is dead now, so say so, and the run need not wait for the drain limit.
+  await Promise.all(
+    [...scanKills.keys()].map(async (key) => {
+      const [run, attempt] = key.split('/').map(Number);
+      if (!Number.isSafeInteger(run) || !Number.isSafeInteger(attempt)) return;
+      await store.confirmAttemptGone(run!, { host, attempt: attempt! }).catch((error: unknown) => {
+        logger.warn(`run ${run}: could not record that attempt ${attempt}'s command is gone: ${String(error)}`);
+      });
+    }),
+  );
 
   return Promise.all(
     held.map(async (run, index): Promise<RecoveredRun> => {

@@ -197,7 +197,13 @@ describe('orphans no run record names (found through RUNWARDEN_DAEMON)', () => {
     const repaired = await s.overrideRun(
       15,
       { state: 'busy', token: busy.token },
-      { to: 'failed', reason: 'host testhost said it was busy, then nothing', n_failures: 1, next_retry: Date.now() },
+      {
+        to: 'failed',
+        reason: 'host testhost said it was busy, then nothing',
+        n_failures: 1,
+        next_retry: Date.now(),
+        drainMs: 3_600_000,
+      },
       { host: 'otherhost' },
     );
     expect(repaired).toBe(true);
@@ -206,8 +212,11 @@ describe('orphans no run record names (found through RUNWARDEN_DAEMON)', () => {
       15,
       { host: 'otherhost', pid: 999_999, order: 'newest' },
       { state: 'failed', token: failedToken },
+      { drainMs: 3_600_000 },
     );
     expect(claimed?.processing).toMatchObject({ host: 'otherhost', attempt: 2, state: 'considering' });
+    // otherhost's attempt waits for testhost's attempt 1, whose command may still run (it does)
+    expect(claimed!.processing!.draining).toMatchObject({ host: 'testhost', attempt: 1, pgid: leader });
 
     const second = startDaemon();
     await hostWhen(s, 'idle');
@@ -215,8 +224,10 @@ describe('orphans no run record names (found through RUNWARDEN_DAEMON)', () => {
     expect(isAlive(leader)).toBe(false);
     expect(isAlive(grandchild)).toBe(false);
     expect(groupAlive(leader)).toBe(false);
-    // The run is otherhost's: the restart killed the orphan but wrote nothing into the run.
+    // The run is otherhost's: the restart killed the orphan and wrote nothing into the run but that its
+    // attempt's command is gone (the drain record naming it is cleared: otherhost may start at once).
     expect((await s.getRun(15))!.processing).toMatchObject({ host: 'otherhost', attempt: 2, state: 'considering' });
+    await waitFor(async () => (await s.getRun(15))!.processing!.draining === undefined, 'the drain record to be cleared');
     const warnings = await waitFor(async () => {
       const text = (await s.listLog({ minPriority: 2 })).map((e) => e.message).join('\n');
       return text.includes('killed an orphaned command') ? text : null;
