@@ -154,7 +154,12 @@ export function integerFlag(value: string | number | undefined, flag: string, ra
   const number = Number(text);
   const max = range.max ?? Number.MAX_SAFE_INTEGER;
   if (!/^[-+]?\d+$/.test(text) || !Number.isSafeInteger(number) || number < range.min || number > max) {
-    const expected = range.max === undefined ? `an integer ≥ ${range.min}` : `an integer from ${range.min} to ${range.max}`;
+    const expected =
+      range.max !== undefined
+        ? `an integer from ${range.min} to ${range.max}`
+        : Number.isFinite(range.min)
+          ? `an integer ≥ ${range.min}`
+          : 'an integer';
     throw new UsageError(`--${flag}: expected ${expected}, got ${JSON.stringify(String(value))}`, flag);
   }
   return number;

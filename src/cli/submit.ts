@@ -3,7 +3,7 @@ import type { Argv, CommandModule } from 'yargs';
 import { UsageError } from '../errors.js';
 import { parseSubmittedRun } from '../policy/run-validation.js';
 import type { NewRun } from '../store/types.js';
-import { configFromArgs, integerFlag, printJson, runCommand, withStore, type GlobalArgs } from './common.js';
+import { configFromArgs, printJson, runCommand, withStore, type GlobalArgs } from './common.js';
 
 interface SubmitArgs extends GlobalArgs {
   number?: string;
@@ -112,7 +112,11 @@ export const submitCommand: CommandModule<GlobalArgs, SubmitArgs> = {
         if (args.end !== undefined) raw.end = args.end;
         if (args.mode !== undefined) raw.mode = args.mode;
         if (args.tag !== undefined) raw.tags = args.tag;
-        if (args.priority !== undefined) raw.priority = integerFlag(args.priority, 'priority', { min: Number.MIN_SAFE_INTEGER });
+        // Text that is a number becomes one; anything else goes to validation as given, which names it.
+        if (args.priority !== undefined) {
+          const text = String(args.priority).trim();
+          raw.priority = /^[-+]?(\d+\.?\d*|\.\d+)(e[-+]?\d+)?$/i.test(text) ? Number(text) : args.priority;
+        }
         if (args.param !== undefined) raw.params = parseParams(args.param);
         runs = [parseSubmittedRun(raw, 'submit', now)];
       }

@@ -74,7 +74,7 @@ describe('wrong CLI arguments', () => {
       { args: ['submit', '-5', ...store], names: /number: expected a non-negative integer run number, got "-5"/ },
       { args: ['submit', '99999999999999999999', ...store], names: /number: .* got "99999999999999999999"/ },
       { args: ['submit', '3', '--start', '2024-13-45', ...store], names: /start: expected an ISO-8601 time/ },
-      { args: ['submit', '3', '--priority', 'high', ...store], names: /priority: expected a number/ },
+      { args: ['submit', '3', '--priority', 'high', ...store], names: /priority: expected a number, got "high"/ },
       { args: ['submit', '3', '--param', '=v', ...store], names: /--param: expected key=value, got "=v"/ },
       { args: ['submit', '3', '--tag', '', ...store], names: /tags\[0\]: a tag cannot be empty/ },
       { args: ['submit', '3', '--name', 'n'.repeat(5000), ...store], names: /name: too long \(5000 characters; at most 4095\)/ },
@@ -92,7 +92,7 @@ describe('wrong CLI arguments', () => {
       { args: ['submit', '--file', 'exists.jsonl', ...store], names: /run 1 already exists/ },
       { args: ['submit', '--file', 'bad-start.jsonl', ...store], names: /bad-start\.jsonl:1: start: expected an ISO-8601 time/ },
       // list, show, logs and the operator commands
-      { args: ['list', '--limit', '-1', ...store], names: /--limit: expected a positive integer, got -1/ },
+      { args: ['list', '--limit', '-1', ...store], names: /--limit: expected an integer ≥ 1, got "-1"/ },
       { args: ['show', 'abc', ...store], names: /number: expected a non-negative integer run number, got "abc"/ },
       { args: ['show', ...store], names: /show <number>[\s\S]*number .*\[required\]/ },
       { args: ['fail', ...store], names: /number: name the runs \(fail <runs> \[reason\.\.\]\), or select them with --state or --tag/ },
