@@ -119,6 +119,13 @@ export class MingoCollection {
     return {};
   }
 
+  async deleteOne(filter: Document): Promise<{ deletedCount: number }> {
+    const [doomed] = select(this.docs, filter, Date.now());
+    if (doomed === undefined) return { deletedCount: 0 };
+    this.docs.splice(this.docs.indexOf(doomed), 1);
+    return { deletedCount: 1 };
+  }
+
   async deleteMany(filter: Document): Promise<unknown> {
     const doomed = new Set(select(this.docs, filter, Date.now()));
     const kept = this.docs.filter((d) => !doomed.has(d));
