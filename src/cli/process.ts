@@ -1,7 +1,7 @@
 import type { Argv, CommandModule } from 'yargs';
 import { requireCommand } from '../config/index.js';
 import { claimForProcessing, describeState } from '../daemon/operator-actions.js';
-import { processOneRun, type ProcessOneOutcome } from '../daemon/process-one.js';
+import { processOneRun, startCommandGuard, type ProcessOneOutcome } from '../daemon/process-one.js';
 import { describeFatal, dieLoudly, exitProcess, onProcessFault, STOP_SIGNALS } from '../daemon/process-exit.js';
 import { createLogger, dropWriteErrors } from '../log/logger.js';
 import { openStore } from '../store/open-store.js';
@@ -73,7 +73,12 @@ export const processCommand: CommandModule<GlobalArgs, ProcessArgs> = {
       requireCommand(config);
       // Host-level faults (executable, cwd, output and log directories) refuse to start, naming the field.
       await assertHostReady(config);
-      const store = await openStore(config.store, { create: false });
+      // Before the claim: a host without bash is refused (exit 2) without touching the run.
+      const leaseGuard = startCommandGuard(config);
+      const store = await openStore(config.store, { create: false }).catch(async (error: unknown) => {
+        await leaseGuard.close();
+        throw error;
+      });
       const logger = createLogger({ level: config.log_level, host: config.host, store });
       // A terminal that went away (SIGHUP) must not turn the outcome line into a crash: it is dropped.
       dropWriteErrors(process.stdout);
@@ -109,7 +114,7 @@ export const processCommand: CommandModule<GlobalArgs, ProcessArgs> = {
                 : `it had not started its command yet\n`),
           );
         }
-        const handle = processOneRun({ store, config, logger, host: config.host }, claim.run);
+        const handle = processOneRun({ store, config, logger, host: config.host, leaseGuard }, claim.run);
         attempted = true;
         stop = handle.stop;
         kill = handle.killCommand;
@@ -131,6 +136,7 @@ export const processCommand: CommandModule<GlobalArgs, ProcessArgs> = {
         for (const signal of STOP_SIGNALS) process.off(signal, onSignal);
         offFault();
         if (!attempted) {
+          await leaseGuard.close();
           await logger.flush();
           await store.close();
         }

@@ -3,6 +3,7 @@
 
 import { isAbsolute, resolve } from 'node:path';
 import { ConfigError, throwConfigProblems } from '../errors.js';
+import { leaseGuardTtl, minimumLeaseGuardTtl } from '../policy/lease-guard-ttl.js';
 import {
   BUILTIN_PLACEHOLDERS,
   RESERVED_RESOURCE_NAMES,
@@ -416,6 +417,8 @@ export function validateConfig(raw: unknown, options: ValidateOptions): Config {
     }
   }
 
+  requireLeaseGuardTime(check, timeouts, badTimeouts);
+
   const retryBase = keep(defaults.retry.base, () => check.duration('retry.base', r.base, defaults.retry.base));
   const factor = keep(defaults.retry.factor, () => {
     const value = check.number('retry.factor', r.factor, defaults.retry.factor);
@@ -488,6 +491,37 @@ export function validateConfig(raw: unknown, options: ValidateOptions): Config {
   };
   throwConfigProblems(check.problems);
   return config;
+}
+
+/**
+ * The lease guard kills a command whose lease was not renewed for max_busy_time − 2 × signal_escalate −
+ * check_interval, so that it is gone before another host may take its run over; that time must hold two
+ * heartbeats, or one slow write would kill a live owner's command. Judged only between valid values, and not
+ * on top of the 3 × check_interval rule for max_busy_time.
+ */
+function requireLeaseGuardTime(check: Checker, timeouts: Config['timeouts'], badTimeouts: Set<string>): void {
+  const fields = ['timeouts.max_busy_time', 'timeouts.signal_escalate', 'timeouts.check_interval'];
+  if (fields.some((field) => badTimeouts.has(field))) return;
+  if (check.problems.some((problem) => problem.field === 'timeouts.max_busy_time')) return;
+  const ttl = leaseGuardTtl(timeouts);
+  const minimum = minimumLeaseGuardTtl(timeouts);
+  if (ttl >= minimum) return;
+  const origins = fields.map((name) => {
+    const source = check.sourceOf(name);
+    return source !== undefined ? `${name} set by ${source}` : `${name} is the default`;
+  });
+  const t = (ms: number) => formatDuration(ms);
+  check.problems.push(
+    new ConfigError(
+      'timeouts.max_busy_time',
+      `${t(timeouts.max_busy_time)} is too short for timeouts.signal_escalate (${t(timeouts.signal_escalate)}) and ` +
+        `timeouts.check_interval (${t(timeouts.check_interval)}): a command whose daemon stops renewing its lease is ` +
+        `killed after max_busy_time − 2 × signal_escalate − check_interval (${t(Math.max(0, ttl))}), which must be at ` +
+        `least 2 × check_interval (${t(minimum)}) so that one late heartbeat does not kill it; raise ` +
+        `timeouts.max_busy_time to at least ${t(3 * timeouts.check_interval + 2 * timeouts.signal_escalate)}, or lower ` +
+        `timeouts.signal_escalate or timeouts.check_interval (${origins.join('; ')})`,
+    ),
+  );
 }
 
 /** An IP address or a host name without white space; listening anywhere but loopback is the user's choice. */

@@ -2,8 +2,11 @@ import { randomUUID } from 'node:crypto';
 import type { SupervisorTiming } from '../../machines/types.js';
 import type { Config } from '../config/schema.js';
 import { diskFigures } from '../process/disk.js';
+import { createCommandLeases, type CommandLeases } from './command-leases.js';
 import type { Logger } from '../log/logger.js';
+import type { LeaseGuard } from '../process/lease-guard.js';
 import type { CommandHandle } from '../process/spawn-command.js';
+import { leaseGuardTtl } from '../policy/lease-guard-ttl.js';
 import type { RunStore } from '../store/run-store.js';
 import type { DiskFigures } from '../store/types.js';
 
@@ -23,6 +26,8 @@ export interface DaemonContext {
   diskProbe: (path: string) => DiskFigures;
   /** Commands alive right now, so a second signal or a crash can kill their groups at once. */
   liveCommands: Set<CommandHandle>;
+  /** Binds each command to its lease through the lease guard (a no-op binding when there is no guard). */
+  leases: CommandLeases;
 }
 
 export interface DaemonContextOptions {
@@ -33,6 +38,8 @@ export interface DaemonContextOptions {
   monotonic?: () => number;
   random?: () => number;
   diskProbe?: (path: string) => DiskFigures;
+  /** The daemon's lease guard; absent only in-process (tests on a simulated clock), where nothing is guarded. */
+  leaseGuard?: LeaseGuard;
 }
 
 /** The context a daemon (or a foreground `runwarden process N`) gives its effects. */
@@ -48,6 +55,7 @@ export function createDaemonContext(options: DaemonContextOptions): DaemonContex
     random: options.random ?? Math.random,
     diskProbe: options.diskProbe ?? diskFigures,
     liveCommands: new Set(),
+    leases: createCommandLeases(options.leaseGuard, leaseGuardTtl(options.config.timeouts), options.logger),
   };
 }
 

@@ -4,6 +4,7 @@ import { runMachine } from '../../machines/run.machine.js';
 import { supervisorMachine } from '../../machines/supervisor.machine.js';
 import type { Config } from '../config/schema.js';
 import type { Logger } from '../log/logger.js';
+import { startLeaseGuard, type LeaseGuard } from '../process/lease-guard.js';
 import type { RunStore } from '../store/run-store.js';
 import type { DiskFigures, HostState } from '../store/types.js';
 import { createDaemonContext, supervisorTiming, type DaemonContext } from './context.js';
@@ -43,6 +44,8 @@ export interface DaemonOptions {
    * (the live inspector, metrics). An observer that throws is logged and ignored: watching never stops work.
    */
   inspectors?: Array<(event: InspectionEvent) => void>;
+  /** The lease guard; by default one is started for this daemon and closed when it ends. */
+  leaseGuard?: LeaseGuard;
 }
 
 export interface DaemonHandle {
@@ -97,7 +100,9 @@ export function hostInputFor(config: Config, once: boolean): HostInput {
 
 export function startDaemon(options: DaemonOptions): DaemonHandle {
   const { config, logger } = options;
-  const ctx = createDaemonContext(options);
+  // Throws (exit 2) when bash is missing: without the guard a frozen daemon's commands outlive their leases.
+  const leaseGuard = options.leaseGuard ?? startLeaseGuard({ escalateMs: config.timeouts.signal_escalate });
+  const ctx = createDaemonContext({ ...options, leaseGuard });
   let latest: HostSnapshot | undefined;
   const view = (): HostView => ({
     state: hostStateOf(latest),
@@ -175,6 +180,12 @@ export function startDaemon(options: DaemonOptions): DaemonHandle {
     uninstall.push(onProcessFault((error, origin) => fatal(`${origin}: ${describeFatal(error)}`)));
   }
 
+  // Crash-only: with its guard gone no command is bound to its lease any more.
+  leaseGuard.onLost((reason) => {
+    fatal(reason);
+    if (!ownsProcess) actor.stop();
+  });
+
   actor.subscribe({
     next: (snapshot) => {
       latest = snapshot;
@@ -191,6 +202,10 @@ export function startDaemon(options: DaemonOptions): DaemonHandle {
     stop: () => actor.send({ type: 'STOP' }),
     killCommands,
     fatal: (reason: string) => actor.send({ type: 'FATAL', error: reason }),
-    done,
+    // After a clean stop nothing is left to kill; after an error the guard kills what killCommands missed.
+    done: done.then(async (code) => {
+      await leaseGuard.close();
+      return code;
+    }),
   };
 }

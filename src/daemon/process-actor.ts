@@ -3,12 +3,22 @@ import type { ProcessCommand, ProcessEvent } from '../../machines/supervisor.mac
 import type { CommandPlan } from '../../machines/types.js';
 import { watchOutputActivity } from '../process/output-activity.js';
 import { spawnCommand, type CommandHandle } from '../process/spawn-command.js';
+import { formatDuration } from '../config/duration.js';
 import type { DaemonContext } from './context.js';
 import { hostFaultBehind } from './host-check.js';
 
 // The supervisor's `process` actor: owns one attempt's process group. It reports SPAWNED, OUTPUT
 // (throttled) and EXITED, applies SIGNAL, and if the supervisor is stopped abruptly (the run actor left
 // `busy` without waiting) it SIGKILLs the group so nothing outlives its supervisor.
+
+/** The failure's words when the lease guard killed the command: the command did not cause its end. */
+function guardNote(ctx: DaemonContext, stderrTail: string): string {
+  const ttl = formatDuration(ctx.leases.ttlMs);
+  const note =
+    `the lease guard killed it: its lease was not renewed for ${ttl} (the daemon was frozen or its heartbeats ` +
+    'could not reach the store)';
+  return stderrTail ? `${note}\n${stderrTail}` : note;
+}
 
 export function processActor(ctx: DaemonContext) {
   // Enough to keep the stall clock honest without an event per output chunk.
@@ -54,6 +64,7 @@ export function processActor(ctx: DaemonContext) {
       .then((started) => {
         handle = started;
         ctx.liveCommands.add(started);
+        ctx.leases.commandStarted(plan.token, started.pgid, started.procStart);
         if (stopped) {
           started.signal('SIGKILL');
         } else if (pendingSignal) {
@@ -73,11 +84,13 @@ export function processActor(ctx: DaemonContext) {
           exited = true;
           unwatch();
           ctx.liveCommands.delete(started);
+          const killedByGuard = exit.signal !== null && ctx.leases.overdue(plan.token);
+          ctx.leases.commandEnded(plan.token, killedByGuard);
           send({
             type: 'EXITED',
             exitCode: exit.exitCode,
             signal: exit.signal,
-            stderrTail: exit.stderrTail,
+            stderrTail: killedByGuard ? guardNote(ctx, exit.stderrTail) : exit.stderrTail,
             durationMs: exit.durationMs,
             groupRemaining: exit.groupRemaining,
           });
@@ -85,6 +98,7 @@ export function processActor(ctx: DaemonContext) {
       })
       .catch(async (error: unknown) => {
         unwatch();
+        ctx.leases.commandEnded(plan.token);
         // SpawnError names argv[0] and what went wrong (ENOENT, EACCES, a missing cwd). When the host's check
         // explains it (the executable gone, the log directory unwritable), no run could start here: a host fault.
         const hostFault = await hostFaultBehind(ctx.config);

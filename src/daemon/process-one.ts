@@ -4,6 +4,7 @@ import { runMachine, type ClaimedRun } from '../../machines/run.machine.js';
 import type { RunSettlement } from '../../machines/types.js';
 import type { Config } from '../config/schema.js';
 import type { Logger } from '../log/logger.js';
+import { startLeaseGuard, type LeaseGuard } from '../process/lease-guard.js';
 import type { RunStore } from '../store/run-store.js';
 import type { RunDoc } from '../store/types.js';
 import { createDaemonContext, supervisorTiming } from './context.js';
@@ -21,6 +22,16 @@ export interface ProcessOneDeps {
   host: string;
   clock?: () => number;
   random?: () => number;
+  /** From startCommandGuard, started before the claim; closed when the attempt is over. */
+  leaseGuard?: LeaseGuard;
+}
+
+/**
+ * The lease guard of a foreground attempt, the same as a daemon's: a SIGKILL of this process (EOF on the guard's
+ * stdin) kills the command at once. Throws (exit 2) when bash is missing; start it before claiming the run.
+ */
+export function startCommandGuard(config: Config): LeaseGuard {
+  return startLeaseGuard({ escalateMs: config.timeouts.signal_escalate });
 }
 
 export interface ProcessOneOutcome {
@@ -62,7 +73,8 @@ export function processOneRun(deps: ProcessOneDeps, claimed: RunDoc): ProcessOne
   }
   const { config } = deps;
   // The same context and machine a daemon uses; the context's host token is unused without a host actor.
-  const ctx = createDaemonContext({ ...deps, config: { ...config, host: deps.host } });
+  const leaseGuard = deps.leaseGuard ?? startCommandGuard(config);
+  const ctx = createDaemonContext({ ...deps, config: { ...config, host: deps.host }, leaseGuard });
   const machine = provideRunMachine(ctx);
   const run: ClaimedRun = {
     number: claimed.number,
@@ -85,7 +97,7 @@ export function processOneRun(deps: ProcessOneDeps, claimed: RunDoc): ProcessOne
     for (const handle of ctx.liveCommands) handle.signal('SIGKILL');
   };
   let storeWatch: NodeJS.Timeout | undefined;
-  const done = new Promise<ProcessOneOutcome>((resolve) => {
+  const outcome = new Promise<ProcessOneOutcome>((resolve) => {
     let settled = false;
     const settle = (outcome: ProcessOneOutcome) => {
       if (settled) return;
@@ -118,6 +130,17 @@ export function processOneRun(deps: ProcessOneDeps, claimed: RunDoc): ProcessOne
         settle({ settlement: 'error', error: error instanceof Error ? error.message : String(error) });
       });
     }, Math.min(1000, config.timeouts.check_interval));
+    // Crash-only, as a daemon: with its guard gone the command is no longer bound to its lease.
+    leaseGuard.onLost((reason) => {
+      if (settled) return;
+      killCommand();
+      queueMicrotask(() => actor.stop());
+      settle({ settlement: 'error', error: reason });
+    });
+  });
+  const done = outcome.then(async (result) => {
+    await leaseGuard.close();
+    return result;
   });
   actor.start();
   return {

@@ -14,6 +14,7 @@ import { validateRunDocument } from '../policy/run-validation.js';
 import { printableLines } from '../policy/terminal-text.js';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { DrainingAttempt, RunDoc } from '../store/types.js';
+import { leaseClock } from './command-leases.js';
 import type { DaemonContext } from './context.js';
 import { formatDuration } from '../config/duration.js';
 import { leaseHoldLimitMs } from '../policy/lease-limits.js';
@@ -328,15 +329,18 @@ export function runEffects(ctx: DaemonContext) {
     Object.assign(env, config.process.env, commandEnvironment(values, errorFile));
     env[DAEMON_TAG_VARIABLE] = daemonTag;
     const startedAt = clock();
-    const ok = await fencedWrite(run, 'the busy transition', () =>
-      store.markBusy(
+    let leaseWrittenAt = leaseClock();
+    const ok = await fencedWrite(run, 'the busy transition', () => {
+      leaseWrittenAt = leaseClock(); // the write that succeeds was issued at its own try, not the first
+      return store.markBusy(
         run.number,
         run.token,
         { started: startedAt, targets, resources },
         { detail: { argv, targets, resources } },
-      ),
-    );
+      );
+    });
     if (!ok) return { ok: false };
+    ctx.leases.leaseTaken(run.token, run.number, leaseWrittenAt);
     logger.info(`run ${run.number} attempt ${run.attempt} started`, { number: run.number });
     const plan: CommandPlan = {
       number: run.number,
@@ -407,6 +411,18 @@ export function runEffects(ctx: DaemonContext) {
       const { run, failure } = input;
       if (failure.hostFault !== undefined) return recordHostFault(run, failure);
       const reason = await failureReason(ctx, failure);
+      if (ctx.leases.takeGuardKill(run.token)) {
+        // This daemon stalled (frozen, or cut off from the store) and its lease guard ended the command: an
+        // interruption, counted in n_interruptions like a restart, never a failure of the run's command.
+        const ok = await fencedWrite(run, 'the interruption', () =>
+          store.releaseRun(run.number, run.token, reason, {
+            ...(failure.durationMs !== undefined ? { duration_ms: failure.durationMs } : {}),
+            detail: { interruption: 'lease_guard', kind: failure.kind },
+          }),
+        );
+        if (ok) logger.warn(`run ${run.number} interrupted (attempt ${run.attempt}), eligible again now: ${reason}`, { number: run.number });
+        return { ok };
+      }
       const nFailures = run.nFailures + 1;
       const delay = retryDelay(run.nFailures, config.retry, ctx.random);
       const ok = await fencedWrite(run, 'the failed transition', () =>
@@ -504,11 +520,14 @@ export function runEffects(ctx: DaemonContext) {
       }
       if (inFlight) return;
       inFlight = true;
+      const issuedAt = leaseClock();
       store
         .heartbeatRun(run.number, run.token)
         .then((ok) => {
           if (ok) {
             leaseRenewed(run);
+            // The lease guard lets the command run on only while heartbeats reach the store.
+            ctx.leases.renewed(run.token, issuedAt);
             lastError = '';
           } else if (!lost) {
             lost = true;

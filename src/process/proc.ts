@@ -127,3 +127,19 @@ export function descendantsOfAny(roots: Iterable<number>, table: ProcStat[] = sc
   }
   return out;
 }
+
+/**
+ * Milliseconds since boot from /proc/uptime (10 ms steps): a monotonic clock that keeps running while a process
+ * is stopped and that every process on the host reads alike, so one process can hand another an absolute
+ * deadline. Falls back to performance.now() (this process's own clock) where /proc is missing.
+ */
+export function readUptimeMs(): number {
+  try {
+    const text = readFileSync('/proc/uptime', 'latin1');
+    const seconds = Number(text.slice(0, text.indexOf(' ')));
+    if (Number.isFinite(seconds)) return Math.round(seconds * 1000);
+  } catch {
+    // no /proc
+  }
+  return performance.now();
+}

@@ -9,7 +9,8 @@
 # With "linger", an attempt whose daemon died (its parent changed) never ends by itself: it keeps working until
 # it is killed, so a restart always has its orphans to kill, however slow the machine is.
 # PLANS_DIR/NUMBER holds one line per attempt, "STEPS EXIT_CODE [GATE]"; the last line serves later attempts.
-# With a GATE file the attempt goes on working after its steps until the test creates the gate.
+# With a GATE file the attempt goes on working after its steps until the test creates the gate. A GATE ending in
+# @HOST@ is per host: @HOST@ is replaced by this attempt's host (one host's attempts can be held, others' not).
 number=$1 out=$2 attempt=$3 host=$4 ev=$5 plans=$6 step=$7 linger=$8
 parent=$PPID
 
@@ -93,6 +94,7 @@ while read -r s c g; do
   k=$((k + 1)) steps=$s code=$c gate=$g
   [ "$k" -ge "$attempt" ] && break
 done < "$plans/$number"
+case $gate in *@HOST@) gate="${gate%@HOST@}$host" ;; esac
 
 i=0
 while [ "$i" -lt "$steps" ]; do

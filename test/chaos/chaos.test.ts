@@ -4,6 +4,7 @@ import { expect, it } from 'vitest';
 import type { RunStore } from '../../src/store/run-store.js';
 import type { RunEvent } from '../../src/store/types.js';
 import { waitFor, writeConfig } from '../helpers/cli.js';
+import { killWithGuard, thaw } from '../helpers/lease-guard.js';
 import { useSandbox } from '../helpers/sandbox.js';
 import {
   aliveAttempts,
@@ -33,6 +34,10 @@ import { reapAttempts } from './reap.js';
 // commands (real processes with a grandchild each) take random times. At the end every run is done, or
 // abandoned where it was designed to fail; no attempt's process is alive; no two attempts of a run ever ran
 // at once (the command's O_EXCL lock and its journal prove it); run_events agree with the documents.
+// Issue 12 fault 7: between kills the daemon is also frozen (SIGSTOP) for random times, half of them past
+// the guard's TTL (often past max_busy_time); its lease guard kills the commands whose leases it stopped
+// renewing. Three kills in four take the lease guard with the daemon (the restart's recovery must kill the
+// orphans); the others kill the daemon alone (its guard must kill its commands at once).
 
 const FILE = 'test/chaos/chaos.test.ts';
 const HOST = 'chaos';
@@ -41,6 +46,9 @@ const LATE_RUNS = 10; // submitted while the daemon is down
 const KILLS = 12;
 const SLOTS = 4;
 const STEP_SECONDS = 0.1;
+// max_busy_time 3 s, check_interval and signal_escalate 0.5 s: the lease guard's TTL is 1.5 s.
+const MAX_BUSY_MS = 3000;
+const GUARD_TTL_MS = 1500;
 // A restart counts a failure against each run it finds busy (by design: a run that kills its daemon every time
 // is given up on). Above every kill plus the one planned failure, so only a run designed to fail is abandoned.
 const MAX_FAILURES = KILLS + 2;
@@ -74,7 +82,7 @@ timeouts:
   check_interval: 0.5s
   idle_poll: 1s
   signal_escalate: 0.5s
-  max_busy_time: 1h
+  max_busy_time: ${MAX_BUSY_MS / 1000}s
   max_considering_time: 1h
   presumed_dead: 1h
 retry: {base: 0.1s, factor: 2, max_exponent: 1, jitter: [0.5, 1.5], max_failures: ${MAX_FAILURES}}
@@ -129,6 +137,21 @@ it(
     /** Commands alive right after a kill: the next daemon that completes its recovery must have killed them. */
     let pending: AttemptProcess[] = [];
     let daemon: ReturnType<typeof sandbox.start> | undefined;
+    let frozen: number | undefined;
+    let freezes = 0;
+    let longFreezes = 0;
+    let guardKills = 0;
+    let orphansKilledByGuard = 0;
+    /** SIGSTOP for `ms` (the stimulus, not a wait for anything), then SIGCONT. */
+    const freeze = async (pid: number, ms: number) => {
+      frozen = pid;
+      process.kill(pid, 'SIGSTOP');
+      await new Promise((r) => setTimeout(r, ms));
+      thaw(pid);
+      frozen = undefined;
+      freezes++;
+      if (ms > GUARD_TTL_MS) longFreezes++;
+    };
     const checkOrphansGone = async (after: string) => {
       const survivors = await describeOrphans(s, aliveAttempts(pending));
       expect(survivors, `orphans alive after ${after}; ${hint}`).toEqual([]);
@@ -147,18 +170,36 @@ it(
           } else {
             await recovered(s, pid, hint);
             await checkOrphansGone(`restart ${kill}`);
+            // Frozen a while after its start, half the time past the guard's TTL (often past max_busy_time): the
+            // guard kills the commands whose leases lapse; thawed, the daemon records interruptions and goes on.
+            if (random() < 0.8) {
+              await new Promise((r) => setTimeout(r, between(random, 300, 1500)));
+              const long = freezes % 2 === 0;
+              await freeze(pid, long ? between(random, GUARD_TTL_MS + 300, MAX_BUSY_MS + 1000) : between(random, 100, 1000));
+            }
             const target = thresholds[kill]!;
             await waitFor(async () => (await finishedCount(s)) >= target, `${target} runs finished (${hint})`, {
               timeoutMs: 60_000,
             });
             await new Promise((r) => setTimeout(r, between(random, 0, 1000)));
           }
-          daemon.kill('SIGKILL');
-          await daemon;
-          // The daemon is gone; whatever command still runs is its orphan (it survived in its own group).
-          const orphans = aliveAttempts(attemptProcesses(evidence));
-          orphansAfterKill += orphans.length;
-          pending = [...pending, ...orphans];
+          if (kill % 4 === 1) {
+            // The daemon alone: its lease guard sees EOF and kills every command at once, no restart needed.
+            guardKills++;
+            const running = aliveAttempts(attemptProcesses(evidence));
+            daemon.kill('SIGKILL');
+            await daemon;
+            orphansKilledByGuard += running.length;
+            await waitFor(() => aliveAttempts(running).length === 0, `the guard to kill the commands of a SIGKILLed daemon (${hint})`, {
+              timeoutMs: 10_000,
+            });
+          } else {
+            await killWithGuard(daemon);
+            // The daemon and its guard are gone; whatever command still runs is its orphan (in its own group).
+            const orphans = aliveAttempts(attemptProcesses(evidence));
+            orphansAfterKill += orphans.length;
+            pending = [...pending, ...orphans];
+          }
           if (kill === Math.floor(KILLS / 2)) {
             await s.insertRuns(Array.from({ length: LATE_RUNS }, (_, i) => newRun(FIRST_RUNS + i + 1)));
           }
@@ -222,6 +263,12 @@ it(
           seed,
           runs: total,
           kills: KILLS,
+          kills_with_guard: KILLS - guardKills,
+          kills_of_daemon_alone: guardKills,
+          commands_killed_by_guard_at_daemon_kill: orphansKilledByGuard,
+          freezes,
+          freezes_past_guard_ttl: longFreezes,
+          commands_killed_by_guard_in_freezes: [...histories.values()].flat().filter((e) => e.detail?.interruption === 'lease_guard').length,
           startup_kills: startupKills,
           restarts: KILLS,
           attempts,
@@ -245,6 +292,7 @@ it(
         expect(orphansKilledAtRestart, `no restart found an orphan to kill; ${hint}`).toBeGreaterThan(0);
       });
     } finally {
+      thaw(frozen);
       daemon?.kill('SIGKILL');
       await daemon;
       reapAttempts(evidence);

@@ -4,6 +4,8 @@ import { expect, it } from 'vitest';
 import type { RunStore } from '../../src/store/run-store.js';
 import type { RunDoc, RunEvent } from '../../src/store/types.js';
 import { waitFor, writeConfig } from '../helpers/cli.js';
+import { groupAlive } from '../../src/process/kill-group.js';
+import { killWithGuard, thaw } from '../helpers/lease-guard.js';
 import { useSandbox } from '../helpers/sandbox.js';
 import {
   aliveAttempts,
@@ -27,8 +29,8 @@ import {
 } from './evidence.js';
 import { reapAttempts } from './reap.js';
 
-// Issue 5.3: three daemons with different host names on one SQLite file share 324 runs (300 short ones, and
-// before each kill a batch of 12 slow ones). One is SIGKILLed midway and left down: the others fail its busy
+// Issue 5.3: three daemons with different host names on one SQLite file share 336 runs (300 short ones, and
+// before each kill and the freeze a batch of 12 slow ones). One is SIGKILLed midway and left down: the others fail its busy
 // runs after max_busy_time and process them. Later another is SIGKILLed and restarted at once: its restart
 // kills its orphaned commands. Each run is done exactly once and no two attempts of a run ever ran at once
 // (the command's O_EXCL lock and its journal prove it).
@@ -39,6 +41,13 @@ import { reapAttempts } from './reap.js';
 // slow commands end on a gate, a file the test creates, not after a number of steps: b's batch is let go right
 // after b's kill and the test waits for its orphans to end (long before max_busy_time, however slow the
 // machine); c's batch is held until c's restart has killed its orphans. CPU speed changes neither.
+// Both kills take the host's lease guard with it (else the guard kills the commands at once): the takeover and
+// the restart's recovery are the backstops under test here.
+//
+// Issue 12 fault 7: then a host picked at random is frozen (SIGSTOP) past max_busy_time while it holds slow
+// runs of a third batch, whose gate stays shut until it is thawed, and another host is frozen briefly. The
+// frozen host's lease guard must kill its commands before the others take its runs over (a command left
+// running would meet the new attempt at the lock); thawed, the frozen host writes nothing for the runs it lost.
 
 const FILE = 'test/chaos/many-hosts.test.ts';
 const HOSTS = ['a', 'b', 'c'] as const;
@@ -46,9 +55,11 @@ const SHORT_RUNS = 300;
 // Before each kill a batch of slow runs at a higher priority: more than the other two hosts have slots, so the
 // host to be killed surely takes some of them while its short runs end.
 const SLOW_BATCH = 12;
-const RUNS = SHORT_RUNS + 2 * SLOW_BATCH;
+const RUNS = SHORT_RUNS + 3 * SLOW_BATCH;
 const STEP_SECONDS = 0.05;
 const SLOW_STEPS: [number, number] = [2, 6]; // then each slow command works on until its batch's gate opens
+const MAX_BUSY_MS = 10_000;
+const GUARD_TTL_MS = 8_000; // max_busy_time − 2 × signal_escalate − check_interval
 
 const sandbox = useSandbox('runwarden-hosts-');
 
@@ -87,7 +98,7 @@ function ofHost(processes: AttemptProcess[], host: string): AttemptProcess[] {
 }
 
 it(
-  'three hosts on one store: 324 runs done once each; a killed host is taken over, a restarted one kills its orphans',
+  'three hosts on one store: 336 runs done once each; a killed host is taken over, a restarted one kills its orphans, a frozen one is not overlapped',
   async () => {
     const seed = chaosSeed();
     const hint = replayHint(seed, FILE);
@@ -98,7 +109,10 @@ it(
     config(evidence);
 
     const isSlow = (number: number) => number > SHORT_RUNS;
-    const gates = [join(sandbox.dir, 'gate-0'), join(sandbox.dir, 'gate-1')];
+    // Batch 2's gate is per host (attempt-command.sh): the frozen host's commands are held, the others' are not.
+    const gates = [join(sandbox.dir, 'gate-0'), join(sandbox.dir, 'gate-1'), join(sandbox.dir, 'gate-2-@HOST@')];
+    const victim = HOSTS[between(random, 0, HOSTS.length - 1)]!;
+    const brief = HOSTS.filter((h) => h !== victim)[between(random, 0, 1)]!;
     const gateOf = (number: number) => (isSlow(number) ? { gate: gates[Math.floor((number - SHORT_RUNS - 1) / SLOW_BATCH)]! } : {});
     for (let number = 1; number <= RUNS; number++) {
       const steps = () => (isSlow(number) ? between(random, ...SLOW_STEPS) : between(random, 1, 6));
@@ -108,7 +122,7 @@ it(
         { steps: steps(), exitCode: 0, ...gateOf(number) },
       ]);
     }
-    const openGate = (batch: number) => writeFileSync(gates[batch]!, '');
+    const openGate = (batch: number, host = '') => writeFileSync(gates[batch]!.replace('@HOST@', host), '');
     const s = await sandbox.openStore();
     const now = Date.now();
     const newRun = (number: number) => ({
@@ -135,12 +149,15 @@ it(
         `host ${host} (pid ${pid}) to register and recover (${hint})`,
         { timeoutMs: 30_000 },
       );
-    /** Waits until `host` holds a slow run whose command is on record (it runs until its gate opens). */
-    const slowRunOf = (host: string) =>
+    /** Waits until `host` holds a slow run (of `batch`, if given) whose command is on record (it runs until its gate opens). */
+    const slowRunOf = (host: string, batch?: number) =>
       waitFor(
         async () => {
           const slow = (await s.listRuns({ host, state: 'busy' })).filter(
-            (r) => isSlow(r.number) && r.processing!.pgid !== undefined,
+            (r) =>
+              isSlow(r.number) &&
+              r.processing!.pgid !== undefined &&
+              (batch === undefined || Math.floor((r.number - SHORT_RUNS - 1) / SLOW_BATCH) === batch),
           );
           return slow.length > 0 ? slow : null;
         },
@@ -148,10 +165,15 @@ it(
         { timeoutMs: 60_000, intervalMs: 20 },
       );
     const kill = async (host: string) => {
-      const daemon = daemons.get(host)!;
-      daemon.kill('SIGKILL');
-      await daemon;
+      await killWithGuard(daemons.get(host)!);
       daemons.delete(host);
+    };
+    /** SIGSTOP for `ms` (the stimulus, not a wait for anything), then SIGCONT. */
+    const freeze = async (host: string, ms: number) => {
+      const pid = daemons.get(host)!.pid!;
+      process.kill(pid, 'SIGSTOP');
+      await new Promise((r) => setTimeout(r, ms));
+      thaw(pid);
     };
 
     try {
@@ -209,13 +231,49 @@ it(
         expect(killedAtRestart.length, `c's restart killed a slow run's orphan; ${hint}`).toBeGreaterThan(0);
         openGate(1);
 
+        // A host frozen past max_busy_time while it runs slow commands; another frozen briefly meanwhile.
+        for (const host of HOSTS) if (host !== victim) openGate(2, host);
+        await submitSlowBatch(2);
+        const frozenHeld = await slowRunOf(victim, 2);
+        const victimPid = daemons.get(victim)!.pid!;
+        const frozenAt = Date.now();
+        process.kill(victimPid, 'SIGSTOP');
+        let frozenMs = 0;
+        let briefMs = 0;
+        try {
+          briefMs = between(random, 300, 3000);
+          await new Promise((r) => setTimeout(r, between(random, 0, MAX_BUSY_MS - briefMs)));
+          await freeze(brief, briefMs);
+          // Frozen until another host has taken one of its slow runs over and run the next attempt's command (past
+          // max_busy_time): a command of the frozen host still running, held at its gate, would meet it at the lock.
+          await waitFor(
+            async () => {
+              for (const r of frozenHeld) {
+                const p = (await s.getRun(r.number))!.processing!;
+                if (p.host !== victim && p.attempt > r.processing!.attempt && (p.state === 'done' || p.pgid !== undefined)) return true;
+              }
+              return false;
+            },
+            `another host to take a slow run of frozen ${victim} over (${hint})`,
+            { timeoutMs: 40_000 },
+          );
+          await new Promise((r) => setTimeout(r, between(random, 0, 2000)));
+        } finally {
+          thaw(victimPid);
+          frozenMs = Date.now() - frozenAt;
+        }
+        const frozenGroupsAlive = frozenHeld.filter((r) => groupAlive(r.processing!.pgid!)).map((r) => r.number);
+        expect(frozenGroupsAlive, `${victim}'s commands outlived its lease while it was frozen; ${hint}`).toEqual([]);
+        openGate(2, victim);
+
         await waitFor(async () => (await finishedCount(s)) === RUNS, `all ${RUNS} runs finished (${hint})`, {
           timeoutMs: 60_000,
         });
         for (const host of HOSTS) {
           const daemon = daemons.get(host)!;
           daemon.kill('SIGTERM');
-          expect((await daemon).exitCode, `${host} stops cleanly; ${hint}`).toBe(0);
+          const stopped = await daemon;
+          expect(stopped.exitCode, `${host} stops cleanly (${stopped.signal ?? ''}: ${String(stopped.all).split('\n').slice(-8).join('\n')}); ${hint}`).toBe(0);
           daemons.delete(host);
         }
 
@@ -265,6 +323,16 @@ it(
           orphans_of_b_after_kill: orphansOfB.length,
           repaired_by_cleanup: repairedByCleanup,
           orphans_of_c_killed_at_restart: killedAtRestart.length,
+          frozen_host: victim,
+          frozen_ms: frozenMs,
+          briefly_frozen_host: brief,
+          briefly_frozen_ms: briefMs,
+          slow_runs_of_frozen_host: frozenHeld.length,
+          slow_runs_of_frozen_host_taken_over: frozenHeld.filter((r) => {
+            const p = histories.get(r.number)!.find((e) => e.attempt === r.processing!.attempt && e.to === 'failed');
+            return p !== undefined && p.host !== victim;
+          }).length,
+          commands_killed_by_guard: [...histories.values()].flat().filter((e) => e.detail?.interruption === 'lease_guard').length,
           lost: RUNS - (await finishedCount(s)),
           doubled: journalOverlaps(evidence).length + violations(evidence).length,
           duration_s: Math.round((Date.now() - began) / 100) / 10,
@@ -272,6 +340,7 @@ it(
         console.log(`many-hosts figures: ${JSON.stringify(figures)}`);
       });
     } finally {
+      for (const daemon of daemons.values()) thaw(daemon.pid);
       for (const daemon of daemons.values()) daemon.kill('SIGKILL');
       await Promise.all(daemons.values());
       reapAttempts(evidence);

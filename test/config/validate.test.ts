@@ -151,6 +151,8 @@ const REFUSALS: [string, unknown, string, string][] = [
   ['max_busy_time within 3 × check_interval', { timeouts: { check_interval: 60, max_considering_time: 181 } }, 'timeouts.max_busy_time', '2m must be more than 3 × timeouts.check_interval (3 × 1m = 3m)'],
   ['max_considering_time within 3 × check_interval', { timeouts: { check_interval: 20, max_busy_time: 600 } }, 'timeouts.max_considering_time', 'raise timeouts.max_considering_time or lower timeouts.check_interval'],
   ['presumed_dead within 3 × check_interval', { timeouts: { check_interval: 20, max_busy_time: 61, max_considering_time: 61, presumed_dead: 60 } }, 'timeouts.presumed_dead', '3 × timeouts.check_interval'],
+  // Issue 12 fault 7: the lease guard kills an unrenewed command after max_busy_time − 2 × signal_escalate − check_interval.
+  ['max_busy_time too short for the lease guard', { timeouts: { check_interval: 1, signal_escalate: 3, max_busy_time: 8 } }, 'timeouts.max_busy_time', 'killed after max_busy_time − 2 × signal_escalate − check_interval (1s), which must be at least 2 × check_interval (2s) so that one late heartbeat does not kill it; raise timeouts.max_busy_time to at least 9s'],
   ['retry.base syntax', { retry: { base: 'soon' } }, 'retry.base', 'got "soon"'],
   ['retry.factor below 1', { retry: { factor: 0.5 } }, 'retry.factor', 'got 0.5'],
   ['retry.factor type', { retry: { factor: '5' } }, 'retry.factor', 'expected a number, got "5"'],
@@ -183,6 +185,11 @@ describe('validateConfig: refusals', () => {
     expect(() =>
       validateConfig({ slots: 0 }, { ...options, sourceOf: (field) => (field === 'slots' ? 'RUNWARDEN_SLOTS' : undefined) }),
     ).toThrow('config: slots: expected an integer ≥ 1, got 0 (set by RUNWARDEN_SLOTS)');
+  });
+
+  it('accepts max_busy_time exactly 3 × check_interval + 2 × signal_escalate (the lease guard gets two heartbeats)', () => {
+    const config = validateConfig({ timeouts: { check_interval: 1, signal_escalate: 3, max_busy_time: 9 } }, { cwd: '/srv', hostName: () => 'h' });
+    expect(config.timeouts.max_busy_time).toBe(9_000);
   });
 
   it('a contradiction names both fields and where each came from', () => {

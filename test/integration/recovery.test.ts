@@ -8,6 +8,7 @@ import { readProcStart } from '../../src/process/proc.js';
 import type { RunStore } from '../../src/store/run-store.js';
 import type { HostDoc } from '../../src/store/types.js';
 import { isAlive, waitFor, writeConfig } from '../helpers/cli.js';
+import { killWithGuard } from '../helpers/lease-guard.js';
 import { useSandbox } from '../helpers/sandbox.js';
 
 // Crash-only recovery with real daemons, real commands and real signals: restart after kill -9, displacement
@@ -86,8 +87,9 @@ describe('restart after kill -9', () => {
     }, 'the process group to be recorded');
     expect(busy.pgid).toBe(leader);
 
-    first.kill('SIGKILL');
-    await first;
+    // The daemon dies with its lease guard (which would otherwise kill the command at once): the restart's
+    // recovery is the backstop that must kill the orphan.
+    await killWithGuard(first);
     // The daemon is gone; its command (its own process group) is not.
     expect(isAlive(leader)).toBe(true);
     expect(isAlive(grandchild)).toBe(true);
@@ -169,8 +171,7 @@ async function orphanOfKilledDaemon(number: number) {
     const p = (await s.getRun(number))?.processing;
     return p?.state === 'busy' && p.pgid !== undefined ? p : null;
   }, 'the process group to be recorded');
-  first.kill('SIGKILL');
-  await first;
+  await killWithGuard(first); // the guard too: the restart is the backstop under test
   orphanGroups.push(leader);
   expect(isAlive(leader)).toBe(true);
   expect(isAlive(grandchild)).toBe(true);
@@ -394,7 +395,8 @@ process:
 timeouts:
   check_interval: 0.3s
   cleanup_interval: 0.3s
-  max_busy_time: 1s
+  signal_escalate: 0.1s
+  max_busy_time: 1.2s
   max_considering_time: 1s
   presumed_dead: 1s
   idle_poll: 1h
