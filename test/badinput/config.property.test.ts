@@ -78,6 +78,8 @@ const goodConfig = fc
   .map((raw) => {
     const timeouts = raw.timeouts as Record<string, unknown> | undefined;
     if (timeouts && 'check_interval' in timeouts) timeouts.check_interval = '1s';
+    // max_busy_time must hold 3 × check_interval + 2 × signal_escalate (the lease guard's time to kill).
+    if (timeouts && 'signal_escalate' in timeouts) timeouts.signal_escalate = '1s';
     return raw;
   });
 

@@ -150,7 +150,7 @@ const REFUSALS: [string, unknown, string, string][] = [
   ['duration negative', { timeouts: { max_no_output_time: -1 } }, 'timeouts.max_no_output_time', 'cannot be negative'],
   ['max_busy_time within 3 × check_interval', { timeouts: { check_interval: 60, max_considering_time: 181 } }, 'timeouts.max_busy_time', '2m must be more than 3 × timeouts.check_interval (3 × 1m = 3m)'],
   ['max_considering_time within 3 × check_interval', { timeouts: { check_interval: 20, max_busy_time: 600 } }, 'timeouts.max_considering_time', 'raise timeouts.max_considering_time or lower timeouts.check_interval'],
-  ['presumed_dead within 3 × check_interval', { timeouts: { check_interval: 20, max_busy_time: 61, max_considering_time: 61, presumed_dead: 60 } }, 'timeouts.presumed_dead', '3 × timeouts.check_interval'],
+  ['presumed_dead within 3 × check_interval', { timeouts: { check_interval: 20, max_busy_time: 70, max_considering_time: 61, presumed_dead: 60 } }, 'timeouts.presumed_dead', '3 × timeouts.check_interval'],
   // Issue 12 fault 7: the lease guard kills an unrenewed command after max_busy_time − 2 × signal_escalate − check_interval.
   ['max_busy_time too short for the lease guard', { timeouts: { check_interval: 1, signal_escalate: 3, max_busy_time: 8 } }, 'timeouts.max_busy_time', 'killed after max_busy_time − 2 × signal_escalate − check_interval (1s), which must be at least 2 × check_interval (2s) so that one late heartbeat does not kill it; raise timeouts.max_busy_time to at least 9s'],
   ['retry.base syntax', { retry: { base: 'soon' } }, 'retry.base', 'got "soon"'],
