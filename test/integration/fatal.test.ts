@@ -41,9 +41,9 @@ process:
   output_root: ./out
   log_dir: ./logs
 timeouts:
-  check_interval: 0.3s
+  check_interval: 0.25s
   idle_poll: 1h
-  signal_escalate: 1s
+  signal_escalate: 0.1s
   max_busy_time: 1s
   max_considering_time: 1s
   presumed_dead: 1h

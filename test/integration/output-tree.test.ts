@@ -61,7 +61,7 @@ timeouts:
   signal_escalate: 500ms
   cleanup_interval: 500ms
   max_considering_time: 7s
-  max_busy_time: 7s
+  max_busy_time: 10s # the lease guard kills a command unrenewed for 10 − 1 − 2 = 7 s
   max_no_output_time: 8s
 retry: {base: 100ms, factor: 1, max_exponent: 0, jitter: [1, 1], max_failures: 5}
 `,

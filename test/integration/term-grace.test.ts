@@ -5,6 +5,7 @@ import { loadConfig } from '../../src/config/index.js';
 import { failRunByOperator } from '../../src/daemon/operator-actions.js';
 import { groupAlive } from '../../src/process/kill-group.js';
 import { waitFor, writeConfig } from '../helpers/cli.js';
+import { killWithGuard } from '../helpers/lease-guard.js';
 import { useSandbox } from '../helpers/sandbox.js';
 
 // The SIGTERM grace (DESIGN §1 "Real supervision"): a kill is SIGTERM to the group, then signal_escalate to
@@ -130,8 +131,9 @@ describe('SIGTERM, then signal_escalate before SIGKILL', () => {
     await submit(3);
     const first = sandbox.start(['daemon']);
     const pgid = await busyGroup(3);
-    first.kill('SIGKILL');
-    await first;
+    // With its lease guard (which would kill the command at once, with the same grace): the restart's kill is
+    // the one under test.
+    await killWithGuard(first);
     expect(groupAlive(pgid), 'the command outlives its daemon').toBe(true);
     sandbox.start(['daemon']);
     const s = await sandbox.openStore();

@@ -77,6 +77,8 @@ function daemon(host: string, store: RunStore, clock: () => number): DaemonHandl
         `process.output_root=${JSON.stringify(join(dir, 'out'))}`,
         `process.log_dir=${JSON.stringify(join(dir, 'logs'))}`,
         'timeouts.check_interval=0.3s',
+        // max_busy_time ≥ 3 × check_interval + 2 × signal_escalate: the lease guard's time to kill fits.
+        'timeouts.signal_escalate=0.05s',
         `timeouts.max_busy_time=${MAX_BUSY_MS / 1000}s`,
         `timeouts.max_considering_time=${MAX_BUSY_MS / 1000}s`,
         'timeouts.cleanup_interval=0.05s',
