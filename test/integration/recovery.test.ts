@@ -395,8 +395,7 @@ process:
 timeouts:
   check_interval: 0.3s
   cleanup_interval: 0.3s
-  signal_escalate: 0.1s
-  max_busy_time: 1.2s
+  max_busy_time: 1.5s
   max_considering_time: 1s
   presumed_dead: 1s
   idle_poll: 1h
