@@ -4,6 +4,7 @@ import { describe, expect, it } from 'vitest';
 import { readProcStart } from '../../src/process/proc.js';
 import type { RunStore } from '../../src/store/run-store.js';
 import { isAlive, waitFor, writeConfig } from '../helpers/cli.js';
+import { killWithGuard } from '../helpers/lease-guard.js';
 import { useSandbox } from '../helpers/sandbox.js';
 
 // No process an attempt started outlives the attempt (issue 12 fault 8), even one that left the command's
@@ -135,8 +136,8 @@ describe('processes that left the command group', () => {
     reapLater(escapees);
     const s = await sandbox.openStore();
     await stateOf(s, 3, 'busy');
-    first.kill('SIGKILL');
-    await first;
+    // With its lease guard, which would kill the command's group at once: the restart is the backstop under test.
+    await killWithGuard(first);
     expect(survivors(escapees)).toHaveLength(3);
     sandbox.start(['daemon']);
     await waitFor(async () => {
