@@ -3,7 +3,7 @@ import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { describe, expect, it } from 'vitest';
 import type { CleanupReport } from '../../src/daemon/cleanup.js';
-import { writeConfig } from '../helpers/cli.js';
+import { waitFor, writeConfig } from '../helpers/cli.js';
 import { useSandbox } from '../helpers/sandbox.js';
 
 // Half-written processing documents, written straight into a real SQLite file as another tool would: each is
@@ -25,7 +25,7 @@ process:
   command: ["sh", "-c", "echo ok > \\"$1/out\\"", "sh", "{output}"]
   output_root: ./out
   log_dir: ./logs
-timeouts: {check_interval: 1s, idle_poll: 1h, signal_escalate: 1s}
+timeouts: {check_interval: 0.5s, idle_poll: 1h, signal_escalate: 0.5s, max_busy_time: 3s, max_considering_time: 3s}
 `,
     );
     const name = 'evil \u001b]52;c;cHduZWQ=\u0007 \u001b[2J name';
@@ -87,6 +87,14 @@ timeouts: {check_interval: 1s, idle_poll: 1h, signal_escalate: 1s}
     expect(report.errors).toEqual([]);
     const again = await sandbox.run(['cleanup']);
     expect(again.stdout.trim()).toBe('nothing to repair');
+
+    // A busy row, however mangled, may belong to a live owner whose command still runs until its lease keeper or
+    // lease guard gives up: the repair keeps the attempt draining (not claimable) until that is surely over.
+    const fenced = await sandbox.openStore();
+    const draining = await Promise.all([1, 2, 3].map(async (n) => (await fenced.getRun(n))!.processing!.draining));
+    for (const [i, record] of draining.entries()) expect(record?.until, `run ${i + 1} draining until`).toBeGreaterThan(now);
+    const until = Math.max(...draining.map((record) => record!.until));
+    await waitFor(() => Date.now() > until, 'the draining fences to pass', { timeoutMs: 30_000 });
 
     const daemon = await sandbox.run(['daemon', '--once']);
     expect(daemon.exitCode, daemon.stderr).toBe(0);
