@@ -28,6 +28,12 @@ const TIME_KEYS = new Set([
   'until',
 ]);
 
+/**
+ * Lease and host tokens: what fences a writer. Whoever can read them could write as the owner, so no face prints
+ * them (a run's state, host and attempt say all a person needs).
+ */
+const SECRET_KEYS = new Set(['token']);
+
 /** Fields holding the user's own data: their keys are not ours, so `params.start: 5` stays 5. */
 const OPAQUE_KEYS = new Set(['params']);
 
@@ -47,6 +53,7 @@ export function jsonText(value: unknown): string {
         if (typeof field === 'object' && field !== null) opaque.add(field);
         return field;
       }
+      if (SECRET_KEYS.has(key)) return undefined;
       if (typeof field === 'number' && TIME_KEYS.has(key)) return isoTimeOrNumber(field);
       return field;
     },

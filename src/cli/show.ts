@@ -74,7 +74,8 @@ export function renderRun(run: RunDoc, events: RunEvent[], options: RenderOption
     lines.push('processing');
     const { problems, ...fields } = processing;
     for (const [key, value] of Object.entries(fields)) {
-      if (value === undefined) continue;
+      // The lease token fences the owner's writes: it is never shown (see json-output's SECRET_KEYS).
+      if (value === undefined || key === 'token') continue;
       if (key === 'draining' && fields.draining) {
         lines.push(...field(key, drainingLine(fields.draining)));
         continue;
