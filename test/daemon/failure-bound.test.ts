@@ -49,6 +49,7 @@ describe('a repeating effect that only fails', () => {
           'timeouts.check_interval=0.2s',
           'timeouts.cleanup_interval=0.2s',
           'timeouts.max_busy_time=1s',
+          'timeouts.signal_escalate=0.1s', // the lease guard rule: max_busy_time ≥ 3 × check + 2 × escalate
           'timeouts.idle_poll=1h',
         ],
       },
