@@ -2,7 +2,7 @@ import type WebSocket from 'ws';
 import type { Argv, CommandModule } from 'yargs';
 import type { Config } from '../config/schema.js';
 import { UsageError } from '../errors.js';
-import { configFromArgs, printJson, runCommand, table, type GlobalArgs } from './common.js';
+import { configFromArgs, integerFlag, printJson, runCommand, table, type GlobalArgs } from './common.js';
 import {
   createTransitionTracker,
   formatInspectLine,
@@ -19,7 +19,7 @@ interface InspectArgs extends GlobalArgs {
   follow?: boolean;
   all?: boolean;
   url?: string;
-  port?: number;
+  port?: string;
 }
 
 /** How long a one-shot `runwarden inspect` listens: the daemon announces its live actors at once on connect. */
@@ -33,17 +33,14 @@ function connectHost(bind: string): string {
   return bind.includes(':') ? `[${bind}]` : bind;
 }
 
-export function inspectUrl(args: { url?: string; port?: number }, config: Config): string {
+export function inspectUrl(args: { url?: string; port?: string | number }, config: Config): string {
   if (args.url !== undefined) {
     if (!/^wss?:\/\/[^/\s]+/.test(args.url)) {
       throw new UsageError(`--url: expected ws://HOST:PORT, got ${JSON.stringify(args.url)}`, 'url');
     }
     return args.url;
   }
-  const port = args.port ?? config.observe.inspect_port;
-  if (args.port !== undefined && (!Number.isInteger(port) || port < 1 || port > 65535)) {
-    throw new UsageError(`--port: expected a port number 1..65535, got ${String(args.port)}`, 'port');
-  }
+  const port = integerFlag(args.port, 'port', { min: 1, max: 65535 }) ?? config.observe.inspect_port;
   if (port === 0) {
     throw new UsageError(
       'observe.inspect_port is 0 (the daemon picks a free port and logs it): give that port with --port N',
@@ -132,7 +129,7 @@ export const inspectCommand: CommandModule<GlobalArgs, InspectArgs> = {
         type: 'string',
         describe: "the inspector's WebSocket (default ws://<observe.bind>:<observe.inspect_port>)",
       })
-      .option('port', { type: 'number', describe: 'the inspector port on observe.bind (when the daemon chose one)' })
+      .option('port', { type: 'string', describe: 'the inspector port on observe.bind (when the daemon chose one)' })
       .example('$0 inspect', 'the state of each actor of the daemon now')
       .example('$0 inspect -f', 'every transition as it happens: time, actor, from --event--> to')
       .example('$0 inspect -f --json', 'the same, one JSON object per line')

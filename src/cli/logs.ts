@@ -2,8 +2,8 @@ import { closeSync, createReadStream, existsSync, lstatSync, openSync, readdirSy
 import { pipeline } from 'node:stream/promises';
 import { join } from 'node:path';
 import type { Argv, CommandModule } from 'yargs';
-import { RunNotFoundError, UsageError } from '../errors.js';
-import { configFromArgs, printJson, runCommand, withStore, type GlobalArgs } from './common.js';
+import { RunNotFoundError } from '../errors.js';
+import { configFromArgs, integerFlag, printJson, runCommand, withStore, type GlobalArgs } from './common.js';
 import { numberArgument } from './submit.js';
 
 // `runwarden logs N`: the output of a run's attempt, as the supervisor wrote it to
@@ -12,7 +12,7 @@ import { numberArgument } from './submit.js';
 
 interface LogsArgs extends GlobalArgs {
   number?: string;
-  attempt?: number;
+  attempt?: string;
   follow?: boolean;
 }
 
@@ -89,7 +89,7 @@ export const logsCommand: CommandModule<GlobalArgs, LogsArgs> = {
   builder: (yargs: Argv<GlobalArgs>) =>
     yargs
       .positional('number', { type: 'string', describe: 'run number' })
-      .option('attempt', { type: 'number', describe: 'which attempt (1, 2, …); default the latest' })
+      .option('attempt', { type: 'string', describe: 'which attempt (1, 2, …); default the latest' })
       .option('follow', { alias: 'f', type: 'boolean', describe: 'keep printing until the attempt ends' })
       .example('$0 logs 1042', 'output of the latest attempt of run 1042')
       .example('$0 logs 1042 --attempt 1', 'output of its first attempt')
@@ -97,15 +97,13 @@ export const logsCommand: CommandModule<GlobalArgs, LogsArgs> = {
   handler: (args) =>
     runCommand(async () => {
       const number = numberArgument(args.number);
+      const wanted = integerFlag(args.attempt, 'attempt', { min: 1 });
       const config = configFromArgs(args);
       const run = await withStore(config, (store) => store.getRun(number));
       if (!run) throw new RunNotFoundError(number);
       const dir = join(config.process.log_dir, String(number));
       const attempts = attemptsIn(dir);
-      if (args.attempt !== undefined && (!Number.isInteger(args.attempt) || args.attempt < 1)) {
-        throw new UsageError(`--attempt: expected a positive integer, got ${args.attempt}`, 'attempt');
-      }
-      const attempt = args.attempt ?? attempts.at(-1);
+      const attempt = wanted ?? attempts.at(-1);
       if (attempt === undefined || !attempts.includes(attempt)) {
         const known = attempts.length ? `attempts with logs: ${attempts.join(', ')}` : 'no attempt has logged yet';
         throw new Error(`run ${number}: no log for ${attempt === undefined ? 'any attempt' : `attempt ${attempt}`} in ${dir} (${known})`);

@@ -98,7 +98,9 @@ describe('wrong CLI arguments', () => {
       { args: ['fail', ...store], names: /number: name the runs \(fail <runs> \[reason\.\.\]\), or select them with --state or --tag/ },
       { args: ['abandon', '-1', ...store], names: /number: .* got "-1"/ },
       { args: ['hold', '', ...store], names: /number: .* got ""/ },
-      { args: ['logs', '1', '--attempt', '0', ...store], names: /--attempt: expected a positive integer, got 0/ },
+      { args: ['logs', '1', '--attempt', '0', ...store], names: /--attempt: expected an integer ≥ 1, got "0"/ },
+      { args: ['logs', '1', '--attempt', 'abc', ...store], names: /--attempt: expected an integer ≥ 1, got "abc"/ },
+      { args: ['inspect', '--port', 'abc', ...store], names: /--port: expected an integer from 1 to 65535, got "abc"/ },
       // daemon and the global options
       { args: ['daemon', '--slots', '0', ...store], names: /slots: expected an integer ≥ 1, got 0 \(set by --slots\)/ },
       { args: ['daemon', '--order', 'sideways', ...store], names: /order.*sideways|sideways.*order/i },
