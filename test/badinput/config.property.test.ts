@@ -7,7 +7,7 @@ import { stringify } from 'yaml';
 import { loadConfig } from '../../src/config/load.js';
 import { CONFIG_KEYS, knownKeyPaths, type Config, type FieldKind } from '../../src/config/schema.js';
 import { isPlainObject, validateConfig } from '../../src/config/validate.js';
-import { ConfigError } from '../../src/errors.js';
+import { ConfigError, ConfigProblems } from '../../src/errors.js';
 import { SEEDS, junkValue, nastyText } from './arbitraries.js';
 import { outcomeCounter } from './figures.js';
 
@@ -80,6 +80,9 @@ const goodConfig = fc
     if (timeouts && 'check_interval' in timeouts) timeouts.check_interval = '1s';
     // max_busy_time must hold 3 × check_interval + 2 × signal_escalate (the lease guard's time to kill).
     if (timeouts && 'signal_escalate' in timeouts) timeouts.signal_escalate = '1s';
+    // An attempt log holds at least 4 KiB (the cut marker must fit): 0 is a good value for min_free_bytes only.
+    const process = raw.process as Record<string, unknown> | undefined;
+    if (process && typeof process.max_log_bytes === 'number' && process.max_log_bytes < 4096) process.max_log_bytes = '1GiB';
     return raw;
   });
 
@@ -114,15 +117,33 @@ function expectInvariants(config: Config): void {
   for (const port of [config.observe.inspect_port, config.observe.metrics_port]) expect(Number.isInteger(port) && port >= 0 && port <= 65535).toBe(true);
 }
 
-/** Validates; returns the ConfigError, or undefined after checking the Config. Anything else fails the test. */
-function judge(raw: unknown): ConfigError | undefined {
+/** Each problem a ConfigError reports: itself, or every one of a ConfigProblems (all problems at once). */
+function problemsOf(error: ConfigError): ConfigError[] {
+  if (!(error instanceof ConfigProblems)) return [error];
+  expect(error.problems.length, error.message).toBeGreaterThan(1);
+  expect(error.message.startsWith(`config: ${error.problems.length} problems:\n`), error.message).toBe(true);
+  return error.problems;
+}
+
+/** A problem's message names its field first ("config: FIELD: …"; the config as a whole once, not twice). */
+function expectNamed(problem: ConfigError): void {
+  const prefix = problem.field === 'config' ? 'config: ' : `config: ${problem.field}: `;
+  expect(problem.message.startsWith(prefix) && !problem.message.startsWith('config: config: config:'), problem.message).toBe(true);
+}
+
+/**
+ * Validates; returns every problem of the ConfigError it threw, or undefined after checking the Config. Anything
+ * else fails the test.
+ */
+function judge(raw: unknown): ConfigError[] | undefined {
   let config: Config;
   try {
     config = validateConfig(raw, options);
   } catch (error) {
     if (!(error instanceof ConfigError)) throw new Error(`not a ConfigError: ${String(error)}`, { cause: error });
-    expect(error.message.startsWith(`config: ${error.field}: `)).toBe(true);
-    return error;
+    const problems = problemsOf(error);
+    for (const problem of problems) expectNamed(problem);
+    return problems;
   }
   expectInvariants(config);
   return undefined;
@@ -140,9 +161,11 @@ describe('configuration: bad values, unknown keys, contradictions', () => {
         const raw = structuredClone(base) as Record<string, Record<string, unknown>>;
         if (path.length === 1) (raw as Record<string, unknown>)[path[0]] = bad;
         else (raw[path[0]] ??= {})[path[1]] = bad;
-        const error = judge(raw);
+        const problems = judge(raw);
         const dotted = path.join('.');
-        expect(error, `${dotted} = ${JSON.stringify(bad)}`).toBeInstanceOf(ConfigError);
+        // One bad value in a good config is exactly one problem.
+        expect(problems?.map((p) => p.message), `${dotted} = ${JSON.stringify(bad)}`).toHaveLength(1);
+        const error = problems![0];
         // The key itself, or an element or entry inside it (process.command[0], process.resources.cores.min).
         expect(error!.field === dotted || error!.field!.startsWith(`${dotted}[`) || error!.field!.startsWith(`${dotted}.`), `${dotted} → ${error!.message}`).toBe(true);
         count('one bad value', `refused (${kind})`);
@@ -164,9 +187,10 @@ describe('configuration: bad values, unknown keys, contradictions', () => {
         const [first, second] = wrong.split('.');
         if (second === undefined) (raw as Record<string, unknown>)[first] = 1;
         else (raw[first] = isPlainObject(raw[first]) ? raw[first] : {})[second] = 1;
-        const error = judge(raw);
-        expect(error).toBeInstanceOf(ConfigError);
-        expect(error!.field).toBe(wrong);
+        const problems = judge(raw);
+        expect(problems?.map((p) => p.message)).toHaveLength(1);
+        const error = problems![0];
+        expect(error.field).toBe(wrong);
         const suggestion = /did you mean (\S+)\?/.exec(error!.message)?.[1];
         // A one-letter typo is always close enough to be suggested, and the suggestion is a real key.
         if (known.split('.').pop()!.length >= 3) expect(suggestion).toBeDefined();
@@ -193,14 +217,17 @@ describe('configuration: bad values, unknown keys, contradictions', () => {
     );
     fc.assert(
       fc.property(junkConfig, (raw) => {
-        const error = judge(raw);
-        if (error === undefined) return void count('junk', 'accepted');
-        const field = error.field!.replace(/\[\d+\]/g, '');
+        const problems = judge(raw);
+        if (problems === undefined) return void count('junk', 'accepted');
         const given = inputPaths(raw);
-        const parent = field.split('.').slice(0, -1).join('.');
-        const named = given.has(field) ? 'a field of the input' : KNOWN.has(field) ? 'a known key' : given.has(parent) ? 'a key missing inside a given one' : field === 'config' ? 'the whole config' : undefined;
-        expect(named, error.message).toBeDefined();
-        count('junk', `refused, naming ${named}`);
+        for (const error of problems) {
+          const field = error.field!.replace(/\[\d+\]/g, '');
+          const parent = field.split('.').slice(0, -1).join('.');
+          const named = given.has(field) ? 'a field of the input' : KNOWN.has(field) ? 'a known key' : given.has(parent) ? 'a key missing inside a given one' : field === 'config' ? 'the whole config' : undefined;
+          expect(named, error.message).toBeDefined();
+          count('junk', `refused, naming ${named}`);
+        }
+        if (problems.length > 1) count('junk', 'refused with every problem at once');
       }),
       { seed: SEEDS.config, numRuns: RUNS },
     );
@@ -242,12 +269,12 @@ describe('broken YAML files through the real loader', () => {
           error = caught;
         }
         expect(error).toBeInstanceOf(ConfigError);
-        const { message, field } = error as ConfigError;
+        const { message } = error as ConfigError;
         if (/YAML syntax error/.test(message)) {
-          expect(message).toMatch(new RegExp(`^config: config: ${file}:\\d+:\\d+: YAML syntax error: `));
+          expect(message).toMatch(new RegExp(`^config: ${file}:\\d+:\\d+: YAML syntax error: `));
           count('yaml files', `syntax error with line:col (${corruption})`);
         } else {
-          expect(message.startsWith(`config: ${field}: `)).toBe(true);
+          for (const problem of problemsOf(error as ConfigError)) expectNamed(problem);
           count('yaml files', `field error (${corruption})`);
         }
       }),
