@@ -92,6 +92,7 @@ function failureFromResult(result: SupervisorResult, plan: CommandPlan | null): 
     case 'unkillable':
       return {
         ...base,
+        ...(result.interruption !== undefined ? { interruption: result.interruption } : {}),
         kind: 'exit',
         message: result.signal
           ? `killed by ${result.signal}${result.stderrTail ? `: ${reasonFromStderr(result.stderrTail)}` : ''}`
@@ -115,7 +116,7 @@ type AttemptDecision = { kind: 'retry' } | { kind: 'abandon'; why: string };
  * fault is an interruption, judged against max_interruptions; anything else is a failure.
  */
 function decisionAfterFailure(context: RunContext): AttemptDecision {
-  if (context.failure?.hostFault !== undefined) {
+  if (context.failure?.hostFault !== undefined || context.failure?.interruption !== undefined) {
     return decideAfterInterruption({
       nInterruptionsBefore: context.run.nInterruptions,
       maxInterruptions: context.maxInterruptions,

@@ -23,6 +23,11 @@ export type ProcessEvent =
       durationMs: number;
       /** Processes of the group still alive after the leader exited and stragglers were SIGKILLed. */
       groupRemaining?: number;
+      /**
+       * Something outside the command ended it for a reason of the host (the lease guard killed it because this
+       * daemon stopped renewing its lease): an interruption, not the run's failure.
+       */
+      interruption?: string;
     };
 
 /** What the supervisor tells its process actor. */
@@ -42,6 +47,7 @@ interface SupervisorContext {
   durationMs: number;
   error?: string;
   hostFault?: string;
+  interruption?: string;
 }
 
 export const supervisorMachine = setup({
@@ -75,6 +81,7 @@ export const supervisorMachine = setup({
             signal: event.signal,
             stderrTail: event.stderrTail,
             durationMs: event.durationMs,
+            ...(event.interruption !== undefined ? { interruption: event.interruption } : {}),
           }
         : {},
     ),
@@ -163,5 +170,6 @@ export const supervisorMachine = setup({
     pgid: context.pgid,
     error: context.error,
     ...(context.hostFault !== undefined ? { hostFault: context.hostFault } : {}),
+    ...(context.interruption !== undefined ? { interruption: context.interruption } : {}),
   }),
 });

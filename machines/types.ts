@@ -44,6 +44,8 @@ export interface SupervisorResult {
   error?: string;
   /** Set with spawn_failed when the host, not the run, is at fault: what the host's check found. */
   hostFault?: string;
+  /** The command was ended for a reason of the host, not its own (the lease guard): an interruption. */
+  interruption?: string;
 }
 
 /** Why an attempt failed, as data; the effect that records it turns it into the stored reason. */
@@ -60,6 +62,11 @@ export interface AttemptFailure {
    * an output or log directory not writable). An interruption, not the run's failure; the host counts these.
    */
   hostFault?: string;
+  /**
+   * The command was ended from outside for a reason of the host (`lease_guard`: this daemon stopped renewing the
+   * lease, so its guard killed the command). An interruption judged against max_interruptions, never a failure.
+   */
+  interruption?: string;
 }
 
 /** How a run actor's life ended, reported to its host. */

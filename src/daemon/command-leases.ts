@@ -27,12 +27,10 @@ export interface CommandLeases {
   /** The attempt's command started as the leader of group `pgid`: the guard watches it from now on. */
   commandStarted(token: string, pgid: number, procStart: number | undefined): void;
   /**
-   * The attempt's command ended (or could not start): the guard forgets its group. `killedByGuard` is
-   * remembered until takeGuardKill asks, so the attempt's ending is recorded as an interruption.
+   * The attempt's command ended (or could not start): the guard forgets its group. Whether the guard killed it
+   * (overdue) travels with the exit through the supervisor chart, so the run records an interruption.
    */
-  commandEnded(token: string, killedByGuard?: boolean): void;
-  /** True (once) when the guard killed the attempt's command: its daemon, not the command, ended it. */
-  takeGuardKill(token: string): boolean;
+  commandEnded(token: string): void;
   /** True once the attempt's deadline passed without a renewal: the guard killed its command. */
   overdue(token: string): boolean;
   /** The TTL in milliseconds. */
@@ -46,7 +44,6 @@ export const leaseClock = readUptimeMs;
 export function createCommandLeases(guard: LeaseGuard | undefined, ttlMs: number, logger: Logger): CommandLeases {
   const attempts = new Map<string, Attempt>();
   const byGroup = new Map<number, Attempt>();
-  const guardKills = new Set<string>();
   const passed = (attempt: Attempt) => {
     if (!attempt.expired && leaseClock() >= attempt.deadline) attempt.expired = true;
     return attempt.expired === true;
@@ -85,17 +82,13 @@ export function createCommandLeases(guard: LeaseGuard | undefined, ttlMs: number
       // has its command killed at once rather than one outliving the lease.
       guard?.watch(pgid, procStart, attempt.deadline);
     },
-    commandEnded(token, killedByGuard = false) {
+    commandEnded(token) {
       const attempt = attempts.get(token);
       if (!attempt) return;
-      if (killedByGuard) guardKills.add(token);
       attempts.delete(token);
       if (attempt.pgid === undefined) return;
       if (byGroup.get(attempt.pgid) === attempt) byGroup.delete(attempt.pgid);
       guard?.forget(attempt.pgid);
-    },
-    takeGuardKill(token) {
-      return guardKills.delete(token);
     },
     overdue(token) {
       const attempt = attempts.get(token);

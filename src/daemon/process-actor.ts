@@ -85,7 +85,7 @@ export function processActor(ctx: DaemonContext) {
           unwatch();
           ctx.liveCommands.delete(started);
           const killedByGuard = exit.signal !== null && ctx.leases.overdue(plan.token);
-          ctx.leases.commandEnded(plan.token, killedByGuard);
+          ctx.leases.commandEnded(plan.token);
           send({
             type: 'EXITED',
             exitCode: exit.exitCode,
@@ -93,6 +93,7 @@ export function processActor(ctx: DaemonContext) {
             stderrTail: killedByGuard ? guardNote(ctx, exit.stderrTail) : exit.stderrTail,
             durationMs: exit.durationMs,
             groupRemaining: exit.groupRemaining,
+            ...(killedByGuard ? { interruption: 'lease_guard' } : {}),
           });
         });
       })

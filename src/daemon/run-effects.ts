@@ -411,7 +411,7 @@ export function runEffects(ctx: DaemonContext) {
       const { run, failure } = input;
       if (failure.hostFault !== undefined) return recordHostFault(run, failure);
       const reason = await failureReason(ctx, failure);
-      if (ctx.leases.takeGuardKill(run.token)) {
+      if (failure.interruption === 'lease_guard') {
         // This daemon stalled (frozen, or cut off from the store) and its lease guard ended the command: an
         // interruption, counted in n_interruptions like a restart, never a failure of the run's command.
         const ok = await fencedWrite(run, 'the interruption', () =>
@@ -457,9 +457,9 @@ export function runEffects(ctx: DaemonContext) {
     { run: ClaimedRun; failure: AttemptFailure; why: string }
   >(async ({ input }) => {
     const { run, failure } = input;
-    const interrupted = failure.hostFault !== undefined;
+    const interrupted = failure.hostFault !== undefined || failure.interruption !== undefined;
     const written = await failureReason(ctx, failure);
-    const last = interrupted ? hostFaultReason(written, failure) : written;
+    const last = failure.hostFault !== undefined ? hostFaultReason(written, failure) : written;
     // A host fault is an interruption: the run is given up on at max_interruptions, its failures unchanged.
     const nFailures = interrupted ? run.nFailures : run.nFailures + 1;
     const reason = abandonReason(input.why, last, interrupted ? 'last interruption' : 'last failure');
@@ -476,7 +476,10 @@ export function runEffects(ctx: DaemonContext) {
         },
         {
           ...(failure.durationMs !== undefined ? { duration_ms: failure.durationMs } : {}),
-          detail: { kind: failure.kind, ...(interrupted ? { interruption: 'host_fault' } : {}) },
+          detail: {
+            kind: failure.kind,
+            ...(interrupted ? { interruption: failure.interruption ?? 'host_fault' } : {}),
+          },
         },
       ),
     );

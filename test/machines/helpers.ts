@@ -46,8 +46,8 @@ export class FakeProcess {
     this.send({ type: 'SPAWNED', pid: 4242, pgid: 4242 });
   }
 
-  exit(exitCode: number | null, signal: string | null = null, stderrTail = ''): void {
-    this.send({ type: 'EXITED', exitCode, signal, stderrTail, durationMs: 5 });
+  exit(exitCode: number | null, signal: string | null = null, stderrTail = '', interruption?: string): void {
+    this.send({ type: 'EXITED', exitCode, signal, stderrTail, durationMs: 5, ...(interruption !== undefined ? { interruption } : {}) });
   }
 }
 

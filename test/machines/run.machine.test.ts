@@ -172,6 +172,27 @@ describe('run machine', () => {
     ]);
   });
 
+  it('a command the lease guard killed is an interruption: judged by max_interruptions, not max_failures', async () => {
+    // at the failure limit already: the guard's kill (this daemon stopped renewing) must not abandon the run
+    const t = start(claimed({ nFailures: 2, attempt: 3 }), { maxFailures: 3 });
+    await settle();
+    t.fake.spawn();
+    t.fake.exit(null, 'SIGTERM', '', 'lease_guard');
+    await settle();
+    expect(t.states.slice(-2)).toEqual(['failed.recording', 'failed.waitingForRetry']);
+    expect(t.failures).toEqual([expect.objectContaining({ kind: 'exit', signal: 'SIGTERM', interruption: 'lease_guard' })]);
+
+    const last = start(claimed({ nInterruptions: 19, attempt: 20 }), { maxInterruptions: 20 });
+    await settle();
+    last.fake.spawn();
+    last.fake.exit(null, 'SIGTERM', '', 'lease_guard');
+    await settle();
+    expect(last.writes).toEqual([
+      'busy',
+      'abandoned: 20 interruptions reached retry.max_interruptions (20): its host keeps going away while it runs',
+    ]);
+  });
+
   it('abandons at once on an exit code listed in no_retry_exit_codes', async () => {
     const t = start(claimed(), { noRetry: [42] });
     await settle();
