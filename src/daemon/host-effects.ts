@@ -11,6 +11,7 @@ import { cleanupPass } from './cleanup.js';
 import { LeaseObservations } from './lease-observations.js';
 import { displacePreviousDaemon } from './displace.js';
 import { recoverOwnRuns } from './recover-own-runs.js';
+import { claimedRunOf } from './run-input.js';
 import type { DaemonContext } from './context.js';
 import { isDateMs, isoTimeOrInvalid } from '../time-range.js';
 import { uncleanRestartMessage } from '../policy/host-restart.js';
@@ -322,18 +323,7 @@ export function hostEffects(ctx: DaemonContext, view: () => HostView) {
     }
     const idle = config.timeouts.idle_poll;
     if (doc?.processing) {
-      const p = doc.processing;
-      return {
-        run: {
-          number: doc.number,
-          token: p.token,
-          attempt: p.attempt,
-          nFailures: p.n_failures,
-          nInterruptions: p.n_interruptions ?? 0,
-          doc,
-        },
-        nextPollMs: idle,
-      };
+      return { run: claimedRunOf(doc), nextPollMs: idle };
     }
     const nextRetry = await store.nextRetryAt();
     const untilRetry = nextRetry === null ? idle : Math.max(MIN_POLL_MS, nextRetry - clock());

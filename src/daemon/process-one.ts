@@ -1,14 +1,15 @@
 import { join } from 'node:path';
 import { createActor, type SnapshotFrom } from 'xstate';
-import { runMachine, type ClaimedRun } from '../../machines/run.machine.js';
+import type { runMachine } from '../../machines/run.machine.js';
 import type { RunSettlement } from '../../machines/types.js';
 import type { Config } from '../config/schema.js';
 import type { Logger } from '../log/logger.js';
 import { startLeaseGuard, type LeaseGuard } from '../process/lease-guard.js';
 import type { RunStore } from '../store/run-store.js';
 import type { RunDoc } from '../store/types.js';
-import { createDaemonContext, supervisorTiming } from './context.js';
+import { createDaemonContext } from './context.js';
 import { provideRunMachine } from './daemon.js';
+import { runInputFor } from './run-input.js';
 
 // `runwarden process N`: one attempt of one already-claimed run in the foreground, with the same run machine
 // and the same effects a daemon uses (preflight, supervision, fenced writes, lease heartbeat), but no host actor:
@@ -76,23 +77,9 @@ export function processOneRun(deps: ProcessOneDeps, claimed: RunDoc): ProcessOne
   const leaseGuard = deps.leaseGuard ?? startCommandGuard(config);
   const ctx = createDaemonContext({ ...deps, config: { ...config, host: deps.host }, leaseGuard });
   const machine = provideRunMachine(ctx);
-  const run: ClaimedRun = {
-    number: claimed.number,
-    token: p.token,
-    attempt: p.attempt,
-    nFailures: p.n_failures,
-    nInterruptions: p.n_interruptions ?? 0,
-    doc: claimed,
-  };
-  const actor = createActor(machine, {
-    input: {
-      run,
-      maxFailures: config.retry.max_failures,
-      maxInterruptions: config.retry.max_interruptions,
-      noRetryExitCodes: config.process.no_retry_exit_codes,
-      timing: supervisorTiming(config),
-    },
-  });
+  const input = runInputFor(config, claimed);
+  const { run } = input;
+  const actor = createActor(machine, { input });
   const killCommand = () => {
     for (const handle of ctx.liveCommands) handle.signal('SIGKILL');
   };

@@ -1,9 +1,9 @@
 import { execa } from 'execa';
 import { Writable } from 'node:stream';
 import { createActor, type AnyActorRef, type SnapshotFrom } from 'xstate';
-import type { RunInput } from '../../machines/run.machine.js';
 import { defaultConfig, type Config } from '../../src/config/schema.js';
-import { supervisorTiming, type DaemonContext } from '../../src/daemon/context.js';
+import type { DaemonContext } from '../../src/daemon/context.js';
+import { runInputFor } from '../../src/daemon/run-input.js';
 import { hostInputFor, hostStateOf, provideMachines, provideRunMachine } from '../../src/daemon/daemon.js';
 import type { HostView } from '../../src/daemon/host-effects.js';
 import { createLogger, type Logger } from '../../src/log/logger.js';
@@ -181,23 +181,7 @@ export class TestClock {
   }
 }
 
-export function runInputFor(config: Config, doc: RunDoc): RunInput {
-  const p = doc.processing!;
-  return {
-    run: {
-      number: doc.number,
-      token: p.token,
-      attempt: p.attempt,
-      nFailures: p.n_failures,
-      nInterruptions: p.n_interruptions ?? 0,
-      doc,
-    },
-    maxFailures: config.retry.max_failures,
-    maxInterruptions: config.retry.max_interruptions,
-    noRetryExitCodes: config.process.no_retry_exit_codes,
-    timing: supervisorTiming(config),
-  };
-}
+export { runInputFor };
 
 /** The run actor has nothing more to do for this attempt (what it reports to its host as settled). */
 export function attemptOver(snapshot: SnapshotFrom<ReturnType<typeof provideRunMachine>>): boolean {
