@@ -82,9 +82,17 @@ exec 3<> <(:) && nap=1
 echo ready
 clock
 timeout=
+# A read that times out in the middle of a line keeps what it read (bash puts it in the variable): that part waits
+# in 'partial' for the rest, or a watch line cut in two would be lost and its group never guarded.
+partial=
+set -f
 while :; do
-  if [[ -n $timeout ]]; then read -r -t "$timeout" cmd a b c; status=$?; else read -r cmd a b c; status=$?; fi
+  if [[ -n $timeout ]]; then read -r -t "$timeout" line; status=$?; else read -r line; status=$?; fi
+  if (( status > 128 )); then partial+=$line; line=; fi
   if (( status == 0 )); then
+    line=$partial$line; partial=
+    words=($line)
+    cmd=\${words[0]-} a=\${words[1]-} b=\${words[2]-} c=\${words[3]-}
     clock
     case "$cmd" in
       watch)

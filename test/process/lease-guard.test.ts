@@ -2,6 +2,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { afterEach, describe, expect, it } from 'vitest';
 import { groupAlive } from '../../src/process/kill-group.js';
 import { startLeaseGuard, type LeaseGuard } from '../../src/process/lease-guard.js';
+import { LEASE_GUARD_SCRIPT } from '../../src/process/lease-guard.sh.js';
 import { readProcStart, readUptimeMs } from '../../src/process/proc.js';
 import { waitFor } from '../helpers/cli.js';
 
@@ -38,6 +39,31 @@ function guard(escalateMs = 200): LeaseGuard {
 }
 
 describe('lease guard', () => {
+  it('keeps a line its read timed out in the middle of: a watch written in two parts still guards its group', async () => {
+    // The guard reads with a timeout while it has deadlines; a line cut by that timeout (a loaded machine, a
+    // write split in two) must be completed by the next read, not lost (then its group would never be guarded).
+    const child = spawn('bash', ['--norc', '--noprofile', '-c', LEASE_GUARD_SCRIPT, 'lease-guard-test', '3000'], {
+      detached: true,
+      stdio: ['pipe', 'pipe', 'ignore'],
+    });
+    groups.push(child);
+    const out: string[] = [];
+    child.stdout!.on('data', (chunk: Buffer) => out.push(...chunk.toString().split('\n').filter(Boolean)));
+    await waitFor(() => out.includes('ready'), 'the guard to be ready', { timeoutMs: 5_000 });
+    // A group whose deadline passes 100 ms from now makes the guard read with a 100 ms timeout: the first part
+    // of the next line arrives within it, the rest only after it.
+    const pacer = group(true);
+    const watched = group();
+    child.stdin!.write(`watch ${pacer.pgid} ${pacer.start} ${readUptimeMs() + 100}\n`);
+    child.stdin!.write('wat');
+    await waitFor(() => out.includes(`expired ${pacer.pgid}`), 'the pacing group to expire', { timeoutMs: 5_000 });
+    child.stdin!.write(`ch ${watched.pgid} ${watched.start} ${readUptimeMs() - 1}\n`);
+    await waitFor(() => out.includes(`expired ${watched.pgid}`), 'the group of the split watch line to expire', { timeoutMs: 5_000 });
+    expect(out.filter((line) => line.startsWith('error'))).toEqual([]);
+    child.stdin!.end();
+    await waitFor(() => !groupAlive(watched.pgid), 'the split-line group to be killed', { timeoutMs: 8_000 });
+  });
+
   it('kills a group whose deadline passed and reports it; a renewed group stays', async () => {
     const g = guard();
     const expired: number[] = [];
