@@ -204,6 +204,8 @@ describe.skipIf(!hasTmux)(`runwarden top in a tmux pane of 80x24 (${tmuxVersion.
         const p = (await store.getRun(1))?.processing;
         return p?.state === 'busy' ? p.pgid : undefined;
       }, 'run 1 to be busy');
+      // The host document says busy from its first heartbeat on (check_interval after the start), not at once.
+      await waitFor(async () => (await store.getHost('testhost'))?.state === 'busy', 'the host document to say busy');
 
       await openPane();
       await shell('echo BEFORE-TOP');
