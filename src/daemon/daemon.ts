@@ -5,6 +5,7 @@ import { supervisorMachine } from '../../machines/supervisor.machine.js';
 import type { Config } from '../config/schema.js';
 import type { Logger } from '../log/logger.js';
 import { startLeaseGuard, type LeaseGuard } from '../process/lease-guard.js';
+import { ownDaemonTag } from '../process/orphan-scan.js';
 import type { RunStore } from '../store/run-store.js';
 import type { DiskFigures, HostState } from '../store/types.js';
 import { createDaemonContext, supervisorTiming, type DaemonContext } from './context.js';
@@ -101,7 +102,12 @@ export function hostInputFor(config: Config, once: boolean): HostInput {
 export function startDaemon(options: DaemonOptions): DaemonHandle {
   const { config, logger } = options;
   // Throws (exit 2) when bash is missing: without the guard a frozen daemon's commands outlive their leases.
-  const leaseGuard = options.leaseGuard ?? startLeaseGuard({ escalateMs: config.timeouts.signal_escalate });
+  const leaseGuard =
+    options.leaseGuard ??
+    startLeaseGuard({
+      escalateMs: config.timeouts.signal_escalate,
+      daemonTag: ownDaemonTag(config.host, options.store.location),
+    });
   const ctx = createDaemonContext({ ...options, leaseGuard });
   let latest: HostSnapshot | undefined;
   const view = (): HostView => ({

@@ -5,6 +5,7 @@ import type { RunSettlement } from '../../machines/types.js';
 import type { Config } from '../config/schema.js';
 import type { Logger } from '../log/logger.js';
 import { startLeaseGuard, type LeaseGuard } from '../process/lease-guard.js';
+import { ownDaemonTag } from '../process/orphan-scan.js';
 import type { RunStore } from '../store/run-store.js';
 import type { RunDoc } from '../store/types.js';
 import { createDaemonContext } from './context.js';
@@ -31,8 +32,11 @@ export interface ProcessOneDeps {
  * The lease guard of a foreground attempt, the same as a daemon's: a SIGKILL of this process (EOF on the guard's
  * stdin) kills the command at once. Throws (exit 2) when bash is missing; start it before claiming the run.
  */
-export function startCommandGuard(config: Config): LeaseGuard {
-  return startLeaseGuard({ escalateMs: config.timeouts.signal_escalate });
+export function startCommandGuard(config: Config, storeLocation?: string): LeaseGuard {
+  return startLeaseGuard({
+    escalateMs: config.timeouts.signal_escalate,
+    ...(storeLocation !== undefined ? { daemonTag: ownDaemonTag(config.host, storeLocation) } : {}),
+  });
 }
 
 export interface ProcessOneOutcome {
@@ -74,7 +78,7 @@ export function processOneRun(deps: ProcessOneDeps, claimed: RunDoc): ProcessOne
   }
   const { config } = deps;
   // The same context and machine a daemon uses; the context's host token is unused without a host actor.
-  const leaseGuard = deps.leaseGuard ?? startCommandGuard(config);
+  const leaseGuard = deps.leaseGuard ?? startCommandGuard({ ...config, host: deps.host }, deps.store.location);
   const ctx = createDaemonContext({ ...deps, config: { ...config, host: deps.host }, leaseGuard });
   const machine = provideRunMachine(ctx);
   const input = runInputFor(config, claimed);

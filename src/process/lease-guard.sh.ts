@@ -57,8 +57,37 @@ wait_time() {
   printf -v timeout '%d.%03d' $(( t / 1000 )) $(( t % 1000 ))
 }
 valid() { [[ $1 =~ ^[1-9][0-9]*$ ]]; }
+# The groups of every process carrying this daemon's tag (RUNWARDEN_DAEMON in its environment) that the guard
+# was not told about: a command the daemon spawned but died before its watch line went out. Run at EOF only.
+sweep_tagged() {
+  [[ -n \${GUARD_TAG-} ]] || return 0
+  local p kv line rest pg
+  local -a f
+  set +f
+  for p in /proc/[0-9]*; do
+    p=\${p#/proc/}
+    while IFS= read -r -d '' kv; do
+      [[ $kv == "RUNWARDEN_DAEMON=$GUARD_TAG" ]] || continue
+      if read -r line 2>/dev/null < "/proc/$p/stat"; then
+        rest=\${line##*) }
+        read -r -a f <<< "$rest"
+        pg=\${f[2]-}
+        if valid "$pg" && [[ -z \${start[$pg]-} ]]; then
+          if read -r line 2>/dev/null < "/proc/$pg/stat"; then
+            rest=\${line##*) }; read -r -a f <<< "$rest"; start[$pg]=\${f[19]-}
+          else
+            start[$pg]=gone
+          fi
+        fi
+      fi
+      break
+    done 2>/dev/null < "/proc/$p/environ"
+  done
+  set -f
+}
 end_all() {
   local g left until
+  sweep_tagged
   clock
   for g in "\${!start[@]}"; do signal "$g" TERM || drop "$g"; done
   until=$(( now + escalate ))

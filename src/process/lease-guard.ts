@@ -53,6 +53,11 @@ export interface LeaseGuardOptions {
   escalateMs: number;
   /** PATH to look for bash in; default process.env.PATH. */
   path?: string;
+  /**
+   * The RUNWARDEN_DAEMON value every command of this daemon carries: at EOF the guard also kills the groups of
+   * processes carrying it that it was never told to watch (the daemon died between a spawn and its watch line).
+   */
+  daemonTag?: string;
 }
 
 /** Absolute path of bash in `path`, or undefined. */
@@ -87,7 +92,11 @@ export function startLeaseGuard(options: LeaseGuardOptions): LeaseGuard {
   const child: ChildProcessByStdio<Writable, Readable, null> = spawn(
     bash,
     ['--norc', '--noprofile', '-c', LEASE_GUARD_SCRIPT, LEASE_GUARD_NAME, String(escalateMs)],
-    { detached: true, stdio: ['pipe', 'pipe', 'ignore'], env: { LC_ALL: 'C' } },
+    {
+      detached: true,
+      stdio: ['pipe', 'pipe', 'ignore'],
+      env: { LC_ALL: 'C', ...(options.daemonTag !== undefined ? { GUARD_TAG: options.daemonTag } : {}) },
+    },
   );
   child.unref();
   const stdin = child.stdin;

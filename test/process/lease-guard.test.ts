@@ -39,6 +39,30 @@ function guard(escalateMs = 200): LeaseGuard {
 }
 
 describe('lease guard', () => {
+  it('at EOF also kills the groups of its daemon\'s tagged commands it was never told to watch', async () => {
+    // The daemon can die between spawning a command and writing its watch line: the command carries the
+    // daemon's tag (RUNWARDEN_DAEMON) from its exec on, and the guard's end sweeps /proc for it.
+    const tag = `{"host":"guard-test","pid":${process.pid},"n":${Math.random()}}`;
+    const tagged = (value: string) => {
+      const child = spawn('sh', ['-c', 'trap "" TERM; sleep 1000 & sleep 1000; wait'], {
+        detached: true,
+        stdio: 'ignore',
+        env: { ...process.env, RUNWARDEN_DAEMON: value },
+      });
+      child.on('error', () => undefined);
+      groups.push(child);
+      return child.pid!;
+    };
+    const mine = tagged(tag);
+    const other = tagged(`${tag}-another-daemon`);
+    const g = startLeaseGuard({ escalateMs: 200, daemonTag: tag });
+    guards.push(g);
+    await waitFor(() => readProcStart(mine) !== undefined && readProcStart(other) !== undefined, 'both groups to start');
+    await g.close();
+    await waitFor(() => !groupAlive(mine), 'the unwatched tagged group (ignoring SIGTERM) to be killed', { timeoutMs: 8_000 });
+    expect(groupAlive(other)).toBe(true);
+  });
+
   it('keeps a line its read timed out in the middle of: a watch written in two parts still guards its group', async () => {
     // The guard reads with a timeout while it has deadlines; a line cut by that timeout (a loaded machine, a
     // write split in two) must be completed by the next read, not lost (then its group would never be guarded).
