@@ -15,6 +15,8 @@ interface Attempt {
   /** Boot-clock ms at which the guard kills the command unless the lease is renewed before. */
   deadline: number;
   pgid?: number;
+  /** The command's RUNWARDEN_ATTEMPT_ID, announced to the guard before the spawn. */
+  marker?: string;
   /** Set once the deadline passed: the guard killed (or is killing) the command; renewals no longer count. */
   expired?: boolean;
 }
@@ -24,6 +26,11 @@ export interface CommandLeases {
   leaseTaken(token: string, number: number, issuedAt: number): void;
   /** A heartbeat of attempt `token` succeeded; it was issued at `issuedAt` (leaseClock). */
   renewed(token: string, issuedAt: number): void;
+  /**
+   * The attempt's command is about to be spawned carrying RUNWARDEN_ATTEMPT_ID `marker`: the guard watches the
+   * marker from now on, so a daemon frozen between the spawn and the group's watch line cannot leave it unguarded.
+   */
+  commandStarting(token: string, marker: string): void;
   /** The attempt's command started as the leader of group `pgid`: the guard watches it from now on. */
   commandStarted(token: string, pgid: number, procStart: number | undefined): void;
   /**
@@ -71,7 +78,14 @@ export function createCommandLeases(guard: LeaseGuard | undefined, ttlMs: number
       if (!attempt || passed(attempt)) return;
       if (issuedAt + ttlMs <= attempt.deadline) return;
       attempt.deadline = issuedAt + ttlMs;
+      if (attempt.marker !== undefined) guard?.renewMarker(attempt.marker, attempt.deadline);
       if (attempt.pgid !== undefined) guard?.renew(attempt.pgid, attempt.deadline);
+    },
+    commandStarting(token, marker) {
+      const attempt = attempts.get(token);
+      if (!attempt) return;
+      attempt.marker = marker;
+      guard?.watchMarker(marker, attempt.deadline);
     },
     commandStarted(token, pgid, procStart) {
       const attempt = attempts.get(token);
@@ -86,6 +100,7 @@ export function createCommandLeases(guard: LeaseGuard | undefined, ttlMs: number
       const attempt = attempts.get(token);
       if (!attempt) return;
       attempts.delete(token);
+      if (attempt.marker !== undefined) guard?.forgetMarker(attempt.marker);
       if (attempt.pgid === undefined) return;
       if (byGroup.get(attempt.pgid) === attempt) byGroup.delete(attempt.pgid);
       guard?.forget(attempt.pgid);

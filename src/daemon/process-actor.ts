@@ -2,6 +2,7 @@ import { fromCallback } from 'xstate';
 import type { ProcessCommand, ProcessEvent } from '../../machines/supervisor.machine.js';
 import type { CommandPlan } from '../../machines/types.js';
 import { watchOutputActivity } from '../process/output-activity.js';
+import { newAttemptMarker } from '../process/attempt-marker.js';
 import { spawnCommand, type CommandHandle } from '../process/spawn-command.js';
 import { formatDuration } from '../config/duration.js';
 import type { DaemonContext } from './context.js';
@@ -53,7 +54,12 @@ export function processActor(ctx: DaemonContext) {
     );
     const unwatch = () => outputWatch.stop();
 
+    // The guard learns the attempt's marker before the command exists: from its first instruction on, a command
+    // whose lease lapses is killed, even if this daemon freezes before it could name the command's group.
+    const attemptMarker = newAttemptMarker();
+    ctx.leases.commandStarting(plan.token, attemptMarker);
     spawnCommand({
+      attemptMarker,
       argv: plan.argv,
       cwd: plan.cwd,
       env: plan.env,

@@ -16,7 +16,7 @@ set -u
 trap '' TERM INT HUP QUIT PIPE TSTP TTIN TTOU USR1 USR2
 if (( BASH_VERSINFO[0] < 4 )); then echo "error bash $BASH_VERSION is too old (4 or newer needed)"; exit 3; fi
 escalate=$1
-declare -A start=() deadline=() killat=()
+declare -A start=() deadline=() killat=() mdeadline=()
 now=0
 clock() { local up rest; read -r up rest < /proc/uptime; up=\${up/./}; now=$(( 10#$up * 10 )); }
 # True while PGID may still be the group we were told about: its leader is the process that started at
@@ -35,8 +35,11 @@ ours() {
 drop() { unset "start[$1]" "deadline[$1]" "killat[$1]"; }
 signal() { ours "$1" && kill "-$2" -- "-$1" 2>/dev/null; }
 tick() {
-  local g
+  local g m
   clock
+  for m in "\${!mdeadline[@]}"; do
+    if (( now >= mdeadline[$m] )); then unset "mdeadline[$m]"; sweep_marker "$m"; fi
+  done
   for g in "\${!deadline[@]}"; do
     if [[ -n \${killat[$g]-} ]]; then
       if (( now >= killat[$g] )); then signal "$g" KILL; drop "$g"; fi
@@ -52,6 +55,10 @@ wait_time() {
     t=\${killat[$g]:-\${deadline[$g]}}
     if (( next < 0 || t < next )); then next=$t; fi
   done
+  for g in "\${!mdeadline[@]}"; do
+    t=\${mdeadline[$g]}
+    if (( next < 0 || t < next )); then next=$t; fi
+  done
   (( next < 0 )) && { timeout=; return; }
   t=$(( next - now )); (( t < 1 )) && t=1
   printf -v timeout '%d.%03d' $(( t / 1000 )) $(( t % 1000 ))
@@ -59,6 +66,36 @@ wait_time() {
 valid() { [[ $1 =~ ^[1-9][0-9]*$ ]]; }
 # The groups of every process carrying this daemon's tag (RUNWARDEN_DAEMON in its environment) that the guard
 # was not told about: a command the daemon spawned but died before its watch line went out. Run at EOF only.
+# The groups of the processes carrying attempt marker $1 (RUNWARDEN_ATTEMPT_ID), added to the watched groups with
+# their deadline passed, so the next tick signals them: a command frozen between its spawn and its watch line.
+sweep_marker() {
+  local p kv line rest pg
+  local -a f
+  set +f
+  for p in /proc/[0-9]*; do
+    p=\${p#/proc/}
+    while IFS= read -r -d '' kv; do
+      [[ $kv == "RUNWARDEN_ATTEMPT_ID=$1" ]] || continue
+      if read -r line 2>/dev/null < "/proc/$p/stat"; then
+        rest=\${line##*) }
+        read -r -a f <<< "$rest"
+        pg=\${f[2]-}
+        if valid "$pg" && [[ -z \${start[$pg]-} ]]; then
+          if read -r line 2>/dev/null < "/proc/$pg/stat"; then
+            rest=\${line##*) }; read -r -a f <<< "$rest"; start[$pg]=\${f[19]-}
+          else
+            start[$pg]=gone
+          fi
+          deadline[$pg]=0
+        elif valid "$pg" && [[ -z \${killat[$pg]-} ]]; then
+          deadline[$pg]=0
+        fi
+      fi
+      break
+    done 2>/dev/null < "/proc/$p/environ"
+  done
+  set -f
+}
 sweep_tagged() {
   [[ -n \${GUARD_TAG-} ]] || return 0
   local p kv line rest pg
@@ -133,6 +170,14 @@ while :; do
           [[ -n \${start[$a]-} && -z \${killat[$a]-} ]] && (( b > deadline[$a] )) && deadline[$a]=$b
         else echo "error bad renew line: $a $b"; fi ;;
       forget) valid "$a" && drop "$a" ;;
+      mwatch)
+        if [[ $a =~ ^[A-Za-z0-9-]+$ && $b =~ ^-?[0-9]+$ ]]; then mdeadline[$a]=$b
+        else echo "error bad mwatch line: $a $b"; fi ;;
+      mrenew)
+        if [[ $a =~ ^[A-Za-z0-9-]+$ && $b =~ ^-?[0-9]+$ ]]; then
+          [[ -n \${mdeadline[$a]-} ]] && (( b > mdeadline[$a] )) && mdeadline[$a]=$b
+        else echo "error bad mrenew line: $a $b"; fi ;;
+      mforget) unset "mdeadline[$a]" ;;
       *) echo "error unknown command: $cmd" ;;
     esac
   elif (( status <= 128 )); then

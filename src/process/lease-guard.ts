@@ -37,6 +37,14 @@ export interface LeaseGuard {
   renew(pgid: number, deadline: number): void;
   /** Stop watching the group (its command has ended). */
   forget(pgid: number): void;
+  /**
+   * Before a spawn: once `deadline` passes without a renewal, kill the groups of every process carrying
+   * RUNWARDEN_ATTEMPT_ID=`marker` (found in /proc). Covers the command between its spawn and its watch line, and
+   * descendants that left its group.
+   */
+  watchMarker(marker: string, deadline: number): void;
+  renewMarker(marker: string, deadline: number): void;
+  forgetMarker(marker: string): void;
   /** Called with the group's number when the guard SIGTERMed it because its deadline passed. */
   onExpired(listener: (pgid: number) => void): void;
   /**
@@ -141,11 +149,18 @@ export function startLeaseGuard(options: LeaseGuardOptions): LeaseGuard {
     stdin.write(`${line}\n`);
   };
   const int = (n: number) => Math.round(n);
+  // Markers are ours (UUIDs); anything else would be a bug here, never a command's input.
+  const markerLine = (verb: string, marker: string, rest: string) => {
+    if (/^[A-Za-z0-9-]{1,64}$/.test(marker)) send(`${verb} ${marker}${rest}`);
+  };
   return {
     pid: child.pid ?? -1,
     watch: (pgid, procStart, deadline) => send(`watch ${int(pgid)} ${int(procStart)} ${int(deadline)}`),
     renew: (pgid, deadline) => send(`renew ${int(pgid)} ${int(deadline)}`),
     forget: (pgid) => send(`forget ${int(pgid)}`),
+    watchMarker: (marker, deadline) => markerLine('mwatch', marker, ` ${int(deadline)}`),
+    renewMarker: (marker, deadline) => markerLine('mrenew', marker, ` ${int(deadline)}`),
+    forgetMarker: (marker) => markerLine('mforget', marker, ''),
     onExpired: (listener) => void expiredListeners.push(listener),
     onLost: (listener) => {
       lostListeners.push(listener);

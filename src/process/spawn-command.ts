@@ -49,6 +49,11 @@ export interface CommandSpec {
   /** Lines of stderr kept for `stderrTail`; default 20. */
   stderrTailLines?: number;
   /**
+   * The attempt's RUNWARDEN_ATTEMPT_ID; a fresh one when absent. Given by a caller that announced it to the lease
+   * guard before the spawn, so the command is guarded from its first instruction.
+   */
+  attemptMarker?: string;
+  /**
    * How long a process of the attempt that left its group and is still alive after the leader exited gets
    * between SIGTERM and SIGKILL (the daemon passes timeouts.signal_escalate); default 0: SIGKILL at once.
    */
@@ -190,7 +195,7 @@ export async function spawnCommand(spec: CommandSpec): Promise<CommandHandle> {
   }
   const tailLines = Math.max(0, spec.stderrTailLines ?? 20);
   const escalateMs = Math.max(0, spec.escalateMs ?? 0);
-  const attemptMarker = newAttemptMarker();
+  const attemptMarker = spec.attemptMarker ?? newAttemptMarker();
 
   let fd: number;
   let replaced: string | undefined;

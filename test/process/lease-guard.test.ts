@@ -39,6 +39,27 @@ function guard(escalateMs = 200): LeaseGuard {
 }
 
 describe('lease guard', () => {
+  it('kills the groups carrying a watched attempt marker once its deadline passes, without ever being told the group', async () => {
+    // A daemon frozen between spawning a command and naming its group: the marker was announced before the spawn.
+    const marker = `m-${process.pid}-${Date.now()}`;
+    const child = spawn('sh', ['-c', 'trap "" TERM; sleep 1000 & sleep 1000; wait'], {
+      detached: true,
+      stdio: 'ignore',
+      env: { ...process.env, RUNWARDEN_ATTEMPT_ID: marker },
+    });
+    child.on('error', () => undefined);
+    groups.push(child);
+    const g = guard();
+    const expired: number[] = [];
+    g.onExpired((pgid) => expired.push(pgid));
+    const renewed = group();
+    g.watchMarker(marker, readUptimeMs() + 300);
+    g.watch(renewed.pgid, renewed.start, readUptimeMs() + 60_000);
+    await waitFor(() => !groupAlive(child.pid!), 'the marked group (ignoring SIGTERM) to be killed', { timeoutMs: 8_000 });
+    expect(expired).toEqual([child.pid]);
+    expect(groupAlive(renewed.pgid)).toBe(true);
+  });
+
   it('at EOF also kills the groups of its daemon\'s tagged commands it was never told to watch', async () => {
     // The daemon can die between spawning a command and writing its watch line: the command carries the
     // daemon's tag (RUNWARDEN_DAEMON) from its exec on, and the guard's end sweeps /proc for it.
