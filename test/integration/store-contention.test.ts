@@ -234,7 +234,10 @@ describe('fault 11: store contention never strands a run', () => {
     const result = (await daemon) as { exitCode?: number; all?: string };
     expect(result.exitCode).toBe(0);
     // the claim did meet the lock (the daemon's output reaches the --undying parent's)
-    expect(String(result.all)).toMatch(/claim postponed: the store is busy or unreachable/);
+    // Which statement meets the lock first is the scheduler's choice: the claim (postponed, retried) or the host
+    // heartbeat (fatal past max_busy_time, and --undying restarts the daemon). Either way the lock was met and the
+    // run was done above; never neither.
+    expect(String(result.all)).toMatch(/claim postponed: the store is busy or unreachable|refused host heartbeats for .*restarting in/s);
   });
 
   it('two daemons of different hosts on one store locked past max_busy_time: every run done once', async () => {
