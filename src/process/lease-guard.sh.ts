@@ -38,7 +38,7 @@ tick() {
   local g m
   clock
   for m in "\${!mdeadline[@]}"; do
-    if (( now >= mdeadline[$m] )); then unset "mdeadline[$m]"; sweep_marker "$m"; fi
+    if (( now >= mdeadline[$m] )); then unset "mdeadline[$m]"; sweep_env "RUNWARDEN_ATTEMPT_ID=$m"; fi
   done
   for g in "\${!deadline[@]}"; do
     if [[ -n \${killat[$g]-} ]]; then
@@ -64,18 +64,17 @@ wait_time() {
   printf -v timeout '%d.%03d' $(( t / 1000 )) $(( t % 1000 ))
 }
 valid() { [[ $1 =~ ^[1-9][0-9]*$ ]]; }
-# The groups of every process carrying this daemon's tag (RUNWARDEN_DAEMON in its environment) that the guard
-# was not told about: a command the daemon spawned but died before its watch line went out. Run at EOF only.
-# The groups of the processes carrying attempt marker $1 (RUNWARDEN_ATTEMPT_ID), added to the watched groups with
-# their deadline passed, so the next tick signals them: a command frozen between its spawn and its watch line.
-sweep_marker() {
+# Adds to the watched groups, deadline passed, the group of every process whose environment holds entry $1, so
+# the next tick (or the end) signals them. RUNWARDEN_ATTEMPT_ID=M: a command frozen between its spawn and its watch
+# line; RUNWARDEN_DAEMON=TAG (at EOF only): a command whose daemon died before its watch line went out.
+sweep_env() {
   local p kv line rest pg
   local -a f
   set +f
   for p in /proc/[0-9]*; do
     p=\${p#/proc/}
     while IFS= read -r -d '' kv; do
-      [[ $kv == "RUNWARDEN_ATTEMPT_ID=$1" ]] || continue
+      [[ $kv == "$1" ]] || continue
       if read -r line 2>/dev/null < "/proc/$p/stat"; then
         rest=\${line##*) }
         read -r -a f <<< "$rest"
@@ -96,35 +95,9 @@ sweep_marker() {
   done
   set -f
 }
-sweep_tagged() {
-  [[ -n \${GUARD_TAG-} ]] || return 0
-  local p kv line rest pg
-  local -a f
-  set +f
-  for p in /proc/[0-9]*; do
-    p=\${p#/proc/}
-    while IFS= read -r -d '' kv; do
-      [[ $kv == "RUNWARDEN_DAEMON=$GUARD_TAG" ]] || continue
-      if read -r line 2>/dev/null < "/proc/$p/stat"; then
-        rest=\${line##*) }
-        read -r -a f <<< "$rest"
-        pg=\${f[2]-}
-        if valid "$pg" && [[ -z \${start[$pg]-} ]]; then
-          if read -r line 2>/dev/null < "/proc/$pg/stat"; then
-            rest=\${line##*) }; read -r -a f <<< "$rest"; start[$pg]=\${f[19]-}
-          else
-            start[$pg]=gone
-          fi
-        fi
-      fi
-      break
-    done 2>/dev/null < "/proc/$p/environ"
-  done
-  set -f
-}
 end_all() {
   local g left until
-  sweep_tagged
+  [[ -n \${GUARD_TAG-} ]] && sweep_env "RUNWARDEN_DAEMON=$GUARD_TAG"
   clock
   for g in "\${!start[@]}"; do signal "$g" TERM || drop "$g"; done
   until=$(( now + escalate ))
