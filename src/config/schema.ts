@@ -12,6 +12,66 @@ export interface ResourceRule {
 export type SelectionOrder = 'newest' | 'oldest';
 export type LogLevel = 'debug' | 'info' | 'warn' | 'error';
 
+/**
+ * Which runs a daemon or a stage takes (DESIGN §9 selection). Every given condition must hold; an empty
+ * selector takes every run.
+ */
+export interface RunSelector {
+  /** Tags that must all be present (AlCap's datasets). */
+  tags?: string[];
+  /** Tags none of which may be present. */
+  not_tags?: string[];
+  /** The run's `mode` must be one of these. */
+  modes?: string[];
+  /** Inclusive bounds on the run number. */
+  min_number?: number;
+  max_number?: number;
+  /** `params.KEY` must equal the value (compared as JSON scalars). */
+  params?: Record<string, string | number | boolean>;
+  /** Keep a run back until its `end` is set (data taking finished). */
+  require_end?: boolean;
+}
+
+/** What one stage's command needs: the first wave's `process:` block. */
+export interface CommandSection {
+  command: string[];
+  cwd: string;
+  env: Record<string, string>;
+  output_root: string;
+  log_dir: string;
+  require_output: boolean;
+  clean_output: boolean;
+  /** Bytes of command output an attempt log keeps; later output is discarded after one marker line. */
+  max_log_bytes: number;
+  no_retry_exit_codes: number[];
+  targets: string[];
+  drop_targets_after: Record<string, number>;
+  minimal_targets: string[];
+  resources: Record<string, ResourceRule>;
+}
+
+/**
+ * One stage of the pipeline (DESIGN §9), resolved: every key of `process:` (a stage inherits what it does not
+ * set from there), plus its place in the pipeline, its share of slots, its overrides and its check.
+ */
+export interface StageConfig extends CommandSection {
+  name: string;
+  /** Stages of the same run that must be done first. */
+  needs: string[];
+  /** Longest chain of `needs` above this stage (0 for a stage that needs nothing); claims prefer deeper stages. */
+  depth: number;
+  /** At most this many of this stage's tasks run at once on this host (never more than the daemon's slots). */
+  slots: number;
+  /** Run after the command exits 0, before the task is done; empty: no check. */
+  check: string[];
+  /** This stage's selection; a run gets this stage's task only when it matches (and the daemon's `select`). */
+  select: RunSelector;
+  /** The stage's own limits (the daemon's `timeouts` where it sets none). */
+  timeouts: { max_processing_time: number; max_no_output_time: number };
+  /** The stage's own retry policy (the daemon's `retry` where it sets none). */
+  retry: Config['retry'];
+}
+
 export interface Config {
   /** `sqlite:/absolute/path.db` or a `mongodb://` / `mongodb+srv://` URL. */
   store: string;
@@ -67,6 +127,14 @@ export interface Config {
     max_interruptions: number;
   };
   disk: { path: string; max_used_percent: number; min_free_bytes: number };
+  /**
+   * The pipeline from a `stages:` key, upstream first (a topological order); absent without one. Read it
+   * through policy/pipeline's stagesOf, which gives a config without `stages:` its one stage named `process`
+   * made of the `process:` block (outputs and logs then stay where the first wave put them).
+   */
+  stages?: StageConfig[];
+  /** This daemon's selection: what it claims, whatever the stage. */
+  select: RunSelector;
   /** `daemon --inspect` / `--metrics`: where they listen (loopback unless configured otherwise). */
   observe: { bind: string; inspect_port: number; metrics_port: number };
 }
@@ -128,6 +196,7 @@ export function defaultConfig(cwd: string, host: string = defaultHostName()): Co
     },
     retry: { base: 60_000, factor: 5, max_exponent: 3, jitter: [0.5, 1.5], max_failures: 10, max_interruptions: 20 },
     disk: { path: outputRoot, max_used_percent: 95, min_free_bytes: 1_073_741_824 },
+    select: {},
     observe: { bind: '127.0.0.1', inspect_port: 9390, metrics_port: 9391 },
   };
 }

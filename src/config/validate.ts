@@ -467,6 +467,7 @@ export function validateConfig(raw: unknown, options: ValidateOptions): Config {
       ),
     },
     timeouts,
+    select: {},
     retry: {
       base: retryBase,
       factor,

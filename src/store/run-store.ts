@@ -10,25 +10,61 @@ import type {
   RunEvent,
   RunOutput,
   RunState,
+  TaskRef,
 } from './types.js';
+import type { RunSelector } from '../config/schema.js';
 
 export type SelectionOrder = 'newest' | 'oldest';
+
+/** What a store creates for one stage of a run: the task, and the stages it waits for. */
+export interface TaskSpec {
+  stage: string;
+  needs: string[];
+}
+
+/** The run numbers of a claim's `exclude` (a store that keeps one task per run excludes the whole run). */
+export function excludedNumbers(exclude: readonly TaskRef[] = []): number[] {
+  return exclude.map((ref) => (typeof ref === 'number' ? ref : ref.number));
+}
+
+/** The first wave's pipeline: one stage, `process`, needing nothing. */
+export const PROCESS_ONLY: readonly TaskSpec[] = [{ stage: 'process', needs: [] }];
+
+/** One stage a claim may take a task of, and what that task's run must pass. */
+export interface StageClaim {
+  stage: string;
+  /** The stage's depth in the pipeline (longest chain of needs above it): deeper stages are taken first. */
+  depth: number;
+  /** Selectors the task's run must all pass (the daemon's `select` and the stage's). */
+  select?: readonly RunSelector[];
+}
 
 export interface ClaimRequest {
   host: string;
   pid: number;
+  /**
+   * The stages this claim may take a task of (those with a free slot on the claiming host); absent: the
+   * `process` stage only (the first wave). Among eligible tasks the order is priority (desc), then depth
+   * (desc: finish runs before starting new ones), then `start` per `order`.
+   */
+  stages?: readonly StageClaim[];
   /** After priority (desc): `newest` takes the latest `start` first (bootstrax), `oldest` the earliest. */
   order: SelectionOrder;
   /**
    * Runs the claimer still has an actor for (claimNextRun never takes them): a run failed by hand while its
    * attempt is still stopping on this host is not claimed again here until that attempt has ended.
    */
-  exclude?: readonly number[];
+  exclude?: readonly TaskRef[];
 }
 
 export interface RunFilter {
-  /** `pending` selects runs without a processing document. */
-  state?: RunState | 'pending';
+  /**
+   * `pending` selects tasks never claimed (and runs without any task yet); `blocked` tasks blocked by an
+   * abandoned upstream task. One view is listed per matching task (see RunStore.listRuns).
+   */
+  state?: RunState | 'pending' | 'blocked';
+  /** Only this stage's tasks. */
+  stage?: string;
   /** The host named in the run's processing document. */
   host?: string;
   /** Runs whose tags include this tag. */
@@ -85,6 +121,9 @@ export interface StaleLimits {
 }
 
 export type StateCounts = Record<RunState | 'pending', number>;
+
+/** Tasks of one stage by state; a blocked task counts as `blocked`, not in its own state. */
+export type TaskCounts = StateCounts & { blocked: number };
 
 export interface BusyFields {
   started: number;
@@ -175,34 +214,78 @@ export interface RunStore {
    */
   verifyIdentity(): Promise<void>;
 
-  insertRun(run: NewRun): Promise<RunDoc>;
-  /** All or nothing; a duplicate number throws DuplicateRunError naming it. */
-  insertRuns(runs: NewRun[]): Promise<number>;
-  getRun(number: number): Promise<RunDoc | null>;
-  /** Newest number first. */
+  /**
+   * Inserts the run with one pending task per entry of `tasks` (default PROCESS_ONLY), in one write, and
+   * marks it staged. `[]` inserts a run with no task (it matches no stage), staged all the same.
+   */
+  insertRun(run: NewRun, tasks?: readonly TaskSpec[]): Promise<RunDoc>;
+  /**
+   * All or nothing; a duplicate number throws DuplicateRunError naming it. `tasks` as in insertRun, or a
+   * function giving each run its own (selection per stage).
+   */
+  insertRuns(runs: NewRun[], tasks?: readonly TaskSpec[] | ((run: NewRun) => readonly TaskSpec[])): Promise<number>;
+  /**
+   * The run viewed from one stage's task (RunDoc.stage/processing/blocked), with every task in `tasks`.
+   * Without `stage`: its `process` task, else its first task in pipeline order.
+   */
+  getRun(number: number, stage?: string): Promise<RunDoc | null>;
+  /**
+   * One view per matching task (a run without any task yet is one view with no processing, matching
+   * `pending`): newest number first, a run's tasks in pipeline order. A first-wave store lists as before.
+   */
   listRuns(filter?: RunFilter): Promise<RunDoc[]>;
+  /** Tasks over every stage by state (a run without tasks counts as one pending). */
   countRunsByState(): Promise<StateCounts>;
+  /** Tasks per stage by state. */
+  countTasksByStage(): Promise<Record<string, TaskCounts>>;
 
   /**
-   * Atomically takes the first eligible run (not tagged hold/abandon; never processed, or failed with
-   * next_retry ≤ now and no previous attempt still draining, see Processing.draining) in order priority desc, then start per `order`; sets state considering, host, pid,
-   * attempt+1, a fresh token and time in one write. Null when nothing is eligible.
+   * Runs no daemon or submit has given tasks yet (inserted by another tool, or pending in a first-wave store
+   * being upgraded), lowest number first: a daemon gives them tasks under its stages with createTasks.
+   */
+  listUnstagedRuns(limit: number): Promise<RunDoc[]>;
+  /**
+   * Creates the run's missing tasks (one per entry, each pending) and marks the run staged, in one write;
+   * idempotent (tasks that exist are left alone), so two daemons meeting the same new run agree. Returns how
+   * many tasks it created; 0 for a run that does not exist.
+   */
+  createTasks(number: number, tasks: readonly TaskSpec[]): Promise<number>;
+
+  /**
+   * Atomically takes the first eligible task of the request's stages: its run not tagged hold/abandon and
+   * passing the stage's selectors; the task not blocked, every task it needs done; never claimed, or failed
+   * with next_retry ≤ now and no previous attempt still draining (see Processing.draining). Order: priority
+   * desc, then stage depth desc, then start per `order`. Sets state considering, host, pid, attempt+1, a fresh
+   * token and time in one write. Returns the run viewed from that task; null when nothing is eligible.
    */
   claimNextRun(request: ClaimRequest): Promise<RunDoc | null>;
-  /** Earliest next_retry among failed runs that are not held, so an idle daemon knows when to look again. */
-  nextRetryAt(): Promise<number | null>;
-
-  heartbeatRun(number: number, token: string): Promise<boolean>;
-  markBusy(number: number, token: string, fields: BusyFields, note?: EventNote): Promise<boolean>;
-  recordProcessGroup(number: number, token: string, fields: ProcessGroupFields): Promise<boolean>;
-  finishRun(number: number, token: string, output: RunOutput, note?: EventNote): Promise<boolean>;
-  failRun(number: number, token: string, fields: FailureFields, note?: EventNote): Promise<boolean>;
-  abandonRun(number: number, token: string, fields: AbandonFields, note?: EventNote): Promise<boolean>;
   /**
-   * Hands a run back unharmed (host stopping): failed, next_retry now, n_failures unchanged, one more
+   * Earliest next_retry among failed tasks (of `stages`, default all) that are not held or blocked, so an
+   * idle daemon knows when to look again.
+   */
+  nextRetryAt(stages?: readonly string[]): Promise<number | null>;
+
+  // Fenced writes name the task and its lease token; they write nothing and return false when the token no
+  // longer matches.
+  heartbeatRun(task: TaskRef, token: string): Promise<boolean>;
+  markBusy(task: TaskRef, token: string, fields: BusyFields, note?: EventNote): Promise<boolean>;
+  recordProcessGroup(task: TaskRef, token: string, fields: ProcessGroupFields): Promise<boolean>;
+  /**
+   * Done, and registers `output` (stamped with the task's stage). In the same write, every task of the run
+   * that needs this stage and now has all its needs done becomes eligible.
+   */
+  finishRun(task: TaskRef, token: string, output: RunOutput, note?: EventNote): Promise<boolean>;
+  failRun(task: TaskRef, token: string, fields: FailureFields, note?: EventNote): Promise<boolean>;
+  /**
+   * Abandoned. In the same write every task below it (needing it, directly or further down) that is not
+   * done, abandoned or live gets `blocked` naming this stage and the reason.
+   */
+  abandonRun(task: TaskRef, token: string, fields: AbandonFields, note?: EventNote): Promise<boolean>;
+  /**
+   * Hands a task back unharmed (host stopping): failed, next_retry now, n_failures unchanged, one more
    * interruption counted (n_interruptions + 1).
    */
-  releaseRun(number: number, token: string, reason: string, note?: EventNote): Promise<boolean>;
+  releaseRun(task: TaskRef, token: string, reason: string, note?: EventNote): Promise<boolean>;
 
   /**
    * Claims one given run (`runwarden process N`) when it is still as `expected`: like claimNextRun, one write
@@ -213,7 +296,7 @@ export interface RunStore {
    * (who forced it and why).
    */
   claimRun(
-    number: number,
+    task: TaskRef,
     request: ClaimRequest,
     expected: RunExpectation,
     options?: { drainMs?: number; note?: EventNote },
@@ -222,22 +305,24 @@ export interface RunStore {
    * The old owner's word that the command of `gone` has ended: clears the run's draining record when it
    * names that host and attempt (one conditional write). False when there was no such record.
    */
-  confirmAttemptGone(number: number, gone: GoneAttempt): Promise<boolean>;
+  confirmAttemptGone(task: TaskRef, gone: GoneAttempt): Promise<boolean>;
   /**
    * Compare-and-set for operator and cleanup writes: when the run is still in `expected` (state and token),
    * applies `change` with a fresh token and appends the event (its host is `note.host`, the writer). False,
    * writing nothing, when the run changed in between: two cleaners never both fail one stale run. A busy
    * run's attempt is kept as draining (see claimRun); from other states a draining record is kept as it is.
+   * An override to abandoned blocks the tasks below (as abandonRun); an override to failed (an operator's
+   * retry) clears every block this stage set on the run's other tasks, in the same write.
    */
   overrideRun(
-    number: number,
+    task: TaskRef,
     expected: RunExpectation,
     change: RunOverride,
     note: EventNote & { host: string },
   ): Promise<boolean>;
   /** Adds (`present` true) or removes a tag; returns the run as it is now, or null when it does not exist. */
   setRunTag(number: number, tag: string, present: boolean): Promise<RunDoc | null>;
-  /** Runs `considering` whose lease is older than maxConsideringMs, or `busy` older than maxBusyMs. */
+  /** Tasks `considering` whose lease is older than maxConsideringMs, or `busy` older than maxBusyMs (views). */
   listStaleRuns(limits: StaleLimits): Promise<RunDoc[]>;
   /**
    * Runs whose processing document is not a valid state (written by another tool): a state runwarden does
@@ -246,11 +331,11 @@ export interface RunStore {
    * `processing.problems` is not empty in those states (done and abandoned are final and left alone).
    */
   listInvalidRuns(): Promise<RunDoc[]>;
-  /** The highest attempt number the run's history (run_events) records; 0 when none. */
-  maxEventAttempt(number: number): Promise<number>;
+  /** The highest attempt number the task's history (run_events) records; 0 when none. */
+  maxEventAttempt(task: TaskRef): Promise<number>;
 
-  /** Oldest first. */
-  listRunEvents(number: number): Promise<RunEvent[]>;
+  /** Oldest first; every stage's events, or only `stage`'s. */
+  listRunEvents(number: number, stage?: string): Promise<RunEvent[]>;
 
   /** Creates or replaces the host's document. */
   registerHost(doc: HostDoc): Promise<void>;

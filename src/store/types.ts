@@ -9,6 +9,8 @@ export type HostState = (typeof HOST_STATES)[number];
 
 export interface RunOutput {
   location: string;
+  /** The stage whose task wrote it; read as `process` when absent (a first-wave store). */
+  stage?: string;
   host: string;
   attempt: number;
   at: number;
@@ -72,6 +74,48 @@ export interface Processing {
   draining?: DrainingAttempt;
 }
 
+/** The stage of a first-wave store, and of a config with a `process:` block and no `stages:`. */
+export const DEFAULT_STAGE = 'process';
+
+/** Names one task: one stage of one run (DESIGN §9). */
+export interface TaskKey {
+  number: number;
+  stage: string;
+}
+
+/**
+ * A task as every store method names it: a bare number names the run's `process` task (the first wave's one
+ * stage), so single-stage callers and first-wave stores keep working unchanged.
+ */
+export type TaskRef = number | TaskKey;
+
+export function taskKeyOf(ref: TaskRef): TaskKey {
+  return typeof ref === 'number' ? { number: ref, stage: DEFAULT_STAGE } : ref;
+}
+
+/** Why a task waits for an operator: a stage it needs (directly or further up) was abandoned. */
+export interface TaskBlock {
+  /** The abandoned stage upstream. */
+  stage: string;
+  reason: string;
+  /** Store time when the block was set. */
+  time: number;
+}
+
+/**
+ * One stage of one run (DESIGN §9): created when the run is submitted (or first seen by a daemon) for every
+ * stage whose selection matches it. It becomes eligible once every stage in `needs` has a done task.
+ */
+export interface TaskDoc {
+  stage: string;
+  /** Stages of the same run whose tasks must be done before this one is claimed; fixed when created. */
+  needs: string[];
+  /** Set while an upstream task is abandoned: never claimed until a retry upstream clears it. */
+  blocked?: TaskBlock;
+  /** Absent while the task has never been claimed (pending). */
+  processing?: Processing;
+}
+
 export interface RunDoc {
   number: number;
   name?: string;
@@ -84,7 +128,20 @@ export interface RunDoc {
   input?: string;
   params: Record<string, unknown>;
   outputs: RunOutput[];
+  /**
+   * The stage this view of the run is about: the task a claim took, the stage a caller asked for, or by
+   * default the run's `process` task (else its first task in pipeline order). `processing` is that task's.
+   */
+  stage?: string;
+  /** The processing document of `stage`'s task; absent when that task was never claimed. */
   processing?: Processing;
+  /** Set when `stage`'s task is blocked by an abandoned upstream task. */
+  blocked?: TaskBlock;
+  /**
+   * Every task of the run, in pipeline order (upstream first). Empty for a run no daemon or submit has yet
+   * given tasks (inserted by another tool): a daemon creates them under its configured stages.
+   */
+  tasks?: TaskDoc[];
   /**
    * Problems found reading a document another tool wrote badly (wrong types, invalid JSON); the fields
    * concerned hold safe defaults. Never stored: the daemon fails such a run with these as the reason.
@@ -98,6 +155,8 @@ export type NewRun = Omit<RunDoc, 'processing' | 'outputs' | 'tags' | 'priority'
 
 export interface RunEvent {
   number: number;
+  /** The stage of the task the event belongs to; `process` for events of a first-wave store. */
+  stage?: string;
   time: number;
   host: string;
   attempt: number;

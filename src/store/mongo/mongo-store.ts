@@ -33,8 +33,10 @@ import type {
   StaleLimits,
   StateCounts,
   StoreOptions,
+  TaskCounts,
+  TaskSpec,
 } from '../run-store.js';
-import { monitorMinute, monitorSince } from '../run-store.js';
+import { excludedNumbers, monitorMinute, monitorSince } from '../run-store.js';
 import type {
   EventNote,
   HostDoc,
@@ -277,10 +279,24 @@ export class MongoRunStore implements RunStore {
     return counts;
   }
 
+
+  // Tasks of a pipeline (issue 14): being built; a store that cannot do them yet says so.
+  async countTasksByStage(): Promise<Record<string, TaskCounts>> {
+    throw new Error('countTasksByStage: not implemented by this store yet');
+  }
+
+  async listUnstagedRuns(_limit: number): Promise<RunDoc[]> {
+    return [];
+  }
+
+  async createTasks(_number: number, _tasks: readonly TaskSpec[]): Promise<number> {
+    throw new Error('createTasks: not implemented by this store yet');
+  }
+
   // ------------------------------------------------------------------------------------------------ claim
 
   async claimNextRun(request: ClaimRequest): Promise<RunDoc | null> {
-    const after = await this.runs.findOneAndUpdate(claimFilter(request.exclude), claimUpdate(request, randomUUID()), {
+    const after = await this.runs.findOneAndUpdate(claimFilter(excludedNumbers(request.exclude)), claimUpdate(request, randomUUID()), {
       sort: claimSort(request.order),
       returnDocument: 'after',
     });

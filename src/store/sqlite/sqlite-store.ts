@@ -28,7 +28,8 @@ import type {
   StateCounts,
   StoreOptions,
 } from '../run-store.js';
-import { MONITOR_RETENTION_MS, monitorMinute, monitorSince } from '../run-store.js';
+import { MONITOR_RETENTION_MS, excludedNumbers, monitorMinute, monitorSince } from '../run-store.js';
+import type { TaskCounts, TaskSpec } from '../run-store.js';
 import type {
   EventNote,
   HostDoc,
@@ -488,6 +489,20 @@ export class SqliteRunStore implements RunStore {
     return counts;
   }
 
+
+  // Tasks of a pipeline (issue 14): being built; a store that cannot do them yet says so.
+  async countTasksByStage(): Promise<Record<string, TaskCounts>> {
+    throw new Error('countTasksByStage: not implemented by this store yet');
+  }
+
+  async listUnstagedRuns(_limit: number): Promise<RunDoc[]> {
+    return [];
+  }
+
+  async createTasks(_number: number, _tasks: readonly TaskSpec[]): Promise<number> {
+    throw new Error('createTasks: not implemented by this store yet');
+  }
+
   // ------------------------------------------------------------------------------------------------ claim
 
   async claimNextRun(request: ClaimRequest): Promise<RunDoc | null> {
@@ -502,7 +517,7 @@ export class SqliteRunStore implements RunStore {
       | undefined;
     const retry = this.stmt(`claim-retry:${oldest}`, CLAIM_SQL.retry(oldest)).get({
       now,
-      exclude: JSON.stringify(request.exclude ?? []),
+      exclude: JSON.stringify(excludedNumbers(request.exclude)),
     }) as
       | Candidate
       | undefined;

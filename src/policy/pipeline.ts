@@ -1,0 +1,86 @@
+// The pipeline as the daemon and the faces read it (DESIGN §9): the stages of a config, and which of them a
+// run gets. Pure; config's types only.
+
+import type { Config, RunSelector, StageConfig } from '../config/schema.js';
+
+/** The stage a config without `stages:` has: its `process:` block, named as the first wave's one stage. */
+export const PROCESS_STAGE = 'process';
+
+/**
+ * The config's stages, upstream first. A config without `stages:` has one stage named `process`, built from
+ * `process:`, `timeouts` and `retry` as they are now (tests change those after loading).
+ */
+export function stagesOf(config: Config): StageConfig[] {
+  if (config.stages !== undefined && config.stages.length > 0) return config.stages;
+  const { host_fault_threshold: _hostLevel, ...section } = config.process;
+  return [
+    {
+      ...section,
+      name: PROCESS_STAGE,
+      needs: [],
+      depth: 0,
+      slots: config.slots,
+      check: [],
+      select: {},
+      timeouts: {
+        max_processing_time: config.timeouts.max_processing_time,
+        max_no_output_time: config.timeouts.max_no_output_time,
+      },
+      retry: config.retry,
+    },
+  ];
+}
+
+/** The stage named `name`, or undefined when the config has none. */
+export function stageNamed(config: Config, name: string): StageConfig | undefined {
+  return stagesOf(config).find((stage) => stage.name === name);
+}
+
+/** The run fields a selector looks at. */
+export interface SelectableRun {
+  number: number;
+  mode?: string;
+  end?: number;
+  tags: readonly string[];
+  params: Readonly<Record<string, unknown>>;
+}
+
+/** Whether `run` passes `selector` (every condition it sets). */
+export function matchesSelector(run: SelectableRun, selector: RunSelector): boolean {
+  if (selector.tags && !selector.tags.every((tag) => run.tags.includes(tag))) return false;
+  if (selector.not_tags && selector.not_tags.some((tag) => run.tags.includes(tag))) return false;
+  if (selector.modes && !(run.mode !== undefined && selector.modes.includes(run.mode))) return false;
+  if (selector.min_number !== undefined && run.number < selector.min_number) return false;
+  if (selector.max_number !== undefined && run.number > selector.max_number) return false;
+  if (selector.params) {
+    for (const [key, value] of Object.entries(selector.params)) {
+      if (!Object.hasOwn(run.params, key) || run.params[key] !== value) return false;
+    }
+  }
+  if (selector.require_end && run.end === undefined) return false;
+  return true;
+}
+
+/** What a store is told to create for one stage of a run. */
+export interface StageSpec {
+  stage: string;
+  needs: string[];
+}
+
+/**
+ * The tasks a run gets under `config` (submit, and a daemon meeting a run another tool inserted): every stage
+ * whose selection matches, and whose needed stages the run gets too (a run that skips a stage skips
+ * everything below it). `require_end` is not a reason to skip: it only holds the task back at claim time.
+ */
+export function stagesForRun(config: Config, run: SelectableRun): StageSpec[] {
+  const given = new Set<string>();
+  const specs: StageSpec[] = [];
+  for (const stage of stagesOf(config)) {
+    const { require_end: _later, ...selector } = stage.select;
+    if (!matchesSelector(run, selector)) continue;
+    if (!stage.needs.every((need) => given.has(need))) continue;
+    given.add(stage.name);
+    specs.push({ stage: stage.name, needs: [...stage.needs] });
+  }
+  return specs;
+}
