@@ -34,10 +34,11 @@ export interface RunInput {
   timing: SupervisorTiming;
 }
 
+// The only events a run actor receives from outside: a retry is a new claim and a new actor, never an event to
+// this one (test/machines/chart-product.test.ts checks every event the chart handles against a real daemon).
 export type RunEvent =
   | { type: 'LEASE_LOST' } // from the lease keeper: fail/abandon/cleanup changed the token
-  | { type: 'STOP' } // the host is stopping: terminate and release
-  | { type: 'RETRY'; run: ClaimedRun }; // claimed again after next_retry passed
+  | { type: 'STOP' }; // the host is stopping: terminate and release
 
 export interface PreflightOutput extends FencedWriteResult {
   plan?: CommandPlan;
@@ -207,13 +208,6 @@ export const runMachine = setup({
     // A lease already lost stays lost: a STOP after it must not turn the ending into a (refused) release.
     interruptForStop: assign({ interruption: ({ context }) => context.interruption ?? ('stopping' as const) }),
     terminateCommand: sendTo('supervisor', { type: 'TERMINATE' }),
-    takeRetry: assign({
-      run: (_, params: { run: ClaimedRun }) => params.run,
-      plan: null,
-      failure: null,
-      interruption: null,
-      error: null,
-    }),
   },
 }).createMachine({
   id: 'run',
@@ -286,6 +280,8 @@ export const runMachine = setup({
               actions: { type: 'rememberError', params: ({ event }) => ({ error: event.error }) },
             },
           },
+          // Only terminate here: the supervisor confirms the group gone, then its end leads on. A lease taken away
+          // (an operator's fail or abandon, cleanup) so always ends this actor in `lost`, never in `abandoned`.
           on: {
             LEASE_LOST: { actions: ['interruptForLostLease', 'terminateCommand'] },
             STOP: { actions: ['interruptForStop', 'terminateCommand'] },
@@ -334,16 +330,9 @@ export const runMachine = setup({
             },
           },
         },
-        // This attempt is over; the run is claimed again once next_retry has passed.
-        waitingForRetry: {
-          entry: { type: 'reportSettled', params: { settlement: 'failed' } },
-          on: {
-            RETRY: {
-              target: '#run.considering',
-              actions: { type: 'takeRetry', params: ({ event }) => ({ run: event.run }) },
-            },
-          },
-        },
+        // This attempt is over and the host lets the actor go; the task waits in the store for next_retry, and
+        // its retry is a new claim and a new actor. Final only within `failed`, as `abandoned.recorded` is.
+        waitingForRetry: { type: 'final', entry: { type: 'reportSettled', params: { settlement: 'failed' } } },
       },
     },
     abandoned: {

@@ -27,12 +27,14 @@ export function machineCatalog(): CatalogEntry[] {
         'input, params, disk gate, removal of this host\'s partial outputs) lead to `busy`, where the ' +
         'supervisor runs the processing command; exit 0 with its output registered ends in `done`, any ' +
         'other end (exit ≠ 0, timed out, stalled, output missing, failed preflight) in `failed`, which ' +
-        'either waits for `next_retry` and is claimed again or, after `max_failures` or on a ' +
-        '`no_retry_exit_codes` exit, becomes `abandoned`. An attempt that could not start for a reason of ' +
+        'either records the failure (`failed.waitingForRetry`: the actor\'s part is over and the host lets it ' +
+        'go; once `next_retry` has passed the task is claimed again by a new claim and a new actor) or, after ' +
+        '`max_failures` or on a `no_retry_exit_codes` exit, gives the task up (`abandoned`). An attempt that could not start for a reason of ' +
         'the host (its check finds the executable missing or a directory unwritable) is an interruption: ' +
         'not counted in `n_failures`, abandoned only at `max_interruptions`. Every write is fenced by the lease token: when ' +
-        'fail/abandon/cleanup takes the lease away the actor kills the command and stops without writing ' +
-        '(`lost`); a stopping host releases the run as `failed` with `next_retry = now` (`released`).',
+        'an operator\'s fail or abandon, or cleanup, takes the lease away the actor kills the command and stops ' +
+        'without writing (`lost`, never `abandoned`: in `busy.supervising` `LEASE_LOST` and `STOP` only ' +
+        'terminate the command, which is not drawn, and the supervisor\'s end then leads on); a stopping host releases the run as `failed` with `next_retry = now` (`released`).',
       machine: runMachine,
     },
     {

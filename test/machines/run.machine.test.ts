@@ -124,16 +124,22 @@ describe('run machine', () => {
     expect(t.failures[0]).toMatchObject({ kind: 'exit', exitCode: 3, message: 'exit code 3: boom' });
   });
 
-  it('failed → considering when the run is claimed again', async () => {
+  it('a recorded failure ends the attempt: the retry is a new claim and a new actor, never an event to this one', async () => {
     const t = start(claimed());
     await settle();
     t.fake.spawn();
     t.fake.exit(1);
     await settle();
-    t.actor.send({ type: 'RETRY', run: claimed({ token: 'lease-2', attempt: 2, nFailures: 1 }) });
+    // Final within `failed` (as abandoned.recorded is): nothing the host could send takes it anywhere.
+    expect(t.actor.getSnapshot().matches({ failed: 'waitingForRetry' })).toBe(true);
+    const waiting = runMachine.root.states.failed!.states.waitingForRetry!;
+    expect(waiting.type).toBe('final');
+    expect([...waiting.transitions.keys()]).toEqual([]);
+    t.actor.send({ type: 'RETRY' } as never);
+    t.actor.send({ type: 'STOP' });
     await settle();
-    expect(t.states.slice(-3)).toEqual(['failed.waitingForRetry', 'considering', 'busy.supervising']);
-    expect(t.actor.getSnapshot().context.run.token).toBe('lease-2');
+    expect(t.states.at(-1)).toBe('failed.waitingForRetry');
+    expect(t.writes).toEqual(['busy', 'failed']);
   });
 
   it('abandons after max_failures', async () => {

@@ -34,7 +34,7 @@ function planFor(run: ClaimedRun): CommandPlan {
   return { number: run.number, token: run.token, attempt: run.attempt } as CommandPlan;
 }
 
-// max_failures 2: the first failure waits for a retry, the retried attempt's failure abandons the run.
+// max_failures 2: a failure waits for a retry (a new claim and a new actor), a no_retry exit abandons the run.
 const input: RunInput = {
   run: claimed(1, 0),
   maxFailures: 2,
@@ -42,7 +42,6 @@ const input: RunInput = {
   noRetryExitCodes: [NO_RETRY_EXIT],
   timing,
 };
-const retried = claimed(2, 1);
 
 function result(outcome: SupervisorResult['outcome'], exitCode: number | null, signal: string | null = null) {
   return { outcome, exitCode, signal, stderrTail: '', durationMs: 5, pid: 900, pgid: 900 };
@@ -77,7 +76,6 @@ function runEvents(snapshot: AnyMachineSnapshot): AnyEventObject[] {
       if (src === 'confirmAttemptGone') return [{ type, output: undefined }];
     }
     if (type === 'LEASE_LOST' || type === 'STOP') return [{ type }];
-    if (type === 'RETRY') return [{ type, run: retried }];
     throw new Error(`the run model has no events for ${type}: teach runEvents about it`);
   });
 }
@@ -172,6 +170,10 @@ async function replay(path: ModelPath, coverage: CoverageRecorder): Promise<Repl
   return { effects, snapshots };
 }
 
+function finalOf<T>(items: T[]): T {
+  return items[items.length - 1]!;
+}
+
 /** The run machine's promises on one replayed path; each message names what broke. */
 function runPromises(path: ModelPath, { effects, snapshots }: Replayed): string[] {
   const problems: string[] = [];
@@ -182,6 +184,16 @@ function runPromises(path: ModelPath, { effects, snapshots }: Replayed): string[
   if (lostAt >= 0) {
     const late = effects.started.filter((s) => WRITES.includes(s.src) && s.step > lostAt + 1);
     if (late.length > 0) problems.push(`wrote after the lease was lost: ${late.map((s) => s.src).join(', ')}`);
+    // An operator's fail or abandon (or cleanup) takes the lease: the actor ends in `lost`, never in a state
+    // that claims an outcome of its own.
+    for (const snapshot of snapshots.slice(lostAt + 1)) {
+      for (const outcome of ['abandoned', 'failed', 'done', 'released', 'releasing'] as const) {
+        if (snapshot.matches(outcome)) problems.push(`entered ${outcome} after the lease was lost`);
+      }
+    }
+    if (finalOf(snapshots).status === 'done' && !['lost', 'error'].some((s) => finalOf(snapshots).matches(s))) {
+      problems.push(`ended in ${JSON.stringify(finalOf(snapshots).value)} after the lease was lost`);
+    }
   }
   for (const [i, step] of path.steps.entries()) {
     const before = snapshots[i]!;
