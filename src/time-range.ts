@@ -20,3 +20,20 @@ function describeTimeValue(value: unknown): string {
   if (typeof value === 'bigint') return `${value}n`;
   return String(value);
 }
+
+const ISO_8601 = /^(\d{4}-\d{2}-\d{2})(?:[T ](\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?)(Z|[+-]\d{2}:?\d{2})?)?$/i;
+
+/**
+ * Epoch milliseconds of an ISO-8601 time (`2024-05-01`, `2024-05-01T12:00`, `2024-05-01 12:00:00.5+02:00`), or
+ * undefined for anything else or a time no Date holds. A date alone is UTC midnight; a date and time without an
+ * offset is local time (JavaScript's rule).
+ */
+export function parseIsoTime(text: string): number | undefined {
+  const match = ISO_8601.exec(text.trim());
+  if (!match) return undefined;
+  const [, date, time, zone] = match;
+  let iso = time === undefined ? date! : `${date}T${time}`;
+  if (zone !== undefined) iso += /^[+-]\d{4}$/.test(zone) ? `${zone.slice(0, 3)}:${zone.slice(3)}` : zone.toUpperCase();
+  const ms = Date.parse(iso);
+  return isDateMs(ms) ? ms : undefined;
+}

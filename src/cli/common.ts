@@ -82,6 +82,12 @@ export function printJson(value: unknown): void {
   process.stdout.write(`${jsonText(value)}\n`);
 }
 
+/** True when stdout was closed by its reader (`logs -f | head`): the reader has seen enough. */
+export function isClosedPipe(error: unknown): boolean {
+  const code = (error as NodeJS.ErrnoException | undefined)?.code;
+  return code === 'EPIPE' || code === 'ERR_STREAM_DESTROYED' || code === 'ERR_STREAM_PREMATURE_CLOSE';
+}
+
 /** Runs a command's body; errors become one line on stderr and the exit code DESIGN §7 gives them. */
 export async function runCommand(body: () => Promise<number | void>): Promise<void> {
   try {

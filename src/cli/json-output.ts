@@ -42,8 +42,8 @@ function isoTimeOrNumber(ms: number): string | number {
   return isDateMs(ms) ? new Date(ms).toISOString() : ms;
 }
 
-/** JSON text of `value`, indented, times as ISO 8601 strings. */
-export function jsonText(value: unknown): string {
+/** JSON text of `value`, indented (or on one line with `indent` 0, for JSON lines), times as ISO 8601 strings. */
+export function jsonText(value: unknown, indent = 2): string {
   const opaque = new WeakSet<object>();
   return JSON.stringify(
     value,
@@ -57,6 +57,6 @@ export function jsonText(value: unknown): string {
       if (typeof field === 'number' && TIME_KEYS.has(key)) return isoTimeOrNumber(field);
       return field;
     },
-    2,
+    indent,
   );
 }

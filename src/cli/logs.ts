@@ -3,7 +3,7 @@ import { pipeline } from 'node:stream/promises';
 import { join } from 'node:path';
 import type { Argv, CommandModule } from 'yargs';
 import { RunNotFoundError } from '../errors.js';
-import { configFromArgs, integerFlag, printJson, runCommand, withStore, type GlobalArgs } from './common.js';
+import { configFromArgs, integerFlag, isClosedPipe, printJson, runCommand, withStore, type GlobalArgs } from './common.js';
 import { numberArgument } from './submit.js';
 
 // `runwarden logs N`: the output of a run's attempt, as the supervisor wrote it to
@@ -47,12 +47,6 @@ function readText(file: string, start: number, end: number): string {
   } finally {
     closeSync(fd);
   }
-}
-
-/** True when stdout was closed by its reader (`logs -f | head`): the reader has seen enough. */
-function isClosedPipe(error: unknown): boolean {
-  const code = (error as NodeJS.ErrnoException | undefined)?.code;
-  return code === 'EPIPE' || code === 'ERR_STREAM_DESTROYED' || code === 'ERR_STREAM_PREMATURE_CLOSE';
 }
 
 /**

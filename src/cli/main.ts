@@ -11,6 +11,7 @@ import { failCommand } from './fail.js';
 import { holdCommand, releaseCommand } from './hold.js';
 import { inspectCommand } from './inspect.js';
 import { listCommand } from './list.js';
+import { logCommand } from './log.js';
 import { logsCommand } from './logs.js';
 import { processCommand } from './process.js';
 import { retryCommand } from './retry.js';
@@ -35,6 +36,7 @@ export async function main(argv: string[]): Promise<void> {
     .command(topCommand)
     .command(showCommand)
     .command(logsCommand)
+    .command(logCommand)
     .command(failCommand)
     .command(abandonCommand)
     .command(retryCommand)

@@ -4,7 +4,7 @@
 import { nearestKey, isPlainObject } from '../config/validate.js';
 import { UsageError } from '../errors.js';
 import type { NewRun } from '../store/types.js';
-import { MAX_DATE_MS, isDateMs } from '../time-range.js';
+import { MAX_DATE_MS, isDateMs, parseIsoTime } from '../time-range.js';
 
 /** Longest name or input accepted: both end up in argv elements and file names. */
 export const MAX_TEXT_LENGTH = 4095;
@@ -100,22 +100,11 @@ export function validateRunDocument(run: unknown): string[] {
 /** What a stored time must be: epoch ms that a date can hold. */
 const TIME_IN_RANGE = `a time in epoch milliseconds within ±${MAX_DATE_MS} (the range of a date)`;
 
-const ISO_8601 = /^(\d{4}-\d{2}-\d{2})(?:[T ](\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?)(Z|[+-]\d{2}:?\d{2})?)?$/i;
-
-/**
- * Epoch milliseconds from an ISO-8601 string or a number of epoch milliseconds. A date alone is UTC midnight;
- * a date and time without an offset is local time (JavaScript's rule).
- */
+/** Epoch milliseconds from an ISO-8601 string or a number of epoch milliseconds. */
 function parseTime(value: unknown): number | undefined {
   if (typeof value === 'number') return isDateMs(value) ? value : undefined;
   if (typeof value !== 'string') return undefined;
-  const match = ISO_8601.exec(value.trim());
-  if (!match) return undefined;
-  const [, date, time, zone] = match;
-  let text = time === undefined ? date : `${date}T${time}`;
-  if (zone !== undefined) text += /^[+-]\d{4}$/.test(zone) ? `${zone.slice(0, 3)}:${zone.slice(3)}` : zone.toUpperCase();
-  const ms = Date.parse(text);
-  return isDateMs(ms) ? ms : undefined;
+  return parseIsoTime(value);
 }
 
 function parseNumber(value: unknown): number | undefined {

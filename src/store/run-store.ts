@@ -1,4 +1,5 @@
 import { UsageError } from '../errors.js';
+import { isDateMs } from '../time-range.js';
 import type {
   EventNote,
   HostDoc,
@@ -166,6 +167,17 @@ export interface LogQuery {
   limit?: number;
   minPriority?: LogPriority;
   number?: number;
+  /** Only entries written at or after this time (epoch ms); a value that is not a time is a UsageError. */
+  sinceMs?: number;
+}
+
+/** `query.sinceMs` checked: undefined when absent; a value no Date holds is a UsageError. */
+export function logSince(query: LogQuery): number | undefined {
+  if (query.sinceMs === undefined) return undefined;
+  if (!isDateMs(query.sinceMs)) {
+    throw new UsageError(`sinceMs: ${query.sinceMs} is not a time in epoch ms`, 'sinceMs');
+  }
+  return query.sinceMs;
 }
 
 /** Which monitor samples to list: those of one host (or every host) taken at or after `sinceMs`. */

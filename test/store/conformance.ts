@@ -1239,6 +1239,14 @@ export function runStoreConformance(name: string, open: OpenForTest): void {
         expect((await store.listLog({ number: 7 })).map((e) => e.message)).toEqual(['run 7 failed']);
         expect(await store.listLog({ number: 7, minPriority: 4 })).toEqual([]);
         expect((await store.listLog({ minPriority: 0, limit: 1 })).map((e) => e.message)).toEqual(['fatal']);
+        expect((await store.listLog({ sinceMs: base + 2 })).map((e) => e.message)).toEqual(['fatal', 'info', 'run 7 failed']);
+        expect((await store.listLog({ sinceMs: base + 2, number: 7 })).map((e) => e.message)).toEqual(['run 7 failed']);
+        expect((await store.listLog({ sinceMs: base + 3, limit: 1 })).map((e) => e.message)).toEqual(['fatal']);
+      });
+
+      it('refuses a start of the log query that is not a time', async () => {
+        await expect(store.listLog({ sinceMs: Number.NaN })).rejects.toBeInstanceOf(UsageError);
+        await expect(store.listLog({ sinceMs: 1e20 })).rejects.toBeInstanceOf(UsageError);
       });
     });
 

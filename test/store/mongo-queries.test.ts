@@ -699,6 +699,8 @@ describe('hosts and log', () => {
     expect(ids(logFilter({ minPriority: 3 }))).toEqual([3, 2]);
     expect(ids(logFilter({ number: 7 }))).toEqual([2, 1]);
     expect(ids(logFilter({ number: 7, minPriority: 4 }))).toEqual([]);
+    expect(ids(logFilter({ sinceMs: T0 + 2 }))).toEqual([3, 2]);
+    expect(ids(logFilter({ sinceMs: T0 + 2, minPriority: 4 }))).toEqual([3]);
   });
 });
 

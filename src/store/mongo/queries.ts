@@ -27,7 +27,7 @@ import type {
   SelectionOrder,
   StaleLimits,
 } from '../run-store.js';
-import { MONITOR_RETENTION_MS } from '../run-store.js';
+import { MONITOR_RETENTION_MS, logSince } from '../run-store.js';
 import type { EventNote, RunOutput } from '../types.js';
 import { MAX_DATE_MS } from '../../time-range.js';
 import { REPAIRABLE_STATES } from '../decode.js';
@@ -541,6 +541,8 @@ export function logFilter(query: LogQuery): Filter {
   const filter: Filter = {};
   if (query.minPriority !== undefined) filter.priority = { $gte: query.minPriority };
   if (query.number !== undefined) filter.number = query.number;
+  const since = logSince(query);
+  if (since !== undefined) filter.time = { $gte: new Date(since) };
   return filter;
 }
 

@@ -28,7 +28,7 @@ import type {
   StateCounts,
   StoreOptions,
 } from '../run-store.js';
-import { MONITOR_RETENTION_MS, excludedNumbers, monitorMinute, monitorSince } from '../run-store.js';
+import { MONITOR_RETENTION_MS, excludedNumbers, logSince, monitorMinute, monitorSince } from '../run-store.js';
 import type { TaskCounts, TaskSpec } from '../run-store.js';
 import type {
   EventNote,
@@ -1018,6 +1018,11 @@ export class SqliteRunStore implements RunStore {
     if (query.number !== undefined) {
       where.push('number = @number');
       params.number = query.number;
+    }
+    const since = logSince(query);
+    if (since !== undefined) {
+      where.push('time >= @since');
+      params.since = since;
     }
     params.limit = sqlLimit(query.limit);
     const clause = where.length ? `WHERE ${where.join(' AND ')}` : '';
