@@ -1,6 +1,7 @@
 // Loading the configuration: defaults < YAML file < RUNWARDEN_* environment < flags (DESIGN §6).
 //
-// Relative paths (the sqlite store path, process.cwd, process.output_root, process.log_dir, disk.path) are
+// Relative paths (the sqlite store path, process.cwd, process.output_root, process.log_dir, disk.path, and the
+// same three keys of every stage) are
 // resolved against the directory of the config file when the file gave them, and against `cwd` (the process
 // working directory) when they come from the defaults, the environment or flags. A config file thus means the
 // same wherever the daemon is started from, and a path typed on the command line means what the shell means.
@@ -10,7 +11,7 @@ import { dirname, isAbsolute, resolve } from 'node:path';
 import { parseDocument } from 'yaml';
 import { ConfigError, ConfigProblems, throwConfigProblems } from '../errors.js';
 import { showValue } from './duration.js';
-import { CONFIG_KEYS, DEFAULT_CONFIG_FILE, SECTIONS, kindOf, type Config, type FieldKind } from './schema.js';
+import { CONFIG_KEYS, DEFAULT_CONFIG_FILE, SECTIONS, STAGES_KEY, STAGE_KEYS, type Config, type FieldKind, type SectionKeys } from './schema.js';
 import { isPlainObject, validateConfig } from './validate.js';
 
 /** Values given as command-line flags; undefined means "not given". */
@@ -99,8 +100,14 @@ function resolveFilePaths(raw: Raw, base: string): void {
     ['process', 'log_dir'],
     ['disk', 'path'],
   ];
-  for (const [section, key] of paths) {
-    const inner = raw[section];
+  const stages = raw[STAGES_KEY];
+  const sections = [...paths.map(([section, key]) => [raw[section], key] as const)];
+  if (isPlainObject(stages)) {
+    for (const stage of Object.values(stages)) {
+      for (const key of ['cwd', 'output_root', 'log_dir']) sections.push([stage, key]);
+    }
+  }
+  for (const [inner, key] of sections) {
     if (isPlainObject(inner) && typeof inner[key] === 'string' && inner[key] !== '') {
       inner[key] = resolve(base, inner[key]);
     }
@@ -136,6 +143,7 @@ const JSON_EXAMPLES: Partial<Record<FieldKind, string>> = {
   'string-map': '{"NAME": "value"}',
   'count-map': '{"event*": 2, "*": 7}',
   'resource-map': '{"cores": {"start": 8, "min": 4, "shrink": 1.1}}',
+  'scalar-map': '{"dataset": "SiR2"}',
 };
 
 function parseJson(field: string, text: string, source: string, example: string): unknown {
@@ -146,18 +154,30 @@ function parseJson(field: string, text: string, source: string, example: string)
   }
 }
 
-/** The kind of the value at a path; paths inside maps get the kind of the map's entries. */
-function kindAt(path: string[]): FieldKind | 'section' | 'json-object' | 'text' | 'numeric' | undefined {
-  if (path.length === 1) {
-    const kind = kindOf(undefined, path[0]);
-    return typeof kind === 'object' ? 'section' : kind;
+type ValueKind = FieldKind | 'section' | 'json-object' | 'text' | 'numeric' | 'scalar' | undefined;
+
+/**
+ * The kind of the value at a path; paths inside maps get the kind of the map's entries. `stages.NAME.…` is
+ * read by the keys a stage may hold (stages.compress.slots is an integer, stages.compress.env.X text).
+ */
+function kindAt(path: string[]): ValueKind {
+  if (path[0] === STAGES_KEY) {
+    if (path.length <= 2) return 'section';
+    return kindIn(STAGE_KEYS, path.slice(2));
   }
-  const kind = kindOf(path[0], path[1]);
-  if (typeof kind !== 'string') return undefined;
-  if (path.length === 2) return kind;
-  if (kind === 'string-map') return path.length === 3 ? 'text' : undefined;
-  if (kind === 'count-map') return path.length === 3 ? 'numeric' : undefined;
-  if (kind === 'resource-map') return path.length === 3 ? 'json-object' : path.length === 4 ? 'numeric' : undefined;
+  return kindIn(CONFIG_KEYS, path);
+}
+
+function kindIn(table: Readonly<Record<string, FieldKind | SectionKeys>>, path: string[]): ValueKind {
+  const kind = Object.hasOwn(table, path[0]) ? table[path[0]] : undefined;
+  if (kind === undefined) return undefined;
+  if (typeof kind === 'object') return path.length === 1 ? 'section' : kindIn(kind, path.slice(1));
+  const depth = path.length - 1;
+  if (depth === 0) return kind;
+  if (kind === 'string-map') return depth === 1 ? 'text' : undefined;
+  if (kind === 'count-map') return depth === 1 ? 'numeric' : undefined;
+  if (kind === 'scalar-map') return depth === 1 ? 'scalar' : undefined;
+  if (kind === 'resource-map') return depth === 1 ? 'json-object' : depth === 2 ? 'numeric' : undefined;
   return undefined;
 }
 
@@ -178,12 +198,20 @@ function typeText(path: string[], text: string, source: string): unknown {
       if (['false', 'no', 'off', '0'].includes(lower)) return false;
       return text;
     }
+    case 'scalar': {
+      // A param compared as it is: a number or a boolean when it reads as one, else the text.
+      const trimmed = text.trim();
+      if (NUMERIC.test(trimmed)) return Number(trimmed);
+      if (trimmed === 'true' || trimmed === 'false') return trimmed === 'true';
+      return text;
+    }
     case 'string-list':
     case 'integer-list':
     case 'pair':
     case 'string-map':
     case 'count-map':
     case 'resource-map':
+    case 'scalar-map':
       return parseJson(field, text, source, JSON_EXAMPLES[kind] ?? '[]');
     case 'section':
       return parseJson(field, text, source, '{"key": "value"}');
@@ -212,10 +240,11 @@ function assign(raw: Raw, path: string[], value: unknown, source: string): void 
 }
 
 /**
- * RUNWARDEN_STORE, _HOST, _SLOTS, _ORDER, _LOG_LEVEL, and RUNWARDEN_<SECTION>__<KEY>[__<SUBKEY>...] for the
- * sections process, timeouts, retry and disk. Segments are lower-cased, except names under process.env.
- * Every other RUNWARDEN_* variable (RUNWARDEN_RUN_NUMBER, RUNWARDEN_CONFIG, ...) is not configuration.
- * Empty values count as unset.
+ * RUNWARDEN_STORE, _HOST, _SLOTS, _ORDER, _LOG_LEVEL, RUNWARDEN_<SECTION>__<KEY>[__<SUBKEY>...] for the
+ * sections process, timeouts, retry, disk, observe and select, and RUNWARDEN_STAGES__<NAME>__<KEY>[__...] for a
+ * stage. Segments are lower-cased, except variable names under process.env or stages.NAME.env.
+ * Every other RUNWARDEN_* variable (RUNWARDEN_RUN_NUMBER, RUNWARDEN_STAGE, RUNWARDEN_UPSTREAM_X, RUNWARDEN_CONFIG,
+ * ...) is not configuration. Empty values count as unset.
  */
 export function environmentOverrides(env: Record<string, string | undefined>): { path: string[]; value: string; name: string }[] {
   const overrides: { path: string[]; value: string; name: string }[] = [];
@@ -225,9 +254,11 @@ export function environmentOverrides(env: Record<string, string | undefined>): {
     if (rest.includes('__')) {
       const segments = rest.split('__');
       const section = segments[0].toLowerCase();
-      if (!(SECTIONS as readonly string[]).includes(section)) continue;
+      if (!(SECTIONS as readonly string[]).includes(section) && section !== STAGES_KEY) continue;
+      // The segment naming the env map: process.env, or stages.NAME.env; the names below it keep their case.
+      const envAt = section === STAGES_KEY ? 2 : 1;
       const path = segments.map((segment, i) =>
-        i >= 2 && section === 'process' && segments[1].toLowerCase() === 'env' ? segment : segment.toLowerCase(),
+        i > envAt && segments[envAt]?.toLowerCase() === 'env' ? segment : segment.toLowerCase(),
       );
       overrides.push({ path, value, name });
     } else {

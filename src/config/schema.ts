@@ -220,9 +220,22 @@ export type FieldKind =
   | 'pair'
   | 'string-map'
   | 'count-map'
-  | 'resource-map';
+  | 'resource-map'
+  /** A mapping of names to JSON scalars (string, number, boolean): `select.params`. */
+  | 'scalar-map';
 
 export type SectionKeys = Readonly<Record<string, FieldKind>>;
+
+/** The keys of a run selector (`select:` and `stages.NAME.select`). */
+export const SELECT_KEYS = {
+  tags: 'string-list',
+  not_tags: 'string-list',
+  modes: 'string-list',
+  min_number: 'integer',
+  max_number: 'integer',
+  params: 'scalar-map',
+  require_end: 'boolean',
+} as const satisfies SectionKeys;
 
 export const CONFIG_KEYS = {
   store: 'store',
@@ -262,9 +275,36 @@ export const CONFIG_KEYS = {
   retry: { base: 'duration', factor: 'number', max_exponent: 'integer', jitter: 'pair', max_failures: 'integer', max_interruptions: 'integer' },
   disk: { path: 'path', max_used_percent: 'number', min_free_bytes: 'bytes' },
   observe: { bind: 'string', inspect_port: 'integer', metrics_port: 'integer' },
+  select: SELECT_KEYS,
 } as const satisfies Readonly<Record<string, FieldKind | SectionKeys>>;
 
-export const SECTIONS = ['process', 'timeouts', 'retry', 'disk', 'observe'] as const;
+/** The top-level key holding the pipeline: a mapping of stage names to STAGE_KEYS sections. */
+export const STAGES_KEY = 'stages';
+
+/** A stage's name: it becomes a directory, a `--stage` value, `{upstream.NAME.output}` and RUNWARDEN_UPSTREAM_NAME. */
+export const STAGE_NAME = /^[a-z][a-z0-9_]{0,39}$/;
+
+/** The keys of `process:` a stage may set (everything but the host-level `host_fault_threshold`). */
+export const STAGE_COMMAND_KEYS = (() => {
+  const { host_fault_threshold: _hostLevel, ...keys } = CONFIG_KEYS.process;
+  return keys;
+})();
+
+/** The timeouts a stage may set; the others are the host's (leases, heartbeats, cleanup). */
+export const STAGE_TIMEOUT_KEYS = { max_processing_time: 'duration', max_no_output_time: 'duration' } as const satisfies SectionKeys;
+
+/** What `stages.NAME` may hold. */
+export const STAGE_KEYS = {
+  ...STAGE_COMMAND_KEYS,
+  needs: 'string-list',
+  slots: 'integer',
+  check: 'string-list',
+  select: SELECT_KEYS,
+  timeouts: STAGE_TIMEOUT_KEYS,
+  retry: CONFIG_KEYS.retry,
+} as const satisfies Readonly<Record<string, FieldKind | SectionKeys>>;
+
+export const SECTIONS = ['process', 'timeouts', 'retry', 'disk', 'observe', 'select'] as const;
 export type SectionName = (typeof SECTIONS)[number];
 
 export const RESOURCE_RULE_KEYS = ['start', 'min', 'shrink'] as const;
@@ -278,12 +318,23 @@ export function kindOf(section: string | undefined, key: string): FieldKind | Se
   return Object.hasOwn(inner, key) ? inner[key] : undefined;
 }
 
-/** Every known key as a dotted path, sections included ("process", "process.command", ...). */
+/** Every known key as a dotted path, sections included ("process", "process.command", ...), and `stages` (see stageKeyPaths). */
 export function knownKeyPaths(): string[] {
   const paths: string[] = [];
   for (const [key, kind] of Object.entries(CONFIG_KEYS)) {
     paths.push(key);
     if (typeof kind === 'object') for (const inner of Object.keys(kind)) paths.push(`${key}.${inner}`);
+  }
+  paths.push(STAGES_KEY);
+  return paths;
+}
+
+/** Every key of one stage as a dotted path (`stages.NAME.command`, `stages.NAME.timeouts.max_processing_time`). */
+export function stageKeyPaths(name: string): string[] {
+  const paths: string[] = [];
+  for (const [key, kind] of Object.entries(STAGE_KEYS)) {
+    paths.push(`${STAGES_KEY}.${name}.${key}`);
+    if (typeof kind === 'object') for (const inner of Object.keys(kind)) paths.push(`${STAGES_KEY}.${name}.${key}.${inner}`);
   }
   return paths;
 }

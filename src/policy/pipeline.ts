@@ -31,6 +31,49 @@ export function stagesOf(config: Config): StageConfig[] {
   ];
 }
 
+/**
+ * The stages `name` needs, directly or further up, in the order `stages` lists them (upstream first for a
+ * config's stages). These are the stages whose outputs its command may name, and whose tasks must be done first.
+ */
+export function upstreamOf(stages: readonly { name: string; needs: readonly string[] }[], name: string): string[] {
+  const needsOf = new Map(stages.map((stage) => [stage.name, stage.needs]));
+  const above = new Set<string>();
+  const visit = (stage: string) => {
+    for (const need of needsOf.get(stage) ?? []) {
+      if (above.has(need)) continue;
+      above.add(need);
+      visit(need);
+    }
+  };
+  visit(name);
+  return stages.map((stage) => stage.name).filter((stage) => above.has(stage) && stage !== name);
+}
+
+/** An output a run registered, as the store keeps it (a first-wave output has no stage: it is `process`'s). */
+export interface StageOutput {
+  location: string;
+  stage?: string;
+  at: number;
+}
+
+/**
+ * The upstream values of one task's placeholders and environment ({upstream.STAGE.output},
+ * RUNWARDEN_UPSTREAM_STAGE): for each stage above `stage`, the newest output its task registered. A stage with
+ * no output registered is left out (its placeholder then fails the attempt, naming the stage).
+ */
+export function upstreamOutputs(config: Config, stage: string, outputs: readonly StageOutput[]): Record<string, { output: string }> {
+  const upstream: Record<string, { output: string }> = {};
+  for (const above of upstreamOf(stagesOf(config), stage)) {
+    let newest: StageOutput | undefined;
+    for (const output of outputs) {
+      if ((output.stage ?? PROCESS_STAGE) !== above) continue;
+      if (newest === undefined || output.at >= newest.at) newest = output;
+    }
+    if (newest !== undefined) upstream[above] = { output: newest.location };
+  }
+  return upstream;
+}
+
 /** The stage named `name`, or undefined when the config has none. */
 export function stageNamed(config: Config, name: string): StageConfig | undefined {
   return stagesOf(config).find((stage) => stage.name === name);

@@ -37,6 +37,7 @@ const GOOD: Record<FieldKind, fc.Arbitrary<unknown>> = {
   'string-map': fc.constantFrom({}, { OMP_NUM_THREADS: '4', DEBUG: 1 }),
   'count-map': fc.constantFrom({}, { 'event*': 2, '*': 7 }),
   'resource-map': fc.constantFrom({}, { cores: { start: 8, min: 4, shrink: 1.1 } }),
+  'scalar-map': fc.constantFrom({}, { dataset: 'SiR2', energy: 2.5, blind: false }),
 };
 const ENUMS: Record<string, readonly string[]> = { order: ['newest', 'oldest'], log_level: ['debug', 'info', 'warn', 'error'] };
 
@@ -57,6 +58,7 @@ const BAD: Record<FieldKind, readonly unknown[]> = {
   'string-map': ['x', { '1A': 'v' }, { A: {} }, { A: 'nul\0' }, [], null],
   'count-map': ['x', { a: -1 }, { '': 1 }, { a: 'two' }, null],
   'resource-map': ['x', { cores: { start: 1, min: 4, shrink: 2 } }, { number: { start: 1, min: 1, shrink: 1 } }, { cores: { start: 4 } }, { cores: { start: 4, min: 1, shrink: 0.5 } }, null],
+  'scalar-map': ['x', { a: null }, { a: [1] }, { a: { b: 1 } }, { a: Number.NaN }, null],
 };
 
 type Section = Record<string, FieldKind>;
@@ -83,6 +85,11 @@ const goodConfig = fc
     // An attempt log holds at least 4 KiB (the cut marker must fit): 0 is a good value for min_free_bytes only.
     const process = raw.process as Record<string, unknown> | undefined;
     if (process && typeof process.max_log_bytes === 'number' && process.max_log_bytes < 4096) process.max_log_bytes = '1GiB';
+    // A number range must hold a number: min_number ≤ max_number.
+    const select = raw.select as Record<string, number> | undefined;
+    if (select && select.min_number !== undefined && select.max_number !== undefined && select.min_number > select.max_number) {
+      [select.min_number, select.max_number] = [select.max_number, select.min_number];
+    }
     return raw;
   });
 

@@ -95,6 +95,30 @@ describe('substituteArgv', () => {
 
   it('lists the placeholders in an element', () => {
     expect(placeholdersIn('--x={number}/{params.a.b}-{cores} {print $1}')).toEqual(['number', 'params.a.b', 'cores']);
+    expect(placeholdersIn('{upstream.fetch.output}/{stage}')).toEqual(['upstream.fetch.output', 'stage']);
+  });
+
+  it('{stage} is the task\'s stage, process when none is given', () => {
+    expect(substituteArgv(['{stage}'], { ...values, stage: 'compress' })).toEqual(['compress']);
+    expect(substituteArgv(['{stage}'], values)).toEqual(['process']);
+  });
+
+  it('{upstream.STAGE.output} is that stage\'s output, one argument whatever it holds', () => {
+    const upstream = { fetch: { output: '/d/fetch dir; rm -rf /' } };
+    expect(substituteArgv(['xz', '--in={upstream.fetch.output}', '{output}'], { ...values, stage: 'compress', upstream })).toEqual([
+      'xz',
+      '--in=/d/fetch dir; rm -rf /',
+      '/data/processed/000042',
+    ]);
+  });
+
+  it('an upstream stage without a registered output fails the attempt, naming the stage and the element', () => {
+    expect(() => substituteArgv(['xz', '{upstream.fetch.output}'], { ...values, upstream: {} })).toThrow(
+      'command element 1 ("{upstream.fetch.output}"): placeholder {upstream.fetch.output}: the run has no output of stage "fetch" registered',
+    );
+    expect(() => substituteArgv(['{upstream.fetch.input}'], values)).toThrow('the only upstream value is {upstream.STAGE.output}');
+    // An inherited key of a plain object is not a stage.
+    expect(() => substituteArgv(['{upstream.constructor.output}'], { ...values, upstream: {} })).toThrow('no output of stage "constructor"');
   });
 });
 
@@ -112,7 +136,19 @@ describe('commandEnvironment', () => {
       RUNWARDEN_PARAMS: JSON.stringify(values.params),
       RUNWARDEN_CORES: '6',
       RUNWARDEN_MEM_GB: '16',
+      RUNWARDEN_STAGE: 'process',
     });
+  });
+
+  it('names the stage and gives every upstream output as RUNWARDEN_UPSTREAM_<STAGE>', () => {
+    const env = commandEnvironment(
+      { ...values, stage: 'compress', upstream: { fetch: { output: '/d/fetch/000042' }, raw_proc: { output: '/d/raw_proc/000042' } } },
+      '/e',
+    );
+    expect(env.RUNWARDEN_STAGE).toBe('compress');
+    expect(env.RUNWARDEN_UPSTREAM_FETCH).toBe('/d/fetch/000042');
+    expect(env.RUNWARDEN_UPSTREAM_RAW_PROC).toBe('/d/raw_proc/000042');
+    expect(Object.keys(env).filter((name) => name.startsWith('RUNWARDEN_UPSTREAM_'))).toHaveLength(2);
   });
 
   it('missing optional values are empty', () => {
