@@ -2,6 +2,7 @@
 // run gets. Pure; config's types only.
 
 import type { Config, RunSelector, StageConfig } from '../config/schema.js';
+import { outputDirName } from './placeholders.js';
 
 /** The stage a config without `stages:` has: its `process:` block, named as the first wave's one stage. */
 export const PROCESS_STAGE = 'process';
@@ -72,6 +73,31 @@ export function upstreamOutputs(config: Config, stage: string, outputs: readonly
     if (newest !== undefined) upstream[above] = { output: newest.location };
   }
   return upstream;
+}
+
+/** `root/part/...` for absolute paths as the config holds them (resolved, no trailing slash). */
+function under(root: string, ...parts: string[]): string {
+  return [root.replace(/\/+$/, ''), ...parts].join('/');
+}
+
+/**
+ * A task's output directory: `output_root/{stage}/{number06}` with `stages:`, and `output_root/{number06}`
+ * without, where the first wave put a run's output.
+ */
+export function taskOutputDir(config: Config, stage: StageConfig, number: number): string {
+  return config.stages !== undefined && config.stages.length > 0
+    ? under(stage.output_root, stage.name, outputDirName(number))
+    : under(stage.output_root, outputDirName(number));
+}
+
+/** Where a task's attempt logs go, for every stage: `log_dir/{stage}/{number}` (attempt-{k}.log inside). */
+export function attemptLogDir(stage: StageConfig, number: number): string {
+  return under(stage.log_dir, stage.name, String(number));
+}
+
+/** Where the first wave wrote a run's attempt logs (`log_dir/{number}`): `logs` falls back to it for old attempts. */
+export function firstWaveAttemptLogDir(logDir: string, number: number): string {
+  return under(logDir, String(number));
 }
 
 /** The stage named `name`, or undefined when the config has none. */

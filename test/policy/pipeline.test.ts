@@ -3,7 +3,10 @@ import type { RunSelector } from '../../src/config/schema.js';
 import { validateConfig } from '../../src/config/validate.js';
 import {
   PROCESS_STAGE,
+  attemptLogDir,
+  firstWaveAttemptLogDir,
   matchesSelector,
+  taskOutputDir,
   stageNamed,
   stagesForRun,
   stagesOf,
@@ -165,5 +168,26 @@ describe('upstreamOf and upstreamOutputs', () => {
       process: { output: '/out/000007' },
     });
     expect(upstreamOutputs(firstWave(), 'process', outputs)).toEqual({});
+  });
+});
+
+describe('layout', () => {
+  it('without stages: outputs stay at output_root/{number06}; logs go to log_dir/process/{number}', () => {
+    const config = validateConfig({ process: { command: ['p'], output_root: '/data/out/', log_dir: '/data/logs' } }, options);
+    const [stage] = stagesOf(config);
+    expect(taskOutputDir(config, stage, 42)).toBe('/data/out/000042');
+    expect(attemptLogDir(stage, 42)).toBe('/data/logs/process/42');
+    expect(firstWaveAttemptLogDir(config.process.log_dir, 42)).toBe('/data/logs/42');
+  });
+
+  it('with stages: output_root/{stage}/{number06} and log_dir/{stage}/{number}, a stage named process included', () => {
+    const config = validateConfig(
+      { process: { output_root: '/data/out', log_dir: '/data/logs' }, stages: { process: { command: ['p'] }, compress: { command: ['c'], needs: ['process'], output_root: '/big' } } },
+      options,
+    );
+    const [process, compress] = stagesOf(config);
+    expect(taskOutputDir(config, process, 1_234_567)).toBe('/data/out/process/1234567');
+    expect(taskOutputDir(config, compress, 7)).toBe('/big/compress/000007');
+    expect(attemptLogDir(compress, 7)).toBe('/data/logs/compress/7');
   });
 });
