@@ -19,6 +19,8 @@ export interface CommandPlace {
   stage: string | undefined;
   /** Stages above this one (directly or further up): the only ones `{upstream.STAGE.output}` may name. */
   upstream: readonly string[];
+  /** False when the stage's needs (or those of a stage above) were refused: `upstream` may then be incomplete. */
+  upstreamKnown: boolean;
   /** Every stage of the pipeline, to tell "not upstream" from "no such stage". */
   stages: readonly string[];
 }
@@ -182,6 +184,7 @@ function checkUpstream(check: Checker, field: string, name: string, place: Comma
     check.fail(field, `{${name}}: the only upstream placeholder is {upstream.STAGE.output}, STAGE being a stage this one needs`);
   }
   if (place.upstream.includes(stage)) return;
+  if (!place.upstreamKnown && place.stages.includes(stage)) return; // its needs are reported instead
   if (place.stage === undefined) {
     check.fail(field, `{${name}}: process: is a pipeline of one stage, which has no upstream; declare stages: with needs to use upstream outputs`);
   }

@@ -56,7 +56,7 @@ export function readStages(check: Checker, value: unknown, base: PipelineBase): 
   if (map === undefined) return undefined;
 
   // The stages with usable names, in file order, with their raw settings and their needs.
-  const drafts: { name: string; raw: Raw; needs: string[] }[] = [];
+  const drafts: Draft[] = [];
   for (const [name, rawStage] of Object.entries(map)) {
     const ok = check.keep(false, () => {
       if (!STAGE_NAME.test(name)) {
@@ -70,43 +70,58 @@ export function readStages(check: Checker, value: unknown, base: PipelineBase): 
       }
       return true;
     });
-    if (ok) drafts.push({ name, raw: isPlainObject(rawStage) ? rawStage : {}, needs: [] });
+    if (ok) drafts.push({ name, raw: isPlainObject(rawStage) ? rawStage : {}, needs: [], needsRefused: false });
   }
   const names = drafts.map((draft) => draft.name);
   for (const draft of drafts) {
     checkStageKeys(check, draft.name, draft.raw);
+    const before = check.problems.length;
     draft.needs = readNeeds(check, draft.name, draft.raw.needs, names);
+    draft.needsRefused = check.problems.length > before;
   }
+  // Where a stage's needs, or those of a stage above it, were refused, its upstream is not known: its
+  // {upstream.STAGE.output} placeholders are not judged, so the one bad needs value is the one problem reported.
+  const graph = drafts.map(({ name, needs }) => ({ name, needs }));
+  const refused = new Set(drafts.filter((draft) => draft.needsRefused).map((draft) => draft.name));
+  const upstreamKnown = (name: string) => !refused.has(name) && !upstreamOf(graph, name).some((above) => refused.has(above));
 
   const order = topologicalOrder(check, drafts);
   const byName = new Map(drafts.map((draft) => [draft.name, draft]));
-  const graph = drafts.map(({ name, needs }) => ({ name, needs }));
   const stages: StageConfig[] = [];
   const depth = new Map<string, number>();
   for (const name of order) {
     const draft = byName.get(name)!;
     const stageDepth = draft.needs.length === 0 ? 0 : 1 + Math.max(...draft.needs.map((need) => depth.get(need) ?? 0));
     depth.set(name, stageDepth);
-    stages.push(readStage(check, draft, stageDepth, upstreamOf(graph, name), names, base));
+    stages.push(readStage(check, draft, stageDepth, upstreamOf(graph, name), upstreamKnown(name), names, base));
   }
   // Stages on or below a cycle (already reported) are still read, so their own problems are reported too.
   for (const draft of drafts) {
-    if (!depth.has(draft.name)) readStage(check, draft, 0, upstreamOf(graph, draft.name), names, base);
+    if (!depth.has(draft.name)) readStage(check, draft, 0, upstreamOf(graph, draft.name), upstreamKnown(draft.name), names, base);
   }
   return stages;
 }
 
+interface Draft {
+  name: string;
+  raw: Raw;
+  needs: string[];
+  /** Whether reading `needs` found a problem (so the graph around this stage is not what the user meant). */
+  needsRefused: boolean;
+}
+
 function readStage(
   check: Checker,
-  draft: { name: string; raw: Raw; needs: string[] },
+  draft: Draft,
   depth: number,
   upstream: string[],
+  upstreamKnown: boolean,
   stages: string[],
   base: PipelineBase,
 ): StageConfig {
   const prefix = `${STAGES_KEY}.${draft.name}`;
   const raw = draft.raw;
-  const place = { cwd: base.cwd, stage: draft.name, upstream, stages };
+  const place = { cwd: base.cwd, stage: draft.name, upstream, upstreamKnown, stages };
   const section = readCommandSection(check, prefix, raw, { ...base.process, command: [] }, place);
   if (raw.command === undefined || (Array.isArray(raw.command) && raw.command.length === 0)) {
     check.keep(undefined, () =>

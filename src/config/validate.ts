@@ -105,6 +105,7 @@ export function validateConfig(raw: unknown, options: ValidateOptions): Config {
     cwd,
     stage: undefined,
     upstream: [],
+    upstreamKnown: true,
     stages: [],
   });
   const timeouts = {} as Config['timeouts'];

@@ -278,3 +278,17 @@ describe('stages: through the loader', () => {
     ]);
   });
 });
+
+describe('one fault, one problem', () => {
+  it('a refused needs does not also blame the upstream placeholders of that stage and those below it', () => {
+    const found = problems({
+      stages: {
+        top: { command: ['top'] },
+        mid: { needs: 'top', command: ['mid', '{upstream.top.output}'] },
+        low: { needs: ['mid'], command: ['low', '{upstream.top.output}', '{upstream.nope.output}'] },
+      },
+    });
+    // The bad needs, and the placeholder naming no stage at all; not the two naming top.
+    expect(found.map((problem) => problem.field)).toEqual(['stages.mid.needs', 'stages.low.command[2]']);
+  });
+});
