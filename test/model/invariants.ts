@@ -1,5 +1,5 @@
 import type { RunStore } from '../../src/store/run-store.js';
-import type { RunDoc, RunEvent, RunState } from '../../src/store/types.js';
+import { taskKeyOf, type RunDoc, type RunEvent, type RunState, type TaskRef } from '../../src/store/types.js';
 
 // The guarantees a run's stored history must keep whatever crashed in between, as checks that return the
 // violations they find (empty: all held). Shared by the model-based crash tests and the many-host chaos tests.
@@ -20,7 +20,10 @@ const LEGAL: Record<string, RunState[]> = {
   abandoned: ['considering', 'failed', 'abandoned'],
 };
 
-/** The run's events (oldest first) against each other and against the run document; violations as text. */
+/**
+ * One task's events (oldest first; listRunEvents(number, stage)) against each other and against the run viewed
+ * from that task (getRun(number, stage)); violations as text.
+ */
 export function checkRunHistory(events: RunEvent[], doc: RunDoc | null): string[] {
   const problems: string[] = [];
   let previous: RunEvent | undefined;
@@ -53,8 +56,10 @@ export function checkRunHistory(events: RunEvent[], doc: RunDoc | null): string[
   if (previous.to !== p.state) problems.push(`the last event says ${previous.to}, the run says ${p.state}`);
   if (previous.attempt !== p.attempt) problems.push(`the last event is attempt ${previous.attempt}, the run ${p.attempt}`);
   if (p.state === 'failed' && typeof p.next_retry !== 'number') problems.push('failed without next_retry');
-  if (p.state === 'done' && !doc.outputs.some((o) => o.attempt === p.attempt)) {
-    problems.push(`done without an output registered by attempt ${p.attempt}`);
+  // The view's task registered it: an output of another stage's task with the same attempt number is not it.
+  const stage = doc.stage ?? 'process';
+  if (p.state === 'done' && !doc.outputs.some((o) => o.attempt === p.attempt && (o.stage ?? 'process') === stage)) {
+    problems.push(`${stage} done without an output registered by attempt ${p.attempt}`);
   }
   const failures = events.filter((e) => e.to === 'failed' || e.to === 'abandoned').length;
   if (p.n_failures > failures) problems.push(`n_failures ${p.n_failures} but only ${failures} failures recorded`);
@@ -74,23 +79,26 @@ export function checkRunSettled(doc: RunDoc | null): string[] {
  * A writer that lost its lease (a crashed or displaced daemon, a zombie owner) tries every fenced write with
  * its old token; each must be refused and change nothing, neither the run nor its events.
  */
-export async function checkStaleTokenRefused(store: RunStore, number: number, staleToken: string): Promise<string[]> {
-  const before = JSON.stringify([await store.getRun(number), await store.listRunEvents(number)]);
+export async function checkStaleTokenRefused(store: RunStore, task: TaskRef, staleToken: string): Promise<string[]> {
+  const { number, stage } = taskKeyOf(task);
+  // Every task of the run and every event, so a stale write that touched another task is caught too.
+  const snapshot = async () => JSON.stringify([await store.getRun(number, stage), await store.listRunEvents(number)]);
+  const before = await snapshot();
   const now = Date.now();
   const attempts: Array<[string, () => Promise<boolean>]> = [
-    ['heartbeatRun', () => store.heartbeatRun(number, staleToken)],
-    ['markBusy', () => store.markBusy(number, staleToken, { started: now })],
-    ['recordProcessGroup', () => store.recordProcessGroup(number, staleToken, { pgid: 999_999 })],
-    ['finishRun', () => store.finishRun(number, staleToken, { location: '/stale', host: 'stale', attempt: 0, at: now })],
-    ['failRun', () => store.failRun(number, staleToken, { reason: 'stale owner', n_failures: 0, next_retry: now })],
-    ['abandonRun', () => store.abandonRun(number, staleToken, { reason: 'stale owner', n_failures: 0 })],
-    ['releaseRun', () => store.releaseRun(number, staleToken, 'stale owner')],
+    ['heartbeatRun', () => store.heartbeatRun(task, staleToken)],
+    ['markBusy', () => store.markBusy(task, staleToken, { started: now })],
+    ['recordProcessGroup', () => store.recordProcessGroup(task, staleToken, { pgid: 999_999 })],
+    ['finishRun', () => store.finishRun(task, staleToken, { location: '/stale', host: 'stale', attempt: 0, at: now, stage })],
+    ['failRun', () => store.failRun(task, staleToken, { reason: 'stale owner', n_failures: 0, next_retry: now })],
+    ['abandonRun', () => store.abandonRun(task, staleToken, { reason: 'stale owner', n_failures: 0 })],
+    ['releaseRun', () => store.releaseRun(task, staleToken, 'stale owner')],
   ];
   const problems: string[] = [];
   for (const [name, write] of attempts) {
     if (await write()) problems.push(`${name} with the stale token ${staleToken} was accepted`);
   }
-  const after = JSON.stringify([await store.getRun(number), await store.listRunEvents(number)]);
+  const after = await snapshot();
   if (after !== before) problems.push(`fenced writes with the stale token ${staleToken} changed the run or its events`);
   return problems;
 }
