@@ -56,12 +56,15 @@ export function outputList(value: unknown, time: (value: unknown) => number | un
   const out: RunOutput[] = [];
   for (const item of value) {
     if (!isObject(item) || typeof item.location !== 'string') continue;
-    out.push({
+    const output: RunOutput = {
       location: item.location,
       host: str(item.host) ?? '',
       attempt: num(item.attempt) ?? 0,
       at: time(item.at) ?? 0,
-    });
+    };
+    // the stage whose task wrote it; absent in a first-wave store (read as `process`)
+    put(output, 'stage', str(item.stage));
+    out.push(output);
   }
   return out;
 }

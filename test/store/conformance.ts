@@ -14,7 +14,7 @@ export type RaceTake = Array<{ number: number; token: string }>;
  * Writes processing fields as another tool would, bypassing the store (null clears a field); dates are given
  * as Date and stored as the backend stores times. Backends without it skip the cases that need it.
  */
-export type WriteProcessing = (number: number, fields: Record<string, unknown>) => Promise<void>;
+export type WriteProcessing = (number: number, fields: Record<string, unknown>, stage?: string) => Promise<void>;
 
 export type OpenForTest = () => Promise<{
   store: RunStore;
@@ -77,7 +77,19 @@ function hostDoc(host: string, token: string, extra: Partial<HostDoc> = {}): Hos
   };
 }
 
-export function runStoreConformance(name: string, open: OpenForTest): void {
+/** What a backend can do beyond the first wave; every case it cannot do yet is skipped. */
+export interface ConformanceOptions {
+  /** Tasks of a pipeline (issue 14): stages, needs, blocks, task views. */
+  tasks?: boolean;
+}
+
+export function runStoreConformance(name: string, open: OpenForTest, options: ConformanceOptions = {}): void {
+  /** A first-wave run as inserted: with tasks, viewed from its one pending `process` task. */
+  const asInserted = <T extends object>(doc: T): T =>
+    options.tasks ? { ...doc, stage: 'process', tasks: [{ stage: 'process', needs: [] }] } : doc;
+  /** An output as registered by a run's `process` task: with tasks, stamped with that stage. */
+  const stamped = <T extends object>(out: T): T => (options.tasks ? { ...out, stage: 'process' } : out);
+
   describe(`RunStore conformance: ${name}`, () => {
     let store: RunStore;
     let cleanup: () => Promise<void>;
@@ -102,7 +114,7 @@ export function runStoreConformance(name: string, open: OpenForTest): void {
     describe('insert, get, list, count', () => {
       it('inserts a run with defaults and reads it back', async () => {
         const doc = await store.insertRun({ number: 7, start: T0 });
-        expect(doc).toEqual({ number: 7, start: T0, tags: [], priority: 0, params: {}, outputs: [] });
+        expect(doc).toEqual(asInserted({ number: 7, start: T0, tags: [], priority: 0, params: {}, outputs: [] }));
         expect(doc.processing).toBeUndefined();
         expect(await store.getRun(7)).toEqual(doc);
       });
@@ -120,8 +132,8 @@ export function runStoreConformance(name: string, open: OpenForTest): void {
           params: { threshold: 3, nested: { a: [1, 2] }, label: 'x' },
         };
         const doc = await store.insertRun(full);
-        expect(doc).toEqual({ ...full, outputs: [] });
-        expect(await store.getRun(12)).toEqual({ ...full, outputs: [] });
+        expect(doc).toEqual(asInserted({ ...full, outputs: [] }));
+        expect(await store.getRun(12)).toEqual(asInserted({ ...full, outputs: [] }));
       });
 
       it('returns null for an unknown run', async () => {
@@ -452,7 +464,7 @@ export function runStoreConformance(name: string, open: OpenForTest): void {
         const after = (await store.getRun(1))!;
         expect(after.processing!.state).toBe('done');
         expectNow(after.processing!.ended);
-        expect(after.outputs).toEqual([out]);
+        expect(after.outputs).toEqual([stamped(out)]);
         expect((await store.listRunEvents(1)).at(-1)).toMatchObject({
           from: 'busy',
           to: 'done',
@@ -675,7 +687,7 @@ export function runStoreConformance(name: string, open: OpenForTest): void {
         }
         expect(await store.listRunEvents(2)).toEqual([]);
         const done = (await store.getRun(1))!;
-        expect(done.outputs).toEqual([output(1, 2)]);
+        expect(done.outputs).toEqual([stamped(output(1, 2))]);
         expect(done.processing).toMatchObject({ state: 'done', attempt: 2, n_failures: 1, host: 'beta' });
       });
     });

@@ -11,7 +11,7 @@ import {
   claimFilter,
   claimSort,
   claimUpdate,
-  COUNT_BY_STATE,
+  COUNT_TASKS,
   expectationFilter,
   failUpdate,
   fencedFilter,
@@ -29,7 +29,7 @@ import {
   markDeadFilter,
   monitorFilter,
   MONITOR_SORT,
-  NEXT_RETRY_SORT,
+  nextRetrySort,
   nextRetryFilter,
   overrideUpdate,
   processGroupUpdate,
@@ -50,23 +50,45 @@ const MINUTE = 60_000;
 const HOUR = 3_600_000;
 const at = (ms: number): Date => new Date(ms);
 
+/** A run with one `process` task never claimed (needing nothing, so ready). */
 function pending(number: number, extra: Doc = {}): Doc {
-  return { number, start: at(T0 + number * 1000), tags: [], priority: 0, params: {}, outputs: [], ...extra };
+  return {
+    number,
+    start: at(T0 + number * 1000),
+    tags: [],
+    priority: 0,
+    params: {},
+    outputs: [],
+    tasks: { process: { needs: [], ready: true } },
+    stages: ['process'],
+    staged: true,
+    ...extra,
+  };
 }
 
+/** A run whose `process` task holds `processing`'s fields. */
 function processed(number: number, processing: Doc, extra: Doc = {}): Doc {
   return pending(number, {
-    processing: {
-      host: 'alpha',
-      pid: 100,
-      token: `tok-${number}`,
-      attempt: 1,
-      time: at(NOW - MINUTE),
-      n_failures: 0,
-      ...processing,
+    tasks: {
+      process: {
+        needs: [],
+        ready: true,
+        host: 'alpha',
+        pid: 100,
+        token: `tok-${number}`,
+        attempt: 1,
+        time: at(NOW - MINUTE),
+        n_failures: 0,
+        ...processing,
+      },
     },
     ...extra,
   });
+}
+
+/** The `process` task of a run document (where the first wave kept `processing`). */
+function task(doc: Doc | null | undefined): Doc {
+  return ((doc?.tasks as Doc | undefined)?.process ?? {}) as Doc;
 }
 
 /** Every kind of run a daemon meets; the comment says whether a fresh daemon may take it. */
@@ -89,7 +111,7 @@ function fixture(): Doc[] {
     processed(15, { state: 'weird-state' }), // no: unknown state
     pending(16, { start: at(T0 + 16_000), priority: 5 }), // yes
     processed(17, { state: 'failed', next_retry: at(NOW) }), // yes: due exactly now
-    pending(18, { processing: null }), // yes: a null processing is no processing
+    pending(18, { tasks: { process: { needs: [], ready: true, state: null } } }), // yes: a null state is pending
   ];
 }
 
@@ -97,7 +119,7 @@ function fixture(): Doc[] {
 function eligible(doc: Doc, now: number): boolean {
   const tags = Array.isArray(doc.tags) ? doc.tags : [doc.tags];
   if (tags.includes('hold') || tags.includes('abandon')) return false;
-  const p = doc.processing as Doc | null | undefined;
+  const p = task(doc);
   const state = p && typeof p === 'object' ? p.state : undefined;
   if (state === undefined || state === null) return true;
   return state === 'failed' && p!.next_retry instanceof Date && (p!.next_retry as Date).getTime() <= now;
@@ -197,7 +219,7 @@ describe('claim: filter and sort', () => {
   it('is noticed when wrong: without the date guard a numeric next_retry would be taken', () => {
     const unguarded = claimFilter();
     const branch = (unguarded.$or as Filter[])[1];
-    delete branch['processing.next_retry'];
+    delete branch['tasks.process.next_retry'];
     const docs = [processed(9, { state: 'failed', next_retry: NOW - HOUR })];
     expect(select(docs, claimFilter(), NOW)).toEqual([]);
     expect(select(docs, unguarded, NOW).map((d) => d.number)).toEqual([9]);
@@ -236,7 +258,9 @@ describe('claim: update', () => {
     ];
     const after = findOneAndUpdate(docs, claimFilter(), claimUpdate(claimer('beta', 'newest', 9), 'tok-new'), NOW);
     expect(after).not.toBeNull();
-    expect(after!.processing).toEqual({
+    expect(task(after!)).toEqual({
+      needs: [],
+      ready: true,
       previous_state: 'failed',
       state: 'considering',
       host: 'beta',
@@ -265,14 +289,14 @@ describe('claim: update', () => {
       n_failures: 0,
       n_interruptions: 0,
     });
-    expect((after!.processing as Doc).previous_state).toBeNull();
+    expect(task(after!).previous_state).toBeNull();
     expect(after!.event_seq).toBe(1);
   });
 
   it('stores client values verbatim even when they look like field paths', () => {
     const docs = [pending(1)];
     const after = findOneAndUpdate(docs, claimFilter(), claimUpdate(claimer('$HOSTNAME'), '$token'), NOW);
-    expect(after!.processing).toMatchObject({ host: '$HOSTNAME', token: '$token' });
+    expect(task(after!)).toMatchObject({ host: '$HOSTNAME', token: '$token' });
   });
 });
 
@@ -298,7 +322,7 @@ describe('fenced writes', () => {
     expect(hits).toEqual([true, true, false, false, false, false, false, false, false]);
     expect(docs.filter((d) => matches(d, fencedFilter(1, ''), NOW))).toEqual([]);
     const noToken = processed(1, { state: 'busy' });
-    delete (noToken.processing as Doc).token;
+    delete task(noToken).token;
     expect(matches(noToken, fencedFilter(1, ''), NOW)).toBe(false);
   });
 
@@ -310,7 +334,7 @@ describe('fenced writes', () => {
     const docs = owned('busy', { started: at(NOW - HOUR) });
     const before = structuredClone(docs[0]);
     const after = findOneAndUpdate(docs, fencedFilter(1, token), heartbeatUpdate(), NOW)!;
-    expect(after).toEqual({ ...before, processing: { ...(before.processing as Doc), time: at(NOW) } });
+    expect(after).toEqual({ ...before, tasks: { process: { ...task(before), time: at(NOW) } } });
   });
 
   it('markBusy sets busy, started, targets and resources, and counts an event', () => {
@@ -321,7 +345,7 @@ describe('fenced writes', () => {
       markBusyUpdate({ started: NOW - 5, targets: ['raw', 'peaks'], resources: { cores: 4 } }),
       NOW,
     )!;
-    expect(after.processing).toMatchObject({
+    expect(task(after)).toMatchObject({
       previous_state: 'considering',
       state: 'busy',
       started: at(NOW - 5),
@@ -333,13 +357,13 @@ describe('fenced writes', () => {
     expect(after.event_seq).toBe(2);
     const docs2 = owned('considering', { targets: ['old'] });
     const bare = findOneAndUpdate(docs2, fencedFilter(1, token), markBusyUpdate({ started: NOW }), NOW)!;
-    expect((bare.processing as Doc).targets).toBeUndefined();
+    expect(task(bare).targets).toBeUndefined();
   });
 
   it('recordProcessGroup sets pgid and proc_start and keeps state, pid and the event counter', () => {
     const update = processGroupUpdate({ pgid: 5001, proc_start: 9 });
     const after = findOneAndUpdate(owned('busy'), fencedFilter(1, token), update, NOW)!;
-    expect(after.processing).toMatchObject({ state: 'busy', pid: 100, pgid: 5001, proc_start: 9, time: at(NOW) });
+    expect(task(after)).toMatchObject({ state: 'busy', pid: 100, pgid: 5001, proc_start: 9, time: at(NOW) });
     expect(after.event_seq).toBe(1);
   });
 
@@ -348,14 +372,14 @@ describe('fenced writes', () => {
     const docs = owned('busy', { next_retry: at(NOW) });
     docs[0].outputs = [{ location: '/p/old', host: 'beta', attempt: 0, at: at(T0) }];
     const after = findOneAndUpdate(docs, fencedFilter(1, token), finishUpdate(output), NOW)!;
-    expect(after.processing).toMatchObject({ previous_state: 'busy', state: 'done', ended: at(NOW), time: at(NOW) });
-    expect((after.processing as Doc).next_retry).toBeUndefined();
-    expect(runFromDoc(after).outputs).toEqual([{ location: '/p/old', host: 'beta', attempt: 0, at: T0 }, output]);
+    expect(task(after)).toMatchObject({ previous_state: 'busy', state: 'done', ended: at(NOW), time: at(NOW) });
+    expect(task(after).next_retry).toBeUndefined();
+    expect(runFromDoc(after).outputs).toEqual([{ location: '/p/old', host: 'beta', attempt: 0, at: T0 }, { ...output, stage: 'process' }]);
 
     const malformed = owned('busy');
     malformed[0].outputs = 'not a list';
     const fixed = findOneAndUpdate(malformed, fencedFilter(1, token), finishUpdate(output), NOW)!;
-    expect(runFromDoc(fixed).outputs).toEqual([output]);
+    expect(runFromDoc(fixed).outputs).toEqual([{ ...output, stage: 'process' }]);
   });
 
   it('failRun records the outcome with the caller’s next_retry and the server’s ended', () => {
@@ -374,7 +398,7 @@ describe('fenced writes', () => {
       time: NOW,
       signal: 'SIGTERM',
     });
-    expect((after.processing as Doc).exit_code).toBeUndefined();
+    expect(task(after).exit_code).toBeUndefined();
   });
 
   it('abandonRun is terminal without next_retry', () => {
@@ -385,7 +409,7 @@ describe('fenced writes', () => {
       NOW,
     )!;
     expect(runFromDoc(after).processing).toMatchObject({ state: 'abandoned', reason: 'gave up', exit_code: 3 });
-    expect((after.processing as Doc).next_retry).toBeUndefined();
+    expect(task(after).next_retry).toBeUndefined();
   });
 
   it('releaseRun makes the run due at once by the server clock and keeps n_failures', () => {
@@ -465,18 +489,18 @@ describe('fenced writes', () => {
     const write = (update: Filter[], state = 'busy'): Doc =>
       findOneAndUpdate(owned(state), fencedFilter(1, token), update, NOW)!;
     const busy = write(markBusyUpdate({ started: NOW, targets: ['$raw', '$$NOW'] }), 'considering');
-    expect(busy.processing).toMatchObject({ targets: ['$raw', '$$NOW'] });
-    expect(write(releaseUpdate('$SIGTERM: host stopping', { signal: '$sig' })).processing).toMatchObject({
+    expect(task(busy)).toMatchObject({ targets: ['$raw', '$$NOW'] });
+    expect(task(write(releaseUpdate('$SIGTERM: host stopping', { signal: '$sig' })))).toMatchObject({
       reason: '$SIGTERM: host stopping',
       signal: '$sig',
     });
-    expect(write(abandonUpdate({ reason: '$$ROOT', n_failures: 1 })).processing).toMatchObject({ reason: '$$ROOT' });
+    expect(task(write(abandonUpdate({ reason: '$$ROOT', n_failures: 1 })))).toMatchObject({ reason: '$$ROOT' });
     const output = { location: '$out', host: '$h', attempt: 1, at: T0 };
-    expect(runFromDoc(write(finishUpdate(output))).outputs).toEqual([output]);
+    expect(runFromDoc(write(finishUpdate(output))).outputs).toEqual([{ ...output, stage: 'process' }]);
     const override = overrideUpdate({ to: 'abandoned', reason: '$why', n_failures: 0 }, '$tok', '$ops');
     const unprocessed = expectationFilter(1, { state: null, token: null });
     const abandoned = findOneAndUpdate([pending(1)], unprocessed, override, NOW)!;
-    expect(abandoned.processing).toMatchObject({ reason: '$why', token: '$tok', host: '$ops' });
+    expect(task(abandoned)).toMatchObject({ reason: '$why', token: '$tok', host: '$ops' });
   });
 
   it('a refused write changes nothing', () => {
@@ -568,7 +592,7 @@ describe('operator and repair writes', () => {
     const stale = select(docs, staleFilter(limits), NOW, { number: 1 }).map((d) => d.number);
     const plain = docs
       .filter((d) => {
-        const p = d.processing as Doc | undefined;
+        const p = task(d) as Doc | undefined;
         if (!p || !(p.time instanceof Date)) return false;
         const age = NOW - p.time.getTime();
         return (p.state === 'considering' && age > MINUTE) || (p.state === 'busy' && age > 2 * MINUTE);
@@ -619,13 +643,14 @@ describe('listing and counting', () => {
   });
 
   it('finds the earliest next_retry among failed runs that are not held', () => {
-    const first = select(docs, nextRetryFilter(), NOW, NEXT_RETRY_SORT)[0];
+    const first = select(docs, nextRetryFilter(), NOW, nextRetrySort())[0];
     expect(first.number).toBe(6);
   });
 
   it('counts per processing state, pending as null', () => {
-    const rows = aggregate(docs, COUNT_BY_STATE, NOW);
-    const counts = Object.fromEntries(rows.map((r) => [String(r._id), r.n]));
+    const rows = aggregate(docs, COUNT_TASKS, NOW);
+    expect(rows.every((r) => r._id.stage === 'process' && r._id.blocked === false)).toBe(true);
+    const counts = Object.fromEntries(rows.map((r) => [String(r._id.state), r.n]));
     expect(counts).toEqual({ null: 2, busy: 1, done: 2, failed: 3, abandoned: 1 });
   });
 });
@@ -775,7 +800,7 @@ describe('invalid processing documents', () => {
     for (const variant of variants) {
       for (const breakage of breakages) docs.push(processed(number++, { ...variant, ...breakage }));
     }
-    docs.push(pending(number++), pending(number++, { processing: 'text' }));
+    docs.push(pending(number++), pending(number++, { tasks: { process: 'text' } }));
     return docs;
   }
 
@@ -786,7 +811,7 @@ describe('invalid processing documents', () => {
       .filter((d) => {
         const p = runFromDoc(d).processing;
         if (!p || (p.problems ?? []).length === 0) return false;
-        const state = (d.processing as Doc).state;
+        const state = task(d).state;
         const known = ['considering', 'busy', 'done', 'failed', 'abandoned'].includes(state as string);
         return !known || REPAIRABLE_STATES.includes(state as string);
       })
@@ -817,8 +842,8 @@ describe('invalid processing documents', () => {
     expect(select(docs, claimFilter(), NOW).map((d) => d.number)).toEqual([]);
     // `process N` (claimRun) takes whatever the caller saw: digits as text count, and the history is a floor.
     const text = findOneAndUpdate(docs, { number: 3 }, claimUpdate(claimer(), 'tok'), NOW);
-    expect((text!.processing as Doc).attempt).toBe(8);
+    expect(task(text!).attempt).toBe(8);
     const floor = findOneAndUpdate(docs, { number: 1 }, claimUpdate(claimer(), 'tok', undefined, 9), NOW);
-    expect((floor!.processing as Doc).attempt).toBe(10);
+    expect(task(floor!).attempt).toBe(10);
   });
 });

@@ -32,10 +32,10 @@ const open: OpenForTest = async () => {
 };
 
 if (uri) {
-  runStoreConformance('mongodb', open);
+  runStoreConformance('mongodb', open, { tasks: true });
 } else {
   console.log('MongoDB conformance suite SKIPPED: RUNWARDEN_TEST_MONGODB_URI is not set');
   describe.skip('MongoDB conformance suite (set RUNWARDEN_TEST_MONGODB_URI to run it)', () => {
-    runStoreConformance('mongodb', open);
+    runStoreConformance('mongodb', open, { tasks: true });
   });
 }

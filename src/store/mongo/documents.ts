@@ -11,10 +11,14 @@ import type {
   LogPriority,
   MonitorSample,
   NewRun,
+  Processing,
   RunDoc,
   RunEvent,
   RunState,
+  TaskBlock,
+  TaskDoc,
 } from '../types.js';
+import { DEFAULT_STAGE } from '../types.js';
 
 import {
   checkNewRun,
@@ -28,6 +32,7 @@ import {
   processingFrom,
   put,
   str,
+  stringArray,
 } from '../decode.js';
 
 /** A document as the driver hands it over. */
@@ -71,8 +76,11 @@ export function toDate(ms: number, field: string): Date {
 
 // -------------------------------------------------------------------------------------------------- runs
 
-/** The document `insertRun` writes for a new run; validates what SQLite's backend validates. */
-export function newRunDoc(run: NewRun): MongoDoc {
+/**
+ * The document `insertRun` writes for a new run, with `tasks` (built by queries' newTasksDoc) and staged;
+ * validates what SQLite's backend validates.
+ */
+export function newRunDoc(run: NewRun, tasks: { tasks: MongoDoc; stages: string[] }): MongoDoc {
   checkNewRun(run);
   const doc: MongoDoc = {
     number: run.number,
@@ -81,6 +89,9 @@ export function newRunDoc(run: NewRun): MongoDoc {
     priority: run.priority ?? 0,
     params: run.params ?? {},
     outputs: [],
+    tasks: tasks.tasks,
+    stages: tasks.stages,
+    staged: true,
   };
   if (run.name !== undefined && run.name !== null) doc.name = run.name;
   if (run.end !== undefined && run.end !== null) doc.end = toDate(run.end, 'end');
@@ -89,8 +100,54 @@ export function newRunDoc(run: NewRun): MongoDoc {
   return doc;
 }
 
-/** The run as the domain sees it; `processing` is absent unless the document has a processing state. */
-export function runFromDoc(doc: MongoDoc): RunDoc {
+/** The run's task documents by stage; empty when `tasks` is not a document. */
+function taskFields(doc: MongoDoc): Record<string, unknown> {
+  return isObject(doc.tasks) ? doc.tasks : {};
+}
+
+/**
+ * The run's stages in pipeline order: every stage after the stages it needs, otherwise in the order of the
+ * run's `stages` list (the order they were created in), then any others by name.
+ */
+export function pipelineOrder(doc: MongoDoc): string[] {
+  const tasks = taskFields(doc);
+  const listed = Array.isArray(doc.stages) ? doc.stages.filter((s): s is string => typeof s === 'string') : [];
+  const names = [...new Set([...listed.filter((s) => s in tasks), ...Object.keys(tasks).sort()])];
+  const needsOf = (stage: string): string[] => {
+    const task = tasks[stage];
+    const needs = isObject(task) && Array.isArray(task.needs) ? task.needs : [];
+    return needs.filter((n): n is string => typeof n === 'string' && n !== stage && names.includes(n));
+  };
+  const ordered: string[] = [];
+  const placed = new Set<string>();
+  while (ordered.length < names.length) {
+    // the first stage (in listed order) whose needs are all placed; a cycle another tool wrote takes the first
+    const next = names.find((s) => !placed.has(s) && needsOf(s).every((n) => placed.has(n))) ??
+      names.find((s) => !placed.has(s)) as string;
+    ordered.push(next);
+    placed.add(next);
+  }
+  return ordered;
+}
+
+/** The block of a task when it is a readable one. */
+function blockFrom(value: unknown): TaskBlock | undefined {
+  if (!isObject(value)) return undefined;
+  return { stage: str(value.stage) ?? '', reason: str(value.reason) ?? '', time: millis(value.time) ?? 0 };
+}
+
+/** The processing document of a task sub-document; absent unless it has a state. */
+function taskProcessing(task: Record<string, unknown>): Processing | undefined {
+  if (task.state === null || task.state === undefined) return undefined;
+  return processingFrom(task, millis, undefined, dateOnlyMillis);
+}
+
+/**
+ * The run as the domain sees it from one stage's task (RunDoc.stage/processing/blocked), with every task in
+ * pipeline order. Without `stage`: its `process` task, else its first task. A stage the run has no task of
+ * gives a view with that stage and no processing.
+ */
+export function runFromDoc(doc: MongoDoc, stage?: string): RunDoc {
   const invalid: string[] = [];
   const field = <T>(name: string, expected: string, check: (v: unknown) => T | undefined, fallback: T): T => {
     const raw = doc[name];
@@ -130,27 +187,57 @@ export function runFromDoc(doc: MongoDoc): RunDoc {
   put(run, 'mode', str(doc.mode));
   put(run, 'input', str(doc.input));
 
+  // a first-wave processing document not yet upgraded (another tool's) is shown as invalid, never as a task
   const p = doc.processing;
   if (p !== null && p !== undefined && !isObject(p)) {
     invalid.push(`processing: expected an object, got ${describeRaw(p)}`);
-  } else if (isObject(p) && p.state !== null && p.state !== undefined) {
-    run.processing = processingFrom(p, millis, undefined, dateOnlyMillis);
+  }
+  if (doc.tasks !== null && doc.tasks !== undefined && !isObject(doc.tasks)) {
+    invalid.push(`tasks: expected an object, got ${describeRaw(doc.tasks)}`);
+  }
+  const fields = taskFields(doc);
+  const tasks: TaskDoc[] = [];
+  for (const name of pipelineOrder(doc)) {
+    const raw = fields[name];
+    if (!isObject(raw)) {
+      invalid.push(`tasks.${name}: expected an object, got ${describeRaw(raw)}`);
+      tasks.push({ stage: name, needs: [] });
+      continue;
+    }
+    const task: TaskDoc = { stage: name, needs: stringArray(raw.needs) ?? [] };
+    put(task, 'blocked', blockFrom(raw.blocked));
+    put(task, 'processing', taskProcessing(raw));
+    tasks.push(task);
+  }
+  run.tasks = tasks;
+  const viewed =
+    stage ?? (tasks.some((t) => t.stage === DEFAULT_STAGE) ? DEFAULT_STAGE : tasks[0]?.stage);
+  if (viewed !== undefined) {
+    run.stage = viewed;
+    const task = tasks.find((t) => t.stage === viewed);
+    put(run, 'processing', task?.processing);
+    put(run, 'blocked', task?.blocked);
   }
   if (invalid.length > 0) run.invalid = invalid;
   return run;
 }
 
-/** The state a run had before its latest transition (written by every transition), null when it had none. */
-export function previousStateOf(doc: MongoDoc): RunState | null {
-  const p = doc.processing;
-  if (!isObject(p) || typeof p.previous_state !== 'string') return null;
-  return p.previous_state as RunState;
+/** `stage`'s task sub-document when it is one. */
+function taskOf(doc: MongoDoc, stage: string): Record<string, unknown> | undefined {
+  const task = taskFields(doc)[stage];
+  return isObject(task) ? task : undefined;
 }
 
-/** The run's processing time (server time of its latest write) in epoch ms; 0 when missing. */
-export function processingTimeOf(doc: MongoDoc): number {
-  const p = doc.processing;
-  return isObject(p) ? (millis(p.time) ?? 0) : 0;
+/** The state a task had before its latest transition (written by every transition), null when it had none. */
+export function previousStateOf(doc: MongoDoc, stage = DEFAULT_STAGE): RunState | null {
+  const task = taskOf(doc, stage);
+  if (task === undefined || typeof task.previous_state !== 'string') return null;
+  return task.previous_state as RunState;
+}
+
+/** The task's processing time (server time of its latest write) in epoch ms; 0 when missing. */
+export function processingTimeOf(doc: MongoDoc, stage = DEFAULT_STAGE): number {
+  return millis(taskOf(doc, stage)?.time) ?? 0;
 }
 
 // ------------------------------------------------------------------------------------------------ events
@@ -158,6 +245,8 @@ export function processingTimeOf(doc: MongoDoc): number {
 export function eventFromDoc(doc: MongoDoc): RunEvent {
   const ev: RunEvent = {
     number: num(doc.number) ?? 0,
+    // an event of a first-wave store has no stage: it is the `process` task's
+    stage: str(doc.stage) ?? DEFAULT_STAGE,
     time: millis(doc.time) ?? 0,
     host: str(doc.host) ?? '',
     attempt: num(doc.attempt) ?? 0,
@@ -176,6 +265,7 @@ export function eventFromDoc(doc: MongoDoc): RunEvent {
 export function eventDoc(event: RunEvent, seq: number | undefined): MongoDoc {
   const doc: MongoDoc = {
     number: event.number,
+    stage: event.stage ?? DEFAULT_STAGE,
     time: new Date(event.time),
     host: event.host,
     attempt: event.attempt,

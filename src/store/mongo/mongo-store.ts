@@ -30,13 +30,14 @@ import type {
   RunFilter,
   RunOverride,
   RunStore,
+  StageClaim,
   StaleLimits,
   StateCounts,
   StoreOptions,
   TaskCounts,
   TaskSpec,
 } from '../run-store.js';
-import { excludedNumbers, monitorMinute, monitorSince } from '../run-store.js';
+import { monitorMinute, monitorSince, PROCESS_ONLY } from '../run-store.js';
 import type {
   EventNote,
   HostDoc,
@@ -47,9 +48,11 @@ import type {
   RunEvent,
   RunOutput,
   RunState,
+  TaskKey,
+  TaskRef,
 } from '../types.js';
-import { RUN_STATES } from '../types.js';
-import { countValue } from '../decode.js';
+import { DEFAULT_STAGE, RUN_STATES, taskKeyOf } from '../types.js';
+import { countValue, isObject, num } from '../decode.js';
 import {
   eventDoc,
   eventFromDoc,
@@ -68,16 +71,19 @@ import {
 } from './documents.js';
 import {
   abandonUpdate,
+  checkStage,
   claimFilter,
   claimSort,
   claimUpdate,
   COLLECTIONS,
   confirmGoneUpdate,
-  COUNT_BY_STATE,
-  DRAINING_RETRY_SORT,
+  COUNT_TASKS,
+  createTasksUpdate,
   drainingFilter,
   drainingRetryFilter,
+  drainingRetrySort,
   EVENTS_SORT,
+  eventsFilter,
   expectationFilter,
   failUpdate,
   fencedFilter,
@@ -98,15 +104,21 @@ import {
   listMonitorFilter,
   monitorFilter,
   MONITOR_SORT,
-  NEXT_RETRY_SORT,
+  newTasksDoc,
   nextRetryFilter,
+  nextRetrySort,
   overrideUpdate,
   processGroupUpdate,
   releaseUpdate,
   setTagUpdate,
   silentHostsFilter,
+  stageIndexes,
   staleFilter,
   invalidProcessingFilter,
+  UNSTAGED_FILTER,
+  UPGRADE_FILTER,
+  UPGRADE_UPDATE,
+  type Filter,
   type Pipeline,
 } from './queries.js';
 import { parseMongoUrl, scrub, type MongoUrl } from './url.js';
@@ -146,6 +158,16 @@ function duplicateIndex(error: unknown): number {
     }
   }
   return codeOf(error) === DUPLICATE_KEY ? 0 : -1;
+}
+
+/** How often a claim over several stages picks again after other claimers won its pick. */
+const MAX_CLAIM_ROUNDS = 20;
+
+/** The task a method names, its stage checked before it becomes part of a field path. */
+function keyOf(task: TaskRef): TaskKey {
+  const key = taskKeyOf(task);
+  checkStage(key.stage);
+  return key;
 }
 
 /** MongoDB's limit(0) means "no limit"; the interface's limit 0 means nothing. */
@@ -206,8 +228,56 @@ export class MongoRunStore implements RunStore {
 
   // ------------------------------------------------------------------------------------------------- runs
 
-  async insertRun(run: NewRun): Promise<RunDoc> {
-    const doc = newRunDoc(run);
+  /**
+   * Upgrades first-wave documents in place, in one idempotent update: a run's `processing` becomes its
+   * `process` task and the run is staged; never-processed runs stay unstaged (a daemon gives them the tasks of
+   * its stages). Then creates the indexes of every stage the store holds. openMongoStore calls it.
+   */
+  async upgrade(): Promise<number> {
+    let upgraded = 0;
+    try {
+      upgraded = (await this.runs.updateMany(UPGRADE_FILTER, UPGRADE_UPDATE)).modifiedCount ?? 0;
+    } catch (error) {
+      // a user who may only read (a face's `list`) sees the store as it is; a daemon's first write tells
+      if (codeOf(error) !== UNAUTHORIZED) throw error;
+    }
+    await this.ensureStageIndexes(await this.knownStages());
+    return upgraded;
+  }
+
+  /** Stages whose indexes this process has created (or found it may not create). */
+  private readonly indexedStages = new Set<string>();
+
+  /** Creates the indexes of `stages` this process has not yet made sure of (createIndexes is idempotent). */
+  private async ensureStageIndexes(stages: readonly string[]): Promise<void> {
+    const missing = stages.filter((stage) => !this.indexedStages.has(stage));
+    if (missing.length === 0) return;
+    const specs = missing.flatMap(stageIndexes);
+    try {
+      await this.runs.createIndexes(
+        specs.map(({ key, name, partialFilterExpression }) => ({
+          key,
+          name,
+          ...(partialFilterExpression ? { partialFilterExpression } : {}),
+        })),
+      );
+    } catch (error) {
+      // a user without the right to create indexes works with what exists
+      if (codeOf(error) !== UNAUTHORIZED) {
+        throw new Error(`creating the indexes of stages ${missing.join(', ')}: ${messageOf(error)}`, { cause: error });
+      }
+    }
+    for (const stage of missing) this.indexedStages.add(stage);
+  }
+
+  /** Every stage some run of the store has a task of. */
+  private async knownStages(): Promise<string[]> {
+    const values = await this.runs.distinct('stages');
+    return values.filter((v): v is string => typeof v === 'string').sort();
+  }
+
+  async insertRun(run: NewRun, tasks: readonly TaskSpec[] = PROCESS_ONLY): Promise<RunDoc> {
+    const doc = newRunDoc(run, newTasksDoc(tasks));
     try {
       await this.runs.insertOne(doc);
     } catch (error) {
@@ -223,9 +293,12 @@ export class MongoRunStore implements RunStore {
    * number inserted by another process in between makes the batch fail part way: what this call inserted is
    * taken back (except a run a daemon claimed in that instant) and DuplicateRunError names the number.
    */
-  async insertRuns(runs: NewRun[]): Promise<number> {
+  async insertRuns(
+    runs: NewRun[],
+    tasks: readonly TaskSpec[] | ((run: NewRun) => readonly TaskSpec[]) = PROCESS_ONLY,
+  ): Promise<number> {
     if (runs.length === 0) return 0;
-    const docs = runs.map(newRunDoc);
+    const docs = runs.map((run) => newRunDoc(run, newTasksDoc(typeof tasks === 'function' ? tasks(run) : tasks)));
     const numbers = runs.map((r) => r.number);
     const existing = await this.runs
       .find({ number: { $in: [...new Set(numbers)] } }, { projection: { number: 1 } })
@@ -244,7 +317,11 @@ export class MongoRunStore implements RunStore {
     try {
       await this.runs.insertMany(docs, { ordered: true });
     } catch (error) {
-      await this.runs.deleteMany({ _id: { $in: ids }, 'processing.state': null }).catch(() => undefined);
+      // a run whose task a daemon claimed in that instant stays (its task has a state now)
+      const untouched = { $expr: { $not: [{ $anyElementTrue: [{ $map: {
+        input: { $objectToArray: { $ifNull: ['$tasks', {}] } }, as: 't', in: { $ne: [{ $ifNull: ['$$t.v.state', null] }, null] },
+      } }] }] } };
+      await this.runs.deleteMany({ _id: { $in: ids }, ...untouched }).catch(() => undefined);
       const index = duplicateIndex(error);
       if (index >= 0) throw new DuplicateRunError(numbers[index] ?? numbers[0]);
       throw error;
@@ -253,23 +330,56 @@ export class MongoRunStore implements RunStore {
     return runs.length;
   }
 
-  async getRun(number: number): Promise<RunDoc | null> {
+  async getRun(number: number, stage?: string): Promise<RunDoc | null> {
+    if (stage !== undefined) checkStage(stage);
     const doc = await this.runs.findOne({ number });
-    return doc ? runFromDoc(doc) : null;
+    return doc ? runFromDoc(doc, stage) : null;
+  }
+
+  /** The views of `doc` a listing shows: one per task passing the filter, or one for a run without tasks. */
+  private viewsOf(doc: MongoDoc, filter: RunFilter): RunDoc[] {
+    const whole = runFromDoc(doc);
+    const tasks = whole.tasks ?? [];
+    if (tasks.length === 0) {
+      const pendingAll = filter.stage === undefined && filter.host === undefined;
+      return pendingAll && (filter.state === undefined || filter.state === 'pending') ? [whole] : [];
+    }
+    return tasks
+      .filter((task) => {
+        if (filter.stage !== undefined && task.stage !== filter.stage) return false;
+        if (filter.state === 'blocked') {
+          if (task.blocked === undefined) return false;
+        } else if (filter.state !== undefined) {
+          if (task.blocked !== undefined) return false;
+          if ((task.processing?.state ?? 'pending') !== filter.state) return false;
+        }
+        return filter.host === undefined || task.processing?.host === filter.host;
+      })
+      .map((task) => runFromDoc(doc, task.stage));
   }
 
   async listRuns(filter: RunFilter = {}): Promise<RunDoc[]> {
     const limit = checkLimit(filter.limit);
     if (limit === 0) return [];
-    let cursor = this.runs.find(listRunsFilter(filter)).sort(LIST_RUNS_SORT);
+    const stages = filter.stage !== undefined ? [checkStage(filter.stage)] : await this.knownStages();
+    // every run found gives at least one view, so `limit` runs give enough
+    let cursor = this.runs.find(listRunsFilter(filter, stages)).sort(LIST_RUNS_SORT);
     if (limit !== undefined) cursor = cursor.limit(limit);
-    return (await cursor.toArray()).map(runFromDoc);
+    const views = (await cursor.toArray()).flatMap((doc) => this.viewsOf(doc, filter));
+    return limit !== undefined ? views.slice(0, limit) : views;
+  }
+
+  /** Every task's (stage, state, blocked) row; a run without tasks is a row with no stage. */
+  private async taskRows(): Promise<Array<{ stage: unknown; state: unknown; blocked: boolean; n: number }>> {
+    const rows = await this.runs
+      .aggregate<{ _id: { stage?: unknown; state?: unknown; blocked?: unknown }; n: number }>(COUNT_TASKS)
+      .toArray();
+    return rows.map(({ _id, n }) => ({ stage: _id.stage, state: _id.state, blocked: _id.blocked === true, n }));
   }
 
   async countRunsByState(): Promise<StateCounts> {
     const counts: StateCounts = { pending: 0, considering: 0, busy: 0, done: 0, failed: 0, abandoned: 0 };
-    const rows = await this.runs.aggregate<{ _id: unknown; n: number }>(COUNT_BY_STATE).toArray();
-    for (const { _id: state, n } of rows) {
+    for (const { state, n } of await this.taskRows()) {
       if (state === null || state === undefined) counts.pending += n;
       else if (typeof state === 'string' && (RUN_STATES as readonly string[]).includes(state)) {
         counts[state as RunState] += n;
@@ -279,69 +389,149 @@ export class MongoRunStore implements RunStore {
     return counts;
   }
 
-
-  // Tasks of a pipeline (issue 14): being built; a store that cannot do them yet says so.
   async countTasksByStage(): Promise<Record<string, TaskCounts>> {
-    throw new Error('countTasksByStage: not implemented by this store yet');
+    const counts: Record<string, TaskCounts> = {};
+    for (const { stage, state, blocked, n } of await this.taskRows()) {
+      if (typeof stage !== 'string') continue; // a run without tasks belongs to no stage
+      const row = (counts[stage] ??= {
+        pending: 0,
+        considering: 0,
+        busy: 0,
+        done: 0,
+        failed: 0,
+        abandoned: 0,
+        blocked: 0,
+      });
+      if (blocked) row.blocked += n;
+      else if (state === null || state === undefined) row.pending += n;
+      else if (typeof state === 'string' && (RUN_STATES as readonly string[]).includes(state)) {
+        row[state as RunState] += n;
+      }
+    }
+    return counts;
   }
 
-  async listUnstagedRuns(_limit: number): Promise<RunDoc[]> {
-    return [];
+  async listUnstagedRuns(limit: number): Promise<RunDoc[]> {
+    const n = checkLimit(limit);
+    if (n === 0) return [];
+    const docs = await this.runs.find(UNSTAGED_FILTER).sort({ number: 1 }).limit(n as number).toArray();
+    return docs.map((doc) => runFromDoc(doc));
   }
 
-  async createTasks(_number: number, _tasks: readonly TaskSpec[]): Promise<number> {
-    throw new Error('createTasks: not implemented by this store yet');
+  async createTasks(number: number, tasks: readonly TaskSpec[]): Promise<number> {
+    const update = createTasksUpdate(tasks);
+    const before = await this.runs.findOneAndUpdate({ number }, update, { returnDocument: 'before' });
+    if (!before) return 0;
+    const had = isObject(before.tasks) ? before.tasks : {};
+    const created = new Set(tasks.map((t) => t.stage).filter((stage) => !(stage in had))).size;
+    if (created > 0) this.wakeUps.notify();
+    return created;
   }
 
   // ------------------------------------------------------------------------------------------------ claim
 
-  async claimNextRun(request: ClaimRequest): Promise<RunDoc | null> {
-    const after = await this.runs.findOneAndUpdate(claimFilter(excludedNumbers(request.exclude)), claimUpdate(request, randomUUID()), {
-      sort: claimSort(request.order),
-      returnDocument: 'after',
-    });
+  /** The stages a request may claim from (the first wave's `process` alone when it names none). */
+  private static stagesOf(request: ClaimRequest): StageClaim[] {
+    const stages = request.stages ?? [{ stage: DEFAULT_STAGE, depth: 0 }];
+    for (const claim of stages) checkStage(claim.stage);
+    return [...stages];
+  }
+
+  /** The request's excluded run numbers for `stage` (a bare number is a `process` task). */
+  private static excludedFor(request: ClaimRequest, stage: string): number[] {
+    return (request.exclude ?? []).filter((ref) => taskKeyOf(ref).stage === stage).map((ref) => taskKeyOf(ref).number);
+  }
+
+  /** One conditional claim of `stage`'s task, narrowed by `extra` (a picked run); the event; the view. */
+  private async claimStage(request: ClaimRequest, claim: StageClaim, extra: Filter = {}): Promise<RunDoc | null> {
+    const filter = { ...claimFilter(MongoRunStore.excludedFor(request, claim.stage), claim.stage, claim.select), ...extra };
+    const after = await this.runs.findOneAndUpdate(
+      filter,
+      claimUpdate(request, randomUUID(), undefined, 0, claim.stage),
+      { sort: claimSort(request.order), returnDocument: 'after' },
+    );
     if (!after) return null;
-    await this.appendEvent(after, previousStateOf(after), 'considering', undefined);
-    return runFromDoc(after);
+    await this.appendEvent(after, claim.stage, previousStateOf(after, claim.stage), 'considering', undefined);
+    return runFromDoc(after, claim.stage);
+  }
+
+  /**
+   * One stage: one findOneAndUpdate, as in the first wave. Several: per stage one index-served find of its
+   * best candidate, the best of those by priority, depth, start and number, then the conditional claim of
+   * that task (the whole eligibility filter again); another claimer having won it, pick again.
+   */
+  async claimNextRun(request: ClaimRequest): Promise<RunDoc | null> {
+    const stages = MongoRunStore.stagesOf(request);
+    if (stages.length === 0) return null;
+    await this.ensureStageIndexes(stages.map((s) => s.stage));
+    if (stages.length === 1) return this.claimStage(request, stages[0] as StageClaim);
+    const sign = request.order === 'oldest' ? 1 : -1;
+    for (let round = 0; round < MAX_CLAIM_ROUNDS; round += 1) {
+      const found = await Promise.all(
+        stages.map(async (claim) => {
+          const doc = await this.runs.findOne(
+            claimFilter(MongoRunStore.excludedFor(request, claim.stage), claim.stage, claim.select),
+            { sort: claimSort(request.order), projection: { number: 1, priority: 1, start: 1 } },
+          );
+          return doc ? { claim, number: doc.number as number, priority: num(doc.priority) ?? 0, start: millis(doc.start) ?? 0 } : null;
+        }),
+      );
+      const candidates = found.filter((c) => c !== null);
+      if (candidates.length === 0) return null;
+      candidates.sort(
+        (a, b) =>
+          b.priority - a.priority ||
+          b.claim.depth - a.claim.depth ||
+          sign * (a.start - b.start) ||
+          sign * (a.number - b.number),
+      );
+      const best = candidates[0]!;
+      const claimed = await this.claimStage(request, best.claim, { number: best.number });
+      if (claimed) return claimed;
+    }
+    return null;
   }
 
   async claimRun(
-    number: number,
+    task: TaskRef,
     request: ClaimRequest,
     expected: RunExpectation,
     options: { drainMs?: number; note?: EventNote } = {},
   ): Promise<RunDoc | null> {
-    const minAttempt = await this.maxEventAttempt(number);
+    const { number, stage } = keyOf(task);
+    const minAttempt = await this.maxEventAttempt(task);
     const after = await this.runs.findOneAndUpdate(
-      expectationFilter(number, expected),
-      claimUpdate(request, randomUUID(), options.drainMs, minAttempt),
+      expectationFilter(number, expected, stage),
+      claimUpdate(request, randomUUID(), options.drainMs, minAttempt, stage),
       { returnDocument: 'after' },
     );
     if (!after) return null;
-    await this.appendEvent(after, expected.state, 'considering', options.note);
-    return runFromDoc(after);
+    await this.appendEvent(after, stage, expected.state, 'considering', options.note);
+    return runFromDoc(after, stage);
   }
 
-  async confirmAttemptGone(number: number, gone: GoneAttempt): Promise<boolean> {
-    const result = await this.runs.updateOne(drainingFilter(number, gone), confirmGoneUpdate());
+  async confirmAttemptGone(task: TaskRef, gone: GoneAttempt): Promise<boolean> {
+    const { number, stage } = keyOf(task);
+    const result = await this.runs.updateOne(drainingFilter(number, gone, stage), confirmGoneUpdate(stage));
     if (result.matchedCount !== 1) return false;
     this.wakeUps.notify(); // eligible now rather than at the draining record's end
     return true;
   }
 
   async overrideRun(
-    number: number,
+    task: TaskRef,
     expected: RunExpectation,
     change: RunOverride,
     note: EventNote & { host: string },
   ): Promise<boolean> {
-    const update = overrideUpdate(change, randomUUID(), note.host);
-    const after = await this.runs.findOneAndUpdate(expectationFilter(number, expected), update, {
+    const { number, stage } = keyOf(task);
+    const update = overrideUpdate(change, randomUUID(), note.host, stage);
+    const after = await this.runs.findOneAndUpdate(expectationFilter(number, expected, stage), update, {
       returnDocument: 'after',
     });
     if (!after) return false;
-    await this.appendEvent(after, expected.state, change.to, note, { reason: change.reason });
-    // a run failed by hand or by cleanup may be eligible at once: idle daemons here should look now
+    await this.appendEvent(after, stage, expected.state, change.to, note, { reason: change.reason });
+    // a task failed by hand or by cleanup may be eligible at once: idle daemons here should look now
     if (change.to === 'failed') this.wakeUps.notify();
     return true;
   }
@@ -355,57 +545,73 @@ export class MongoRunStore implements RunStore {
     return runFromDoc(after);
   }
 
+  /** The views of every stage's tasks `filterOf` selects, by number then pipeline order. */
+  private async tasksWhere(filterOf: (stage: string) => Filter): Promise<RunDoc[]> {
+    const views: RunDoc[] = [];
+    for (const stage of await this.knownStages()) {
+      const docs = await this.runs.find(filterOf(stage)).sort({ number: 1 }).toArray();
+      views.push(...docs.map((doc) => runFromDoc(doc, stage)));
+    }
+    const rank = (view: RunDoc): number => (view.tasks ?? []).findIndex((t) => t.stage === view.stage);
+    return views.sort((a, b) => a.number - b.number || rank(a) - rank(b));
+  }
+
   async listStaleRuns(limits: StaleLimits): Promise<RunDoc[]> {
-    const docs = await this.runs.find(staleFilter(limits)).sort({ number: 1 }).toArray();
-    return docs.map(runFromDoc);
+    return this.tasksWhere((stage) => staleFilter(limits, stage));
   }
 
   async listInvalidRuns(): Promise<RunDoc[]> {
-    const docs = await this.runs.find(invalidProcessingFilter()).sort({ number: 1 }).toArray();
-    return docs.map(runFromDoc);
+    return this.tasksWhere((stage) => invalidProcessingFilter(stage));
   }
 
-  async maxEventAttempt(number: number): Promise<number> {
-    const last = await this.events.findOne({ number }, { sort: { attempt: -1 }, projection: { attempt: 1 } });
+  async maxEventAttempt(task: TaskRef): Promise<number> {
+    const { number, stage } = keyOf(task);
+    const last = await this.events.findOne(eventsFilter(number, stage), {
+      sort: { attempt: -1 },
+      projection: { attempt: 1 },
+    });
     return countValue(last?.attempt) ?? 0;
   }
 
-  async nextRetryAt(): Promise<number | null> {
-    const [ready, draining] = await Promise.all([
-      this.runs.findOne(nextRetryFilter(), { sort: NEXT_RETRY_SORT, projection: { 'processing.next_retry': 1 } }),
-      // runs waiting for a previous attempt to stop are eligible at max(next_retry, draining.until)
-      this.runs.findOne(drainingRetryFilter(), {
-        sort: DRAINING_RETRY_SORT,
-        projection: { 'processing.next_retry': 1, 'processing.draining.until': 1 },
-      }),
-    ]);
+  async nextRetryAt(stages?: readonly string[]): Promise<number | null> {
+    const names = stages !== undefined ? stages.map((s) => checkStage(s)) : await this.knownStages();
     const times: number[] = [];
-    const readyAt = millis((ready?.processing as Record<string, unknown> | undefined)?.next_retry);
-    if (readyAt !== undefined) times.push(readyAt);
-    const p = draining?.processing as Record<string, unknown> | undefined;
-    const retryAt = millis(p?.next_retry);
-    const until = millis((p?.draining as Record<string, unknown> | undefined)?.until);
-    if (retryAt !== undefined && until !== undefined) times.push(Math.max(retryAt, until));
+    for (const stage of names) {
+      const [ready, draining] = await Promise.all([
+        this.runs.findOne(nextRetryFilter(stage), { sort: nextRetrySort(stage), projection: { tasks: 1 } }),
+        // tasks waiting for a previous attempt to stop are eligible at max(next_retry, draining.until)
+        this.runs.findOne(drainingRetryFilter(stage), { sort: drainingRetrySort(stage), projection: { tasks: 1 } }),
+      ]);
+      const readyAt = ready ? runFromDoc(ready, stage).processing?.next_retry : undefined;
+      if (readyAt !== undefined) times.push(readyAt);
+      const p = draining ? runFromDoc(draining, stage).processing : undefined;
+      if (p?.next_retry !== undefined && p.draining?.until !== undefined) {
+        times.push(Math.max(p.next_retry, p.draining.until));
+      }
+    }
     return times.length > 0 ? Math.min(...times) : null;
   }
 
   // ----------------------------------------------------------------------------------------- fenced writes
 
   /**
-   * Appends the run_events entry of a transition from the run as the transition left it: its server time,
-   * its owner (unless the note names another writer) and its event counter, which orders a run's events.
+   * Appends the run_events entry of a transition of `stage`'s task from the run as the transition left it:
+   * its server time, its owner (unless the note names another writer) and the run's event counter, which
+   * orders a run's events over all its stages.
    */
   private async appendEvent(
     after: MongoDoc,
+    stage: string,
     from: RunState | null,
     to: RunState,
     note: EventNote | undefined,
     defaults: EventNote = {},
   ): Promise<void> {
-    const run = runFromDoc(after);
+    const run = runFromDoc(after, stage);
     const event: RunEvent = {
       number: run.number,
-      time: processingTimeOf(after),
+      stage,
+      time: processingTimeOf(after, stage),
       host: note?.host ?? run.processing?.host ?? '',
       attempt: run.processing?.attempt ?? 0,
       from,
@@ -420,7 +626,7 @@ export class MongoRunStore implements RunStore {
       await this.events.insertOne(eventDoc(event, seq));
     } catch (error) {
       throw new Error(
-        `run ${run.number} is now ${to}, but its run_events entry could not be written: ${messageOf(error)}`,
+        `run ${run.number} (${stage}) is now ${to}, but its run_events entry could not be written: ${messageOf(error)}`,
         { cause: error },
       );
     }
@@ -428,64 +634,71 @@ export class MongoRunStore implements RunStore {
 
   /** One conditional write on the owner's token in a live state, then the event. False when the lease is gone. */
   private async fencedTransition(
-    number: number,
+    task: TaskRef,
     token: string,
     to: RunState,
-    update: () => Pipeline,
+    update: (stage: string) => Pipeline,
     note: EventNote | undefined,
     defaults?: EventNote,
   ): Promise<boolean> {
     if (typeof token !== 'string') return false;
-    const after = await this.runs.findOneAndUpdate(fencedFilter(number, token), update(), {
+    const { number, stage } = keyOf(task);
+    const after = await this.runs.findOneAndUpdate(fencedFilter(number, token, stage), update(stage), {
       returnDocument: 'after',
     });
     if (!after) return false;
-    await this.appendEvent(after, previousStateOf(after), to, note, defaults);
+    await this.appendEvent(after, stage, previousStateOf(after, stage), to, note, defaults);
     return true;
   }
 
-  async heartbeatRun(number: number, token: string): Promise<boolean> {
+  async heartbeatRun(task: TaskRef, token: string): Promise<boolean> {
     if (typeof token !== 'string') return false;
-    const result = await this.runs.updateOne(fencedFilter(number, token), heartbeatUpdate());
+    const { number, stage } = keyOf(task);
+    const result = await this.runs.updateOne(fencedFilter(number, token, stage), heartbeatUpdate(stage));
     return result.matchedCount === 1;
   }
 
-  async markBusy(number: number, token: string, fields: BusyFields, note?: EventNote): Promise<boolean> {
-    return this.fencedTransition(number, token, 'busy', () => markBusyUpdate(fields), note);
+  async markBusy(task: TaskRef, token: string, fields: BusyFields, note?: EventNote): Promise<boolean> {
+    return this.fencedTransition(task, token, 'busy', (stage) => markBusyUpdate(fields, stage), note);
   }
 
-  async recordProcessGroup(number: number, token: string, fields: ProcessGroupFields): Promise<boolean> {
+  async recordProcessGroup(task: TaskRef, token: string, fields: ProcessGroupFields): Promise<boolean> {
     if (typeof token !== 'string') return false;
-    const result = await this.runs.updateOne(fencedFilter(number, token), processGroupUpdate(fields));
+    const { number, stage } = keyOf(task);
+    const result = await this.runs.updateOne(fencedFilter(number, token, stage), processGroupUpdate(fields, stage));
     return result.matchedCount === 1;
   }
 
-  async finishRun(number: number, token: string, output: RunOutput, note?: EventNote): Promise<boolean> {
-    return this.fencedTransition(number, token, 'done', () => finishUpdate(output), note);
+  async finishRun(task: TaskRef, token: string, output: RunOutput, note?: EventNote): Promise<boolean> {
+    const done = await this.fencedTransition(task, token, 'done', (stage) => finishUpdate(output, stage), note);
+    if (done) this.wakeUps.notify(); // a task below may be eligible now
+    return done;
   }
 
-  async failRun(number: number, token: string, fields: FailureFields, note?: EventNote): Promise<boolean> {
-    return this.fencedTransition(number, token, 'failed', () => failUpdate(fields), note, {
+  async failRun(task: TaskRef, token: string, fields: FailureFields, note?: EventNote): Promise<boolean> {
+    return this.fencedTransition(task, token, 'failed', (stage) => failUpdate(fields, stage), note, {
       reason: fields.reason,
       exit_code: fields.exit_code,
       signal: fields.signal,
     });
   }
 
-  async abandonRun(number: number, token: string, fields: AbandonFields, note?: EventNote): Promise<boolean> {
-    return this.fencedTransition(number, token, 'abandoned', () => abandonUpdate(fields), note, {
+  async abandonRun(task: TaskRef, token: string, fields: AbandonFields, note?: EventNote): Promise<boolean> {
+    return this.fencedTransition(task, token, 'abandoned', (stage) => abandonUpdate(fields, stage), note, {
       reason: fields.reason,
       exit_code: fields.exit_code,
       signal: fields.signal,
     });
   }
 
-  async releaseRun(number: number, token: string, reason: string, note?: EventNote): Promise<boolean> {
-    return this.fencedTransition(number, token, 'failed', () => releaseUpdate(reason, note), note, { reason });
+  async releaseRun(task: TaskRef, token: string, reason: string, note?: EventNote): Promise<boolean> {
+    return this.fencedTransition(task, token, 'failed', (stage) => releaseUpdate(reason, note, stage), note, {
+      reason,
+    });
   }
 
-  async listRunEvents(number: number): Promise<RunEvent[]> {
-    const docs = await this.events.find({ number }).sort(EVENTS_SORT).toArray();
+  async listRunEvents(number: number, stage?: string): Promise<RunEvent[]> {
+    const docs = await this.events.find(eventsFilter(number, stage)).sort(EVENTS_SORT).toArray();
     return docs.map(eventFromDoc);
   }
 
@@ -645,7 +858,9 @@ export async function openMongoStore(url: string, options: MongoStoreOptions = {
     const db = client.db(parsed.database);
     const hello = await helloOf(db);
     await ensureIndexes(db);
-    return new MongoRunStore(client, db, parsed, topologyFromHello(hello), options);
+    const store = new MongoRunStore(client, db, parsed, topologyFromHello(hello), options);
+    await store.upgrade();
+    return store;
   } catch (error) {
     await client.close().catch(() => undefined);
     throw new StoreUnavailableError(describeOpenFailure(error, parsed), { cause: error });

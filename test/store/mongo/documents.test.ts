@@ -12,10 +12,16 @@ import {
   logDoc,
   logFromDoc,
   newRunDoc,
+  pipelineOrder,
   previousStateOf,
   runFromDoc,
 } from '../../../src/store/mongo/documents.js';
+import { newTasksDoc } from '../../../src/store/mongo/queries.js';
+import { PROCESS_ONLY } from '../../../src/store/run-store.js';
 import type { HostDoc, NewRun, RunEvent } from '../../../src/store/types.js';
+
+/** The view of a new run from its one `process` task. */
+const PROCESS_VIEW = { stage: 'process', tasks: [{ stage: 'process', needs: [] }] };
 
 const T0 = Date.UTC(2024, 0, 1);
 
@@ -32,17 +38,19 @@ describe('run documents', () => {
       input: '/data/raw/000012',
       params: { threshold: 3, nested: { a: [1, 2] } },
     };
-    const doc = newRunDoc(full);
+    const doc = newRunDoc(full, newTasksDoc(PROCESS_ONLY));
     expect(doc.start).toEqual(new Date(T0));
     expect(doc.end).toEqual(new Date(T0 + 60_000));
-    expect(runFromDoc(doc)).toEqual({ ...full, outputs: [] });
-    expect(runFromDoc(newRunDoc({ number: 7, start: T0 }))).toEqual({
+    expect(doc).toMatchObject({ tasks: { process: { needs: [], ready: true } }, stages: ['process'], staged: true });
+    expect(runFromDoc(doc)).toEqual({ ...full, outputs: [], ...PROCESS_VIEW });
+    expect(runFromDoc(newRunDoc({ number: 7, start: T0 }, newTasksDoc(PROCESS_ONLY)))).toEqual({
       number: 7,
       start: T0,
       tags: [],
       priority: 0,
       params: {},
       outputs: [],
+      ...PROCESS_VIEW,
     });
   });
 
@@ -54,7 +62,9 @@ describe('run documents', () => {
       { number: 1, start: T0, priority: '1' },
       { number: 1, start: 1e20 },
     ];
-    for (const run of bad) expect(() => newRunDoc(run as NewRun), JSON.stringify(run)).toThrow(UsageError);
+    for (const run of bad) {
+      expect(() => newRunDoc(run as NewRun, newTasksDoc(PROCESS_ONLY)), JSON.stringify(run)).toThrow(UsageError);
+    }
   });
 
   it('reads a processing document with dates as epoch ms', () => {
@@ -65,7 +75,9 @@ describe('run documents', () => {
       priority: 0,
       params: {},
       outputs: [{ location: '/p/3', host: 'a', attempt: 1, at: new Date(T0 + 5) }, 'junk'],
-      processing: {
+      tasks: { process: {
+        needs: [],
+        ready: true,
         previous_state: 'considering',
         state: 'busy',
         host: 'a',
@@ -78,7 +90,7 @@ describe('run documents', () => {
         n_failures: 1,
         targets: ['raw', 4],
         resources: { cores: 4, bad: 'x' },
-      },
+      } },
       event_seq: 3,
     });
     expect(run.outputs).toEqual([{ location: '/p/3', host: 'a', attempt: 1, at: T0 + 5 }]);
@@ -121,17 +133,71 @@ describe('run documents', () => {
     ]);
   });
 
-  it('treats a processing document without a state as never processed, and accepts numeric times', () => {
-    expect(runFromDoc({ number: 5, start: T0, processing: { host: 'x' } }).processing).toBeUndefined();
-    const numeric = runFromDoc({ number: 6, start: T0, processing: { state: 'failed', time: T0, next_retry: T0 } });
+  it('treats a task without a state as never processed, and accepts numeric times', () => {
+    expect(runFromDoc({ number: 5, start: T0, tasks: { process: { host: 'x' } } }).processing).toBeUndefined();
+    const numeric = runFromDoc({
+      number: 6,
+      start: T0,
+      tasks: { process: { state: 'failed', time: T0, next_retry: T0 } },
+    });
     expect(numeric.processing).toMatchObject({ state: 'failed', time: T0, next_retry: T0, token: '', host: '' });
     expect(numeric.start).toBe(T0);
   });
 
   it('knows the state before the latest transition', () => {
-    expect(previousStateOf({ processing: { previous_state: 'busy' } })).toBe('busy');
-    expect(previousStateOf({ processing: { previous_state: null } })).toBeNull();
+    expect(previousStateOf({ tasks: { process: { previous_state: 'busy' } } })).toBe('busy');
+    expect(previousStateOf({ tasks: { process: { previous_state: null } } })).toBeNull();
+    expect(previousStateOf({ tasks: { fetch: { previous_state: 'failed' } } }, 'fetch')).toBe('failed');
     expect(previousStateOf({})).toBeNull();
+  });
+});
+
+describe('tasks and views', () => {
+  const doc = {
+    number: 9,
+    start: new Date(T0),
+    // listed out of order on purpose: pipeline order follows needs
+    stages: ['upload', 'process', 'fetch'],
+    tasks: {
+      upload: { needs: ['process'], ready: false, blocked: { stage: 'process', reason: 'gave up', time: new Date(T0) } },
+      process: { needs: ['fetch'], ready: true, state: 'abandoned', reason: 'gave up', time: new Date(T0), n_failures: 3 },
+      fetch: { needs: [], ready: true, state: 'done', time: new Date(T0), token: 't', host: 'a', attempt: 1 },
+    },
+  };
+
+  it('orders a run\'s tasks upstream first, whatever order they were listed in', () => {
+    expect(pipelineOrder(doc)).toEqual(['fetch', 'process', 'upload']);
+    expect(pipelineOrder({ stages: ['b', 'a'], tasks: { a: { needs: [] }, b: { needs: [] } } })).toEqual(['b', 'a']);
+    // a cycle another tool wrote still lists every task once
+    expect(pipelineOrder({ tasks: { a: { needs: ['b'] }, b: { needs: ['a'] } } }).sort()).toEqual(['a', 'b']);
+  });
+
+  it('views the run from `process` by default, or from the stage asked for', () => {
+    const view = runFromDoc(doc);
+    expect(view.stage).toBe('process');
+    expect(view.processing).toMatchObject({ state: 'abandoned', reason: 'gave up', n_failures: 3 });
+    expect(view.tasks?.map((t) => [t.stage, t.needs, t.processing?.state ?? null])).toEqual([
+      ['fetch', [], 'done'],
+      ['process', ['fetch'], 'abandoned'],
+      ['upload', ['process'], null],
+    ]);
+    const upload = runFromDoc(doc, 'upload');
+    expect(upload.stage).toBe('upload');
+    expect(upload.processing).toBeUndefined();
+    expect(upload.blocked).toEqual({ stage: 'process', reason: 'gave up', time: T0 });
+    // without a process task the first task is the default view; without tasks there is no stage
+    expect(runFromDoc({ ...doc, tasks: { fetch: doc.tasks.fetch } }).stage).toBe('fetch');
+    expect(runFromDoc({ number: 1, start: new Date(T0) })).toMatchObject({ tasks: [] });
+    expect(runFromDoc({ number: 1, start: new Date(T0) }).stage).toBeUndefined();
+  });
+
+  it('flags a task that is not a document', () => {
+    expect(runFromDoc({ number: 1, start: new Date(T0), tasks: { process: 'busy' } }).invalid).toEqual([
+      'tasks.process: expected an object, got string "busy"',
+    ]);
+    expect(runFromDoc({ number: 1, start: new Date(T0), tasks: [1] }).invalid).toEqual([
+      'tasks: expected an object, got array [1]',
+    ]);
   });
 });
 
@@ -139,6 +205,7 @@ describe('events, hosts and log', () => {
   it('round-trip an event, leaving out what is not set', () => {
     const event: RunEvent = {
       number: 1,
+      stage: 'process',
       time: T0,
       host: 'a',
       attempt: 1,
@@ -149,6 +216,7 @@ describe('events, hosts and log', () => {
     const doc = eventDoc(event, 1);
     expect(doc).toEqual({
       number: 1,
+      stage: 'process',
       seq: 1,
       time: new Date(T0),
       host: 'a',
@@ -158,6 +226,10 @@ describe('events, hosts and log', () => {
       detail: { why: 'x' },
     });
     expect(eventFromDoc(doc)).toEqual(event);
+    // an event of a first-wave store has no stage: it is the process task's
+    const { stage: _none, ...old } = doc;
+    expect(eventFromDoc(old).stage).toBe('process');
+    expect(eventDoc({ ...event, stage: 'upload' }, 2).stage).toBe('upload');
   });
 
   it('round-trip a host', () => {

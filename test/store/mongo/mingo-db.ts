@@ -88,8 +88,15 @@ export class MingoCollection {
   async findOneAndUpdate(
     filter: Document,
     update: Document | Document[],
-    options: { sort?: SortSpec } = {},
+    options: { sort?: SortSpec; returnDocument?: 'before' | 'after' } = {},
   ): Promise<Document | null> {
+    if (options.returnDocument === 'before') {
+      const before = select(this.docs, filter, Date.now(), options.sort)[0];
+      if (before === undefined) return null;
+      const copy = clone(before);
+      this.updateInPlace(before, update);
+      return copy;
+    }
     const after = findOneAndUpdate(this.docs, filter, update, Date.now(), options.sort);
     return after ? clone(after) : null;
   }
@@ -107,6 +114,28 @@ export class MingoCollection {
       this.docs.push(fresh[0]);
     }
     return { matchedCount: 0 };
+  }
+
+  /** Applies `update` to the stored document `doc`, keeping it in its place. */
+  private updateInPlace(doc: Document, update: Document | Document[]): void {
+    const one = [doc];
+    findOneAndUpdate(one, {}, update, Date.now());
+    this.docs[this.docs.indexOf(doc)] = one[0] as Document;
+  }
+
+  async updateMany(filter: Document, update: Document | Document[]): Promise<{ modifiedCount: number }> {
+    const targets = select(this.docs, filter, Date.now());
+    for (const doc of targets) this.updateInPlace(doc, update);
+    return { modifiedCount: targets.length };
+  }
+
+  async distinct(field: string): Promise<unknown[]> {
+    const values = new Set<unknown>();
+    for (const doc of this.docs) {
+      const value = field.split('.').reduce<unknown>((v, key) => (v as Record<string, unknown> | undefined)?.[key], doc);
+      for (const one of Array.isArray(value) ? value : [value]) if (one !== undefined) values.add(one);
+    }
+    return [...values];
   }
 
   async replaceOne(filter: Document, doc: Document, options: { upsert?: boolean } = {}): Promise<unknown> {

@@ -20,10 +20,10 @@ runStoreConformance('mongodb (MongoRunStore on in-memory mingo collections, no s
   return {
     store,
     cleanup: () => store.close(),
-    writeProcessing: async (number, fields) => {
+    writeProcessing: async (number, fields, stage = 'process') => {
       const set: Record<string, unknown> = {};
-      for (const [key, value] of Object.entries(fields)) set[`processing.${key}`] = value;
+      for (const [key, value] of Object.entries(fields)) set[`tasks.${stage}.${key}`] = value;
       await db.collection('runs').updateOne({ number }, { $set: set });
     },
   };
-});
+}, { tasks: true });
