@@ -10,7 +10,8 @@ import {
 import { applyToRuns, selectRuns } from '../daemon/operator-selection.js';
 import { UsageError } from '../errors.js';
 import type { RunStore } from '../store/run-store.js';
-import type { RunDoc } from '../store/types.js';
+import type { RunDoc, TaskRef } from '../store/types.js';
+import { RunNotFoundError } from '../errors.js';
 import {
   configFromArgs,
   formatRelative,
@@ -30,10 +31,11 @@ import {
   targetsOf,
   type SelectionArgs,
 } from './run-selection.js';
+import { stageOption, taskOfRun, taskOfView, type StageArgs } from './stage-choice.js';
 
 // `runwarden fail N [reason]`. Also the printing shared by the operator commands (abandon, retry, hold).
 
-export interface OperatorArgs extends SelectionArgs {
+export interface OperatorArgs extends SelectionArgs, StageArgs {
   runs?: string;
   reason?: string[];
 }
@@ -63,29 +65,51 @@ function resultLine(result: OperatorResult): string {
 /**
  * The body of fail, abandon, retry, hold and release: one run named alone is acted on as always (a refusal exits
  * 1 with the way out); a selection is read once, confirmed above a few runs, and each run acted on fenced on
- * that reading, with one line per run and the count.
+ * that reading, with one line per run and the count. Each acts on one task: the one `--stage` names, or the
+ * run's only one (a run of several tasks without --stage is refused, exit 2); a --state selection without
+ * numbers selects tasks, each acted on in its own stage. `wholeRun` (hold, release): without --stage the
+ * action is on the run, not a task.
  */
 export async function runOperatorCommand(
-  args: SelectionArgs,
+  args: SelectionArgs & StageArgs,
   words: string[],
   usage: string,
   action: OperatorAction,
-  act: (deps: OperatorDeps, number: number, selected?: RunDoc) => Promise<OperatorResult>,
+  act: (deps: OperatorDeps, task: TaskRef, selected?: RunDoc) => Promise<OperatorResult>,
+  options: { wholeRun?: boolean } = {},
 ): Promise<number> {
   const targets = targetsOf(words, args, usage);
   const config = configFromArgs(args);
+  const wholeRun = (options.wholeRun ?? false) && args.stage === undefined;
   return withStore(config, async (store) => {
     const deps = operatorDeps(config, store);
     if (targets.kind === 'one') {
-      printOperatorResult(await act(deps, targets.number), args.json);
+      const run = await store.getRun(targets.number);
+      if (!run) throw new RunNotFoundError(targets.number);
+      const task = wholeRun ? targets.number : taskOfRun(run, args.stage, action);
+      printOperatorResult(await act(deps, task), args.json);
       return 0;
     }
-    const selected = await selectRuns(store, targets.selection);
-    if (!(await confirmSelection(action, selected, args.yes ?? false))) {
+    const selected = await selectRuns(store, {
+      ...targets.selection,
+      ...(args.stage !== undefined ? { stage: args.stage } : {}),
+    });
+    // The store lists a --state/--tag selection one view per task: each is its own task, or (whole run) one run.
+    const perTask = targets.selection.numbers === undefined && targets.selection.state !== undefined;
+    const runs = wholeRun ? selected.runs.filter((run, i, all) => all.findIndex((r) => r.number === run.number) === i) : selected.runs;
+    // Every task is known before anything is asked or written: a run that needs --stage refuses the whole command.
+    const tasks = new Map<RunDoc, TaskRef>(
+      runs.map((run) => [
+        run,
+        wholeRun ? run.number : perTask && args.stage === undefined ? taskOfView(run) : taskOfRun(run, args.stage, action),
+      ]),
+    );
+    const chosen = { ...selected, runs };
+    if (!(await confirmSelection(action, chosen, args.yes ?? false))) {
       process.stderr.write(`runwarden: ${action}: nothing done\n`);
       return 1;
     }
-    const outcomes = await applyToRuns(selected, (run) => act(deps, run.number, run));
+    const outcomes = await applyToRuns(chosen, (run) => act(deps, tasks.get(run)!, run));
     return printOutcomes(action, outcomes, args.json, resultLine);
   });
 }
@@ -116,7 +140,7 @@ export const failCommand: CommandModule<GlobalArgs, OperatorArgs> = {
   describe:
     'fail considering, busy or done runs by hand: counts as a failure, retried later by the backoff formula',
   builder: (yargs: Argv<GlobalArgs>) =>
-    selectionOptions(yargs)
+    stageOption(selectionOptions(yargs), 'fail')
       .positional('runs', { type: 'string', describe: 'run number, or several: 7,8,9 or 100-120' })
       .positional('reason', { type: 'string', array: true, describe: 'why (stored as "failed by USER@HOST: …")' })
       .epilogue(
@@ -127,13 +151,14 @@ export const failCommand: CommandModule<GlobalArgs, OperatorArgs> = {
           `that changed meanwhile is skipped); more than ${CONFIRM_ABOVE} need a yes (a prompt, or --yes).`,
       )
       .example('$0 fail 1042 calibration was wrong', 'stop run 1042 now; it is retried after the backoff')
+      .example('$0 fail 1042 --stage compress out of space', 'fail the compress task of run 1042')
       .example('$0 fail 1042,1043 --json', 'two runs; the results, with the run documents, as JSON')
       .example('$0 fail --state busy --tag calib-v1 --yes bad calibration', 'every busy run tagged calib-v1'),
   handler: (args) =>
     runCommand(async () => {
       const { words, reason } = runsAndReason(args, 'fail');
-      return runOperatorCommand(args, words, 'fail <runs> [reason..]', 'fail', (deps, number, selected) =>
-        failRunByOperator(deps, number, reason, { ...(selected ? { selected } : {}) }),
+      return runOperatorCommand(args, words, 'fail <runs> [reason..]', 'fail', (deps, task, selected) =>
+        failRunByOperator(deps, task, reason, { ...(selected ? { selected } : {}) }),
       );
     }),
 };

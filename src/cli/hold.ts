@@ -3,10 +3,12 @@ import { setHoldByOperator } from '../daemon/operator-actions.js';
 import { runCommand, type GlobalArgs } from './common.js';
 import { runOperatorCommand } from './fail.js';
 import { CONFIRM_ABOVE, selectionOptions, type SelectionArgs } from './run-selection.js';
+import { stageOption, type StageArgs } from './stage-choice.js';
 
-// `hold N` and `release N`: the hold tag keeps a run from being claimed (first claims and retries alike).
+// `hold N` and `release N`: the hold tag keeps a run from being claimed (first claims and retries alike);
+// with --stage S the tag `hold:S` holds only that stage's task.
 
-interface HoldArgs extends SelectionArgs {
+interface HoldArgs extends SelectionArgs, StageArgs {
   runs?: string[];
 }
 
@@ -18,7 +20,7 @@ function holdOrRelease(hold: boolean): CommandModule<GlobalArgs, HoldArgs> {
       ? 'tag runs "hold": no daemon claims them until they are released (a running attempt goes on)'
       : 'remove the "hold" tag: the runs may be claimed again',
     builder: (yargs: Argv<GlobalArgs>) =>
-      selectionOptions(yargs)
+      stageOption(selectionOptions(yargs), hold ? 'hold (tag hold:STAGE)' : 'release (tag hold:STAGE)')
         .positional('runs', { type: 'string', array: true, describe: 'run numbers: 7 8 9, 7,8,9 or 100-120' })
         .epilogue(
           (hold
@@ -28,6 +30,7 @@ function holdOrRelease(hold: boolean): CommandModule<GlobalArgs, HoldArgs> {
             ` Several runs: one line each and a count; more than ${CONFIRM_ABOVE} need a yes (a prompt, or --yes).`,
         )
         .example(`$0 ${name} 1042`, hold ? 'keep run 1042 from being claimed' : 'let run 1042 be claimed again')
+        .example(`$0 ${name} 1042 --stage upload`, hold ? 'hold only its upload task (tag hold:upload)' : 'release only its upload task')
         .example(`$0 ${name} 1042 --json`, 'the result, with the run document, as JSON')
         .example(
           hold ? `$0 hold --state pending --tag calib-v1 --yes` : `$0 release 1040-1049 --yes`,
@@ -35,8 +38,13 @@ function holdOrRelease(hold: boolean): CommandModule<GlobalArgs, HoldArgs> {
         ),
     handler: (args) =>
       runCommand(async () =>
-        runOperatorCommand(args, (args.runs ?? []).map(String), `${name} <runs..>`, name, (deps, number) =>
-          setHoldByOperator(deps, number, hold),
+        runOperatorCommand(
+          args,
+          (args.runs ?? []).map(String),
+          `${name} <runs..>`,
+          name,
+          (deps, task) => setHoldByOperator(deps, task, hold),
+          { wholeRun: true },
         ),
       ),
   };

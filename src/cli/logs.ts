@@ -5,12 +5,17 @@ import type { Argv, CommandModule } from 'yargs';
 import { RunNotFoundError } from '../errors.js';
 import { configFromArgs, integerFlag, isClosedPipe, printJson, runCommand, withStore, type GlobalArgs } from './common.js';
 import { numberArgument } from './submit.js';
+import { stageNamed } from '../policy/pipeline.js';
+import { attemptLogDir, attemptLogName, firstWaveAttemptLogDir } from '../policy/attempt-log.js';
+import { DEFAULT_STAGE } from '../store/types.js';
+import { stageOfTask, stageOption, taskOfRun, type StageArgs } from './stage-choice.js';
 
-// `runwarden logs N`: the output of a run's attempt, as the supervisor wrote it to
-// <log_dir>/<number>/attempt-<k>.log, copied byte for byte (never decoded, so invalid UTF-8 passes through and
+// `runwarden logs N [--stage S]`: the output of an attempt of a run's task, as the supervisor wrote it to
+// <log_dir>/<stage>/<number>/attempt-<k>.log (the first wave's <log_dir>/<number>/attempt-<k>.log for older
+// attempts of `process`), copied byte for byte (never decoded, so invalid UTF-8 passes through and
 // a log of any size streams in small chunks); --follow keeps printing until the attempt's closing line.
 
-interface LogsArgs extends GlobalArgs {
+interface LogsArgs extends GlobalArgs, StageArgs {
   number?: string;
   attempt?: string;
   follow?: boolean;
@@ -81,13 +86,14 @@ export const logsCommand: CommandModule<GlobalArgs, LogsArgs> = {
   command: 'logs <number>',
   describe: "print a run's command output (the latest attempt unless --attempt)",
   builder: (yargs: Argv<GlobalArgs>) =>
-    yargs
+    stageOption(yargs, 'print the output of')
       .positional('number', { type: 'string', describe: 'run number' })
       .option('attempt', { type: 'string', describe: 'which attempt (1, 2, …); default the latest' })
       .option('follow', { alias: 'f', type: 'boolean', describe: 'keep printing until the attempt ends' })
       .example('$0 logs 1042', 'output of the latest attempt of run 1042')
       .example('$0 logs 1042 --attempt 1', 'output of its first attempt')
-      .example('$0 logs 1042 -f', 'follow a running attempt'),
+      .example('$0 logs 1042 -f', 'follow a running attempt')
+      .example('$0 logs 1042 --stage compress', 'output of the latest attempt of its compress task'),
   handler: (args) =>
     runCommand(async () => {
       const number = numberArgument(args.number);
@@ -95,14 +101,23 @@ export const logsCommand: CommandModule<GlobalArgs, LogsArgs> = {
       const config = configFromArgs(args);
       const run = await withStore(config, (store) => store.getRun(number));
       if (!run) throw new RunNotFoundError(number);
-      const dir = join(config.process.log_dir, String(number));
-      const attempts = attemptsIn(dir);
+      const stage = stageOfTask(taskOfRun(run, args.stage, 'print the output of'));
+      const logDir = stageNamed(config, stage)?.log_dir ?? config.process.log_dir;
+      // Where this stage's attempts log; the first wave's layout (no stage directory) for older `process` attempts.
+      const dirs = [
+        attemptLogDir(logDir, stage, number),
+        ...(stage === DEFAULT_STAGE ? [firstWaveAttemptLogDir(logDir, number)] : []),
+      ];
+      const where = new Map<number, string>();
+      for (const dir of [...dirs].reverse()) for (const k of attemptsIn(dir)) where.set(k, dir);
+      const attempts = [...where.keys()].sort((a, b) => a - b);
       const attempt = wanted ?? attempts.at(-1);
       if (attempt === undefined || !attempts.includes(attempt)) {
         const known = attempts.length ? `attempts with logs: ${attempts.join(', ')}` : 'no attempt has logged yet';
-        throw new Error(`run ${number}: no log for ${attempt === undefined ? 'any attempt' : `attempt ${attempt}`} in ${dir} (${known})`);
+        const task = stage === DEFAULT_STAGE && args.stage === undefined ? `run ${number}` : `run ${number} stage ${stage}`;
+        throw new Error(`${task}: no log for ${attempt === undefined ? 'any attempt' : `attempt ${attempt}`} in ${dirs.join(' or ')} (${known})`);
       }
-      const file = join(dir, `attempt-${attempt}.log`);
+      const file = join(where.get(attempt)!, attemptLogName(attempt));
       // The command can write into the log directory: print only a regular file (a FIFO would block `logs`).
       if (!lstatSync(file).isFile()) throw new Error(`run ${number}: ${file} is not a regular file; not printed`);
       // `runwarden logs -f N | head` closes our stdout: that is the reader's way of saying "enough" (exit 0).
@@ -113,7 +128,7 @@ export const logsCommand: CommandModule<GlobalArgs, LogsArgs> = {
         // A JSON string has to fit in memory: the last JSON_TEXT_MAX_BYTES of a larger log, and where they start.
         const size = sizeOf(file);
         const textOffset = Math.max(0, size - JSON_TEXT_MAX_BYTES);
-        return printJson({ number, attempt, file, attempts, size, text_offset: textOffset, text: readText(file, textOffset, size) });
+        return printJson({ number, stage, attempt, file, attempts, size, text_offset: textOffset, text: readText(file, textOffset, size) });
       }
       try {
         await printLog(file, args.follow ?? false);

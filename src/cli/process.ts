@@ -10,35 +10,40 @@ import { configFromArgs, formatTime, printJson, runCommand, type GlobalArgs } fr
 import { operatorDeps } from './fail.js';
 import { numberArgument } from './submit.js';
 import { assertHostReady } from '../daemon/host-check.js';
+import { RunNotFoundError } from '../errors.js';
+import { taskName } from '../daemon/operator-actions.js';
+import { stageOption, taskOfRun, type StageArgs } from './stage-choice.js';
+import type { TaskRef } from '../store/types.js';
 
 // `runwarden process N [--force]`: claims one run and runs one attempt of it in the foreground, with the
 // daemon's run machine and effects. ^C once releases the run as a stopping daemon does; twice kills at once.
 
-interface ProcessArgs extends GlobalArgs {
+interface ProcessArgs extends GlobalArgs, StageArgs {
   number?: string;
   force?: boolean;
 }
 
-function outcomeLine(number: number, outcome: ProcessOneOutcome, run: RunDoc | null): string {
+function outcomeLine(task: TaskRef, outcome: ProcessOneOutcome, run: RunDoc | null): string {
   const p = run?.processing;
+  const number = taskName(task);
   switch (outcome.settlement) {
     case 'done':
-      return `run ${number} done (attempt ${p?.attempt ?? '?'}); output ${run?.outputs.at(-1)?.location ?? '-'}`;
+      return `${number} done (attempt ${p?.attempt ?? '?'}); output ${run?.outputs.at(-1)?.location ?? '-'}`;
     case 'failed':
       return (
-        `run ${number} failed (attempt ${p?.attempt ?? '?'}, failure ${p?.n_failures ?? '?'}): ${p?.reason ?? '?'}; ` +
+        `${number} failed (attempt ${p?.attempt ?? '?'}, failure ${p?.n_failures ?? '?'}): ${p?.reason ?? '?'}; ` +
         `a daemon retries it after ${formatTime(p?.next_retry)}`
       );
     case 'abandoned':
-      return `run ${number} abandoned: ${p?.reason ?? '?'}`;
+      return `${number} abandoned: ${p?.reason ?? '?'}`;
     case 'released':
-      return `run ${number} released: stopped by a signal; failed and eligible again now, failure count unchanged`;
+      return `${number} released: stopped by a signal; failed and eligible again now, failure count unchanged`;
     case 'lost':
-      return `run ${number} was taken away while processing (it is now ${run ? describeState(run) : 'gone'}): ` +
+      return `${number} was taken away while processing (it is now ${run ? describeState(run) : 'gone'}): ` +
         `its command was stopped and nothing more was written`;
     case 'unkillable':
     case 'error':
-      return `run ${number}: ${outcome.error ?? outcome.settlement}`;
+      return `${number}: ${outcome.error ?? outcome.settlement}`;
   }
 }
 
@@ -46,7 +51,7 @@ export const processCommand: CommandModule<GlobalArgs, ProcessArgs> = {
   command: 'process <number>',
   describe: 'claim one run and process one attempt of it in the foreground (exit 0 when done)',
   builder: (yargs: Argv<GlobalArgs>) =>
-    yargs
+    stageOption(yargs, 'process')
       .positional('number', { type: 'string', describe: 'run number' })
       .option('force', {
         type: 'boolean',
@@ -55,7 +60,7 @@ export const processCommand: CommandModule<GlobalArgs, ProcessArgs> = {
       .epilogue(
         'Pending, failed, abandoned and held runs are processed as asked. Considering, busy and done runs are ' +
           'refused unless --force: a forced busy run loses its lease and its owner kills its command within one ' +
-          'check_interval; this attempt starts its own command only once the old one is gone (on this host it ' +
+          'check_interval; a task whose upstream stages are not all done is refused, --force or not; this attempt starts its own command only once the old one is gone (on this host it ' +
           'kills the old process group itself; otherwise it waits for the owner, at most max_busy_time after ' +
           "the owner's last heartbeat, and says so). " +
           'The attempt writes its output to LOG_DIR/N/attempt-K.log and records every transition ' +
@@ -65,7 +70,8 @@ export const processCommand: CommandModule<GlobalArgs, ProcessArgs> = {
           "kills the command's process group at once and exits 130.",
       )
       .example('$0 process 1042', 'process run 1042 now, in this terminal')
-      .example('$0 process 1042 --force', 'take run 1042 from whoever has it (or redo a done run)'),
+      .example('$0 process 1042 --force', 'take run 1042 from whoever has it (or redo a done run)')
+      .example('$0 process 1042 --stage compress', 'process the compress task of run 1042 (its upstream done)'),
   handler: (args) =>
     runCommand(async () => {
       const number = numberArgument(args.number);
@@ -104,10 +110,13 @@ export const processCommand: CommandModule<GlobalArgs, ProcessArgs> = {
       let attempted = false;
       let code: number;
       try {
-        const claim = await claimForProcessing(operatorDeps(config, store), number, { force: args.force ?? false });
+        const current = await store.getRun(number);
+        if (!current) throw new RunNotFoundError(number);
+        const task = taskOfRun(current, args.stage, 'process');
+        const claim = await claimForProcessing(operatorDeps(config, store), task, { force: args.force ?? false });
         if (claim.takenFrom) {
           process.stderr.write(
-            `runwarden: warning: run ${number} taken away from host ${claim.takenFrom.host} ` +
+            `runwarden: warning: ${taskName(task)} taken away from host ${claim.takenFrom.host} ` +
               `(pid ${claim.takenFrom.pid}, ${claim.takenFrom.state}); ` +
               (claim.takenFrom.state === 'busy'
                 ? `this attempt starts its command only once that host's command is gone\n`
@@ -121,16 +130,17 @@ export const processCommand: CommandModule<GlobalArgs, ProcessArgs> = {
         if (signalsSeen > 0) stop();
         if (!args.json) {
           process.stdout.write(
-            `run ${number} attempt ${claim.run.processing!.attempt} (was ${claim.from}) on host ${config.host}; ` +
+            `${taskName(task)} attempt ${claim.run.processing!.attempt} (was ${claim.from}) on host ${config.host}; ` +
               `log ${handle.logFile}\n`,
           );
         }
         const outcome = await handle.done;
         const { settlement, error } = outcome;
         if (settlement === 'error' || settlement === 'unkillable') logger.fatal(`run ${number}: ${error ?? settlement}`, { number });
-        const run = await store.getRun(number).catch(() => null);
-        if (args.json) printJson({ number, outcome: settlement, error, log: handle.logFile, run });
-        else process.stdout.write(`${outcomeLine(number, outcome, run)}\n`);
+        const run = await (typeof task === 'number' ? store.getRun(number) : store.getRun(number, task.stage)).catch(() => null);
+        if (args.json) {
+          printJson({ number, ...(typeof task === 'number' ? {} : { stage: task.stage }), outcome: settlement, error, log: handle.logFile, run });
+        } else process.stdout.write(`${outcomeLine(task, outcome, run)}\n`);
         code = settlement === 'done' || (settlement === 'released' && signalsSeen > 0) ? 0 : 1;
       } finally {
         for (const signal of STOP_SIGNALS) process.off(signal, onSignal);

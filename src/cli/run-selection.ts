@@ -5,6 +5,7 @@ import type { RunActionOutcome, RunSelection, SelectedRuns } from '../daemon/ope
 import { UsageError } from '../errors.js';
 import { RUN_STATES } from '../store/types.js';
 import { printJson, type GlobalArgs } from './common.js';
+import { printable } from '../policy/terminal-text.js';
 import { numberArgument } from './submit.js';
 
 // The run selection of fail, abandon, retry, hold and release: several numbers (7 8 9, 7,8,9, 100-120) and
@@ -117,7 +118,7 @@ export async function confirmSelection(action: OperatorAction, selected: Selecte
 export function operatorResultLine(result: OperatorResult, now: number, formatRetry: (ms: number) => string): string {
   const p = result.run.processing;
   const change = result.from === result.to ? result.to : `${result.from} → ${result.to}`;
-  let line = `run ${result.number}: ${change}`;
+  let line = `run ${result.number}${result.stage !== undefined ? ` stage ${printable(result.stage)}` : ''}: ${change}`;
   if (result.action === 'hold' || result.action === 'release') {
     line += `; tags: ${result.run.tags.length ? result.run.tags.join(', ') : '(none)'}`;
   } else if (p) {

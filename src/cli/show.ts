@@ -1,14 +1,16 @@
 import type { Argv, CommandModule } from 'yargs';
 import { RunNotFoundError } from '../errors.js';
-import type { RunDoc, RunEvent } from '../store/types.js';
+import { DEFAULT_STAGE, type Processing, type RunDoc, type RunEvent, type TaskDoc } from '../store/types.js';
 import type { Config } from '../config/schema.js';
 import { degradationOf } from '../policy/degradation.js';
 import { printable, printableLines } from '../policy/terminal-text.js';
 import { configFromArgs, formatTime, printJson, runCommand, table, withStore, type GlobalArgs } from './common.js';
 import { reasonLine } from './run-view.js';
 import { numberArgument } from './submit.js';
+import { stageOption, stagesOfRun, taskOfRun, type StageArgs } from './stage-choice.js';
+import { stageConfigOf } from './run-view.js';
 
-interface ShowArgs extends GlobalArgs {
+interface ShowArgs extends GlobalArgs, StageArgs {
   number?: string;
   wide?: boolean;
 }
@@ -59,45 +61,98 @@ export interface RenderOptions {
   /** The terminal's width: history reasons wrap within it. Undefined: each reason on one line, in full. */
   width?: number;
   /** The configuration in force, to say whether a done run did without targets or resources (degraded). */
-  config?: Pick<Config, 'process'>;
+  config?: Pick<Config, 'process'> & Partial<Pick<Config, 'stages'>>;
+  /** Only this stage's task (show N --stage S). */
+  stage?: string;
+}
+
+/** True when the run is more than the first wave's one `process` task: show it task by task, with stages. */
+function hasStages(run: RunDoc): boolean {
+  const stages = stagesOfRun(run);
+  return stages.length > 1 || stages[0] !== DEFAULT_STAGE;
+}
+
+/** `process, compress` (what a task waits for), printable. */
+function stageNames(stages: readonly string[]): string {
+  return stages.map((stage) => printable(stage)).join(', ');
+}
+
+/** A task's block: what it needs, whether it is blocked or held, and its processing document. */
+function taskLines(run: RunDoc, task: TaskDoc, options: RenderOptions): string[] {
+  const stage = printable(task.stage);
+  const lines = [`task ${stage}${task.needs.length > 0 ? ` (needs ${stageNames(task.needs)})` : ''}`];
+  if (task.blocked) {
+    lines.push(
+      ...field(
+        'blocked',
+        `stage ${printable(task.blocked.stage)} was abandoned (${formatTime(task.blocked.time)}): ` +
+          `${printable(task.blocked.reason)}; runwarden retry ${run.number} --stage ${printable(task.blocked.stage)} unblocks it`,
+      ),
+    );
+  }
+  if (run.tags.includes(`hold:${task.stage}`)) {
+    lines.push(...field('held', `tag hold:${stage}: runwarden release ${run.number} --stage ${stage}`));
+  }
+  const view = { ...run, stage: task.stage, ...(task.processing ? { processing: task.processing } : { processing: undefined }) };
+  lines.push(...processingLines(view, task.processing, options, '  '));
+  return lines;
+}
+
+/** The lines of a processing document (every field but the token), `indent` before each. */
+function processingLines(run: RunDoc, processing: Processing | undefined, options: RenderOptions, indent = ''): string[] {
+  const lines: string[] = [];
+  if (!processing) {
+    lines.push(`${indent}processing    never claimed (pending)`);
+    return lines;
+  }
+  lines.push(`${indent}processing`);
+  const { problems, ...fields } = processing;
+  const add = (key: string, text: string) => lines.push(...field(key, text).map((line) => `${indent}${line}`));
+  for (const [key, value] of Object.entries(fields)) {
+    // The lease token fences the owner's writes: it is never shown (see json-output's SECRET_KEYS).
+    if (value === undefined || key === 'token') continue;
+    if (key === 'draining' && fields.draining) {
+      add(key, drainingLine(fields.draining));
+      continue;
+    }
+    add(key, describeValue(key, value));
+  }
+  for (const problem of problems ?? []) add('invalid', printable(problem));
+  const degraded = options.config ? degradationOf(run, stageConfigOf(options.config, run.stage)) : null;
+  if (degraded) add('degraded', `${processing.state === 'done' ? 'done' : 'attempt'} with ${degraded.summary}`);
+  return lines;
 }
 
 export function renderRun(run: RunDoc, events: RunEvent[], options: RenderOptions = {}): string {
   const lines: string[] = [`run ${run.number}`];
-  const { processing, outputs, invalid, ...rest } = run;
+  const { processing, outputs, invalid, tasks, stage: _view, blocked, ...rest } = run;
   for (const [key, value] of Object.entries(rest)) {
     if (key === 'number' || value === undefined) continue;
     lines.push(...field(key, describeValue(key, value)));
   }
   for (const problem of invalid ?? []) lines.push(...field('invalid', printable(problem)));
-  if (processing) {
-    lines.push('processing');
-    const { problems, ...fields } = processing;
-    for (const [key, value] of Object.entries(fields)) {
-      // The lease token fences the owner's writes: it is never shown (see json-output's SECRET_KEYS).
-      if (value === undefined || key === 'token') continue;
-      if (key === 'draining' && fields.draining) {
-        lines.push(...field(key, drainingLine(fields.draining)));
-        continue;
-      }
-      lines.push(...field(key, describeValue(key, value)));
+  const staged = hasStages(run);
+  if (staged && tasks && tasks.length > 0) {
+    for (const task of tasks) {
+      if (options.stage !== undefined && task.stage !== options.stage) continue;
+      lines.push(...taskLines(run, task, options));
     }
-    for (const problem of problems ?? []) lines.push(...field('invalid', printable(problem)));
-    const degraded = options.config ? degradationOf(run, options.config) : null;
-    if (degraded) {
-      lines.push(...field('degraded', `${processing.state === 'done' ? 'done' : 'attempt'} with ${degraded.summary}`));
-    }
+  } else if (processing) {
+    if (blocked) lines.push(...field('blocked', `stage ${printable(blocked.stage)} was abandoned: ${printable(blocked.reason)}`));
+    lines.push(...processingLines(run, processing, options));
   } else {
     lines.push('processing    never claimed (pending)');
   }
-  if (outputs.length > 0) {
+  const shownOutputs = outputs.filter((o) => options.stage === undefined || (o.stage ?? DEFAULT_STAGE) === options.stage);
+  if (shownOutputs.length > 0) {
     lines.push('outputs');
-    for (const o of outputs) {
-      lines.push(`  ${printable(o.location)}  (host ${printable(o.host)}, attempt ${o.attempt}, ${formatTime(o.at)})`);
+    for (const o of shownOutputs) {
+      const stage = staged ? `stage ${printable(o.stage ?? DEFAULT_STAGE)}, ` : '';
+      lines.push(`  ${printable(o.location)}  (${stage}host ${printable(o.host)}, attempt ${o.attempt}, ${formatTime(o.at)})`);
     }
   }
   lines.push('', 'history');
-  lines.push(events.length === 0 ? '  (no events)' : historyTable(events, options.width));
+  lines.push(events.length === 0 ? '  (no events)' : historyTable(events, options.width, staged));
   return lines.join('\n');
 }
 
@@ -105,11 +160,12 @@ export function renderRun(run: RunDoc, events: RunEvent[], options: RenderOption
  * The history table, indented. Each reason is one printable line; with a width, a reason longer than the room
  * left of the other columns wraps onto lines of its own under the REASON column (nothing is cut).
  */
-function historyTable(events: RunEvent[], width: number | undefined): string {
+function historyTable(events: RunEvent[], width: number | undefined, staged = false): string {
   const INDENT = '  ';
   const rows = events.map((e) => [
     formatTime(e.time),
     printable(e.host),
+    ...(staged ? [printable(e.stage ?? DEFAULT_STAGE)] : []),
     String(e.attempt),
     e.from ?? '-',
     e.to,
@@ -117,7 +173,7 @@ function historyTable(events: RunEvent[], width: number | undefined): string {
     e.duration_ms !== undefined ? `${(e.duration_ms / 1000).toFixed(1)}s` : '-',
   ]);
   const reasons = events.map((e) => reasonLine(e.reason));
-  const headers = ['TIME', 'HOST', 'ATTEMPT', 'FROM', 'TO', 'EXIT', 'DURATION', 'REASON'];
+  const headers = ['TIME', 'HOST', ...(staged ? ['STAGE'] : []), 'ATTEMPT', 'FROM', 'TO', 'EXIT', 'DURATION', 'REASON'];
   const without = table(headers.slice(0, -1), rows).split('\n');
   // Where the REASON column starts: the widest of the other columns' lines, and two spaces.
   const reasonAt = Math.max(...without.map((l) => l.length)) + 2;
@@ -142,27 +198,32 @@ function historyTable(events: RunEvent[], width: number | undefined): string {
 
 export const showCommand: CommandModule<GlobalArgs, ShowArgs> = {
   command: 'show <number>',
-  describe: "a run's document and its history of transitions",
+  describe: "a run's document, each stage's task, and its history of transitions",
   builder: (yargs: Argv<GlobalArgs>) =>
-    yargs
+    stageOption(yargs, 'show alone (default: every task of the run)')
       .positional('number', { type: 'string', describe: 'run number' })
       .option('wide', {
         type: 'boolean',
         describe: 'each history reason on one line in full (the default when the output is not a terminal)',
       })
-      .example('$0 show 1042', 'state, attempts, reasons and every transition of run 1042')
+      .example('$0 show 1042', 'state, attempts, reasons and every transition of run 1042, task by task')
+      .example('$0 show 1042 --stage compress', 'its compress task and that task\'s history only')
       .example('$0 show 1042 --json', 'the same as JSON: {run, events}'),
   handler: (args) =>
     runCommand(async () => {
       const number = numberArgument(args.number);
       const config = configFromArgs(args);
-      const { run, events } = await withStore(config, async (store) => ({
-        run: await store.getRun(number),
-        events: await store.listRunEvents(number),
-      }));
+      const { run, events } = await withStore(config, async (store) => {
+        const run = await store.getRun(number);
+        if (!run || args.stage === undefined) return { run, events: run ? await store.listRunEvents(number) : [] };
+        // refused (exit 2) when the run has no such stage, naming the ones it has
+        taskOfRun(run, args.stage, 'show');
+        return { run: await store.getRun(number, args.stage), events: await store.listRunEvents(number, args.stage) };
+      });
       if (!run) throw new RunNotFoundError(number);
       if (args.json) return printJson({ run, events });
       const width = process.stdout.isTTY && !args.wide ? process.stdout.columns : undefined;
-      process.stdout.write(`${renderRun(run, events, { config, ...(width ? { width } : {}) })}\n`);
+      const options = { config, ...(width ? { width } : {}), ...(args.stage !== undefined ? { stage: args.stage } : {}) };
+      process.stdout.write(`${renderRun(run, events, options)}\n`);
     }),
 };

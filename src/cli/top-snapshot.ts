@@ -1,9 +1,11 @@
-import { closeSync, constants as fsConstants, fstatSync, openSync, readSync } from 'node:fs';
+import { closeSync, constants as fsConstants, existsSync, fstatSync, openSync, readSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Config } from '../config/schema.js';
 import { degradationOf } from '../policy/degradation.js';
 import type { RunStore } from '../store/run-store.js';
-import type { RunDoc } from '../store/types.js';
+import { DEFAULT_STAGE, type RunDoc } from '../store/types.js';
+import { attemptLogDir, attemptLogName, firstWaveAttemptLogDir } from '../policy/attempt-log.js';
+import { stageNamed } from '../policy/pipeline.js';
 import { lastOutputLine, type TopSnapshot } from './top-view.js';
 
 // One reading of the store for `runwarden top`: hosts, counts per state, busy runs with the last line of
@@ -43,10 +45,18 @@ export function readLogTail(file: string, maxBytes = LOG_TAIL_BYTES): string | n
   }
 }
 
-/** `<log_dir>/<number>/attempt-<k>.log` of the run's current attempt, as the supervisor writes it. */
+/**
+ * `<log_dir>/<stage>/<number>/attempt-<k>.log` of the task's current attempt, as the supervisor writes it; for
+ * `process`, the first wave's `<log_dir>/<number>/attempt-<k>.log` when only that one exists.
+ */
 export function attemptLogFile(logDir: string, run: RunDoc): string | null {
   const attempt = run.processing?.attempt;
-  return attempt === undefined ? null : join(logDir, String(run.number), `attempt-${attempt}.log`);
+  if (attempt === undefined) return null;
+  const stage = run.stage ?? DEFAULT_STAGE;
+  const file = join(attemptLogDir(logDir, stage, run.number), attemptLogName(attempt));
+  if (stage !== DEFAULT_STAGE || existsSync(file)) return file;
+  const firstWave = join(firstWaveAttemptLogDir(logDir, run.number), attemptLogName(attempt));
+  return existsSync(firstWave) ? firstWave : file;
 }
 
 /**
@@ -57,7 +67,7 @@ export async function readTopSnapshot(
   store: RunStore,
   logDir: string,
   now: () => number = Date.now,
-  config?: Pick<Config, 'process'>,
+  config?: Config,
 ): Promise<TopSnapshot> {
   const [hosts, counts, busyRuns, failed, abandoned] = await Promise.all([
     store.listHosts(),
@@ -67,7 +77,8 @@ export async function readTopSnapshot(
     store.listRuns({ state: 'abandoned', limit: FAILURES_READ }),
   ]);
   const busy = busyRuns.map((run) => {
-    const file = attemptLogFile(logDir, run);
+    const stageLogDir = (config && stageNamed(config, run.stage ?? DEFAULT_STAGE)?.log_dir) ?? logDir;
+    const file = attemptLogFile(stageLogDir, run);
     const tail = file === null ? null : readLogTail(file);
     const degraded = config ? degradationOf(run, config)?.summary : undefined;
     return { run, lastOutput: tail === null ? null : lastOutputLine(tail), ...(degraded ? { degraded } : {}) };

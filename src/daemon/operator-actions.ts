@@ -4,7 +4,7 @@ import { ChangedMeanwhileError, RefusedError, RunNotFoundError } from '../errors
 import { drainLimitMs } from '../policy/lease-limits.js';
 import { retryDelay } from '../policy/retry-delay.js';
 import type { RunExpectation, RunOverride, RunStore } from '../store/run-store.js';
-import type { LogPriority, RunDoc, RunState } from '../store/types.js';
+import { DEFAULT_STAGE, taskKeyOf, type LogPriority, type RunDoc, type RunState, type TaskRef } from '../store/types.js';
 
 // What an operator may do to a run by hand (DESIGN §7): fail, abandon, retry, hold/release, and the claim
 // behind `process N`. Every write that takes a run away is a compare-and-set on the state and lease token just
@@ -28,6 +28,8 @@ export type RunStateLabel = RunState | 'pending';
 export interface OperatorResult {
   action: OperatorAction;
   number: number;
+  /** The stage of the task acted on (hold/release without a stage: the whole run, no stage). */
+  stage?: string;
   from: RunStateLabel;
   to: RunStateLabel;
   /** The run as it is after the action. */
@@ -67,10 +69,33 @@ function who(deps: OperatorDeps): string {
   return `${deps.user}@${deps.host}`;
 }
 
-async function readRun(store: RunStore, number: number): Promise<RunDoc> {
-  const run = await store.getRun(number);
+/**
+ * How messages name a task: `run 7` for a bare number (a run whose one task is `process`, as in the first
+ * wave), `run 7 stage compress` for a task named with its stage.
+ */
+export function taskName(task: TaskRef): string {
+  return typeof task === 'number' ? `run ${task}` : `run ${task.number} stage ${task.stage}`;
+}
+
+/** The flags that name `task` again on the command line: `7`, or `7 --stage compress`. */
+function taskArgs(task: TaskRef): string {
+  return typeof task === 'number' ? String(task) : `${task.number} --stage ${task.stage}`;
+}
+
+async function readRun(store: RunStore, task: TaskRef): Promise<RunDoc> {
+  const { number, stage } = taskKeyOf(task);
+  const run = typeof task === 'number' ? await store.getRun(number) : await store.getRun(number, stage);
   if (!run) throw new RunNotFoundError(number);
+  // A store that keeps one task per run hands back its one view whatever the stage asked for.
+  if (typeof task !== 'number' && (run.stage ?? DEFAULT_STAGE) !== stage) {
+    throw new RefusedError(number, `run ${number} has no task of stage ${stage}`);
+  }
   return run;
+}
+
+/** The stage a result names: the task's, for a task named with its stage. */
+function stageOf(task: TaskRef): { stage?: string } {
+  return typeof task === 'number' ? {} : { stage: task.stage };
 }
 
 async function operatorLog(deps: OperatorDeps, priority: LogPriority, number: number, message: string) {
@@ -88,56 +113,72 @@ export interface ActionOptions {
 }
 
 /**
- * Reads the run, asks `plan` what to write (it throws RefusedError when the state does not allow the action),
+ * Reads the task, asks `plan` what to write (it throws RefusedError when the state does not allow the action),
  * and writes it fenced on what was read. A lost race is read and planned once more; a second loss is reported.
  * With `selected`, that reading is the one fenced on, once.
  */
 async function overrideOnce(
   deps: OperatorDeps,
-  number: number,
+  task: TaskRef,
   action: OperatorAction,
   plan: (run: RunDoc) => RunOverride,
   selected?: RunDoc,
 ): Promise<{ before: RunDoc; after: RunDoc }> {
+  const { number } = taskKeyOf(task);
+  const name = taskName(task);
   for (let round = 0; round < 2; round++) {
-    const before = selected ?? (await readRun(deps.store, number));
+    const before = selected ?? (await readRun(deps.store, task));
     // a busy run taken from its owner keeps its attempt as draining until its command is gone (issue 12)
     const change = { ...plan(before), drainMs: drainLimitMs(deps.config.timeouts) };
-    const ok = await deps.store.overrideRun(number, expectationOf(before), change, {
+    const ok = await deps.store.overrideRun(task, expectationOf(before), change, {
       host: deps.host,
       detail: { by: 'operator', user: deps.user, action },
     });
-    if (ok) return { before, after: await readRun(deps.store, number) };
+    if (ok) return { before, after: await readRun(deps.store, task) };
     if (selected) {
-      const now = await deps.store.getRun(number);
+      const now = await deps.store.getRun(number, taskKeyOf(task).stage);
       throw new ChangedMeanwhileError(
         number,
-        `run ${number} changed since it was selected (it was ${describeState(selected)}, it is now ` +
+        `${name} changed since it was selected (it was ${describeState(selected)}, it is now ` +
           `${now ? describeState(now) : 'gone'}); left alone`,
       );
     }
   }
-  const now = await readRun(deps.store, number);
+  const now = await readRun(deps.store, task);
   throw new RefusedError(
     number,
-    `run ${number} changed twice while ${action} was being written (it is now ${describeState(now)}); ` +
+    `${name} changed twice while ${action} was being written (it is now ${describeState(now)}); ` +
       `look at runwarden show ${number} and try again`,
   );
 }
 
-function refuse(run: RunDoc, action: string, wayOut: string): never {
-  throw new RefusedError(run.number, `cannot ${action} run ${run.number}: it is ${describeState(run)}; ${wayOut}`);
+function refuse(task: TaskRef, run: RunDoc, action: string, wayOut: string): never {
+  throw new RefusedError(run.number, `cannot ${action} ${taskName(task)}: it is ${describeState(run)}; ${wayOut}`);
 }
 
-function heldWarnings(run: RunDoc): string[] {
+/** The hold tags that keep `task` from being claimed: `hold` for the whole run, `hold:<stage>` for its stage. */
+function holdTagsOf(run: RunDoc, task: TaskRef): string[] {
+  const { stage } = taskKeyOf(task);
+  return run.tags.filter((tag) => tag === 'hold' || (typeof task !== 'number' && tag === `hold:${stage}`));
+}
+
+function heldWarnings(task: TaskRef, run: RunDoc): string[] {
   const warnings: string[] = [];
-  if (run.tags.includes('hold')) {
-    warnings.push(`run ${run.number} is tagged hold: no daemon claims it until runwarden release ${run.number}`);
+  const name = taskName(task);
+  for (const tag of holdTagsOf(run, task)) {
+    const release = tag === 'hold' ? String(run.number) : `${run.number} --stage ${tag.slice('hold:'.length)}`;
+    warnings.push(`${name} is tagged ${tag}: no daemon claims it until runwarden release ${release}`);
   }
   if (run.tags.includes('abandon')) {
     warnings.push(`run ${run.number} is tagged abandon: the next cleanup pass abandons it again`);
   }
   return warnings;
+}
+
+/** Why a pending task is blocked, and what unblocks it; '' when it is not blocked. */
+function blockedWayOut(run: RunDoc): string {
+  if (!run.blocked) return '';
+  return `; it is blocked since stage ${run.blocked.stage} was abandoned: runwarden retry ${run.number} --stage ${run.blocked.stage} unblocks it`;
 }
 
 /**
@@ -146,18 +187,22 @@ function heldWarnings(run: RunDoc): string[] {
  */
 export async function failRunByOperator(
   deps: OperatorDeps,
-  number: number,
+  task: TaskRef,
   reason?: string,
   options: ActionOptions = {},
 ): Promise<OperatorResult> {
+  const { number } = taskKeyOf(task);
+  const again = taskArgs(task);
   const text = `failed by ${who(deps)}: ${reason?.trim() || 'no reason given'}`;
-  const { before, after } = await overrideOnce(deps, number, 'fail', (run) => {
+  const { before, after } = await overrideOnce(deps, task, 'fail', (run) => {
     const p = run.processing;
-    if (!p) refuse(run, 'fail', `use abandon ${number} to give it up, or hold ${number} to keep it from being claimed`);
-    if (p.state === 'failed') {
-      refuse(run, 'fail', `use retry ${number} to make it eligible now, or abandon ${number} to give it up`);
+    if (!p) {
+      refuse(task, run, 'fail', `use abandon ${again} to give it up, or hold ${again} to keep it from being claimed${blockedWayOut(run)}`);
     }
-    if (p.state === 'abandoned') refuse(run, 'fail', `use retry ${number} to process it again`);
+    if (p.state === 'failed') {
+      refuse(task, run, 'fail', `use retry ${again} to make it eligible now, or abandon ${again} to give it up`);
+    }
+    if (p.state === 'abandoned') refuse(task, run, 'fail', `use retry ${again} to process it again`);
     return {
       to: 'failed',
       reason: text,
@@ -165,42 +210,51 @@ export async function failRunByOperator(
       next_retry: deps.clock() + retryDelay(p.n_failures, deps.config.retry, deps.random),
     };
   }, options.selected);
-  await operatorLog(deps, 2, number, `run ${number} (was ${describeState(before)}) ${text}`);
-  return { action: 'fail', number, from: stateLabel(before), to: stateLabel(after), run: after, warnings: [] };
+  await operatorLog(deps, 2, number, `${taskName(task)} (was ${describeState(before)}) ${text}`);
+  return { action: 'fail', number, ...stageOf(task), from: stateLabel(before), to: stateLabel(after), run: after, warnings: [] };
 }
 
-/** `abandon N [reason]`: terminal, from any state but abandoned; n_failures unchanged. */
+/**
+ * `abandon N [reason]`: terminal, from any state but abandoned; n_failures unchanged. The tasks below it in the
+ * pipeline become blocked (the store does it in the same write).
+ */
 export async function abandonRunByOperator(
   deps: OperatorDeps,
-  number: number,
+  task: TaskRef,
   reason?: string,
   options: ActionOptions = {},
 ): Promise<OperatorResult> {
+  const { number } = taskKeyOf(task);
   const text = `abandoned by ${who(deps)}: ${reason?.trim() || 'no reason given'}`;
-  const { before, after } = await overrideOnce(deps, number, 'abandon', (run) => {
+  const { before, after } = await overrideOnce(deps, task, 'abandon', (run) => {
     const p = run.processing;
-    if (p?.state === 'abandoned') refuse(run, 'abandon', `it already is; use retry ${number} to process it again`);
+    if (p?.state === 'abandoned') refuse(task, run, 'abandon', `it already is; use retry ${taskArgs(task)} to process it again`);
     return { to: 'abandoned', reason: text, n_failures: p?.n_failures ?? 0 };
   }, options.selected);
-  await operatorLog(deps, 2, number, `run ${number} (was ${describeState(before)}) ${text}`);
-  return { action: 'abandon', number, from: stateLabel(before), to: stateLabel(after), run: after, warnings: [] };
+  await operatorLog(deps, 2, number, `${taskName(task)} (was ${describeState(before)}) ${text}`);
+  return { action: 'abandon', number, ...stageOf(task), from: stateLabel(before), to: stateLabel(after), run: after, warnings: [] };
 }
 
 /**
  * `retry N [--reset]`: from failed, abandoned or done to failed with next_retry now, so a daemon claims it at
- * once. `reset` zeroes n_failures and n_interruptions (the attempt counter is never reset). A hold tag stays: reported as a warning.
+ * once; the tasks an abandon of it blocked are unblocked in the same write. `reset` zeroes n_failures and
+ * n_interruptions (the attempt counter is never reset). A hold tag stays: reported as a warning.
  */
 export async function retryRunByOperator(
   deps: OperatorDeps,
-  number: number,
+  task: TaskRef,
   options: { reset?: boolean } & ActionOptions = {},
 ): Promise<OperatorResult> {
+  const { number } = taskKeyOf(task);
+  const again = taskArgs(task);
   const text = `retry requested by ${who(deps)}${options.reset ? ' (failure count reset)' : ''}`;
-  const { before, after } = await overrideOnce(deps, number, 'retry', (run) => {
+  const { before, after } = await overrideOnce(deps, task, 'retry', (run) => {
     const p = run.processing;
-    if (!p) refuse(run, 'retry', 'not processed yet; it is claimed as soon as a daemon is free');
+    if (!p) {
+      refuse(task, run, 'retry', run.blocked ? blockedWayOut(run).slice(2) : 'not processed yet; it is claimed as soon as a daemon is free');
+    }
     if (p.state === 'considering' || p.state === 'busy') {
-      refuse(run, 'retry', `use fail ${number} first, or process ${number} --force`);
+      refuse(task, run, 'retry', `use fail ${again} first, or process ${again} --force`);
     }
     return {
       to: 'failed',
@@ -211,29 +265,48 @@ export async function retryRunByOperator(
       next_retry: deps.clock(),
     };
   }, options.selected);
-  await operatorLog(deps, 1, number, `run ${number} (was ${describeState(before)}): ${text}`);
+  await operatorLog(deps, 1, number, `${taskName(task)} (was ${describeState(before)}): ${text}`);
   return {
     action: 'retry',
     number,
+    ...stageOf(task),
     from: stateLabel(before),
     to: stateLabel(after),
     run: after,
-    warnings: heldWarnings(after),
+    warnings: heldWarnings(task, after),
   };
 }
 
-/** `hold N` / `release N`: adds or removes the hold tag, in any state. A running attempt goes on. */
-export async function setHoldByOperator(deps: OperatorDeps, number: number, hold: boolean): Promise<OperatorResult> {
-  const run = await deps.store.setRunTag(number, 'hold', hold);
+/**
+ * `hold N` / `release N`: adds or removes the hold tag, in any state: `hold` holds every task of the run, and
+ * with a stage `hold:<stage>` holds only that stage's task. A running attempt goes on.
+ */
+export async function setHoldByOperator(
+  deps: OperatorDeps,
+  task: TaskRef,
+  hold: boolean,
+): Promise<OperatorResult> {
+  const { number, stage } = taskKeyOf(task);
+  const tag = typeof task === 'number' ? 'hold' : `hold:${stage}`;
+  const run = await deps.store.setRunTag(number, tag, hold);
   if (!run) throw new RunNotFoundError(number);
+  const view = typeof task === 'number' ? run : ((await deps.store.getRun(number, stage)) ?? run);
   const action = hold ? 'hold' : 'release';
   const warnings: string[] = [];
-  const p = run.processing;
-  if (hold && p && (p.state === 'considering' || p.state === 'busy')) {
-    warnings.push(`run ${number} is ${describeState(run)} and keeps running: hold only stops future claims`);
+  const busy = (run.tasks && run.tasks.length > 0 ? run.tasks : [{ stage: view.stage, processing: view.processing }])
+    .filter((t) => typeof task === 'number' || t.stage === stage)
+    .filter((t) => t.processing?.state === 'considering' || t.processing?.state === 'busy');
+  if (hold && busy.length > 0) {
+    const what = typeof task === 'number' && (run.tasks?.length ?? 0) > 1
+      ? `run ${number} has ${busy.map((t) => `stage ${t.stage} ${t.processing!.state} on host ${t.processing!.host}`).join(', ')}`
+      : `${taskName(task)} is ${describeState(view)}`;
+    warnings.push(`${what} and keeps running: hold only stops future claims`);
   }
-  await operatorLog(deps, 1, number, `run ${number} ${hold ? 'held' : 'released'} by ${who(deps)}`);
-  return { action, number, from: stateLabel(run), to: stateLabel(run), run, warnings };
+  if (!hold && typeof task !== 'number' && run.tags.includes('hold')) {
+    warnings.push(`run ${number} is still tagged hold (the whole run): runwarden release ${number} releases it`);
+  }
+  await operatorLog(deps, 1, number, `${taskName(task)} ${hold ? 'held' : 'released'} by ${who(deps)}`);
+  return { action, number, ...stageOf(task), from: stateLabel(view), to: stateLabel(view), run: view, warnings };
 }
 
 export interface ProcessClaim {
@@ -244,32 +317,50 @@ export interface ProcessClaim {
   takenFrom?: { host: string; pid: number; state: RunState };
 }
 
+/** The stages `run`'s task (of run.stage) needs that are not done yet, with their state: `process (failed)`. */
+export function unmetNeeds(run: RunDoc): string[] {
+  const stage = run.stage ?? DEFAULT_STAGE;
+  const task = run.tasks?.find((t) => t.stage === stage);
+  if (!task) return [];
+  return task.needs
+    .map((need) => ({ need, state: run.tasks?.find((t) => t.stage === need)?.processing?.state ?? 'pending' }))
+    .filter(({ state }) => state !== 'done')
+    .map(({ need, state }) => `${need} (${state})`);
+}
+
 /**
  * The claim behind `process N`: refused for considering, busy and done runs unless `force` (which takes the run
  * away from its owner: it loses its lease and kills its command). Held, abandoned, failed and pending runs are
- * claimed as asked: the request is explicit.
+ * claimed as asked: the request is explicit. A task whose upstream tasks are not all done is refused even with
+ * `force`: no stage ever starts before the stages it needs are done.
  */
 export async function claimForProcessing(
   deps: OperatorDeps,
-  number: number,
+  task: TaskRef,
   options: { force?: boolean } = {},
 ): Promise<ProcessClaim> {
+  const { number } = taskKeyOf(task);
+  const name = taskName(task);
   for (let round = 0; round < 2; round++) {
-    const before = await readRun(deps.store, number);
+    const before = await readRun(deps.store, task);
     const p = before.processing;
-    if (!options.force && p && (p.state === 'considering' || p.state === 'busy')) {
-      refuse(before, 'process', `--force takes it away from its owner (its command is killed within a check_interval)`);
+    const unmet = unmetNeeds(before);
+    if (unmet.length > 0) {
+      refuse(task, before, 'process', `it needs ${unmet.join(', ')} done first${blockedWayOut(before)}`);
     }
-    if (!options.force && p?.state === 'done') refuse(before, 'process', `add --force to process it again`);
+    if (!options.force && p && (p.state === 'considering' || p.state === 'busy')) {
+      refuse(task, before, 'process', `--force takes it away from its owner (its command is killed within a check_interval)`);
+    }
+    if (!options.force && p?.state === 'done') refuse(task, before, 'process', `add --force to process it again`);
     const takenFrom = p && (p.state === 'considering' || p.state === 'busy')
       ? { host: p.host, pid: p.pid, state: p.state }
       : undefined;
     const reason = takenFrom
-      ? `forced by ${who(deps)} (process ${number} --force): taken from host ${takenFrom.host} ` +
+      ? `forced by ${who(deps)} (process ${taskArgs(task)} --force): taken from host ${takenFrom.host} ` +
         `(pid ${takenFrom.pid}, ${takenFrom.state})`
       : `claimed by ${who(deps)} to process in the foreground`;
     const claimed = await deps.store.claimRun(
-      number,
+      task,
       { host: deps.host, pid: process.pid, order: deps.config.order },
       expectationOf(before),
       {
@@ -285,15 +376,15 @@ export async function claimForProcessing(
       deps,
       takenFrom ? 2 : 1,
       number,
-      `run ${number} (was ${describeState(before)}) claimed by ${who(deps)} to process in the foreground` +
+      `${name} (was ${describeState(before)}) claimed by ${who(deps)} to process in the foreground` +
         (takenFrom ? `, taken away from host ${takenFrom.host}` : ''),
     );
     return { run: claimed, from: stateLabel(before), ...(takenFrom ? { takenFrom } : {}) };
   }
-  const now = await readRun(deps.store, number);
+  const now = await readRun(deps.store, task);
   throw new RefusedError(
     number,
-    `run ${number} changed twice while it was being claimed (it is now ${describeState(now)}); ` +
+    `${name} changed twice while it was being claimed (it is now ${describeState(now)}); ` +
       `look at runwarden show ${number} and try again`,
   );
 }

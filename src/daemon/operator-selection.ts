@@ -12,6 +12,8 @@ export interface RunSelection {
   numbers?: number[];
   state?: RunStateLabel;
   tag?: string;
+  /** Only this stage's tasks: each run read as viewed from that stage. */
+  stage?: string;
 }
 
 export interface SelectedRuns {
@@ -27,19 +29,23 @@ function matches(run: RunDoc, selection: RunSelection): boolean {
   return true;
 }
 
-/** Reads the runs a selection names (each once); the store filters by state and tag when no number is named. */
+/**
+ * Reads the runs a selection names (each once); the store filters by state, tag and stage when no number is named
+ * (one view per matching task).
+ */
 export async function selectRuns(store: RunStore, selection: RunSelection): Promise<SelectedRuns> {
   if (selection.numbers === undefined) {
     const runs = await store.listRuns({
       ...(selection.state !== undefined ? { state: selection.state } : {}),
       ...(selection.tag !== undefined ? { tag: selection.tag } : {}),
+      ...(selection.stage !== undefined ? { stage: selection.stage } : {}),
     });
     return { runs: runs.filter((run) => matches(run, selection)).sort((a, b) => a.number - b.number), missing: [] };
   }
   const runs: RunDoc[] = [];
   const missing: number[] = [];
   for (const number of [...new Set(selection.numbers)].sort((a, b) => a - b)) {
-    const run = await store.getRun(number);
+    const run = selection.stage !== undefined ? await store.getRun(number, selection.stage) : await store.getRun(number);
     if (!run) missing.push(number);
     else if (matches(run, selection)) runs.push(run);
   }
