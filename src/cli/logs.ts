@@ -5,8 +5,7 @@ import type { Argv, CommandModule } from 'yargs';
 import { RunNotFoundError } from '../errors.js';
 import { configFromArgs, integerFlag, isClosedPipe, printJson, runCommand, withStore, type GlobalArgs } from './common.js';
 import { numberArgument } from './submit.js';
-import { stageNamed } from '../policy/pipeline.js';
-import { attemptLogDir, attemptLogName, firstWaveAttemptLogDir } from '../policy/attempt-log.js';
+import { attemptLogDir, firstWaveAttemptLogDir, stageNamed } from '../policy/pipeline.js';
 import { DEFAULT_STAGE } from '../store/types.js';
 import { stageOfTask, stageOption, taskOfRun, type StageArgs } from './stage-choice.js';
 
@@ -102,11 +101,12 @@ export const logsCommand: CommandModule<GlobalArgs, LogsArgs> = {
       const run = await withStore(config, (store) => store.getRun(number));
       if (!run) throw new RunNotFoundError(number);
       const stage = stageOfTask(taskOfRun(run, args.stage, 'print the output of'));
-      const logDir = stageNamed(config, stage)?.log_dir ?? config.process.log_dir;
-      // Where this stage's attempts log; the first wave's layout (no stage directory) for older `process` attempts.
+      const stageConfig = stageNamed(config, stage);
+      // Where this stage's attempts log (a stage this configuration does not name: under process.log_dir); the
+      // first wave's layout (no stage directory) for older `process` attempts.
       const dirs = [
-        attemptLogDir(logDir, stage, number),
-        ...(stage === DEFAULT_STAGE ? [firstWaveAttemptLogDir(logDir, number)] : []),
+        stageConfig ? attemptLogDir(stageConfig, number) : join(config.process.log_dir, stage, String(number)),
+        ...(stage === DEFAULT_STAGE ? [firstWaveAttemptLogDir(stageConfig?.log_dir ?? config.process.log_dir, number)] : []),
       ];
       const where = new Map<number, string>();
       for (const dir of [...dirs].reverse()) for (const k of attemptsIn(dir)) where.set(k, dir);
@@ -117,7 +117,7 @@ export const logsCommand: CommandModule<GlobalArgs, LogsArgs> = {
         const task = stage === DEFAULT_STAGE && args.stage === undefined ? `run ${number}` : `run ${number} stage ${stage}`;
         throw new Error(`${task}: no log for ${attempt === undefined ? 'any attempt' : `attempt ${attempt}`} in ${dirs.join(' or ')} (${known})`);
       }
-      const file = join(where.get(attempt)!, attemptLogName(attempt));
+      const file = join(where.get(attempt)!, `attempt-${attempt}.log`);
       // The command can write into the log directory: print only a regular file (a FIFO would block `logs`).
       if (!lstatSync(file).isFile()) throw new Error(`run ${number}: ${file} is not a regular file; not printed`);
       // `runwarden logs -f N | head` closes our stdout: that is the reader's way of saying "enough" (exit 0).

@@ -4,8 +4,7 @@ import type { Config } from '../config/schema.js';
 import { degradationOf } from '../policy/degradation.js';
 import type { RunStore } from '../store/run-store.js';
 import { DEFAULT_STAGE, type RunDoc } from '../store/types.js';
-import { attemptLogDir, attemptLogName, firstWaveAttemptLogDir } from '../policy/attempt-log.js';
-import { stageNamed } from '../policy/pipeline.js';
+import { firstWaveAttemptLogDir, stageNamed } from '../policy/pipeline.js';
 import { lastOutputLine, type TopSnapshot } from './top-view.js';
 
 // One reading of the store for `runwarden top`: hosts, counts per state, busy runs with the last line of
@@ -53,9 +52,10 @@ export function attemptLogFile(logDir: string, run: RunDoc): string | null {
   const attempt = run.processing?.attempt;
   if (attempt === undefined) return null;
   const stage = run.stage ?? DEFAULT_STAGE;
-  const file = join(attemptLogDir(logDir, stage, run.number), attemptLogName(attempt));
+  const name = `attempt-${attempt}.log`;
+  const file = join(logDir, stage, String(run.number), name);
   if (stage !== DEFAULT_STAGE || existsSync(file)) return file;
-  const firstWave = join(firstWaveAttemptLogDir(logDir, run.number), attemptLogName(attempt));
+  const firstWave = join(firstWaveAttemptLogDir(logDir, run.number), name);
   return existsSync(firstWave) ? firstWave : file;
 }
 
