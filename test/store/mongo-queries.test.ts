@@ -263,6 +263,7 @@ describe('claim: update', () => {
       ready: true,
       previous_state: 'failed',
       state: 'considering',
+      event_detail: null,
       host: 'beta',
       pid: 9,
       token: 'tok-new',

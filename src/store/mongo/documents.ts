@@ -145,7 +145,7 @@ function taskProcessing(task: Record<string, unknown>): Processing | undefined {
 /**
  * The run as the domain sees it from one stage's task (RunDoc.stage/processing/blocked), with every task in
  * pipeline order. Without `stage`: its `process` task, else its first task. A stage the run has no task of
- * gives a view with that stage and no processing.
+ * gives a view with no stage and no processing.
  */
 export function runFromDoc(doc: MongoDoc, stage?: string): RunDoc {
   const invalid: string[] = [];
@@ -212,11 +212,11 @@ export function runFromDoc(doc: MongoDoc, stage?: string): RunDoc {
   run.tasks = tasks;
   const viewed =
     stage ?? (tasks.some((t) => t.stage === DEFAULT_STAGE) ? DEFAULT_STAGE : tasks[0]?.stage);
-  if (viewed !== undefined) {
-    run.stage = viewed;
-    const task = tasks.find((t) => t.stage === viewed);
-    put(run, 'processing', task?.processing);
-    put(run, 'blocked', task?.blocked);
+  const task = tasks.find((t) => t.stage === viewed);
+  if (task !== undefined) {
+    run.stage = task.stage;
+    put(run, 'processing', task.processing);
+    put(run, 'blocked', task.blocked);
   }
   if (invalid.length > 0) run.invalid = invalid;
   return run;

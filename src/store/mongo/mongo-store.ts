@@ -74,6 +74,7 @@ import {
   checkStage,
   claimFilter,
   claimSort,
+  claimRunUpdate,
   claimUpdate,
   COLLECTIONS,
   confirmGoneUpdate,
@@ -437,9 +438,14 @@ export class MongoRunStore implements RunStore {
     return [...stages];
   }
 
-  /** The request's excluded run numbers for `stage` (a bare number is a `process` task). */
+  /**
+   * The request's excluded run numbers for `stage`: a task names its stage, a bare number the whole run (a
+   * claimer with an actor for it takes nothing of it).
+   */
   private static excludedFor(request: ClaimRequest, stage: string): number[] {
-    return (request.exclude ?? []).filter((ref) => taskKeyOf(ref).stage === stage).map((ref) => taskKeyOf(ref).number);
+    return (request.exclude ?? [])
+      .filter((ref) => typeof ref === 'number' || ref.stage === stage)
+      .map((ref) => taskKeyOf(ref).number);
   }
 
   /** One conditional claim of `stage`'s task, narrowed by `extra` (a picked run); the event; the view. */
@@ -502,7 +508,7 @@ export class MongoRunStore implements RunStore {
     const minAttempt = await this.maxEventAttempt(task);
     const after = await this.runs.findOneAndUpdate(
       expectationFilter(number, expected, stage),
-      claimUpdate(request, randomUUID(), options.drainMs, minAttempt, stage),
+      claimRunUpdate(request, randomUUID(), options.drainMs, minAttempt, stage),
       { returnDocument: 'after' },
     );
     if (!after) return null;
@@ -621,6 +627,10 @@ export class MongoRunStore implements RunStore {
       const value = note?.[key] ?? defaults[key];
       if (value !== undefined) (event as unknown as Record<string, unknown>)[key] = value;
     }
+    // the tasks below this write blocked or unblocked, which the write recorded in the task
+    const task = isObject(after.tasks) ? after.tasks[stage] : undefined;
+    const blocks = isObject(task) && isObject(task.event_detail) ? task.event_detail : undefined;
+    if (blocks) event.detail = { ...(event.detail ?? {}), ...blocks };
     const seq = typeof after.event_seq === 'number' ? after.event_seq : undefined;
     try {
       await this.events.insertOne(eventDoc(event, seq));

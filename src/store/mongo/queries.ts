@@ -188,6 +188,8 @@ function transition(stage: string, to: string, fields: Document, unset: readonly
         previous_state: { $ifNull: [ref(stage, 'state'), null] },
         state: literal(to),
         time: '$$NOW',
+        // what this write did to the tasks below, for its event (set by the block stages that follow)
+        event_detail: null,
         ...fields,
       },
       true,
@@ -261,23 +263,20 @@ function everyTask(each: Document): Document {
  */
 const RECOMPUTE_READY: Document = everyTask({ $mergeObjects: ['$$t.v', { ready: allDone('$$t.v.needs') }] });
 
-/** Clears every block `stage` set on the run's tasks (its task is done, or retried by an operator). */
+/** Clears every block `stage` set on the run's tasks. */
 function clearBlocksBy(stage: string): Document {
   return everyTask({
     $cond: [{ $eq: ['$$t.v.blocked.stage', literal(checkStage(stage))] }, WITHOUT_BLOCK, '$$t.v'],
   });
 }
 
-/**
- * Blocks every task below `stage` (needing it directly or further down) that is not done, abandoned or live
- * and not blocked already, naming `stage` and `reason`. The closure over `needs` is computed in the update:
- * each round adds the tasks needing one already found, and a run has no more rounds than tasks.
- */
-function blockBelow(stage: string, reason: string): Document[] {
-  const below = {
+/** The stages at or below the stage named by the expression `start`: the closure of `needs`, in the update. */
+function closureBelow(start: unknown): Document {
+  // each round adds the tasks needing one already found; a run has no more rounds than tasks
+  return {
     $reduce: {
       input: { $range: [0, { $size: { $objectToArray: TASKS } }] },
-      initialValue: [literal(checkStage(stage))],
+      initialValue: [start],
       in: {
         $setUnion: [
           '$$value',
@@ -302,41 +301,122 @@ function blockBelow(stage: string, reason: string): Document[] {
       },
     },
   };
-  return [
-    { $set: { _below: below } },
-    everyTask({
-      $cond: [
-        {
-          $and: [
-            { $ne: ['$$t.k', literal(stage)] },
-            { $in: ['$$t.k', '$_below'] },
-            { $not: [{ $in: [{ $ifNull: ['$$t.v.state', null] }, ['done', 'abandoned', 'considering', 'busy']] }] },
-            { $ne: [{ $type: '$$t.v.blocked' }, 'object'] },
-          ],
-        },
-        { $mergeObjects: ['$$t.v', { blocked: { stage: literal(stage), reason: literal(reason), time: '$$NOW' } }] },
-        '$$t.v',
-      ],
-    }),
-    { $unset: ['_below'] },
-  ];
 }
 
-/** The first block a new task inherits from the stages it needs: an abandoned one, or one blocked itself. */
-function inheritedBlock(needs: readonly string[]): Document {
-  if (needs.length === 0) return literal(null);
-  return {
-    $switch: {
-      branches: needs.flatMap((need) => [
-        {
-          case: { $eq: [ref(need, 'state'), 'abandoned'] },
-          then: { stage: literal(need), reason: { $ifNull: [ref(need, 'reason'), ''] }, time: '$$NOW' },
+/**
+ * Blocks every task below an abandoned task of the run (needing it, directly or further down) that is not
+ * done, abandoned or live and not blocked yet, naming that stage and its reason; computed in the update from
+ * the document as it stands, so it holds whichever write came last.
+ */
+const APPLY_BLOCKS: Pipeline = [
+  {
+    $set: {
+      _blocks: {
+        $map: {
+          input: { $filter: { input: { $objectToArray: TASKS }, as: 'a', cond: { $eq: ['$$a.v.state', 'abandoned'] } } },
+          as: 'a',
+          in: { stage: '$$a.k', reason: { $ifNull: ['$$a.v.reason', 'abandoned'] }, below: closureBelow('$$a.k') },
         },
-        { case: { $eq: [{ $type: ref(need, 'blocked') }, 'object'] }, then: ref(need, 'blocked') },
-      ]),
-      default: null,
+      },
+    },
+  },
+  everyTask({
+    $let: {
+      vars: {
+        by: {
+          $filter: {
+            input: '$_blocks',
+            as: 'b',
+            cond: { $and: [{ $ne: ['$$b.stage', '$$t.k'] }, { $in: ['$$t.k', '$$b.below'] }] },
+          },
+        },
+      },
+      in: {
+        $cond: [
+          {
+            $and: [
+              { $gt: [{ $size: '$$by' }, 0] },
+              { $not: [{ $in: [{ $ifNull: ['$$t.v.state', null] }, ['done', 'abandoned', 'considering', 'busy']] }] },
+              { $ne: [{ $type: '$$t.v.blocked' }, 'object'] },
+            ],
+          },
+          {
+            $mergeObjects: [
+              '$$t.v',
+              {
+                blocked: {
+                  stage: { $arrayElemAt: ['$$by.stage', 0] },
+                  reason: { $arrayElemAt: ['$$by.reason', 0] },
+                  time: '$$NOW',
+                },
+              },
+            ],
+          },
+          '$$t.v',
+        ],
+      },
+    },
+  }),
+  { $unset: ['_blocks'] },
+];
+
+/** The names of the run's tasks whose task passes `cond` (over `$$t.k` and `$$t.v`). */
+function tasksWhere(cond: Document): Document {
+  return {
+    $map: { input: { $filter: { input: { $objectToArray: TASKS }, as: 't', cond } }, as: 't', in: '$$t.k' },
+  };
+}
+
+/** `stage`'s event detail: `{ [key]: list }` when the list is not empty, else null. */
+function eventDetail(stage: string, key: string, list: unknown): Document {
+  return setTask(stage, { event_detail: { $cond: [{ $gt: [{ $size: list }, 0] }, { [key]: list }, null] } }, false);
+}
+
+/**
+ * `stage`'s task abandoned: blocks the tasks below, and records which (event_detail.blocked) for the event:
+ * those now blocked by this stage at this write's time.
+ */
+function blockBelow(stage: string): Pipeline {
+  const now = tasksWhere({
+    $and: [{ $eq: ['$$t.v.blocked.stage', literal(stage)] }, { $eq: ['$$t.v.blocked.time', '$$NOW'] }],
+  });
+  return [...APPLY_BLOCKS, eventDetail(stage, 'blocked', now)];
+}
+
+/**
+ * `stage`'s task no longer abandoned (retried by hand, or done after all): clears the blocks it set, blocks
+ * again what is still below another abandoned task, and records the tasks no longer blocked
+ * (event_detail.unblocked) for the event.
+ */
+function unblockBelow(stage: string): Pipeline {
+  const unblocked = {
+    $filter: {
+      input: '$_unblock',
+      as: 'u',
+      cond: {
+        $not: [
+          {
+            $anyElementTrue: [
+              {
+                $map: {
+                  input: { $objectToArray: TASKS },
+                  as: 'o',
+                  in: { $and: [{ $eq: ['$$o.k', '$$u'] }, { $eq: [{ $type: '$$o.v.blocked' }, 'object'] }] },
+                },
+              },
+            ],
+          },
+        ],
+      },
     },
   };
+  return [
+    { $set: { _unblock: tasksWhere({ $eq: ['$$t.v.blocked.stage', literal(checkStage(stage))] }) } },
+    clearBlocksBy(stage),
+    ...APPLY_BLOCKS,
+    eventDetail(stage, 'unblocked', unblocked),
+    { $unset: ['_unblock'] },
+  ];
 }
 
 /** The tasks of a new run (insertRun): pending, ready when they need nothing, in pipeline order. */
@@ -354,9 +434,9 @@ export function newTasksDoc(tasks: readonly TaskSpec[]): { tasks: Document; stag
 }
 
 /**
- * createTasks: adds each task the run does not have (pending; ready and blocked from its needs as the
- * document stands, each added task seen by the next), appends the new stages to `stages` and marks the run
- * staged. Tasks that exist are left alone.
+ * createTasks: adds each task the run does not have (pending; ready when its needs are done as the document
+ * stands), blocks those below an abandoned task, appends the new stages to `stages` and marks the run staged.
+ * Tasks that exist are left alone.
  */
 export function createTasksUpdate(tasks: readonly TaskSpec[]): Pipeline {
   const stages: Pipeline = [];
@@ -367,17 +447,13 @@ export function createTasksUpdate(tasks: readonly TaskSpec[]): Pipeline {
     names.push(stage);
     const needs = spec.needs.map((need) => checkStage(need, `needs of ${stage}`));
     const ready = { $allElementsTrue: [needs.map((need) => ({ $eq: [ref(need, 'state'), 'done'] }))] };
-    const base = { needs: literal(needs), ready };
-    const fresh = {
-      $let: {
-        vars: { block: inheritedBlock(needs) },
-        in: { $cond: [{ $eq: ['$$block', null] }, base, { $mergeObjects: [base, { blocked: '$$block' }] }] },
-      },
-    };
+    const fresh = { needs: literal(needs), ready };
     stages.push({
       $set: { tasks: { $mergeObjects: [TASKS, { [stage]: { $ifNull: [ref(stage), fresh] } }] } },
     });
   }
+  // a task created below an abandoned one is blocked at once
+  stages.push(...APPLY_BLOCKS);
   stages.push({
     $set: {
       stages: {
@@ -565,6 +641,20 @@ export function claimUpdate(
   ];
 }
 
+/**
+ * `process N`'s claim of one task (claimRun): the claim write, then `ready` recomputed for every task (a done
+ * task taken again makes the tasks below it wait until it is done again).
+ */
+export function claimRunUpdate(
+  request: ClaimRequest,
+  token: string,
+  drainMs: number | undefined,
+  minAttempt: number,
+  stage = DEFAULT_STAGE,
+): Pipeline {
+  return [...claimUpdate(request, token, drainMs, minAttempt, stage), RECOMPUTE_READY];
+}
+
 /** The task when it is still as the caller saw it (state and, for a processed task, token). */
 export function expectationFilter(number: number, expected: RunExpectation, stage = DEFAULT_STAGE): Filter {
   if (expected.state === null) return { number, [taskPath(stage, 'state')]: null };
@@ -642,7 +732,8 @@ export function processGroupUpdate(fields: ProcessGroupFields, stage = DEFAULT_S
  * this stage set are cleared, and the wake-up field is stamped (a downstream task may be eligible now).
  */
 export function finishUpdate(output: RunOutput, stage = DEFAULT_STAGE): Pipeline {
-  const stages = transition(stage, 'done', { ended: '$$NOW' }, ['next_retry'], true);
+  // a task done waits for nothing: a block of its own (taken by `process --force`) goes too
+  const stages = transition(stage, 'done', { ended: '$$NOW' }, ['next_retry', 'blocked'], true);
   const registered = {
     location: output.location,
     stage,
@@ -655,7 +746,7 @@ export function finishUpdate(output: RunOutput, stage = DEFAULT_STAGE): Pipeline
       outputs: { $concatArrays: [{ $cond: [{ $isArray: '$outputs' }, '$outputs', []] }, [literal(registered)]] },
     },
   });
-  stages.push(clearBlocksBy(stage), RECOMPUTE_READY);
+  stages.push(...unblockBelow(stage), RECOMPUTE_READY);
   return stages;
 }
 
@@ -698,7 +789,7 @@ export function abandonUpdate(fields: AbandonFields, stage = DEFAULT_STAGE): Pip
       },
       ['next_retry', ...extra.unset],
     ),
-    ...blockBelow(stage, fields.reason),
+    ...blockBelow(stage),
   ];
 }
 
@@ -758,7 +849,7 @@ export function overrideUpdate(change: RunOverride, token: string, writer: strin
       failed,
     ),
     listStage(stage),
-    ...(failed ? [clearBlocksBy(stage)] : blockBelow(stage, change.reason)),
+    ...(failed ? unblockBelow(stage) : blockBelow(stage)),
     RECOMPUTE_READY,
   ];
 }

@@ -8,6 +8,7 @@ import type { Db, MongoClient } from 'mongodb';
 import { MongoRunStore } from '../../../src/store/mongo/mongo-store.js';
 import { parseMongoUrl } from '../../../src/store/mongo/url.js';
 import { topologyFromHello } from '../../../src/store/mongo/wake.js';
+import type { NewRun } from '../../../src/store/types.js';
 import { runStoreConformance } from '../conformance.js';
 import { MingoDb } from './mingo-db.js';
 
@@ -24,6 +25,9 @@ runStoreConformance('mongodb (MongoRunStore on in-memory mingo collections, no s
       const set: Record<string, unknown> = {};
       for (const [key, value] of Object.entries(fields)) set[`tasks.${stage}.${key}`] = value;
       await db.collection('runs').updateOne({ number }, { $set: set });
+    },
+    insertUnstaged: async (run: NewRun) => {
+      await db.collection('runs').insertOne({ number: run.number, start: new Date(run.start), tags: [], priority: 0, params: {} });
     },
   };
 }, { tasks: true });

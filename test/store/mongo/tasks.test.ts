@@ -174,6 +174,50 @@ describe('MongoDB tasks (MongoRunStore on mingo collections)', () => {
     expect(blocked).toEqual(['process<fetch', 'upload<fetch', 'check<fetch']);
   });
 
+  it('records in the events which tasks a write blocked or unblocked; a task still below another abandoned one stays blocked', async () => {
+    await store.insertRun(run(1), [
+      { stage: 'a', needs: [] },
+      { stage: 'b', needs: [] },
+      { stage: 'c', needs: ['a', 'b'] },
+    ]);
+    const ops = { host: 'ops' };
+    const abandon = { to: 'abandoned' as const, reason: 'bad', n_failures: 0 };
+    expect(await store.overrideRun({ number: 1, stage: 'a' }, { state: null, token: null }, abandon, ops)).toBe(true);
+    expect(await store.overrideRun({ number: 1, stage: 'b' }, { state: null, token: null }, { ...abandon, reason: 'worse' }, ops)).toBe(true);
+    expect((await store.listRunEvents(1, 'a')).at(-1)?.detail).toEqual({ blocked: ['c'] });
+    expect((await store.listRunEvents(1, 'b')).at(-1)?.detail).toBeUndefined(); // c was blocked already
+    const a = (await store.getRun(1, 'a'))!.processing!;
+    const retry = { to: 'failed' as const, reason: 'retry', n_failures: 0, next_retry: Date.now() - HOUR };
+    expect(await store.overrideRun({ number: 1, stage: 'a' }, { state: 'abandoned', token: a.token }, retry, ops)).toBe(true);
+    // c is still below abandoned b: blocked again, by b, and not reported as unblocked
+    expect((await store.getRun(1, 'c'))?.blocked).toMatchObject({ stage: 'b', reason: 'worse' });
+    expect((await store.listRunEvents(1, 'a')).at(-1)?.detail).toBeUndefined();
+    const b = (await store.getRun(1, 'b'))!.processing!;
+    expect(await store.overrideRun({ number: 1, stage: 'b' }, { state: 'abandoned', token: b.token }, retry, ops)).toBe(true);
+    expect((await store.listRunEvents(1, 'b')).at(-1)?.detail).toEqual({ unblocked: ['c'] });
+    expect((await store.getRun(1, 'c'))?.blocked).toBeUndefined();
+  });
+
+  it('a done task taken again by process N makes the tasks below wait; a blocked task done waits for nothing', async () => {
+    await store.insertRun(run(1), PIPELINE.slice(0, 3));
+    await finish('fetch');
+    expect(raw(1, 'process').ready).toBe(true);
+    const fetch = (await store.getRun(1, 'fetch'))!.processing!;
+    const again = await store.claimRun({ number: 1, stage: 'fetch' }, claimer(['fetch']), { state: 'done', token: fetch.token });
+    expect(again?.processing?.state).toBe('considering');
+    expect(raw(1, 'process').ready).toBe(false);
+    expect(task(await store.claimNextRun(claimer(['process', 'upload'])))).toBe('none');
+    // abandoned while re-run: process is blocked; an operator forces process anyway and it finishes
+    await store.abandonRun({ number: 1, stage: 'fetch' }, again!.processing!.token, { reason: 'gone', n_failures: 1 });
+    expect((await store.getRun(1, 'process'))?.blocked).toMatchObject({ stage: 'fetch' });
+    const forced = await store.claimRun({ number: 1, stage: 'process' }, claimer(['process']), { state: null, token: null });
+    const out = { location: '/o', host: 'alpha', attempt: 1, at: T0 };
+    expect(await store.finishRun({ number: 1, stage: 'process' }, forced!.processing!.token, out)).toBe(true);
+    expect((await store.getRun(1, 'process'))?.blocked).toBeUndefined();
+    // upload is below fetch too: still blocked by it
+    expect((await store.getRun(1, 'upload'))?.blocked).toMatchObject({ stage: 'fetch' });
+  });
+
   it('an override to abandoned blocks below too, but never a task that is done or live', async () => {
     await store.insertRun(run(1), [
       { stage: 'fetch', needs: [] },
@@ -258,11 +302,13 @@ describe('MongoDB tasks (MongoRunStore on mingo collections)', () => {
     expect(task(await store.claimNextRun(typed))).toBe('none');
   });
 
-  it('excludes the tasks the claimer still runs, per stage (a bare number is the process task)', async () => {
+  it('excludes the tasks the claimer still runs: a task its stage, a bare number the whole run', async () => {
     await store.insertRun(run(1), [{ stage: 'fetch', needs: [] }, { stage: 'process', needs: [] }]);
-    const request = claimer(['fetch', 'process'], { exclude: [1, { number: 1, stage: 'fetch' }] });
-    expect(task(await store.claimNextRun(request))).toBe('none');
-    expect(task(await store.claimNextRun(claimer(['fetch', 'process'], { exclude: [1] })))).toBe('1/fetch');
+    const both = { exclude: [{ number: 1, stage: 'process' }, { number: 1, stage: 'fetch' }] };
+    expect(task(await store.claimNextRun(claimer(['fetch', 'process'], both)))).toBe('none');
+    expect(task(await store.claimNextRun(claimer(['fetch', 'process'], { exclude: [1] })))).toBe('none');
+    const one = { exclude: [{ number: 1, stage: 'process' }] };
+    expect(task(await store.claimNextRun(claimer(['fetch', 'process'], one)))).toBe('1/fetch');
   });
 
   it('a claim over several stages picks again when another claimer took its pick', async () => {
