@@ -386,6 +386,22 @@ describe('MongoDB tasks (MongoRunStore on mingo collections)', () => {
     expect(claimed).toMatchObject({ number: 2, stage: 'process', processing: { attempt: 3, n_failures: 2 } });
   });
 
+  it("creates a stage's indexes when the store opens with it, or on the first claim of it, once", async () => {
+    const created: string[] = [];
+    const runs = db.collection('runs');
+    const record = async (specs: Array<{ name: string; partialFilterExpression?: Doc }>): Promise<string[]> => {
+      for (const spec of specs) created.push(`${spec.name}${spec.partialFilterExpression ? '*' : ''}`);
+      return [];
+    };
+    Object.assign(runs, { createIndexes: record });
+    await store.insertRun(run(1), [{ stage: 'fetch', needs: [] }]);
+    await store.upgrade(); // as openMongoStore does
+    expect(created).toEqual(['claim_newest_fetch*', 'claim_oldest_fetch*', 'state_time_fetch']);
+    await store.claimNextRun(claimer(['fetch', 'process']));
+    await store.claimNextRun(claimer(['fetch', 'process']));
+    expect(created.slice(3)).toEqual(['claim_newest_process*', 'claim_oldest_process*', 'state_time_process']);
+  });
+
   it('refuses a stage name that is not one, naming it', async () => {
     await store.insertRun(run(1));
     for (const bad of ['Process', 'a.b', '$x', '', 'x'.repeat(41), '1st']) {
