@@ -667,11 +667,15 @@ export function expectationFilter(number: number, expected: RunExpectation, stag
   };
 }
 
-/** Failed tasks that are not held or blocked, with no previous attempt draining: nextRetryAt's next_retry. */
+/**
+ * Failed tasks a claim could take once due (not held or blocked, every need done), with no previous attempt
+ * draining: nextRetryAt's next_retry.
+ */
 export function nextRetryFilter(stage = DEFAULT_STAGE): Filter {
   return {
     [taskPath(stage, 'state')]: 'failed',
     tags: { $nin: heldTags(stage) },
+    [taskPath(stage, 'ready')]: true,
     [taskPath(stage, 'blocked')]: null,
     [taskPath(stage, 'next_retry')]: { $type: 'date' },
     $expr: { $not: [drainingInForce(stage)] },
@@ -687,6 +691,7 @@ export function drainingRetryFilter(stage = DEFAULT_STAGE): Filter {
   return {
     [taskPath(stage, 'state')]: 'failed',
     tags: { $nin: heldTags(stage) },
+    [taskPath(stage, 'ready')]: true,
     [taskPath(stage, 'blocked')]: null,
     [taskPath(stage, 'next_retry')]: { $type: 'date' },
     $expr: drainingInForce(stage),

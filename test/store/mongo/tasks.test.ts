@@ -202,15 +202,22 @@ describe('MongoDB tasks (MongoRunStore on mingo collections)', () => {
     await store.insertRun(run(1), PIPELINE.slice(0, 3));
     await finish('fetch');
     expect(raw(1, 'process').ready).toBe(true);
+    const first = await store.claimNextRun(claimer(['process']));
+    const retryAt = Date.now() + HOUR;
+    await store.failRun({ number: 1, stage: 'process' }, first!.processing!.token, { reason: 'x', n_failures: 1, next_retry: retryAt });
+    expect(await store.nextRetryAt(['process'])).toBe(retryAt);
     const fetch = (await store.getRun(1, 'fetch'))!.processing!;
     const again = await store.claimRun({ number: 1, stage: 'fetch' }, claimer(['fetch']), { state: 'done', token: fetch.token });
     expect(again?.processing?.state).toBe('considering');
     expect(raw(1, 'process').ready).toBe(false);
     expect(task(await store.claimNextRun(claimer(['process', 'upload'])))).toBe('none');
+    // its failed retry is no reason to wake until fetch is done again
+    expect(await store.nextRetryAt(['process'])).toBeNull();
     // abandoned while re-run: process is blocked; an operator forces process anyway and it finishes
     await store.abandonRun({ number: 1, stage: 'fetch' }, again!.processing!.token, { reason: 'gone', n_failures: 1 });
     expect((await store.getRun(1, 'process'))?.blocked).toMatchObject({ stage: 'fetch' });
-    const forced = await store.claimRun({ number: 1, stage: 'process' }, claimer(['process']), { state: null, token: null });
+    const p = (await store.getRun(1, 'process'))!.processing!;
+    const forced = await store.claimRun({ number: 1, stage: 'process' }, claimer(['process']), { state: 'failed', token: p.token });
     const out = { location: '/o', host: 'alpha', attempt: 1, at: T0 };
     expect(await store.finishRun({ number: 1, stage: 'process' }, forced!.processing!.token, out)).toBe(true);
     expect((await store.getRun(1, 'process'))?.blocked).toBeUndefined();
