@@ -68,3 +68,9 @@ export function taskOfRun(run: RunDoc, stage: string | undefined, doWhat: string
 export function stageOfTask(task: TaskRef): string {
   return typeof task === 'number' ? DEFAULT_STAGE : task.stage;
 }
+
+/** Stage names in pipeline order (`order`, the configuration's), then the ones it does not name, sorted. */
+export function orderedStages(names: readonly string[], order: readonly string[]): string[] {
+  const known = order.filter((name) => names.includes(name));
+  return [...known, ...names.filter((name) => !order.includes(name)).sort()];
+}

@@ -2,6 +2,7 @@ import { readFileSync } from 'node:fs';
 import type { Argv, CommandModule } from 'yargs';
 import { UsageError } from '../errors.js';
 import { parseSubmittedRun } from '../policy/run-validation.js';
+import { stagesForRun, type SelectableRun } from '../policy/pipeline.js';
 import type { NewRun } from '../store/types.js';
 import { configFromArgs, printJson, runCommand, withStore, type GlobalArgs } from './common.js';
 
@@ -67,7 +68,7 @@ function readFileSafely(file: string): string {
 
 export const submitCommand: CommandModule<GlobalArgs, SubmitArgs> = {
   command: 'submit [number]',
-  describe: 'add a run (or many with --file) for processing',
+  describe: 'add a run (or many with --file) for processing: one task per stage whose select matches it',
   builder: (yargs: Argv<GlobalArgs>) =>
     yargs
       .positional('number', { type: 'string', describe: 'run number (a non-negative integer)' })
@@ -120,16 +121,61 @@ export const submitCommand: CommandModule<GlobalArgs, SubmitArgs> = {
         if (args.param !== undefined) raw.params = parseParams(args.param);
         runs = [parseSubmittedRun(raw, 'submit', now)];
       }
+      // Each run gets a task of every stage whose selection it matches (a config without stages: one, process).
+      const tasks = new Map(runs.map((run) => [run, stagesForRun(config, selectable(run))]));
+      const staged = config.stages !== undefined && config.stages.length > 0;
       await withStore(config, async (store) => {
-        const count = runs.length === 1 ? (await store.insertRun(runs[0]!), 1) : await store.insertRuns(runs);
-        if (args.json) printJson({ submitted: runs.map((r) => r.number) });
-        else
-          process.stdout.write(
-            count === 1 ? `submitted run ${runs[0]!.number}\n` : `submitted ${count} runs (${runs[0]!.number} … ${runs.at(-1)!.number})\n`,
+        const count =
+          runs.length === 1
+            ? (await store.insertRun(runs[0]!, tasks.get(runs[0]!)!), 1)
+            : await store.insertRuns(runs, (run) => tasks.get(run) ?? stagesForRun(config, selectable(run)));
+        const stageless = runs.filter((run) => tasks.get(run)!.length === 0).map((run) => run.number);
+        if (stageless.length > 0) {
+          process.stderr.write(
+            `runwarden: warning: ${stageless.length === 1 ? `run ${stageless[0]} matches` : `runs ${preview(stageless)} match`} ` +
+              `no stage's select: no task was created; a daemon processes nothing of ${stageless.length === 1 ? 'it' : 'them'}\n`,
           );
+        }
+        if (args.json) {
+          printJson({
+            submitted: runs.map((r) => r.number),
+            ...(staged ? { tasks: Object.fromEntries(runs.map((r) => [r.number, tasks.get(r)!.map((t) => t.stage)])) } : {}),
+          });
+        } else {
+          const stages = staged && runs.length === 1 ? ` (tasks: ${tasks.get(runs[0]!)!.map((t) => t.stage).join(', ') || 'none'})` : '';
+          process.stdout.write(
+            count === 1
+              ? `submitted run ${runs[0]!.number}${stages}\n`
+              : `submitted ${count} runs (${runs[0]!.number} … ${runs.at(-1)!.number})${staged ? `: ${taskSummary(runs, tasks)}` : ''}\n`,
+          );
+        }
       }, { create: true });
     }),
 };
+
+/** The fields a stage's selection looks at. */
+function selectable(run: NewRun): SelectableRun {
+  return {
+    number: run.number,
+    ...(run.mode !== undefined ? { mode: run.mode } : {}),
+    ...(run.end !== undefined ? { end: run.end } : {}),
+    tags: run.tags ?? [],
+    params: run.params ?? {},
+  };
+}
+
+/** `7, 8, 9, … (12 runs)` */
+function preview(numbers: number[]): string {
+  const shown = numbers.slice(0, 8).join(', ');
+  return numbers.length > 8 ? `${shown}, … (${numbers.length} runs)` : shown;
+}
+
+/** `tasks: process 40, compress 40, upload 12`: how many tasks of each stage the runs got. */
+function taskSummary(runs: NewRun[], tasks: Map<NewRun, readonly { stage: string }[]>): string {
+  const counts = new Map<string, number>();
+  for (const run of runs) for (const task of tasks.get(run) ?? []) counts.set(task.stage, (counts.get(task.stage) ?? 0) + 1);
+  return `tasks: ${[...counts].map(([stage, n]) => `${stage} ${n}`).join(', ') || 'none'}`;
+}
 
 /** Run numbers on the command line: decimal digits only, so "1e3" or "12abc" is refused. */
 export function numberArgument(value: string | number | undefined, field = 'number'): number {
