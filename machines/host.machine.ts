@@ -1,15 +1,39 @@
 import { assign, enqueueActions, fromCallback, fromPromise, setup, type EventObject } from 'xstate';
-import { runMachine, type ClaimedRun, type RunSettledEvent } from './run.machine.js';
+import { PROCESS_STAGE } from '../src/policy/pipeline.js';
+import { runMachine, stageOfRun, type ClaimedRun, type RunInput, type RunSettledEvent } from './run.machine.js';
 import type { RunSettlement, SupervisorTiming } from './types.js';
 
-// One host actor per daemon. It claims runs while slots are free and spawns one run actor per claim
-// (system id `run-<number>`, child id `run-slot-<k>`); effects (store, signals, wake-ups) are the actors
-// src/daemon provides. A claim names the runs that still have an actor here, so a run failed by hand while
-// its attempt is still stopping is never claimed again before that actor has settled (issue 12 fault 1).
+// One host actor per daemon. It claims tasks (one stage of one run, DESIGN §9) while slots are free, the
+// daemon's and the task's stage's, and spawns one run actor per claim (system id `run-<number>/<stage>`, child
+// id `run-slot-<k>`); effects (store, signals, wake-ups) are the actors src/daemon provides. A claim names the
+// tasks that still have an actor here, so a task failed by hand while its attempt is still stopping is never
+// claimed again before that actor has settled (issue 12 fault 1).
+
+/** One stage's share of this host's slots. */
+export interface StageSlots {
+  name: string;
+  slots: number;
+}
+
+/** A task this host runs: one stage of one run. */
+export interface RunningTask {
+  number: number;
+  stage: string;
+}
+
+/** The key of a task in the host's bookkeeping (`42/process`). */
+export function taskId(task: RunningTask): string {
+  return `${task.number}/${task.stage}`;
+}
 
 export interface HostInput {
   host: string;
   slots: number;
+  /**
+   * The pipeline's stages and the slots each may use on this host; absent: one stage `process` with every
+   * slot (the first wave). A claim is possible while fewer than `slots` tasks run and some stage has room.
+   */
+  stages?: StageSlots[];
   idlePollMs: number;
   /** Exit once nothing is eligible and nothing is running (`runwarden daemon --once`). */
   once: boolean;
@@ -28,14 +52,21 @@ export interface HostCheckOutput {
   problem: string | null;
 }
 
-/** What the claim effect is told: the host, and the runs it must not take (their actors are still alive). */
+/** What the claim effect is told: the host, the tasks it must not take (their actors are still alive), and where there is room. */
 export interface ClaimInput {
   host: string;
+  /** Run numbers of the running tasks (one entry per task). */
   running: number[];
+  /** The running tasks themselves: the claim excludes them. */
+  tasks: RunningTask[];
+  /** Stages with a free slot on this host, upstream first: the claim takes a task of one of these only. */
+  stages: string[];
 }
 
 export interface ClaimOutput {
   run: ClaimedRun | null;
+  /** The run actor's input for the claimed task (its stage's retry and timing); absent: the host's own. */
+  input?: RunInput;
   /** How long an idle host may sleep before looking again (idle_poll, or sooner for a due retry). */
   nextPollMs: number;
   /** The disk gate was shut: the output disk is too full, so nothing was claimed. */
@@ -54,9 +85,13 @@ export interface HostOutput {
 }
 
 interface HostContext extends HostInput {
+  stages: StageSlots[];
+  /** Run numbers of the running tasks, one entry per task (what the host document's `running` shows). */
   running: number[];
-  /** The child slot of each running run (see spawnRun). */
-  runSlots: Record<number, number>;
+  /** The running tasks, in claim order (parallel to `running`). */
+  tasks: RunningTask[];
+  /** The child slot of each running task, by taskId (see spawnRun). */
+  runSlots: Record<string, number>;
   /** The last claim found the disk gate shut; the host reports `disk_full` until a claim finds it open. */
   diskFull: boolean;
   /** Runs settled in a row that could not start for a reason of the host; any other outcome resets it. */
@@ -72,6 +107,18 @@ interface HostContext extends HostInput {
 }
 
 const FATAL_SETTLEMENTS: RunSettlement[] = ['unkillable', 'error'];
+
+/** Stages with a free slot: fewer of their tasks run here than their `slots` (none when the host is full). */
+export function stagesWithRoom(context: Pick<HostContext, 'stages' | 'tasks' | 'slots'>): string[] {
+  if (context.tasks.length >= context.slots) return [];
+  return context.stages
+    .filter((stage) => context.tasks.filter((task) => task.stage === stage.name).length < stage.slots)
+    .map((stage) => stage.name);
+}
+
+function settledTask(event: RunSettledEvent): RunningTask {
+  return { number: event.number, stage: event.stage ?? PROCESS_STAGE };
+}
 
 /**
  * Crash-only: in every state that is not final, a fatal error from an effect (the store file replaced, the store
@@ -114,9 +161,13 @@ export const hostMachine = setup({
     claimedRun: (_, params: { output: ClaimOutput }) => params.output.run !== null,
     // A second actor with the same system id would crash the host; the claim excludes running runs, so this
     // is a broken claim effect, reported as such.
-    claimedRunStillRunning: ({ context }, params: { output: ClaimOutput }) =>
-      params.output.run !== null && context.running.includes(params.output.run.number),
-    hasFreeSlot: ({ context }) => context.running.length < context.slots,
+    claimedRunStillRunning: ({ context }, params: { output: ClaimOutput }) => {
+      const run = params.output.run;
+      if (run === null) return false;
+      const id = taskId({ number: run.number, stage: stageOfRun(run) });
+      return context.tasks.some((task) => taskId(task) === id);
+    },
+    hasFreeSlot: ({ context }) => stagesWithRoom(context).length > 0,
     hasRunsActive: ({ context }) => context.running.length > 0,
     noRunsActive: ({ context }) => context.running.length === 0,
     stopRequested: ({ context }) => context.stopRequested,
@@ -127,33 +178,44 @@ export const hostMachine = setup({
     hostCheckPassed: (_, params: { output: HostCheckOutput }) => params.output.problem === null,
   },
   actions: {
-    spawnRun: enqueueActions(({ enqueue, context }, params: { run: ClaimedRun }) => {
+    spawnRun: enqueueActions(({ enqueue, context }, params: { run: ClaimedRun; input?: RunInput }) => {
       // Child ids come from a bounded set: XState caches transition candidates per event type for ever, and
       // each child's id is in its done event's type (`xstate.done.actor.<id>`); one id per run leaked memory.
       const used = new Set(Object.values(context.runSlots));
       let slot = 0;
       while (used.has(slot)) slot += 1;
+      const task = { number: params.run.number, stage: stageOfRun(params.run) };
+      // The claim effect gives each task its stage's limits; a bare claim (tests) takes the host's.
+      const input = params.input ?? {
+        run: params.run,
+        maxFailures: context.maxFailures,
+        maxInterruptions: context.maxInterruptions,
+        noRetryExitCodes: context.noRetryExitCodes,
+        timing: context.timing,
+      };
       enqueue.spawnChild('run', {
         id: `run-slot-${slot}`,
-        systemId: `run-${params.run.number}`,
-        input: {
-          run: params.run,
-          maxFailures: context.maxFailures,
-          maxInterruptions: context.maxInterruptions,
-          noRetryExitCodes: context.noRetryExitCodes,
-          timing: context.timing,
-        },
+        systemId: `run-${task.number}/${task.stage}`,
+        input,
       });
       enqueue.assign({
-        running: [...context.running, params.run.number],
-        runSlots: { ...context.runSlots, [params.run.number]: slot },
+        running: [...context.running, task.number],
+        tasks: [...context.tasks, task],
+        runSlots: { ...context.runSlots, [taskId(task)]: slot },
       });
     }),
     forgetRun: enqueueActions(({ enqueue, context, event }) => {
       if (event.type !== 'RUN_SETTLED') return;
-      enqueue.stopChild(`run-slot-${context.runSlots[event.number]}`);
-      const { [event.number]: _forgotten, ...runSlots } = context.runSlots;
-      enqueue.assign({ running: context.running.filter((n) => n !== event.number), runSlots });
+      const id = taskId(settledTask(event));
+      const index = context.tasks.findIndex((task) => taskId(task) === id);
+      if (index < 0) return;
+      enqueue.stopChild(`run-slot-${context.runSlots[id]}`);
+      const { [id]: _forgotten, ...runSlots } = context.runSlots;
+      enqueue.assign({
+        running: context.running.filter((_, i) => i !== index),
+        tasks: context.tasks.filter((_, i) => i !== index),
+        runSlots,
+      });
     }),
     // Host faults in a row pause claiming; a run that got past them (done, or failed by its own command) shows
     // the host can start runs, and a released or lost run says nothing either way.
@@ -173,8 +235,8 @@ export const hostMachine = setup({
     }),
     resumeClaiming: assign({ pausedReason: null, hostFaults: 0, lastHostFault: null }),
     stopRuns: enqueueActions(({ enqueue, context }) => {
-      for (const number of context.running) {
-        enqueue.sendTo(`run-slot-${context.runSlots[number]}`, { type: 'STOP' });
+      for (const task of context.tasks) {
+        enqueue.sendTo(`run-slot-${context.runSlots[taskId(task)]}`, { type: 'STOP' });
       }
     }),
     rememberClaim: assign({
@@ -194,8 +256,9 @@ export const hostMachine = setup({
     rememberFatal: assign({ error: ({ event }) => (event.type === 'FATAL' ? event.error : 'fatal error') }),
     rememberDoubleClaim: assign({
       error: (_, params: { output: ClaimOutput }) =>
-        `internal: run ${params.output.run?.number} was claimed while its previous attempt's actor is still ` +
-        `running here; the claim must exclude running runs`,
+        `internal: run ${params.output.run?.number}` +
+        (params.output.run && stageOfRun(params.output.run) !== PROCESS_STAGE ? ` stage ${stageOfRun(params.output.run)}` : '') +
+        ` was claimed while its previous attempt's actor is still running here; the claim must exclude running runs`,
     }),
     rememberError: assign({
       error: (_, params: { error: unknown }) =>
@@ -206,7 +269,9 @@ export const hostMachine = setup({
   id: 'host',
   context: ({ input }) => ({
     ...input,
+    stages: input.stages ?? [{ name: PROCESS_STAGE, slots: input.slots }],
     running: [],
+    tasks: [],
     runSlots: {},
     diskFull: false,
     hostFaults: 0,
@@ -272,7 +337,12 @@ export const hostMachine = setup({
           entry: 'clearWake',
           invoke: {
             src: 'claimNext',
-            input: ({ context }) => ({ host: context.host, running: context.running }),
+            input: ({ context }) => ({
+              host: context.host,
+              running: context.running,
+              tasks: context.tasks,
+              stages: stagesWithRoom(context),
+            }),
             onDone: [
               {
                 guard: { type: 'claimedRunStillRunning', params: ({ event }) => ({ output: event.output }) },
@@ -284,7 +354,13 @@ export const hostMachine = setup({
                 target: 'deciding',
                 actions: [
                   { type: 'rememberClaim', params: ({ event }) => ({ output: event.output }) },
-                  { type: 'spawnRun', params: ({ event }) => ({ run: event.output.run! }) },
+                  {
+                    type: 'spawnRun',
+                    params: ({ event }) => ({
+                      run: event.output.run!,
+                      ...(event.output.input ? { input: event.output.input } : {}),
+                    }),
+                  },
                 ],
               },
               {

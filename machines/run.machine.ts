@@ -1,6 +1,7 @@
 import { assign, enqueueActions, fromCallback, fromPromise, sendTo, setup, type EventObject } from 'xstate';
 import { decideAfterFailure, decideAfterInterruption } from '../src/policy/failure-decision.js';
 import { reasonFromStderr } from '../src/policy/failure-text.js';
+import { PROCESS_STAGE } from '../src/policy/pipeline.js';
 import { supervisorMachine } from './supervisor.machine.js';
 import type {
   AttemptFailure,
@@ -11,19 +12,26 @@ import type {
   SupervisorTiming,
 } from './types.js';
 
-// One actor per claimed attempt of a run, spawned by the host. The claim itself (pending → considering)
+// One actor per claimed attempt of one task (one stage of a run, DESIGN §9), spawned by the host. The claim itself (pending → considering)
 // happened in the store before this actor exists; every write the actor causes goes through a fenced
 // effect that reports `ok: false` when the lease token was taken away, and the actor then stops writing.
 
 /** The claimed run as the store returned it; opaque to the chart apart from these fields. */
 export interface ClaimedRun {
   number: number;
+  /** The stage of the claimed task; absent: `process` (the first wave's one stage). */
+  stage?: string;
   token: string;
   attempt: number;
   nFailures: number;
   /** Attempts ended by their host so far (processing.n_interruptions). */
   nInterruptions: number;
   doc: unknown;
+}
+
+/** The stage of a claimed task. */
+export function stageOfRun(run: Pick<ClaimedRun, 'stage'>): string {
+  return run.stage ?? PROCESS_STAGE;
 }
 
 export interface RunInput {
@@ -42,11 +50,15 @@ export type RunEvent =
 
 export interface PreflightOutput extends FencedWriteResult {
   plan?: CommandPlan;
+  /** The stage's check (run after the command exits 0 and its output passes); absent when it has none. */
+  check?: CommandPlan;
 }
 
 export interface RunSettledEvent {
   type: 'RUN_SETTLED';
   number: number;
+  /** The settled task's stage; absent: `process`. */
+  stage?: string;
   settlement: RunSettlement;
   error?: string;
   /** The attempt could not start for a reason of the host: what the host's check found. */
@@ -60,6 +72,8 @@ interface RunContext {
   noRetryExitCodes: number[];
   timing: SupervisorTiming;
   plan: CommandPlan | null;
+  /** The stage's check command, when it has one. */
+  checkPlan: CommandPlan | null;
   failure: AttemptFailure | null;
   /** Why the command is being terminated, when the run did not end by itself. */
   interruption: 'lease_lost' | 'stopping' | null;
@@ -68,6 +82,14 @@ interface RunContext {
 
 function describeError(error: unknown): string {
   return error instanceof Error ? error.message : String(error);
+}
+
+/** Why the stage's check failed the attempt: the check's exit, timeout, stall or spawn, in its own words. */
+function checkFailureFromResult(result: SupervisorResult, plan: CommandPlan | null): AttemptFailure {
+  const failure = failureFromResult(result, plan);
+  const what =
+    failure.kind === 'timed_out' ? 'timed out' : failure.kind === 'stalled' ? 'stalled: no output' : failure.message;
+  return { ...failure, kind: 'check', message: what };
 }
 
 function failureFromResult(result: SupervisorResult, plan: CommandPlan | null): AttemptFailure {
@@ -142,6 +164,13 @@ export const runMachine = setup({
     leaseKeeper: fromCallback<EventObject, { run: ClaimedRun }>(() => undefined),
     preflight: fromPromise<PreflightOutput, { run: ClaimedRun }>(async () => ({ ok: false })),
     supervisor: supervisorMachine,
+    /**
+     * The command exited 0: its output must be there (require_output); with a check to run, the lease is renewed
+     * for it. Throws when the output is missing (the attempt fails); `ok: false` when the lease is gone.
+     */
+    verifyOutput: fromPromise<FencedWriteResult, { run: ClaimedRun; plan: CommandPlan | null; check: boolean }>(
+      async () => ({ ok: true }),
+    ),
     registerOutput: fromPromise<FencedWriteResult, { run: ClaimedRun; plan: CommandPlan | null }>(
       async () => ({ ok: false }),
     ),
@@ -164,6 +193,8 @@ export const runMachine = setup({
     commandSucceeded: (_, params: { output: SupervisorResult }) =>
       params.output.outcome === 'exited' && params.output.exitCode === 0,
     shouldAbandon: ({ context }) => decisionAfterFailure(context).kind === 'abandon',
+    commandSucceededWithoutCheck: ({ context }, params: { output: SupervisorResult }) =>
+      context.checkPlan === null && params.output.outcome === 'exited' && params.output.exitCode === 0,
   },
   actions: {
     // Tells the host this actor has nothing more to do. Without a host (unit tests) nobody listens.
@@ -173,6 +204,7 @@ export const runMachine = setup({
       const event: RunSettledEvent = {
         type: 'RUN_SETTLED',
         number: context.run.number,
+        ...(context.run.stage !== undefined ? { stage: context.run.stage } : {}),
         settlement: params.settlement,
         ...(context.error ? { error: context.error } : {}),
         ...((params.settlement === 'failed' || params.settlement === 'abandoned') &&
@@ -182,7 +214,10 @@ export const runMachine = setup({
       };
       enqueue.sendTo(host, event);
     }),
-    rememberPlan: assign({ plan: (_, params: { output: PreflightOutput }) => params.output.plan ?? null }),
+    rememberPlan: assign({
+      plan: (_, params: { output: PreflightOutput }) => params.output.plan ?? null,
+      checkPlan: (_, params: { output: PreflightOutput }) => params.output.check ?? null,
+    }),
     rememberPreflightFailure: assign({
       failure: (_, params: { error: unknown }) => {
         const hostFault = hostFaultOf(params.error);
@@ -195,6 +230,10 @@ export const runMachine = setup({
     }),
     rememberCommandFailure: assign({
       failure: ({ context }, params: { output: SupervisorResult }) => failureFromResult(params.output, context.plan),
+    }),
+    rememberCheckFailure: assign({
+      failure: ({ context }, params: { output: SupervisorResult }) =>
+        checkFailureFromResult(params.output, context.checkPlan),
     }),
     rememberOutputFailure: assign({
       failure: (_, params: { error: unknown }) => ({ kind: 'output' as const, message: describeError(params.error) }),
@@ -218,6 +257,7 @@ export const runMachine = setup({
     noRetryExitCodes: input.noRetryExitCodes,
     timing: input.timing,
     plan: null,
+    checkPlan: null,
     failure: null,
     interruption: null,
     error: null,
@@ -267,8 +307,12 @@ export const runMachine = setup({
                 actions: { type: 'rememberUnkillable', params: ({ event }) => ({ output: event.output }) },
               },
               {
-                guard: { type: 'commandSucceeded', params: ({ event }) => ({ output: event.output }) },
+                guard: { type: 'commandSucceededWithoutCheck', params: ({ event }) => ({ output: event.output }) },
                 target: 'registering',
+              },
+              {
+                guard: { type: 'commandSucceeded', params: ({ event }) => ({ output: event.output }) },
+                target: 'verifying',
               },
               {
                 target: '#run.failed',
@@ -282,6 +326,65 @@ export const runMachine = setup({
           },
           // Only terminate here: the supervisor confirms the group gone, then its end leads on. A lease taken away
           // (an operator's fail or abandon, cleanup) so always ends this actor in `lost`, never in `abandoned`.
+          on: {
+            LEASE_LOST: { actions: ['interruptForLostLease', 'terminateCommand'] },
+            STOP: { actions: ['interruptForStop', 'terminateCommand'] },
+          },
+        },
+        // The command exited 0 and the stage has a check: the output must be there before the check runs.
+        verifying: {
+          invoke: {
+            src: 'verifyOutput',
+            input: ({ context }) => ({ run: context.run, plan: context.plan, check: true }),
+            onDone: [
+              { guard: 'hostIsStopping', target: '#run.releasing' },
+              {
+                guard: { type: 'writeAccepted', params: ({ event }) => ({ output: event.output }) },
+                target: 'checking',
+              },
+              { target: '#run.confirmingGone' },
+            ],
+            onError: {
+              target: '#run.failed',
+              actions: { type: 'rememberOutputFailure', params: ({ event }) => ({ error: event.error }) },
+            },
+          },
+          // No command runs here: a lost lease ends the attempt at once, a stop once the check would start.
+          on: {
+            LEASE_LOST: '#run.confirmingGone',
+            STOP: { actions: 'interruptForStop' },
+          },
+        },
+        // The stage's check (DESIGN §9), supervised as the command is (group, timeouts, stall, kill); its output
+        // is appended to the attempt's log. A non-zero exit fails the attempt with the check's reason.
+        checking: {
+          invoke: {
+            id: 'supervisor',
+            src: 'supervisor',
+            input: ({ context }) => ({ plan: context.checkPlan!, timing: context.timing }),
+            onDone: [
+              { guard: 'leaseWasLost', target: '#run.confirmingGone' },
+              { guard: 'hostIsStopping', target: '#run.releasing' },
+              {
+                guard: { type: 'commandUnkillable', params: ({ event }) => ({ output: event.output }) },
+                target: '#run.unkillable',
+                actions: { type: 'rememberUnkillable', params: ({ event }) => ({ output: event.output }) },
+              },
+              {
+                guard: { type: 'commandSucceeded', params: ({ event }) => ({ output: event.output }) },
+                target: 'registering',
+              },
+              {
+                target: '#run.failed',
+                actions: { type: 'rememberCheckFailure', params: ({ event }) => ({ output: event.output }) },
+              },
+            ],
+            onError: {
+              target: '#run.error',
+              actions: { type: 'rememberError', params: ({ event }) => ({ error: event.error }) },
+            },
+          },
+          // As while supervising: terminate, and the supervisor's end leads on.
           on: {
             LEASE_LOST: { actions: ['interruptForLostLease', 'terminateCommand'] },
             STOP: { actions: ['interruptForStop', 'terminateCommand'] },

@@ -4,6 +4,8 @@
 /** Everything the supervisor needs to start one attempt's command; built by the run's preflight. */
 export interface CommandPlan {
   number: number;
+  /** The task's stage; absent: `process`. */
+  stage?: string;
   token: string;
   attempt: number;
   argv: string[];
@@ -50,7 +52,8 @@ export interface SupervisorResult {
 
 /** Why an attempt failed, as data; the effect that records it turns it into the stored reason. */
 export interface AttemptFailure {
-  kind: 'preflight' | 'exit' | 'timed_out' | 'stalled' | 'spawn' | 'output';
+  /** `check`: the stage's check command failed (non-zero exit, timed out, stalled or not started). */
+  kind: 'preflight' | 'exit' | 'timed_out' | 'stalled' | 'spawn' | 'output' | 'check';
   message: string;
   exitCode?: number;
   signal?: string;

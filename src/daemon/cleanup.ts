@@ -5,7 +5,9 @@ import { interruptionOutcome, repairFailureOutcome } from '../policy/failure-dec
 import { drainLimitMs } from '../policy/lease-limits.js';
 import { retryDelay } from '../policy/retry-delay.js';
 import type { RunOverride, RunStore } from '../store/run-store.js';
-import type { RunDoc, RunState } from '../store/types.js';
+import { DEFAULT_STAGE, type RunDoc, type RunState } from '../store/types.js';
+import { stageNamed, stagesOf as stagesOfConfig } from '../policy/pipeline.js';
+import { taskLabel, taskRefOf } from './run-input.js';
 import { isoTimeOrInvalid } from '../time-range.js';
 import type { LeaseObservations } from './lease-observations.js';
 
@@ -45,6 +47,8 @@ export type RepairKind = 'stale' | 'no_output' | 'tagged_abandon' | 'invalid_pro
 
 export interface CleanupRepair {
   number: number;
+  /** The repaired task's stage. */
+  stage: string;
   kind: RepairKind;
   from: RunState | 'pending';
   to: 'failed' | 'abandoned';
@@ -65,14 +69,25 @@ export interface CleanupReport {
 
 
 /** The failure a repair records: counted, with backoff, or abandoned once max_failures is reached. */
+/** The task's stage as this cleaner's config has it; a stage it lacks is judged by the daemon's own policy. */
+function stagePolicy(deps: CleanupDeps, run: RunDoc) {
+  const stage = stageNamed(deps.config, run.stage ?? DEFAULT_STAGE);
+  return {
+    retry: stage?.retry ?? deps.config.retry,
+    noRetryExitCodes: stage?.no_retry_exit_codes ?? deps.config.process.no_retry_exit_codes,
+    requireOutput: stage?.require_output ?? deps.config.process.require_output,
+  };
+}
+
 function failureOverride(deps: CleanupDeps, run: RunDoc, what: string): RunOverride {
   const nBefore = run.processing?.n_failures ?? 0;
+  const policy = stagePolicy(deps, run);
   return repairFailureOutcome({
     nFailuresBefore: nBefore,
     what,
-    maxFailures: deps.config.retry.max_failures,
-    noRetryExitCodes: deps.config.process.no_retry_exit_codes,
-    retryAt: deps.clock() + retryDelay(nBefore, deps.config.retry, deps.random),
+    maxFailures: policy.retry.max_failures,
+    noRetryExitCodes: policy.noRetryExitCodes,
+    retryAt: deps.clock() + retryDelay(nBefore, policy.retry, deps.random),
   });
 }
 
@@ -85,7 +100,7 @@ function interruptionOverride(deps: CleanupDeps, run: RunDoc, what: string): Run
   return interruptionOutcome({
     nFailures: run.processing?.n_failures ?? 0,
     nInterruptionsBefore: run.processing?.n_interruptions ?? 0,
-    maxInterruptions: deps.config.retry.max_interruptions,
+    maxInterruptions: stagePolicy(deps, run).retry.max_interruptions,
     what,
     retryAt: deps.clock(),
   });
@@ -112,14 +127,16 @@ async function invalidProcessingOverride(deps: CleanupDeps, run: RunDoc, problem
   const p = run.processing!;
   const unreadableFailures = problems.some((problem) => /\bn_failures\b/.test(problem) && !/stored as text/.test(problem));
   const nFailures = unreadableFailures
-    ? (await deps.store.listRunEvents(run.number)).filter((e) => e.to === 'failed' || e.to === 'abandoned').length
+    ? (await deps.store.listRunEvents(run.number, run.stage ?? DEFAULT_STAGE)).filter(
+        (e) => e.to === 'failed' || e.to === 'abandoned',
+      ).length
     : p.n_failures;
   return {
     to: 'failed',
     reason: `invalid processing document: ${problems.join('; ')}; repaired by cleanup on host ${deps.host}`,
     n_failures: nFailures,
     next_retry: deps.clock(),
-    attempt: Math.max(p.attempt, await deps.store.maxEventAttempt(run.number)),
+    attempt: Math.max(p.attempt, await deps.store.maxEventAttempt(taskRefOf(run.number, run.stage))),
   };
 }
 
@@ -150,7 +167,7 @@ export async function cleanupPass(deps: CleanupDeps): Promise<CleanupReport> {
       // a busy run taken over keeps its attempt as draining until its command is surely gone (issue 12)
       const planned = { ...(await change(run)), drainMs: drainLimitMs(deps.config.timeouts) };
       const ok = await store.overrideRun(
-        run.number,
+        taskRefOf(run.number, run.stage),
         { state: p?.state ?? null, token: p?.token ?? null },
         planned,
         {
@@ -168,8 +185,9 @@ export async function cleanupPass(deps: CleanupDeps): Promise<CleanupReport> {
         return;
       }
       const from = p?.state ?? 'pending';
-      report.repairs.push({ number: run.number, kind, from, to: planned.to, reason: planned.reason });
-      await warn(`run ${run.number} ${planned.to} by cleanup: ${planned.reason}`, run.number);
+      const stage = run.stage ?? DEFAULT_STAGE;
+      report.repairs.push({ number: run.number, stage, kind, from, to: planned.to, reason: planned.reason });
+      await warn(`${taskLabel(run.number, stage)} ${planned.to} by cleanup: ${planned.reason}`, run.number);
     } catch (error) {
       report.errors.push({ number: run.number, kind, error: error instanceof Error ? error.message : String(error) });
     }
@@ -212,13 +230,16 @@ export async function cleanupPass(deps: CleanupDeps): Promise<CleanupReport> {
     await repair(run, 'stale', (r) => interruptionOverride(deps, r, staleReason(deps, r)));
   }
 
-  if (config.process.require_output) {
+  // Done tasks of a run without any registered output, where their stage requires one.
+  if (stagesOfConfig(config).some((stage) => stage.require_output)) {
     for (const run of await store.listRuns({ state: 'done', noOutputs: true })) {
+      if (!stagePolicy(deps, run).requireOutput) continue;
+      const key = run.stage === undefined || config.stages === undefined ? 'process' : `stages.${run.stage}`;
       await repair(run, 'no_output', (r) =>
         failureOverride(
           deps,
           r,
-          `done without a registered output (process.require_output is on); failed by cleanup on host ${deps.host}`,
+          `done without a registered output (${key}.require_output is on); failed by cleanup on host ${deps.host}`,
         ),
       );
     }

@@ -13,6 +13,7 @@ import { hostEffects, type HostView } from './host-effects.js';
 import { processActor } from './process-actor.js';
 import { describeFatal, dieLoudly, exitProcess, onProcessFault, STOP_SIGNALS } from './process-exit.js';
 import { runEffects } from './run-effects.js';
+import { stagesOf } from '../policy/pipeline.js';
 
 // Wiring: the pure charts in machines/ get their effects here, and the host actor gets the process's
 // signals. Crash-only: an unexpected error is logged at fatal, every live process group is killed, and
@@ -87,6 +88,8 @@ export function hostInputFor(config: Config, once: boolean): HostInput {
   return {
     host: config.host,
     slots: config.slots,
+    // A stage never has more slots than the daemon.
+    stages: stagesOf(config).map((stage) => ({ name: stage.name, slots: Math.min(stage.slots, config.slots) })),
     idlePollMs: config.timeouts.idle_poll,
     once,
     maxFailures: config.retry.max_failures,
@@ -112,7 +115,8 @@ export function startDaemon(options: DaemonOptions): DaemonHandle {
   let latest: HostSnapshot | undefined;
   const view = (): HostView => ({
     state: hostStateOf(latest),
-    running: latest ? [...latest.context.running] : [],
+    // The host document names runs: a run with two tasks running here appears once.
+    running: latest ? [...new Set(latest.context.running)] : [],
     pausedReason: latest && hostStateOf(latest) === 'paused' ? latest.context.pausedReason : null,
   });
   const input = hostInputFor(config, options.once ?? false);

@@ -6,12 +6,14 @@ import { describeHostProblems, hostProblems } from './host-check.js';
 import { readProcStart } from '../process/proc.js';
 import { monitorMinute, type HostPatch } from '../store/run-store.js';
 import { isStoreContention } from '../store/contention.js';
-import type { DiskFigures, HostDoc, HostState, MonitorSample, RunDoc } from '../store/types.js';
+import { DEFAULT_STAGE, type DiskFigures, type HostDoc, type HostState, type MonitorSample, type RunDoc } from '../store/types.js';
 import { cleanupPass } from './cleanup.js';
 import { LeaseObservations } from './lease-observations.js';
 import { displacePreviousDaemon } from './displace.js';
 import { recoverOwnRuns } from './recover-own-runs.js';
-import { claimedRunOf } from './run-input.js';
+import { runInputFor, taskRefOf } from './run-input.js';
+import { stagesForRun, stagesOf } from '../policy/pipeline.js';
+import type { StageClaim } from '../store/run-store.js';
 import type { DaemonContext } from './context.js';
 import { isDateMs, isoTimeOrInvalid } from '../time-range.js';
 import { uncleanRestartMessage } from '../policy/host-restart.js';
@@ -112,7 +114,7 @@ export function hostEffects(ctx: DaemonContext, view: () => HostView) {
     if (repaired.length > 0) {
       logger.warn(
         `host ${host} restarted: ${repaired.length} run(s) of the previous daemon interrupted ` +
-          `(${repaired.map((r) => r.number).join(', ')}), eligible again at once and not counted as failures; ` +
+          `(${repaired.map((r) => (r.stage === DEFAULT_STAGE ? `${r.number}` : `${r.number}/${r.stage}`)).join(', ')}), eligible again at once and not counted as failures; ` +
           `${repaired.filter((r) => r.killedPgid !== undefined).length} orphaned command(s) killed`,
       );
     }
@@ -302,6 +304,53 @@ export function hostEffects(ctx: DaemonContext, view: () => HostView) {
     store.watchNewRuns(() => sendBack({ type: 'WAKE' })),
   );
 
+  /** Unstaged runs given their tasks per pass: bounded, so a flood of new runs never delays a claim for long. */
+  const STAGING_BATCH = 100;
+  /** Runs whose document could not be given tasks, logged once each (a bad document must not stop the host). */
+  const unstageable = new Set<number>();
+
+  /**
+   * Runs inserted by another tool (or pending in a first-wave store being upgraded) have no tasks yet: give each
+   * the tasks of the stages whose selection it matches (policy/pipeline stagesForRun). Idempotent in the store,
+   * so two daemons meeting the same run agree. A run that cannot be staged is logged and left for the next pass.
+   */
+  const stageNewRuns = async (): Promise<number> => {
+    const runs = await store.listUnstagedRuns(STAGING_BATCH);
+    let staged = 0;
+    for (const run of runs) {
+      try {
+        const tasks = stagesForRun(config, {
+          number: run.number,
+          tags: Array.isArray(run.tags) ? run.tags : [],
+          params: run.params !== null && typeof run.params === 'object' ? run.params : {},
+          ...(typeof run.mode === 'string' ? { mode: run.mode } : {}),
+          ...(typeof run.end === 'number' ? { end: run.end } : {}),
+        });
+        const created = await store.createTasks(run.number, tasks);
+        staged += created;
+        if (created > 0) {
+          logger.info(
+            `run ${run.number}: created ${created} task(s) for stage(s) ${tasks.map((t) => t.stage).join(', ') || '(none)'}`,
+            { number: run.number },
+          );
+        }
+      } catch (error) {
+        if (isStoreContention(error)) throw error;
+        if (!unstageable.has(run.number)) {
+          unstageable.add(run.number);
+          logger.error(`run ${run.number}: could not give it its tasks: ${String(error)}`, { number: run.number });
+        }
+      }
+    }
+    return staged;
+  };
+
+  /** The claim's stages: those with a free slot here, each with its depth and its selectors. */
+  const stageClaims = (names: readonly string[]): StageClaim[] =>
+    stagesOf(config)
+      .filter((stage) => names.includes(stage.name))
+      .map((stage) => ({ stage: stage.name, depth: stage.depth, select: [config.select, stage.select] }));
+
   const claimNext = fromPromise<ClaimOutput, ClaimInput>(async ({ input }) => {
     if (diskGateShut()) {
       // Look again soon: space often returns when an operator or a transfer frees it.
@@ -311,9 +360,19 @@ export function hostEffects(ctx: DaemonContext, view: () => HostView) {
     // A store that is no longer the one at its location refuses the claim (StoreReplacedError): the error
     // ends the host, crash-only, before anything more is claimed.
     let doc: RunDoc | null;
+    const stages = stageClaims(input.stages);
+    // never a task whose previous attempt's actor is still stopping here (issue 12 fault 1)
+    const request = {
+      host,
+      pid: process.pid,
+      order: config.order,
+      stages,
+      exclude: input.tasks.map((task) => taskRefOf(task.number, task.stage)),
+    };
     try {
-      // never a run whose previous attempt's actor is still stopping here (issue 12 fault 1)
-      doc = await store.claimNextRun({ host, pid: process.pid, order: config.order, exclude: input.running });
+      doc = await store.claimNextRun(request);
+      // Nothing eligible: runs another tool inserted may be waiting for their tasks. Staged, they are claimable.
+      if (!doc && (await stageNewRuns()) > 0) doc = await store.claimNextRun(request);
     } catch (error) {
       // Another process holds the store's write lock, or the servers are unreachable for now: claim nothing
       // and look again later (issue 12 fault 11); any other error stays fatal (crash-only).
@@ -323,9 +382,10 @@ export function hostEffects(ctx: DaemonContext, view: () => HostView) {
     }
     const idle = config.timeouts.idle_poll;
     if (doc?.processing) {
-      return { run: claimedRunOf(doc), nextPollMs: idle };
+      const runInput = runInputFor(config, doc);
+      return { run: runInput.run, input: runInput, nextPollMs: idle };
     }
-    const nextRetry = await store.nextRetryAt();
+    const nextRetry = await store.nextRetryAt(stages.map((stage) => stage.stage));
     const untilRetry = nextRetry === null ? idle : Math.max(MIN_POLL_MS, nextRetry - clock());
     return { run: null, nextPollMs: Math.min(idle, untilRetry) };
   });

@@ -22,6 +22,7 @@ const FAILURE_KIND_NAMES: Record<AttemptFailure['kind'], true> = {
   stalled: true,
   spawn: true,
   output: true,
+  check: true,
 };
 export const FAILURE_KINDS = Object.keys(FAILURE_KIND_NAMES) as Array<AttemptFailure['kind']>;
 

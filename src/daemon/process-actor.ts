@@ -7,6 +7,8 @@ import { spawnCommand, type CommandHandle } from '../process/spawn-command.js';
 import { formatDuration } from '../config/duration.js';
 import type { DaemonContext } from './context.js';
 import { hostFaultBehind } from './host-check.js';
+import { PROCESS_STAGE, stageNamed } from '../policy/pipeline.js';
+import { taskLabel, taskRefOf } from './run-input.js';
 
 // The supervisor's `process` actor: owns one attempt's process group. It reports SPAWNED, OUTPUT
 // (throttled) and EXITED, applies SIGNAL, and if the supervisor is stopped abruptly (the run actor left
@@ -22,11 +24,13 @@ function guardNote(ctx: DaemonContext, stderrTail: string): string {
 }
 
 export function processActor(ctx: DaemonContext) {
-  // Enough to keep the stall clock honest without an event per output chunk.
-  const outputThrottleMs = Math.max(10, Math.min(1000, ctx.config.timeouts.max_no_output_time / 10));
-
   return fromCallback<ProcessCommand, { plan: CommandPlan }>(({ input, sendBack, receive }) => {
     const { plan } = input;
+    // The task's stage sets the stall limit and the log's size; a stage this config lacks never gets this far.
+    const stage = stageNamed(ctx.config, plan.stage ?? PROCESS_STAGE);
+    const maxNoOutputMs = stage?.timeouts.max_no_output_time ?? ctx.config.timeouts.max_no_output_time;
+    // Enough to keep the stall clock honest without an event per output chunk.
+    const outputThrottleMs = Math.max(10, Math.min(1000, maxNoOutputMs / 10));
     let handle: CommandHandle | undefined;
     let stopped = false;
     let exited = false;
@@ -48,7 +52,7 @@ export function processActor(ctx: DaemonContext) {
     // (max_no_output_time), found by a bounded asynchronous walk when the command has been silent for a while.
     const outputWatch = watchOutputActivity(
       plan.outputDir,
-      ctx.config.timeouts.max_no_output_time,
+      maxNoOutputMs,
       () => lastActivity,
       output,
     );
@@ -65,7 +69,7 @@ export function processActor(ctx: DaemonContext) {
       env: plan.env,
       logFile: plan.logFile,
       escalateMs: ctx.config.timeouts.signal_escalate,
-      maxLogBytes: ctx.config.process.max_log_bytes,
+      maxLogBytes: stage?.max_log_bytes ?? ctx.config.process.max_log_bytes,
     })
       .then((started) => {
         handle = started;
@@ -77,12 +81,12 @@ export function processActor(ctx: DaemonContext) {
           started.signal(pendingSignal);
         }
         void ctx.store
-          .recordProcessGroup(plan.number, plan.token, {
+          .recordProcessGroup(taskRefOf(plan.number, plan.stage), plan.token, {
             pgid: started.pgid,
             ...(started.procStart !== undefined ? { proc_start: started.procStart } : {}),
           })
           .catch((error: unknown) =>
-            ctx.logger.error(`run ${plan.number}: could not record process group: ${String(error)}`),
+            ctx.logger.error(`${taskLabel(plan.number, plan.stage)}: could not record process group: ${String(error)}`),
           );
         send({ type: 'SPAWNED', pid: started.pid, pgid: started.pgid, procStart: started.procStart });
         started.onOutput(output);

@@ -10,7 +10,9 @@ import type { RunStore } from '../store/run-store.js';
 import type { RunDoc } from '../store/types.js';
 import { createDaemonContext } from './context.js';
 import { provideRunMachine } from './daemon.js';
-import { runInputFor } from './run-input.js';
+import { runInputFor, stageConfigFor } from './run-input.js';
+import { attemptLogDir } from '../policy/pipeline.js';
+import { DEFAULT_STAGE } from '../store/types.js';
 
 // `runwarden process N`: one attempt of one already-claimed run in the foreground, with the same run machine
 // and the same effects a daemon uses (preflight, supervision, fenced writes, lease heartbeat), but no host actor:
@@ -47,7 +49,7 @@ export interface ProcessOneOutcome {
 }
 
 export interface ProcessOneHandle {
-  /** `<log_dir>/<number>/attempt-<k>.log`: where the command's output goes. */
+  /** `<log_dir>/<stage>/<number>/attempt-<k>.log`: where the command's output goes. */
   logFile: string;
   /** First signal: terminate the command (with escalation) and release the run, as a stopping daemon does. */
   stop(): void;
@@ -77,6 +79,8 @@ export function processOneRun(deps: ProcessOneDeps, claimed: RunDoc): ProcessOne
     throw new Error(`internal: run ${claimed.number} must be claimed (considering) before processOneRun`);
   }
   const { config } = deps;
+  // Throws naming the stage when this configuration has none of that name (the caller checks it before claiming).
+  const stage = stageConfigFor(config, claimed.stage ?? DEFAULT_STAGE);
   // The same context and machine a daemon uses; the context's host token is unused without a host actor.
   const leaseGuard = deps.leaseGuard ?? startCommandGuard({ ...config, host: deps.host }, deps.store.location);
   const ctx = createDaemonContext({ ...deps, config: { ...config, host: deps.host }, leaseGuard });
@@ -135,7 +139,7 @@ export function processOneRun(deps: ProcessOneDeps, claimed: RunDoc): ProcessOne
   });
   actor.start();
   return {
-    logFile: join(config.process.log_dir, String(claimed.number), `attempt-${p.attempt}.log`),
+    logFile: join(attemptLogDir(stage, claimed.number), `attempt-${p.attempt}.log`),
     stop: () => actor.send({ type: 'STOP' }),
     killCommand,
     done,

@@ -2,8 +2,10 @@ import { interruptionOutcome } from '../policy/failure-decision.js';
 import { groupAlive, killProcessGroup } from '../process/kill-group.js';
 import { killOrphanedCommands } from '../process/orphan-scan.js';
 import { isSameProcess, readProcStat } from '../process/proc.js';
-import type { HostDoc, RunDoc } from '../store/types.js';
+import { stageNamed } from '../policy/pipeline.js';
+import { DEFAULT_STAGE, type HostDoc, type RunDoc } from '../store/types.js';
 import type { DaemonContext } from './context.js';
+import { taskLabel, taskRefOf } from './run-input.js';
 
 // Restart after kill -9 (DESIGN §1 "fast recovery of its own runs"): the new incarnation kills the process
 // groups its predecessor recorded (pgid + start time, so a recycled pid is never hit) and fails those runs at
@@ -13,6 +15,8 @@ import type { DaemonContext } from './context.js';
 
 export interface RecoveredRun {
   number: number;
+  /** The task's stage. */
+  stage: string;
   state: string;
   /** The orphaned process group that was still alive and has been killed. */
   killedPgid?: number;
@@ -52,7 +56,7 @@ async function killRecordedGroup(run: RunDoc, escalateMs: number): Promise<numbe
   });
   if (outcome === 'unkillable') {
     throw new Error(
-      `run ${run.number}: could not kill process group ${p.pgid} left by the previous daemon: it survived SIGKILL`,
+      `${taskLabel(run.number, run.stage)}: could not kill process group ${p.pgid} left by the previous daemon: it survived SIGKILL`,
     );
   }
   return p.pgid;
@@ -61,7 +65,7 @@ async function killRecordedGroup(run: RunDoc, escalateMs: number): Promise<numbe
 /**
  * Kills the commands of earlier daemons of this host that no run record names (found through their
  * RUNWARDEN_DAEMON): groups of runs another host has taken over since, or spawned just before a SIGKILL, before
- * their pgid was recorded. Returns the pgid killed per "run/attempt".
+ * their pgid was recorded. Returns the pgid killed per "run/stage/attempt".
  */
 async function killUnrecordedOrphans(ctx: DaemonContext): Promise<Map<string, number>> {
   const { config, logger, host, store } = ctx;
@@ -69,7 +73,7 @@ async function killUnrecordedOrphans(ctx: DaemonContext): Promise<Map<string, nu
   const byAttempt = new Map<string, number>();
   for (const group of killed) {
     const members = group.scope === 'group' ? '' : `pid(s) ${group.pids.join(', ')} of `;
-    const what = `run ${group.run ?? '?'} attempt ${group.attempt ?? '?'}, ${members}process group ${group.pgid}`;
+    const what = `${group.run !== undefined ? taskLabel(group.run, group.stage) : 'run ?'} attempt ${group.attempt ?? '?'}, ${members}process group ${group.pgid}`;
     if (group.outcome === 'unkillable') {
       throw new Error(`could not kill an orphaned command of a previous daemon (${what}): it survived SIGKILL`);
     }
@@ -78,7 +82,7 @@ async function killUnrecordedOrphans(ctx: DaemonContext): Promise<Map<string, nu
       group.run !== undefined ? { number: group.run } : {},
     );
     if (group.run !== undefined && group.attempt !== undefined) {
-      byAttempt.set(`${group.run}/${group.attempt}`, group.pgid);
+      byAttempt.set(`${group.run}/${group.stage ?? DEFAULT_STAGE}/${group.attempt}`, group.pgid);
     }
   }
   return byAttempt;
@@ -100,10 +104,15 @@ export async function recoverOwnRuns(ctx: DaemonContext, previous: HostDoc | nul
   // command is dead now, so say so, and the run need not wait for the drain limit.
   await Promise.all(
     [...scanKills.keys()].map(async (key) => {
-      const [run, attempt] = key.split('/').map(Number);
+      const parts = key.split('/');
+      const run = Number(parts[0]);
+      const attempt = Number(parts.at(-1));
+      const stage = parts.slice(1, -1).join('/');
       if (!Number.isSafeInteger(run) || !Number.isSafeInteger(attempt)) return;
-      await store.confirmAttemptGone(run!, { host, attempt: attempt! }).catch((error: unknown) => {
-        logger.warn(`run ${run}: could not record that attempt ${attempt}'s command is gone: ${String(error)}`);
+      await store.confirmAttemptGone(taskRefOf(run, stage), { host, attempt }).catch((error: unknown) => {
+        logger.warn(
+          `${taskLabel(run, stage)}: could not record that attempt ${attempt}'s command is gone: ${String(error)}`,
+        );
       });
     }),
   );
@@ -111,7 +120,11 @@ export async function recoverOwnRuns(ctx: DaemonContext, previous: HostDoc | nul
   return Promise.all(
     held.map(async (run, index): Promise<RecoveredRun> => {
       const p = run.processing!;
-      const killedPgid = recordedKills[index] ?? scanKills.get(`${run.number}/${p.attempt}`);
+      const stage = run.stage ?? DEFAULT_STAGE;
+      const task = taskRefOf(run.number, stage);
+      const label = taskLabel(run.number, stage);
+      const retry = stageNamed(config, stage)?.retry ?? config.retry;
+      const killedPgid = recordedKills[index] ?? scanKills.get(`${run.number}/${stage}/${p.attempt}`);
       const why =
         `host ${host} restarted while the run was ${p.state} (daemon pid ${p.pid} is gone)` +
         (killedPgid !== undefined ? `; killed its orphaned command (process group ${killedPgid})` : '');
@@ -120,7 +133,7 @@ export async function recoverOwnRuns(ctx: DaemonContext, previous: HostDoc | nul
       const outcome = interruptionOutcome({
         nFailures: p.n_failures,
         nInterruptionsBefore: p.n_interruptions ?? 0,
-        maxInterruptions: config.retry.max_interruptions,
+        maxInterruptions: retry.max_interruptions,
         what: why,
         retryAt: ctx.clock(),
       });
@@ -133,23 +146,24 @@ export async function recoverOwnRuns(ctx: DaemonContext, previous: HostDoc | nul
       const { reason, n_failures, n_interruptions } = outcome;
       const ok =
         outcome.to === 'abandoned'
-          ? await store.abandonRun(run.number, p.token, { reason, n_failures, n_interruptions }, { detail })
+          ? await store.abandonRun(task, p.token, { reason, n_failures, n_interruptions }, { detail })
           : await store.failRun(
-              run.number,
+              task,
               p.token,
               { reason, n_failures, n_interruptions, next_retry: outcome.next_retry },
               { detail },
             );
-      if (!ok) return { number: run.number, state: p.state, outcome: 'lost_race' };
+      if (!ok) return { number: run.number, stage, state: p.state, outcome: 'lost_race' };
       logger.warn(
         outcome.to === 'abandoned'
-          ? `run ${run.number} abandoned: ${reason}`
-          : `run ${run.number} interrupted (${n_interruptions} of retry.max_interruptions ` +
-              `${config.retry.max_interruptions}; not counted as a failure): ${why}`,
+          ? `${label} abandoned: ${reason}`
+          : `${label} interrupted (${n_interruptions} of retry.max_interruptions ` +
+              `${retry.max_interruptions}; not counted as a failure): ${why}`,
         { number: run.number },
       );
       return {
         number: run.number,
+        stage,
         state: p.state,
         outcome: outcome.to,
         ...(killedPgid !== undefined ? { killedPgid } : {}),

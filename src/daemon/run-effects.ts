@@ -5,7 +5,7 @@ import { fromCallback, fromPromise, type EventObject } from 'xstate';
 import type { ClaimedRun, PreflightOutput } from '../../machines/run.machine.js';
 import type { AttemptFailure, CommandPlan, FencedWriteResult } from '../../machines/types.js';
 import { resourcesForAttempt, targetsForAttempt } from '../policy/degradation.js';
-import { commandEnvironment, outputDirName, substituteArgv } from '../policy/placeholders.js';
+import { commandEnvironment, substituteArgv, type PlaceholderValues } from '../policy/placeholders.js';
 import { DAEMON_TAG_VARIABLE, ownDaemonTag } from '../process/orphan-scan.js';
 import { abandonReason } from '../policy/failure-decision.js';
 import { HostFaultError, hostFaultBehind } from './host-check.js';
@@ -13,7 +13,11 @@ import { retryDelay } from '../policy/retry-delay.js';
 import { validateRunDocument } from '../policy/run-validation.js';
 import { printableLines } from '../policy/terminal-text.js';
 import { setTimeout as sleep } from 'node:timers/promises';
-import type { DrainingAttempt, RunDoc } from '../store/types.js';
+import { DEFAULT_STAGE, type DrainingAttempt, type RunDoc, type TaskRef } from '../store/types.js';
+import type { StageConfig } from '../config/schema.js';
+import { stageOfRun } from '../../machines/run.machine.js';
+import { stageConfigFor, taskLabel, taskRefOf } from './run-input.js';
+import { attemptLogDir, taskOutputDir, upstreamOutputs } from '../policy/pipeline.js';
 import { leaseClock } from './command-leases.js';
 import type { DaemonContext } from './context.js';
 import { formatDuration } from '../config/duration.js';
@@ -41,6 +45,18 @@ function roundedDelay(ms: number): string {
 function docOf(run: ClaimedRun): RunDoc {
   return run.doc as RunDoc;
 }
+
+/** The task as the store names it. */
+function refOf(run: ClaimedRun): TaskRef {
+  return taskRefOf(run.number, stageOfRun(run));
+}
+
+/** "run 42" / "run 42 stage compress". */
+function labelOf(run: ClaimedRun): string {
+  return taskLabel(run.number, stageOfRun(run));
+}
+
+
 
 /** True when `dir` has at least one entry; reads one entry, not the whole listing (it may hold 100,000 files). */
 async function hasEntries(dir: string): Promise<boolean> {
@@ -94,28 +110,41 @@ async function readErrorFile(path: string | undefined, warn: (message: string) =
 }
 
 /** The reason stored for a failed attempt: the command's own words when it wrote the error file. */
-export async function failureReason(ctx: DaemonContext, failure: AttemptFailure): Promise<string> {
+export async function failureReason(
+  ctx: DaemonContext,
+  failure: AttemptFailure,
+  stage: StageConfig,
+): Promise<string> {
   let ignored: string | undefined;
   const written = await readErrorFile(failure.errorFile, (message) => {
     ignored = message;
     ctx.logger.warn(message);
   });
-  const reason = reasonFor(ctx, failure, written);
+  const reason = reasonFor(stage, failure, written);
   // The error file was there but unusable: say so, so the operator does not look for it in vain.
   return ignored ? boundedReason(`${reason} (${ignored})`) : reason;
 }
 
-function reasonFor(ctx: DaemonContext, failure: AttemptFailure, written: string | undefined): string {
+function reasonFor(stage: StageConfig, failure: AttemptFailure, written: string | undefined): string {
   switch (failure.kind) {
     case 'timed_out':
       return boundedReason(
-        `timed out after ${formatDuration(ctx.config.timeouts.max_processing_time)}` + (written ? `: ${written}` : ''),
+        `timed out after ${formatDuration(stage.timeouts.max_processing_time)}` + (written ? `: ${written}` : ''),
       );
     case 'stalled':
       return boundedReason(
-        `stalled: no output for ${formatDuration(ctx.config.timeouts.max_no_output_time)}` +
+        `stalled: no output for ${formatDuration(stage.timeouts.max_no_output_time)}` +
           (written ? `: ${written}` : ''),
       );
+    case 'check': {
+      const what =
+        failure.message === 'timed out'
+          ? `timed out after ${formatDuration(stage.timeouts.max_processing_time)}`
+          : failure.message === 'stalled: no output'
+            ? `stalled: no output for ${formatDuration(stage.timeouts.max_no_output_time)}`
+            : failure.message;
+      return boundedReason(`check failed: ${written ?? what}`);
+    }
     case 'exit':
       return boundedReason(written ?? failure.message);
     case 'preflight':
@@ -151,7 +180,9 @@ export function runEffects(ctx: DaemonContext) {
    * from a remote server is covered by the check_interval of margin in holdMs.
    */
   const renewedAt = new Map<string, number>();
-  const attemptKey = (run: ClaimedRun) => `${run.number}/${run.attempt}`;
+  const attemptKey = (run: ClaimedRun) => `${run.number}/${stageOfRun(run)}/${run.attempt}`;
+  /** The task's stage as configured; throws naming the stage when this daemon's config lacks it. */
+  const stageOf = (run: ClaimedRun): StageConfig => stageConfigFor(config, stageOfRun(run));
   const lastRenewal = (run: ClaimedRun): number => {
     const key = attemptKey(run);
     let at = renewedAt.get(key);
@@ -183,14 +214,14 @@ export function runEffects(ctx: DaemonContext) {
         const silent = ctx.monotonic() - lastRenewal(run);
         if (silent >= holdMs) {
           logger.error(
-            `run ${run.number}: the store refused ${what} for ${formatDuration(Math.round(silent))} ` +
+            `${labelOf(run)}: the store refused ${what} for ${formatDuration(Math.round(silent))} ` +
               `(${describeError(error)}); giving the lease up`,
             { number: run.number },
           );
           return false;
         }
         if (!warned) {
-          logger.warn(`run ${run.number}: ${what} waits for the store: ${describeError(error)}`, { number: run.number });
+          logger.warn(`${labelOf(run)}: ${what} waits for the store: ${describeError(error)}`, { number: run.number });
           warned = true;
         }
         await sleep(retryMs);
@@ -199,7 +230,7 @@ export function runEffects(ctx: DaemonContext) {
   }
 
   /** Kills this host's own previous command of the run (its group, checked by start time); true when gone. */
-  async function killOwnPreviousCommand(number: number, previous: DrainingAttempt): Promise<boolean> {
+  async function killOwnPreviousCommand(label: string, number: number, previous: DrainingAttempt): Promise<boolean> {
     if (previous.host !== ctx.host || previous.pgid === undefined || previous.proc_start === undefined) return false;
     if (previous.pgid <= 1) return false;
     const outcome = await killProcessGroup(previous.pgid, {
@@ -208,7 +239,7 @@ export function runEffects(ctx: DaemonContext) {
     });
     if (outcome === 'unkillable') {
       logger.error(
-        `run ${number}: process group ${previous.pgid} of attempt ${previous.attempt} survived SIGKILL; ` +
+        `${label}: process group ${previous.pgid} of attempt ${previous.attempt} survived SIGKILL; ` +
           `waiting for its drain limit`,
         { number },
       );
@@ -229,25 +260,25 @@ export function runEffects(ctx: DaemonContext) {
     let announced = false;
     for (;;) {
       if (signal.aborted) return false;
-      if (!(await fencedWrite(run, 'a lease heartbeat', () => store.heartbeatRun(run.number, run.token)))) {
+      if (!(await fencedWrite(run, 'a lease heartbeat', () => store.heartbeatRun(refOf(run), run.token)))) {
         return false;
       }
-      const p = (await store.getRun(run.number))?.processing;
+      const p = (await store.getRun(run.number, stageOfRun(run)))?.processing;
       if (!p || p.token !== run.token) return false;
       const previous = p.draining;
       // p.time is the store's clock, just written by the heartbeat
       if (!previous || previous.until <= p.time) return true;
-      if (await killOwnPreviousCommand(run.number, previous)) {
-        await store.confirmAttemptGone(run.number, { host: previous.host, attempt: previous.attempt });
+      if (await killOwnPreviousCommand(labelOf(run), run.number, previous)) {
+        await store.confirmAttemptGone(refOf(run), { host: previous.host, attempt: previous.attempt });
         logger.info(
-          `run ${run.number}: killed the command of attempt ${previous.attempt} (process group ${previous.pgid})`,
+          `${labelOf(run)}: killed the command of attempt ${previous.attempt} (process group ${previous.pgid})`,
           { number: run.number },
         );
         continue;
       }
       if (!announced) {
         logger.warn(
-          `run ${run.number} attempt ${run.attempt} waits for attempt ${previous.attempt} on host ${previous.host} ` +
+          `${labelOf(run)} attempt ${run.attempt} waits for attempt ${previous.attempt} on host ${previous.host} ` +
             `(pid ${previous.pid}) to stop its command: until its owner confirms it gone, ` +
             `at the latest ${isoTime(previous.until)}`,
           { number: run.number },
@@ -267,6 +298,7 @@ export function runEffects(ctx: DaemonContext) {
     lastRenewal(run);
     if (!(await waitForPreviousAttempt(run, signal))) return { ok: false };
     const doc = docOf(run);
+    const stage = stageOf(run);
     // A field decoding already reported is not reported twice.
     const decoded = doc.invalid ?? [];
     const reported = (problem: string) => decoded.some((d) => d.split(':')[0] === problem.split(':')[0]);
@@ -275,17 +307,13 @@ export function runEffects(ctx: DaemonContext) {
     if (doc.input !== undefined && doc.input !== '' && !existsSync(doc.input)) {
       throw new Error(`input does not exist: ${doc.input}`);
     }
-    const targets = targetsForAttempt(
-      config.process.targets,
-      config.process.drop_targets_after,
-      config.process.minimal_targets,
-      run.nFailures,
-    );
-    const resources = resourcesForAttempt(config.process.resources, run.nFailures);
-    const outputDir = join(config.process.output_root, outputDirName(run.number));
-    const logDir = join(config.process.log_dir, String(run.number));
+    const targets = targetsForAttempt(stage.targets, stage.drop_targets_after, stage.minimal_targets, run.nFailures);
+    const resources = resourcesForAttempt(stage.resources, run.nFailures);
+    const outputDir = taskOutputDir(config, stage, run.number);
+    const logDir = attemptLogDir(stage, run.number);
     const logFile = join(logDir, `attempt-${run.attempt}.log`);
     const errorFile = join(logDir, `attempt-${run.attempt}.error`);
+    const checkErrorFile = join(logDir, `attempt-${run.attempt}.check.error`);
     // The two directories are independent: prepare them side by side (each file call is a thread-pool round
     // trip, which counts in pickup latency). Asynchronous on purpose: a hung file system must not freeze the
     // daemon's heartbeats and signal handling.
@@ -295,7 +323,7 @@ export function runEffects(ctx: DaemonContext) {
       (async () => {
         // A fresh directory needs no cleaning (mkdir says whether it created it): one round trip, not two.
         const created = await mkdir(outputDir, { recursive: true });
-        if (created === undefined && config.process.clean_output) {
+        if (created === undefined && stage.clean_output) {
           await rm(outputDir, { recursive: true, force: true });
           await mkdir(outputDir, { recursive: true });
         }
@@ -305,13 +333,14 @@ export function runEffects(ctx: DaemonContext) {
         // Whatever a previous attempt left at this path (a file, a FIFO, a symlink, a directory) goes; rm never
         // follows a symlink, it removes the link.
         await rm(errorFile, { force: true, recursive: true });
+        await rm(checkErrorFile, { force: true, recursive: true });
       })(),
     ]).catch(async (error: unknown) => {
       const hostFault = await hostFaultBehind(config);
       if (hostFault === undefined) throw error;
       throw new HostFaultError(error instanceof Error ? error.message : String(error), hostFault);
     });
-    const values = {
+    const values: PlaceholderValues = {
       number: run.number,
       name: doc.name,
       input: doc.input,
@@ -321,19 +350,22 @@ export function runEffects(ctx: DaemonContext) {
       targets,
       resources,
       params: doc.params ?? {},
+      stage: stage.name,
+      upstream: upstreamOutputs(config, stage.name, Array.isArray(doc.outputs) ? doc.outputs : []),
     };
-    // Throws on an unknown placeholder or a missing params key: the attempt fails with that reason.
-    const argv = substituteArgv(config.process.command, values);
-    const env: Record<string, string> = {};
-    for (const [key, value] of Object.entries(process.env)) if (value !== undefined) env[key] = value;
-    Object.assign(env, config.process.env, commandEnvironment(values, errorFile));
-    env[DAEMON_TAG_VARIABLE] = daemonTag;
+    // Throws on an unknown placeholder, a missing params key or upstream output: the attempt fails with that reason.
+    const argv = substituteArgv(stage.command, values);
+    const checkArgv = stage.check.length > 0 ? substituteArgv(stage.check, values) : undefined;
+    const baseEnv: Record<string, string> = {};
+    for (const [key, value] of Object.entries(process.env)) if (value !== undefined) baseEnv[key] = value;
+    Object.assign(baseEnv, stage.env);
+    const env = { ...baseEnv, ...commandEnvironment(values, errorFile), [DAEMON_TAG_VARIABLE]: daemonTag };
     const startedAt = clock();
     let leaseWrittenAt = leaseClock();
     const ok = await fencedWrite(run, 'the busy transition', () => {
       leaseWrittenAt = leaseClock(); // the write that succeeds was issued at its own try, not the first
       return store.markBusy(
-        run.number,
+        refOf(run),
         run.token,
         { started: startedAt, targets, resources },
         { detail: { argv, targets, resources } },
@@ -341,13 +373,14 @@ export function runEffects(ctx: DaemonContext) {
     });
     if (!ok) return { ok: false };
     ctx.leases.leaseTaken(run.token, run.number, leaseWrittenAt);
-    logger.info(`run ${run.number} attempt ${run.attempt} started`, { number: run.number });
+    logger.info(`${labelOf(run)} attempt ${run.attempt} started`, { number: run.number });
     const plan: CommandPlan = {
       number: run.number,
+      ...(run.stage !== undefined ? { stage: run.stage } : {}),
       token: run.token,
       attempt: run.attempt,
       argv,
-      cwd: config.process.cwd,
+      cwd: stage.cwd,
       env,
       logFile,
       outputDir,
@@ -356,26 +389,60 @@ export function runEffects(ctx: DaemonContext) {
       resources,
       startedAt,
     };
-    return { ok: true, plan };
+    // The check runs with the same placeholders and environment; its error file is its own, its output goes
+    // to the attempt's log after the command's.
+    const check: CommandPlan | undefined = checkArgv && {
+      ...plan,
+      argv: checkArgv,
+      env: { ...baseEnv, ...commandEnvironment(values, checkErrorFile), [DAEMON_TAG_VARIABLE]: daemonTag },
+      errorFile: checkErrorFile,
+    };
+    return { ok: true, plan, ...(check ? { check } : {}) };
   });
+
+  // The command exited 0: its output must be there; before a check starts, the lease is renewed and the guard
+  // given the check's deadline from that write (as markBusy does for the command).
+  const verifyOutput = fromPromise<FencedWriteResult, { run: ClaimedRun; plan: CommandPlan | null; check: boolean }>(
+    async ({ input }) => {
+      const { run, plan } = input;
+      if (!plan) throw new Error('internal: no command plan');
+      if (stageOf(run).require_output && !(await hasEntries(plan.outputDir))) {
+        throw new Error(`output missing: the command exited 0 but ${plan.outputDir} is empty or absent`);
+      }
+      if (!input.check) return { ok: true };
+      let issuedAt = leaseClock();
+      const ok = await fencedWrite(run, 'a lease heartbeat before the check', () => {
+        issuedAt = leaseClock();
+        return store.heartbeatRun(refOf(run), run.token);
+      });
+      if (ok) {
+        ctx.leases.leaseTaken(run.token, run.number, issuedAt);
+        logger.info(`${labelOf(run)} attempt ${run.attempt}: the command succeeded; running the check`, {
+          number: run.number,
+        });
+      }
+      return { ok };
+    },
+  );
 
   const registerOutput = fromPromise<FencedWriteResult, { run: ClaimedRun; plan: CommandPlan | null }>(
     async ({ input }) => {
       const { run, plan } = input;
       if (!plan) throw new Error('internal: no command plan');
-      if (config.process.require_output && !(await hasEntries(plan.outputDir))) {
+      // Checked here too after a check: the check must not have taken the output away.
+      if (stageOf(run).require_output && !(await hasEntries(plan.outputDir))) {
         throw new Error(`output missing: the command exited 0 but ${plan.outputDir} is empty or absent`);
       }
       const now = clock();
       const ok = await fencedWrite(run, 'the done transition', () =>
         store.finishRun(
-          run.number,
+          refOf(run),
           run.token,
-          { location: plan.outputDir, host: ctx.host, attempt: run.attempt, at: now },
+          { location: plan.outputDir, stage: stageOfRun(run), host: ctx.host, attempt: run.attempt, at: now },
           { duration_ms: now - plan.startedAt },
         ),
       );
-      if (ok) logger.info(`run ${run.number} done (attempt ${run.attempt})`, { number: run.number });
+      if (ok) logger.info(`${labelOf(run)} done (attempt ${run.attempt})`, { number: run.number });
       return { ok };
     },
   );
@@ -386,11 +453,11 @@ export function runEffects(ctx: DaemonContext) {
 
   /** An attempt the host could not start: an interruption, eligible again at once, n_failures unchanged. */
   const recordHostFault = async (run: ClaimedRun, failure: AttemptFailure): Promise<FencedWriteResult> => {
-    const reason = hostFaultReason(await failureReason(ctx, failure), failure);
+    const reason = hostFaultReason(await failureReason(ctx, failure, stageOf(run)), failure);
     const nInterruptions = run.nInterruptions + 1;
     const ok = await fencedWrite(run, 'the failed transition', () =>
       store.failRun(
-        run.number,
+        refOf(run),
         run.token,
         { reason, n_failures: run.nFailures, n_interruptions: nInterruptions, next_retry: clock() },
         { detail: { kind: failure.kind, interruption: 'host_fault' } },
@@ -398,8 +465,8 @@ export function runEffects(ctx: DaemonContext) {
     );
     if (ok) {
       logger.warn(
-        `run ${run.number} interrupted (attempt ${run.attempt}, ${nInterruptions} of retry.max_interruptions ` +
-          `${config.retry.max_interruptions}): ${reason}`,
+        `${labelOf(run)} interrupted (attempt ${run.attempt}, ${nInterruptions} of retry.max_interruptions ` +
+          `${stageOf(run).retry.max_interruptions}): ${reason}`,
         { number: run.number },
       );
     }
@@ -410,24 +477,25 @@ export function runEffects(ctx: DaemonContext) {
     async ({ input }) => {
       const { run, failure } = input;
       if (failure.hostFault !== undefined) return recordHostFault(run, failure);
-      const reason = await failureReason(ctx, failure);
+      const stage = stageOf(run);
+      const reason = await failureReason(ctx, failure, stage);
       if (failure.interruption === 'lease_guard') {
         // This daemon stalled (frozen, or cut off from the store) and its lease guard ended the command: an
         // interruption, counted in n_interruptions like a restart, never a failure of the run's command.
         const ok = await fencedWrite(run, 'the interruption', () =>
-          store.releaseRun(run.number, run.token, reason, {
+          store.releaseRun(refOf(run), run.token, reason, {
             ...(failure.durationMs !== undefined ? { duration_ms: failure.durationMs } : {}),
             detail: { interruption: 'lease_guard', kind: failure.kind },
           }),
         );
-        if (ok) logger.warn(`run ${run.number} interrupted (attempt ${run.attempt}), eligible again now: ${reason}`, { number: run.number });
+        if (ok) logger.warn(`${labelOf(run)} interrupted (attempt ${run.attempt}), eligible again now: ${reason}`, { number: run.number });
         return { ok };
       }
       const nFailures = run.nFailures + 1;
-      const delay = retryDelay(run.nFailures, config.retry, ctx.random);
+      const delay = retryDelay(run.nFailures, stage.retry, ctx.random);
       const ok = await fencedWrite(run, 'the failed transition', () =>
         store.failRun(
-          run.number,
+          refOf(run),
           run.token,
           {
             reason,
@@ -443,7 +511,7 @@ export function runEffects(ctx: DaemonContext) {
         ),
       );
       if (ok) {
-        const message = `run ${run.number} failed (attempt ${run.attempt}, failure ${nFailures}), retry in ${roundedDelay(delay)}: ${reason}`;
+        const message = `${labelOf(run)} failed (attempt ${run.attempt}, failure ${nFailures}), retry in ${roundedDelay(delay)}: ${reason}`;
         // A first failure deserves an operator's eye; repeats are expected while it retries.
         if (nFailures === 1) logger.warn(message, { number: run.number });
         else logger.info(message, { number: run.number, operator: true });
@@ -458,14 +526,14 @@ export function runEffects(ctx: DaemonContext) {
   >(async ({ input }) => {
     const { run, failure } = input;
     const interrupted = failure.hostFault !== undefined || failure.interruption !== undefined;
-    const written = await failureReason(ctx, failure);
+    const written = await failureReason(ctx, failure, stageOf(run));
     const last = failure.hostFault !== undefined ? hostFaultReason(written, failure) : written;
     // A host fault is an interruption: the run is given up on at max_interruptions, its failures unchanged.
     const nFailures = interrupted ? run.nFailures : run.nFailures + 1;
     const reason = abandonReason(input.why, last, interrupted ? 'last interruption' : 'last failure');
     const ok = await fencedWrite(run, 'the abandoned transition', () =>
       store.abandonRun(
-        run.number,
+        refOf(run),
         run.token,
         {
           reason: boundedReason(reason),
@@ -483,18 +551,18 @@ export function runEffects(ctx: DaemonContext) {
         },
       ),
     );
-    if (ok) logger.error(`run ${run.number} abandoned: ${reason}`, { number: run.number });
+    if (ok) logger.error(`${labelOf(run)} abandoned: ${reason}`, { number: run.number });
     return { ok };
   });
 
   const releaseRun = fromPromise<FencedWriteResult, { run: ClaimedRun }>(async ({ input }) => {
     // An interruption (counted in n_interruptions by the store), never a failure.
     const ok = await fencedWrite(input.run, 'the release', () =>
-      store.releaseRun(input.run.number, input.run.token, 'host stopped', {
+      store.releaseRun(refOf(input.run), input.run.token, 'host stopped', {
         detail: { interruption: 'stopped' },
       }),
     );
-    if (ok) logger.info(`run ${input.run.number} released: host stopped`, { number: input.run.number });
+    if (ok) logger.info(`${labelOf(input.run)} released: host stopped`, { number: input.run.number });
     return { ok };
   });
 
@@ -513,7 +581,7 @@ export function runEffects(ctx: DaemonContext) {
       if (silent >= holdMs) {
         lost = true;
         logger.error(
-          `run ${run.number}: lease not renewed for ${formatDuration(Math.round(silent))}` +
+          `${labelOf(run)}: lease not renewed for ${formatDuration(Math.round(silent))}` +
             (lastError ? ` (${lastError})` : '') +
             `; giving it up and stopping the command before another host may take the run over`,
           { number: run.number },
@@ -525,7 +593,7 @@ export function runEffects(ctx: DaemonContext) {
       inFlight = true;
       const issuedAt = leaseClock();
       store
-        .heartbeatRun(run.number, run.token)
+        .heartbeatRun(refOf(run), run.token)
         .then((ok) => {
           if (ok) {
             leaseRenewed(run);
@@ -534,7 +602,7 @@ export function runEffects(ctx: DaemonContext) {
             lastError = '';
           } else if (!lost) {
             lost = true;
-            logger.warn(`run ${run.number}: lease lost (changed by an operator or cleanup); stopping it`, {
+            logger.warn(`${labelOf(run)}: lease lost (changed by an operator or cleanup); stopping it`, {
               number: run.number,
             });
             sendBack({ type: 'LEASE_LOST' });
@@ -542,7 +610,7 @@ export function runEffects(ctx: DaemonContext) {
         })
         .catch((error: unknown) => {
           lastError = describeError(error);
-          logger.error(`run ${run.number}: heartbeat failed: ${lastError}`, { number: run.number });
+          logger.error(`${labelOf(run)}: heartbeat failed: ${lastError}`, { number: run.number });
         })
         .finally(() => {
           inFlight = false;
@@ -557,14 +625,14 @@ export function runEffects(ctx: DaemonContext) {
     const { run } = input;
     renewedAt.delete(attemptKey(run));
     try {
-      if (await store.confirmAttemptGone(run.number, { host: ctx.host, attempt: run.attempt })) {
-        logger.info(`run ${run.number}: the command of attempt ${run.attempt} is gone; the run may start again`, {
+      if (await store.confirmAttemptGone(refOf(run), { host: ctx.host, attempt: run.attempt })) {
+        logger.info(`${labelOf(run)}: the command of attempt ${run.attempt} is gone; the run may start again`, {
           number: run.number,
         });
       }
     } catch (error) {
       logger.warn(
-        `run ${run.number}: could not record that attempt ${run.attempt}'s command is gone ` +
+        `${labelOf(run)}: could not record that attempt ${run.attempt}'s command is gone ` +
           `(${describeError(error)}); its next attempt waits for the drain limit`,
         { number: run.number },
       );
@@ -573,6 +641,7 @@ export function runEffects(ctx: DaemonContext) {
 
   return {
     preflight,
+    verifyOutput,
     registerOutput,
     recordFailure,
     recordAbandon,

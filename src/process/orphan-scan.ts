@@ -53,7 +53,7 @@ export function ownDaemonTag(host: string, store: string): string {
   return formatDaemonTag({ host, store, pid: process.pid, ...(procStart !== undefined ? { procStart } : {}) });
 }
 
-const WANTED = [DAEMON_TAG_VARIABLE, 'RUNWARDEN_RUN_NUMBER', 'RUNWARDEN_ATTEMPT'] as const;
+const WANTED = [DAEMON_TAG_VARIABLE, 'RUNWARDEN_RUN_NUMBER', 'RUNWARDEN_ATTEMPT', 'RUNWARDEN_STAGE'] as const;
 type Wanted = (typeof WANTED)[number];
 
 /**
@@ -89,6 +89,7 @@ interface OrphanProcess {
   daemon: DaemonTag;
   run?: number;
   attempt?: number;
+  stage?: string;
 }
 
 /** What the orphan kill found and did, one entry per process group. */
@@ -99,6 +100,8 @@ export interface KilledOrphanGroup {
   /** From the command's RUNWARDEN_RUN_NUMBER and RUNWARDEN_ATTEMPT, when it has them. */
   run?: number;
   attempt?: number;
+  /** From the command's RUNWARDEN_STAGE (absent for commands of a first-wave daemon: the `process` stage). */
+  stage?: string;
   /** Pid of the daemon that started the command. */
   daemonPid: number;
   /**
@@ -138,11 +141,13 @@ export function findOrphanedCommands(scope: OrphanScope, table: ProcStat[] = sca
     if (!gone) continue;
     const run = integerOrUndefined(env?.RUNWARDEN_RUN_NUMBER);
     const attempt = integerOrUndefined(env?.RUNWARDEN_ATTEMPT);
+    const stage = env?.RUNWARDEN_STAGE;
     orphans.push({
       stat,
       daemon,
       ...(run !== undefined ? { run } : {}),
       ...(attempt !== undefined ? { attempt } : {}),
+      ...(stage ? { stage } : {}),
     });
   }
   return orphans;
@@ -190,6 +195,7 @@ export async function killOrphanedCommands(scope: OrphanScope, escalateMs: numbe
         pids: members.map((m) => m.stat.pid),
         ...(named.run !== undefined ? { run: named.run } : {}),
         ...(named.attempt !== undefined ? { attempt: named.attempt } : {}),
+        ...(named.stage !== undefined ? { stage: named.stage } : {}),
         daemonPid: named.daemon.pid,
         scope: whole ? 'group' : 'processes',
         outcome,

@@ -60,8 +60,8 @@ describe('runwarden daemon', () => {
     expect(env).toContain('RUNWARDEN_RUN_NUMBER=7\n');
     expect(env).toContain(`RUNWARDEN_OUTPUT=${join(sandbox.dir, 'out/000007')}\n`);
     expect(env).toContain('RUNWARDEN_ATTEMPT=1\n');
-    expect(env).toContain(`RUNWARDEN_ERROR_FILE=${join(sandbox.dir, 'logs/7/attempt-1.error')}\n`);
-    const log = readFileSync(join(sandbox.dir, 'logs/7/attempt-1.log'), 'utf8');
+    expect(env).toContain(`RUNWARDEN_ERROR_FILE=${join(sandbox.dir, 'logs/process/7/attempt-1.error')}\n`);
+    const log = readFileSync(join(sandbox.dir, 'logs/process/7/attempt-1.log'), 'utf8');
     expect(log).toContain('stdout of 7');
     expect(log).toContain('stderr of 7');
     const events = await s.listRunEvents(7);
@@ -218,7 +218,7 @@ describe('runwarden daemon', () => {
     config(['sh', talk, '{number}', '{output}']);
     await submit('45');
     const daemon = sandbox.start(['daemon']);
-    const logFile = join(sandbox.dir, 'logs/45/attempt-1.log');
+    const logFile = join(sandbox.dir, 'logs/process/45/attempt-1.log');
     await waitFor(() => existsSync(logFile) && readFileSync(logFile, 'utf8').includes('first line'), 'the first line');
     const follow = sandbox.start(['logs', '45', '--follow']);
     let printed = '';

@@ -27,7 +27,7 @@ describe('runwarden demo', () => {
     expect(report.runs.filter((r) => r.attempts === 2).map((r) => r.number)).toEqual([1002, 1007, 1012, 1017]);
     expect(byState('abandoned')[0]!.reason).toMatch(/^gave up: 3 failures reached retry.max_failures \(3\); last failure: exit code 4/);
     expect(existsSync(join(dir, 'demo', 'runwarden.db'))).toBe(true);
-    expect(readdirSync(join(dir, 'demo', 'logs', '1002')).sort()).toEqual(['attempt-1.error', 'attempt-1.log', 'attempt-2.log']);
+    expect(readdirSync(join(dir, 'demo', 'logs', 'process', '1002')).sort()).toEqual(['attempt-1.error', 'attempt-1.log', 'attempt-2.log']);
   });
 
   it('shows progress and a summary for people; refuses a directory that is not empty, with exit 2', async () => {

@@ -94,7 +94,7 @@ describe('runwarden daemon --inspect / runwarden inspect', () => {
     expect(JSON.parse(nowJson.stdout)).toEqual([{ actor: 'host', state: 'running.idle' }]);
 
     expect((await sandbox.run(['submit', '5'])).exitCode).toBe(0);
-    const run = (from: string, event: string, to: string, actor = 'run-5') =>
+    const run = (from: string, event: string, to: string, actor = 'run-5/process') =>
       new RegExp(`^${TIME}  ${actor.replace('/', '\\/')} +${from} --${event}--> ${to}$`);
     await waitFor(
       () =>
@@ -107,9 +107,9 @@ describe('runwarden daemon --inspect / runwarden inspect', () => {
           run('busy\\.registering', 'xstate\\.done\\.actor\\.[^ ]+', 'done'),
         ]) &&
         inOrder(followed(), [
-          run('\\(start\\)', 'xstate\\.init', 'spawning', 'run-5/supervisor'),
-          run('spawning', 'SPAWNED', 'running\\.producing', 'run-5/supervisor'),
-          run('running\\.producing', 'EXITED', 'exited', 'run-5/supervisor'),
+          run('\\(start\\)', 'xstate\\.init', 'spawning', 'run-5/process/supervisor'),
+          run('spawning', 'SPAWNED', 'running\\.producing', 'run-5/process/supervisor'),
+          run('running\\.producing', 'EXITED', 'exited', 'run-5/process/supervisor'),
         ]) &&
         inOrder(followed(), [run('running\\.busy', 'RUN_SETTLED', 'running\\.claiming', 'host')]),
       'the follower to print run 5 from considering to done',
@@ -117,7 +117,7 @@ describe('runwarden daemon --inspect / runwarden inspect', () => {
     // Run 5's own actor: each of its transitions printed exactly once, in order, nothing else.
     const runFive = followed()
       .split('\n')
-      .map((line) => new RegExp(`^${TIME}  run-5 +(.+?) --\\S+--> (.+)$`).exec(line))
+      .map((line) => new RegExp(`^${TIME}  run-5/process +(.+?) --\\S+--> (.+)$`).exec(line))
       .filter((m): m is RegExpExecArray => m !== null)
       .map((m) => [m[1], m[2]]);
     expect(runFive).toEqual([
@@ -138,9 +138,9 @@ describe('runwarden daemon --inspect / runwarden inspect', () => {
         .trim()
         .split('\n')
         .map((line) => JSON.parse(line) as Record<string, unknown>);
-      return objects.some((o) => o.actor === 'run-5' && o.to === 'done') ? objects : null;
+      return objects.some((o) => o.actor === 'run-5/process' && o.to === 'done') ? objects : null;
     }, 'the JSON follower to see run 5 done');
-    expect(transitions.filter((o) => o.actor === 'run-5').map((o) => [o.from, o.to])).toEqual([
+    expect(transitions.filter((o) => o.actor === 'run-5/process').map((o) => [o.from, o.to])).toEqual([
       [null, 'considering'],
       ['considering', 'busy.supervising'],
       ['busy.supervising', 'busy.registering'],

@@ -132,7 +132,7 @@ describe('runwarden logs', () => {
     expect(done.exitCode, done.stderr).toBe(0);
     const s = await sandbox.openStore();
     expect((await s.getRun(7))?.processing?.state).toBe('done');
-    const log = readFileSync(join(sandbox.dir, 'logs', '7', 'attempt-1.log'), 'utf8');
+    const log = readFileSync(join(sandbox.dir, 'logs', 'process', '7', 'attempt-1.log'), 'utf8');
     const lines = log.split('\n');
     const cut = lines.findIndex((l) => /^=== runwarden \S+ log cut at 8192 bytes of output; further output discarded ===$/.test(l));
     expect(cut).toBeGreaterThan(0);

@@ -284,7 +284,7 @@ describe('operator commands', () => {
     await submit('92');
     const first = await ops('process', '91');
     expect(first.exitCode, first.stderr).toBe(0);
-    const logFile = join(sandbox.dir, 'logs/91/attempt-1.log');
+    const logFile = join(sandbox.dir, 'logs/process/91/attempt-1.log');
     expect(first.stdout).toContain(`log ${logFile}`);
     expect(first.stdout).toMatch(/^run 91 done \(attempt 1\)/m);
     expect(readFileSync(logFile, 'utf8')).toContain('working on 91');

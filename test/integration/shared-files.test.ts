@@ -108,7 +108,7 @@ line two
     const s = await sandbox.openStore();
     await daemonSurvives(s);
     await doneRun(s, 1);
-    const log = join(sandbox.dir, 'logs', '1', 'attempt-2.log');
+    const log = join(sandbox.dir, 'logs', 'process', '1', 'attempt-2.log');
     expect(lstatSync(log).isFile()).toBe(true);
     const text = readFileSync(log, 'utf8');
     expect(text).toMatch(/=== runwarden \S+ removed a FIFO found at the log's path/);
@@ -124,7 +124,7 @@ line two
     await daemonSurvives(s);
     await doneRun(s, 1);
     expect(readFileSync(target, 'utf8')).toBe('precious\n');
-    expect(readFileSync(join(sandbox.dir, 'logs', '1', 'attempt-2.log'), 'utf8')).toMatch(/removed a symbolic link/);
+    expect(readFileSync(join(sandbox.dir, 'logs', 'process', '1', 'attempt-2.log'), 'utf8')).toMatch(/removed a symbolic link/);
   });
 
   it('an output directory replaced by a symbolic link: cleaning removes the link, the next attempt gets a directory', async () => {

@@ -120,7 +120,7 @@ function start(options: Options = {}) {
   const states = recordStates(actor);
   actor.start();
   const settleRun = (number: number, settlement: RunSettlement = 'done', hostFault?: string) =>
-    actor.system.get(`run-${number}`)?.send({
+    actor.system.get(`run-${number}/process`)?.send({
       type: 'SETTLE',
       settlement,
       ...(hostFault !== undefined ? { hostFault } : {}),
@@ -178,7 +178,7 @@ describe('host machine', () => {
     await settle();
     expect(t.states.slice(-3)).toEqual(['running.busy', 'running.claiming', 'running.idle']);
     expect(t.actor.getSnapshot().context.running).toEqual([]);
-    expect(t.actor.system.get('run-1')).toBeUndefined();
+    expect(t.actor.system.get('run-1/process')).toBeUndefined();
   });
 
   it('claims up to its slots and no more until one frees', async () => {

@@ -58,10 +58,10 @@ const supervisorOutcomes: SupervisorResult[] = [
 ];
 
 const sources = invokedSources(runMachine);
-const WRITES = ['preflight', 'registerOutput', 'recordFailure', 'recordAbandon', 'releaseRun'];
+const WRITES = ['preflight', 'verifyOutput', 'registerOutput', 'recordFailure', 'recordAbandon', 'releaseRun'];
 
 /** The concrete events a snapshot may receive: the generator knows every kind, or the test fails. */
-function runEvents(snapshot: AnyMachineSnapshot): AnyEventObject[] {
+function runEvents(snapshot: AnyMachineSnapshot, withCheck = true): AnyEventObject[] {
   return handledEventTypes(snapshot).flatMap((type): AnyEventObject[] => {
     const kind = eventKind(type);
     if (kind.kind === 'error') return [{ type, error: new Error(`${sources.get(kind.invocation)} failed`) }];
@@ -70,7 +70,12 @@ function runEvents(snapshot: AnyMachineSnapshot): AnyEventObject[] {
       if (src === 'supervisor') return supervisorOutcomes.map((output) => ({ type, output }));
       if (src === 'preflight') {
         const run = (snapshot.context as { run: ClaimedRun }).run;
-        return [{ type, output: { ok: true, plan: planFor(run) } }, { type, output: { ok: false } }];
+        // with and without a stage check
+        return [
+          { type, output: { ok: true, plan: planFor(run) } },
+          ...(withCheck ? [{ type, output: { ok: true, plan: planFor(run), check: planFor(run) } }] : []),
+          { type, output: { ok: false } },
+        ];
       }
       if (src && WRITES.includes(src)) return [{ type, output: { ok: true } }, { type, output: { ok: false } }];
       if (src === 'confirmAttemptGone') return [{ type, output: undefined }];
@@ -119,6 +124,7 @@ async function replay(path: ModelPath, coverage: CoverageRecorder): Promise<Repl
       leaseKeeper: effects.callback('leaseKeeper'),
       preflight: effects.promise('preflight'),
       supervisor: fakeSupervisor(effects) as unknown as typeof supervisorMachine,
+      verifyOutput: effects.promise('verifyOutput'),
       registerOutput: effects.promise('registerOutput'),
       recordFailure: effects.promise('recordFailure'),
       recordAbandon: effects.promise('recordAbandon'),
@@ -197,7 +203,8 @@ function runPromises(path: ModelPath, { effects, snapshots }: Replayed): string[
   }
   for (const [i, step] of path.steps.entries()) {
     const before = snapshots[i]!;
-    if (['LEASE_LOST', 'STOP'].includes(step.event.type) && before.matches({ busy: 'supervising' })) {
+    const commandRunning = before.matches({ busy: 'supervising' }) || before.matches({ busy: 'checking' });
+    if (['LEASE_LOST', 'STOP'].includes(step.event.type) && commandRunning) {
       if (!effects.received.some((r) => r.src === 'supervisor' && r.event.type === 'TERMINATE' && r.step === i + 1)) {
         problems.push(`${step.event.type} while supervising did not terminate the command`);
       }
@@ -214,8 +221,10 @@ describe('run machine, model-based', () => {
     const coverage = new CoverageRecorder('run', universe);
     // Simple paths keep histories the snapshot forgets (the lease lost, then STOP); edge paths add the
     // self-loops and back edges no simple path takes.
+    // The simple paths without a stage check (with one, their number explodes); the edge paths with and without.
     const options = { input, events: runEvents };
-    const paths = [...simplePaths(runMachine, options), ...edgePaths(runMachine, options)];
+    const withoutCheck = { input, events: (snapshot: AnyMachineSnapshot) => runEvents(snapshot, false) };
+    const paths = [...simplePaths(runMachine, withoutCheck), ...edgePaths(runMachine, options)];
     const broken: string[] = [];
     for (const path of paths) {
       const replayed = await replay(path, coverage);
