@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { createActor, SimulatedClock, type AnyEventObject, type AnyMachineSnapshot } from 'xstate';
 import { serializeSnapshot } from 'xstate/graph';
-import { hostMachine, type HostInput } from '../../machines/host.machine.js';
+import { hostMachine, stagesWithRoom, type HostInput, type RunningTask, type StageSlots } from '../../machines/host.machine.js';
 import type { ClaimedRun, RunInput } from '../../machines/run.machine.js';
 import type { runMachine } from '../../machines/run.machine.js';
 import { settle } from '../machines/helpers.js';
@@ -19,10 +19,17 @@ import { edgePaths, eventKind, handledEventTypes, invokedSources, type ModelPath
 const POLL_MS = 1_000;
 const timing = { maxProcessingTimeMs: 60_000, maxNoOutputTimeMs: 30_000, signalEscalateMs: 1_000 };
 
-function hostInput(once: boolean): HostInput {
+/** A daemon, `daemon --once`, or a daemon over a pipeline of two stages of one slot each (first, then second). */
+const TWO_STAGES: StageSlots[] = [
+  { name: 'first', slots: 1 },
+  { name: 'second', slots: 1 },
+];
+
+function hostInput(once: boolean, stages?: StageSlots[]): HostInput {
   return {
     host: 'h1',
     slots: 2,
+    ...(stages ? { stages } : {}),
     idlePollMs: POLL_MS,
     once,
     maxFailures: 3,
@@ -34,9 +41,19 @@ function hostInput(once: boolean): HostInput {
   };
 }
 
-function claimed(number: number): ClaimedRun {
-  return { number, token: `lease-${number}`, attempt: 1, nFailures: 0, nInterruptions: 0, doc: { number } };
+function claimed(number: number, stage?: string): ClaimedRun {
+  return {
+    number,
+    token: `lease-${number}${stage ? `-${stage}` : ''}`,
+    attempt: 1,
+    nFailures: 0,
+    nInterruptions: 0,
+    doc: { number },
+    ...(stage && stage !== 'process' ? { stage } : {}),
+  };
 }
+
+const taskKey = (task: RunningTask) => `${task.number}/${task.stage}`;
 
 // Edge paths only: simple paths of the host number tens of thousands (its context remembers wake-ups, stops,
 // slots), and its history that matters (a STOP, a wake-up) is in the snapshot, unlike the run's lost lease.
@@ -44,6 +61,8 @@ const sources = invokedSources(hostMachine);
 
 interface HostModelContext {
   running: number[];
+  tasks: RunningTask[];
+  stages: StageSlots[];
   slots: number;
   nextPollMs: number;
 }
@@ -56,13 +75,18 @@ function hostEvents(snapshot: AnyMachineSnapshot): AnyEventObject[] {
     if (kind.kind === 'done') {
       const src = sources.get(kind.invocation);
       if (src === 'claimNext') {
-        const free = [1, 2, 3].find((n) => !context.running.includes(n))!;
+        // A task of each stage with room (what the claim effect is asked for), on a run not running that stage.
+        const running = new Set(context.tasks.map(taskKey));
+        const claims = stagesWithRoom(context).map((stage) => {
+          const free = [1, 2, 3].find((n) => !running.has(taskKey({ number: n, stage })))!;
+          return { type, output: { run: claimed(free, stage), nextPollMs: POLL_MS } };
+        });
         return [
-          { type, output: { run: claimed(free), nextPollMs: POLL_MS } },
+          ...claims,
           { type, output: { run: null, nextPollMs: POLL_MS } },
           { type, output: { run: null, diskFull: true, nextPollMs: POLL_MS } },
-          // a broken claim effect that hands back a run still running here (the store excludes them)
-          ...context.running.slice(0, 1).map((number) => ({ type, output: { run: claimed(number), nextPollMs: POLL_MS } })),
+          // a broken claim effect that hands back a task still running here (the store excludes them)
+          ...context.tasks.slice(0, 1).map((task) => ({ type, output: { run: claimed(task.number, task.stage), nextPollMs: POLL_MS } })),
         ];
       }
       if (src === 'register' || src === 'recoverRuns' || src === 'deregister' || src === 'announcePause') {
@@ -80,12 +104,15 @@ function hostEvents(snapshot: AnyMachineSnapshot): AnyEventObject[] {
     if (type === 'DISPLACED') return [{ type, reason: 'another daemon took over host h1' }];
     if (type === 'FATAL') return [{ type, error: 'store file /data/runs.db was replaced' }];
     if (type === 'RUN_SETTLED') {
-      return context.running.flatMap((number) => [
-        { type, number, settlement: 'done' },
-        { type, number, settlement: 'error', error: `run ${number}: the store failed` },
-        // could not start for a reason of the host: host_fault_threshold (2) of these in a row pause claiming
-        { type, number, settlement: 'failed', hostFault: 'process.log_dir: not a directory' },
-      ]);
+      return context.tasks.flatMap(({ number, stage }) => {
+        const of = stage === 'process' ? {} : { stage };
+        return [
+          { type, number, ...of, settlement: 'done' },
+          { type, number, ...of, settlement: 'error', error: `run ${number}: the store failed` },
+          // could not start for a reason of the host: host_fault_threshold (2) of these in a row pause claiming
+          { type, number, ...of, settlement: 'failed', hostFault: 'process.log_dir: not a directory' },
+        ];
+      });
     }
     throw new Error(`the host model has no events for ${type}: teach hostEvents about it`);
   });
@@ -118,7 +145,7 @@ async function replay(path: ModelPath, input: HostInput, coverage: CoverageRecor
       deregister: effects.promise('deregister'),
       announcePause: effects.promise('announcePause'),
       checkHost: effects.promise('checkHost'),
-      run: effects.callback<RunInput>('run', (runInput) => runInput.run.number) as unknown as typeof runMachine,
+      run: effects.callback<RunInput>('run', (runInput) => `${runInput.run.number}/${runInput.run.stage ?? 'process'}`) as unknown as typeof runMachine,
     },
   });
   let rootId = '';
@@ -142,7 +169,7 @@ async function replay(path: ModelPath, input: HostInput, coverage: CoverageRecor
     else if (kind.kind === 'after') clock.increment((actor.getSnapshot().context as HostModelContext).nextPollMs);
     else if (event.type === 'WAKE') effects.sendFrom('wakeWatcher', event);
     else if (event.type === 'DISPLACED') effects.sendFrom('heartbeat', event);
-    else if (event.type === 'RUN_SETTLED') effects.sendFrom(`run#${String(event.number)}`, event);
+    else if (event.type === 'RUN_SETTLED') effects.sendFrom(`run#${String(event.number)}/${String(event.stage ?? 'process')}`, event);
     else actor.send(event as Parameters<typeof actor.send>[0]);
     await settle();
     const snapshot = actor.getSnapshot();
@@ -168,6 +195,11 @@ function hostPromises(path: ModelPath, { effects, snapshots, alive }: Replayed):
     const context = snapshot.context as HostModelContext;
     const runsAlive = alive[i]!.run;
     if (context.running.length > context.slots) problems.push(`${context.running.length} runs on ${context.slots} slots`);
+    for (const stage of context.stages) {
+      const busy = context.tasks.filter((task) => task.stage === stage.name).length;
+      if (busy > stage.slots) problems.push(`${busy} tasks of ${stage.name} on its ${stage.slots} slot(s)`);
+    }
+    if (new Set(context.tasks.map(taskKey)).size !== context.tasks.length) problems.push('one task twice at once');
     if (snapshot.status === 'active' && runsAlive !== context.running.length) {
       problems.push(`${runsAlive} run actors alive for ${context.running.length} running runs after step ${i}`);
     }
@@ -176,9 +208,9 @@ function hostPromises(path: ModelPath, { effects, snapshots, alive }: Replayed):
       problems.push(`claimed while paused for a host fault (step ${i})`);
     }
     const entered = snapshot.matches('stopping') && i > 0 && !snapshots[i - 1]!.matches('stopping');
-    for (const number of entered ? context.running : []) {
-      if (!effects.received.some((r) => r.src === `run#${number}` && r.event.type === 'STOP' && r.step === i)) {
-        problems.push(`run ${number} was not told to STOP when the host began stopping`);
+    for (const task of entered ? context.tasks : []) {
+      if (!effects.received.some((r) => r.src === `run#${taskKey(task)}` && r.event.type === 'STOP' && r.step === i)) {
+        problems.push(`task ${taskKey(task)} was not told to STOP when the host began stopping`);
       }
     }
   }
@@ -193,11 +225,11 @@ describe('host machine, model-based', () => {
     const coverage = new CoverageRecorder('host', machineUniverse(hostMachine));
     const broken = new Set<string>();
     let replayed = 0;
-    for (const input of [hostInput(false), hostInput(true)]) {
+    for (const input of [hostInput(false), hostInput(true), hostInput(false, TWO_STAGES)]) {
       const paths = edgePaths(hostMachine, { input, events: hostEvents });
       for (const path of paths) {
         const result = await replay(path, input, coverage);
-        for (const problem of hostPromises(path, result)) broken.add(`once=${input.once} ${path.description}: ${problem}`);
+        for (const problem of hostPromises(path, result)) broken.add(`once=${input.once}${input.stages ? ' two stages' : ''} ${path.description}: ${problem}`);
       }
       replayed += paths.length;
     }
