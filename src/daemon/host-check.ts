@@ -1,8 +1,9 @@
 import { constants } from 'node:fs';
 import { access, mkdir, mkdtemp, rmdir, stat } from 'node:fs/promises';
 import { delimiter, isAbsolute, join, resolve } from 'node:path';
-import type { Config } from '../config/schema.js';
+import type { Config, StageConfig } from '../config/schema.js';
 import { ConfigError } from '../errors.js';
+import { stagesOf } from '../policy/pipeline.js';
 
 // What a host needs before any run can start on it (issue 12 fault 5): the command's executable, its working
 // directory, and writable output and log directories. A daemon checks it at start (and `process N` before it
@@ -33,26 +34,25 @@ async function isExecutableFile(path: string): Promise<boolean> {
   }
 }
 
-/** The command's PATH: process.env.PATH as the daemon passes it on, unless process.env sets its own. */
-function commandPath(config: Config): string {
-  return config.process.env.PATH ?? process.env.PATH ?? '';
+/** The command's PATH: process.env.PATH as the daemon passes it on, unless the stage's env sets its own. */
+function commandPath(stage: StageConfig): string {
+  return stage.env.PATH ?? process.env.PATH ?? '';
 }
 
-async function checkExecutable(config: Config): Promise<HostProblem | null> {
-  const argv0 = config.process.command[0];
+async function checkExecutable(stage: StageConfig, argv: string[], field: string): Promise<HostProblem | null> {
+  const argv0 = argv[0];
   // A placeholder in argv[0] names a per-run executable: nothing to check before a run.
   if (argv0 === undefined || argv0 === '' || /[{}]/.test(argv0)) return null;
-  const field = 'process.command';
   if (argv0.includes('/')) {
     // spawn resolves a relative path in the command's working directory
-    const path = isAbsolute(argv0) ? argv0 : resolve(config.process.cwd, argv0);
+    const path = isAbsolute(argv0) ? argv0 : resolve(stage.cwd, argv0);
     if (await isExecutableFile(path)) return null;
     return { field, message: `the executable ${JSON.stringify(argv0)} (${path}) does not exist or is not executable` };
   }
-  for (const dir of commandPath(config).split(delimiter)) {
-    if (dir !== '' && (await isExecutableFile(join(resolve(config.process.cwd, dir), argv0)))) return null;
+  for (const dir of commandPath(stage).split(delimiter)) {
+    if (dir !== '' && (await isExecutableFile(join(resolve(stage.cwd, dir), argv0)))) return null;
   }
-  return { field, message: `the executable ${JSON.stringify(argv0)} is not found in PATH (${commandPath(config)})` };
+  return { field, message: `the executable ${JSON.stringify(argv0)} is not found in PATH (${commandPath(stage)})` };
 }
 
 async function checkDirectory(path: string): Promise<string | null> {
@@ -76,16 +76,36 @@ async function checkWritableDirectory(path: string): Promise<string | null> {
   }
 }
 
-/** Every problem found, in the order a run would meet them; empty when the host can start runs. */
-export async function hostProblems(config: Config): Promise<HostProblem[]> {
+/**
+ * Every problem found, in the order a run would meet them; empty when the host can start runs. Every stage of
+ * the pipeline is checked (its cwd, command, check, output_root and log_dir), or only `stage` when given (what
+ * one task's failure to start says about the host). A key a stage inherits from `process:` is named there.
+ */
+export async function hostProblems(config: Config, stage?: string): Promise<HostProblem[]> {
   const problems: HostProblem[] = [];
-  const cwd = await checkDirectory(config.process.cwd);
-  if (cwd) problems.push({ field: 'process.cwd', message: `the working directory ${cwd}` });
-  const executable = await checkExecutable(config);
-  if (executable) problems.push(executable);
-  for (const field of ['output_root', 'log_dir'] as const) {
-    const problem = await checkWritableDirectory(config.process[field]);
-    if (problem) problems.push({ field: `process.${field}`, message: problem });
+  const seen = new Set<string>();
+  const staged = config.stages !== undefined && config.stages.length > 0;
+  const add = (problem: HostProblem | null) => {
+    if (!problem) return;
+    const key = `${problem.field}\0${problem.message}`;
+    if (seen.has(key)) return;
+    seen.add(key);
+    problems.push(problem);
+  };
+  for (const s of stagesOf(config).filter((s) => stage === undefined || s.name === stage)) {
+    // a stage's own key, or the `process:` key it inherits
+    const fieldOf = (key: 'cwd' | 'command' | 'check' | 'output_root' | 'log_dir') =>
+      !staged || ((key === 'cwd' || key === 'output_root' || key === 'log_dir') && s[key] === config.process[key])
+        ? `process.${key}`
+        : `stages.${s.name}.${key}`;
+    const cwd = await checkDirectory(s.cwd);
+    if (cwd) add({ field: fieldOf('cwd'), message: `the working directory ${cwd}` });
+    add(await checkExecutable(s, s.command, fieldOf('command')));
+    if (s.check.length > 0) add(await checkExecutable(s, s.check, fieldOf('check')));
+    for (const key of ['output_root', 'log_dir'] as const) {
+      const problem = await checkWritableDirectory(s[key]);
+      if (problem) add({ field: fieldOf(key), message: problem });
+    }
   }
   return problems;
 }
@@ -124,9 +144,9 @@ export class HostFaultError extends Error {
  * What the host's check says about an attempt that could not start: a description of the host's problems
  * when there are any (every run would fail the same way), undefined when the fault is this run's own.
  */
-export async function hostFaultBehind(config: Config): Promise<string | undefined> {
+export async function hostFaultBehind(config: Config, stage?: string): Promise<string | undefined> {
   try {
-    const problems = await hostProblems(config);
+    const problems = await hostProblems(config, stage);
     return problems.length > 0 ? describeHostProblems(problems) : undefined;
   } catch {
     return undefined;

@@ -7,7 +7,8 @@ import type { AttemptFailure, SupervisorResult } from '../../machines/types.js';
 import type { Config } from '../config/schema.js';
 import type { Logger } from '../log/logger.js';
 import { diskFigures } from '../process/disk.js';
-import type { RunStore, StateCounts } from '../store/run-store.js';
+import type { RunStore, StateCounts, TaskCounts } from '../store/run-store.js';
+import { PROCESS_STAGE, stagesOf } from '../policy/pipeline.js';
 import { HOST_STATES, RUN_STATES, type DiskFigures, type HostDoc } from '../store/types.js';
 
 // The daemon's Prometheus metrics (`daemon --metrics`). What this daemon did (claims, failures, attempt
@@ -74,10 +75,11 @@ type RunSnapshot = SnapshotFrom<typeof runMachine>;
 type HostSnapshot = SnapshotFrom<typeof hostMachine>;
 
 /** Where a run actor is, as far as the counters care: each change into one of these counts once. */
-type RunStage = 'considering' | 'failure_recorded' | 'abandon_recorded' | 'other';
+type RunStage = 'considering' | 'checking' | 'failure_recorded' | 'abandon_recorded' | 'other';
 
 function runStageOf(snapshot: RunSnapshot): RunStage {
   if (snapshot.matches('considering')) return 'considering';
+  if (snapshot.matches({ busy: 'checking' })) return 'checking';
   if (snapshot.matches({ failed: 'waitingForRetry' })) return 'failure_recorded';
   if (snapshot.matches({ abandoned: 'recorded' })) return 'abandon_recorded';
   return 'other';
@@ -92,6 +94,8 @@ function machineIdOf(event: InspectionEvent): string | undefined {
 interface StoreFigures {
   counts: StateCounts;
   hosts: HostDoc[];
+  /** Tasks per stage and state; null when the store could not count them (the other figures still stand). */
+  tasks: Record<string, TaskCounts> | null;
 }
 
 export function createDaemonMetrics(options: DaemonMetricsOptions): DaemonMetrics {
@@ -110,7 +114,14 @@ export function createDaemonMetrics(options: DaemonMetricsOptions): DaemonMetric
     let deadline: NodeJS.Timeout | undefined;
     try {
       const figures = await Promise.race([
-        Promise.all([store.countRunsByState(), store.listHosts()]).then(([counts, hosts]) => ({ counts, hosts })),
+        Promise.all([
+          store.countRunsByState(),
+          store.listHosts(),
+          store.countTasksByStage().catch((error: unknown) => {
+            logger.debug(`metrics: tasks per stage not counted: ${error instanceof Error ? error.message : String(error)}`);
+            return null;
+          }),
+        ]).then(([counts, hosts, tasks]) => ({ counts, hosts, tasks })),
         new Promise<never>((_, reject) => {
           deadline = setTimeout(() => reject(new Error(`no answer within ${storeDeadlineMs} ms`)), storeDeadlineMs);
         }),
@@ -154,6 +165,20 @@ export function createDaemonMetrics(options: DaemonMetricsOptions): DaemonMetric
       this.reset();
       if (!figures) return;
       for (const state of RUN_STATE_LABELS) this.set({ state }, figures.counts[state] ?? 0);
+    },
+  });
+  new Gauge({
+    name: 'runwarden_tasks',
+    help: 'Tasks in the store by stage and state (all hosts); pending = never claimed, blocked = held by an abandoned upstream task',
+    labelNames: ['stage', 'state'],
+    registers,
+    async collect() {
+      const figures = await storeFigures();
+      this.reset();
+      if (!figures?.tasks) return;
+      for (const [stage, counts] of Object.entries(figures.tasks)) {
+        for (const state of [...RUN_STATE_LABELS, 'blocked'] as const) this.set({ stage, state }, counts[state] ?? 0);
+      }
     },
   });
   new Gauge({
@@ -251,67 +276,76 @@ export function createDaemonMetrics(options: DaemonMetricsOptions): DaemonMetric
     },
   });
 
+  // Run and attempt metrics carry the task's `stage` (DESIGN §9): `process` for the first wave's one stage.
   const claims = new Counter({
     name: 'runwarden_claims_total',
-    help: 'Runs this daemon claimed (each claim is one attempt)',
+    help: 'Tasks this daemon claimed, by stage (each claim is one attempt)',
+    labelNames: ['stage'],
     registers,
   });
   const failures = new Counter({
     name: 'runwarden_failures_total',
-    help: 'Failed attempts this daemon recorded, by kind (abandoning ones included)',
-    labelNames: ['kind'],
+    help: 'Failed attempts this daemon recorded, by stage and kind (abandoning ones included)',
+    labelNames: ['stage', 'kind'],
     registers,
   });
   const abandoned = new Counter({
     name: 'runwarden_runs_abandoned_total',
-    help: 'Runs this daemon gave up on (max_failures or a no-retry exit code), by the kind of their last failure',
-    labelNames: ['kind'],
+    help: 'Tasks this daemon gave up on (max_failures or a no-retry exit code), by stage and the kind of their last failure',
+    labelNames: ['stage', 'kind'],
     registers,
   });
   const hostFaults = new Counter({
     name: 'runwarden_host_faults_total',
-    help: 'Attempts this daemon could not start for a reason of the host (interruptions, not failures)',
+    help: 'Attempts this daemon could not start for a reason of the host (interruptions, not failures), by stage',
+    labelNames: ['stage'],
     registers,
   });
   const durations = new Histogram({
     name: 'runwarden_attempt_duration_seconds',
-    help: "How long each attempt's command ran, by how it ended",
-    labelNames: ['outcome'],
+    help: "How long each attempt's command ran (its check not included), by stage and how it ended",
+    labelNames: ['stage', 'outcome'],
     buckets: DURATION_BUCKETS_SECONDS,
     registers,
   });
-  // Every series exists from the start, so rate() and increase() see the first event.
-  for (const kind of FAILURE_KINDS) {
-    failures.inc({ kind }, 0);
-    abandoned.inc({ kind }, 0);
+  // Every series of every configured stage exists from the start, so rate() and increase() see the first event.
+  for (const { name: stage } of stagesOf(config)) {
+    claims.inc({ stage }, 0);
+    hostFaults.inc({ stage }, 0);
+    for (const kind of FAILURE_KINDS) {
+      failures.inc({ stage, kind }, 0);
+      abandoned.inc({ stage, kind }, 0);
+    }
+    for (const outcome of ATTEMPT_OUTCOMES) durations.zero({ stage, outcome });
   }
-  for (const outcome of ATTEMPT_OUTCOMES) durations.zero({ outcome });
 
-  const countFailure = (failure: AttemptFailure | null, counter: Counter<'kind'>) => {
-    if (failure && Object.hasOwn(FAILURE_KIND_NAMES, failure.kind)) counter.inc({ kind: failure.kind });
+  const countFailure = (stage: string, failure: AttemptFailure | null, counter: Counter<'stage' | 'kind'>) => {
+    if (failure && Object.hasOwn(FAILURE_KIND_NAMES, failure.kind)) counter.inc({ stage, kind: failure.kind });
   };
-  /** A host fault is an interruption: counted apart, never as the run's failure. */
-  const countAttemptEnd = (failure: AttemptFailure | null) => {
-    if (failure?.hostFault !== undefined) hostFaults.inc();
-    else countFailure(failure, failures);
+  /** A host fault is an interruption: counted apart, never as the task's failure. */
+  const countAttemptEnd = (stage: string, failure: AttemptFailure | null) => {
+    if (failure?.hostFault !== undefined) hostFaults.inc({ stage });
+    else countFailure(stage, failure, failures);
   };
 
-  /** The last stage of each run actor; weak, so settled actors are forgotten with them. */
+  /** Where each run actor last was; weak, so settled actors are forgotten with them. */
   const runStages = new WeakMap<object, RunStage>();
   const onRunSnapshot = (actorRef: object, snapshot: RunSnapshot, event: { type: string; output?: unknown }) => {
-    // The supervisor's result reaches the run actor exactly once per attempt that started a command.
-    if (event.type === 'xstate.done.actor.supervisor') {
+    const stage = snapshot.context.run.stage ?? PROCESS_STAGE;
+    const before = runStages.get(actorRef);
+    // The supervisor's result reaches the run actor once per command, and once more per check (not counted).
+    if (event.type === 'xstate.done.actor.supervisor' && before !== 'checking') {
       const result = event.output as SupervisorResult;
-      durations.observe({ outcome: attemptOutcome(result) }, result.durationMs / 1000);
+      durations.observe({ stage, outcome: attemptOutcome(result) }, result.durationMs / 1000);
     }
-    const stage = runStageOf(snapshot);
-    if (stage === runStages.get(actorRef)) return;
-    runStages.set(actorRef, stage);
-    if (stage === 'considering') claims.inc();
-    else if (stage === 'failure_recorded') countAttemptEnd(snapshot.context.failure);
-    else if (stage === 'abandon_recorded') {
-      countAttemptEnd(snapshot.context.failure);
-      countFailure(snapshot.context.failure, abandoned);
+    const where = runStageOf(snapshot);
+    if (where === before) return;
+    runStages.set(actorRef, where);
+    if (where === 'considering') claims.inc({ stage });
+    else if (where === 'failure_recorded') countAttemptEnd(stage, snapshot.context.failure);
+    else if (where === 'abandon_recorded') {
+      countAttemptEnd(stage, snapshot.context.failure);
+      countFailure(stage, snapshot.context.failure, abandoned);
     }
   };
 

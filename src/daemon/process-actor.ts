@@ -112,7 +112,7 @@ export function processActor(ctx: DaemonContext) {
         ctx.leases.commandEnded(plan.token);
         // SpawnError names argv[0] and what went wrong (ENOENT, EACCES, a missing cwd). When the host's check
         // explains it (the executable gone, the log directory unwritable), no run could start here: a host fault.
-        const hostFault = await hostFaultBehind(ctx.config);
+        const hostFault = await hostFaultBehind(ctx.config, plan.stage ?? PROCESS_STAGE);
         send({
           type: 'SPAWN_FAILED',
           error: error instanceof Error ? error.message : String(error),

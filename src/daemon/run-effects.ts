@@ -336,7 +336,7 @@ export function runEffects(ctx: DaemonContext) {
         await rm(checkErrorFile, { force: true, recursive: true });
       })(),
     ]).catch(async (error: unknown) => {
-      const hostFault = await hostFaultBehind(config);
+      const hostFault = await hostFaultBehind(config, stage.name);
       if (hostFault === undefined) throw error;
       throw new HostFaultError(error instanceof Error ? error.message : String(error), hostFault);
     });

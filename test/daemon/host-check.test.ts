@@ -4,6 +4,7 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { defaultConfig, type Config } from '../../src/config/schema.js';
 import { assertHostReady, hostFaultBehind, hostProblems } from '../../src/daemon/host-check.js';
 import { ConfigError } from '../../src/errors.js';
+import { validateConfig } from '../../src/config/validate.js';
 import { tempDir } from '../helpers/cli.js';
 
 // The host check behind issue 12 fault 5: what every run needs, checked at start, after a run could not start,
@@ -64,5 +65,36 @@ describe('host check', () => {
     expect((error as ConfigError).exitCode).toBe(2);
     expect((error as Error).message).toMatch(/also process\.command: .*process\.output_root: .*process\.log_dir: /);
     expect(await hostFaultBehind(bad)).toMatch(/^process\.cwd: /);
+  });
+});
+
+describe('host check of a pipeline', () => {
+  const staged = (stages: Record<string, unknown>) =>
+    validateConfig({ process: { output_root: join(dir, 'out'), log_dir: join(dir, 'logs') }, stages }, { cwd: dir, hostName: () => 'h' });
+
+  it("checks every stage's command and check, naming the stage's key; one stage's fault is that stage's", async () => {
+    const c = staged({
+      process: { command: ['sh', '-c', 'true'] },
+      compress: { needs: ['process'], command: ['no-such-compressor'], check: ['no-such-checker', '{output}'] },
+    });
+    expect(await fields(c)).toEqual(['stages.compress.command', 'stages.compress.check']);
+    // a task of a sound stage that could not start is its own problem, not the host's
+    expect(await hostFaultBehind(c, 'process')).toBeUndefined();
+    expect(await hostFaultBehind(c, 'compress')).toMatch(/^stages\.compress\.command: the executable "no-such-compressor"/);
+    await expect(assertHostReady(c)).rejects.toThrow(ConfigError);
+  });
+
+  it("names a stage's own directory by its key, an inherited one by process's", async () => {
+    writeFileSync(join(dir, 'file'), '');
+    const c = staged({
+      process: { command: ['sh'], log_dir: join(dir, 'file', 'logs') },
+      compress: { needs: ['process'], command: ['sh'] },
+    });
+    expect(await fields(c)).toEqual(['stages.process.log_dir']);
+    const inherited = validateConfig(
+      { process: { log_dir: join(dir, 'file', 'logs') }, stages: { process: { command: ['sh'] } } },
+      { cwd: dir, hostName: () => 'h' },
+    );
+    expect(await fields(inherited)).toEqual(['process.log_dir']);
   });
 });

@@ -127,8 +127,9 @@ esac`,
 
       // Every histogram series is whole: cumulative buckets ending at +Inf = _count.
       for (const sample of samplesOf(exposition, 'runwarden_attempt_duration_seconds_count')) {
-        const outcome = sample.labels.outcome!;
-        const buckets = samplesOf(exposition, 'runwarden_attempt_duration_seconds_bucket', { outcome });
+        const { outcome, stage } = sample.labels as { outcome: string; stage: string };
+        expect(stage).toBe('process');
+        const buckets = samplesOf(exposition, 'runwarden_attempt_duration_seconds_bucket', { stage, outcome });
         expect(buckets.map((b) => b.labels.le)).toEqual([...DURATION_BUCKETS_SECONDS.map(String), '+Inf']);
         for (let i = 1; i < buckets.length; i += 1) expect(buckets[i]!.value).toBeGreaterThanOrEqual(buckets[i - 1]!.value);
         expect(buckets.at(-1)!.value).toBe(sample.value);
@@ -176,7 +177,7 @@ esac`,
     expect(valueOf(stuck, 'runwarden_store_up')).toBe(0);
     expect(samplesOf(stuck, 'runwarden_runs')).toEqual([]);
     expect(samplesOf(stuck, 'runwarden_host_heartbeat_age_seconds')).toEqual([]);
-    expect(valueOf(stuck, 'runwarden_claims_total')).toBe(0);
+    expect(valueOf(stuck, 'runwarden_claims_total', { stage: 'process' })).toBe(0);
     expect(valueOf(stuck, 'runwarden_disk_free_bytes', { path: '/data/out' })).toBe(123_456_789);
     hang = false;
     expect(valueOf(await scrape(), 'runwarden_store_up')).toBe(1);

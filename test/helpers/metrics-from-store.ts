@@ -1,6 +1,6 @@
 import type { RunStore } from '../../src/store/run-store.js';
 import type { RunEvent } from '../../src/store/types.js';
-import { samplesOf, valueOf, type Exposition } from './prometheus-text.js';
+import { samplesOf, type Exposition } from './prometheus-text.js';
 
 // What a daemon's counters must say, worked out independently from the store's run_events (the record the
 // effects write), so a test compares the metrics with the truth rather than with themselves.
@@ -28,8 +28,9 @@ function commandOutcome(event: RunEvent): string | undefined {
 
 export async function countersFromStore(store: RunStore, host: string): Promise<ExpectedCounters> {
   const expected: ExpectedCounters = { claims: 0, failures: {}, abandoned: {}, attempts: {} };
-  for (const run of await store.listRuns()) {
-    for (const event of await store.listRunEvents(run.number)) {
+  // listRuns gives one view per task; each run's events (every stage's) are read once
+  for (const number of new Set((await store.listRuns()).map((run) => run.number))) {
+    for (const event of await store.listRunEvents(number)) {
       if (event.host !== host) continue;
       if (event.to === 'considering') expected.claims += 1;
       const kind = event.detail?.kind;
@@ -44,17 +45,19 @@ export async function countersFromStore(store: RunStore, host: string): Promise<
   return expected;
 }
 
-/** The same figures as the exposition shows them; zero-valued series are left out, as in the store's. */
+/** The same figures as the exposition shows them, summed over stages; zero-valued series are left out, as in the store's. */
 export function countersFromMetrics(metrics: Exposition): ExpectedCounters {
   const byLabel = (name: string, label: string) => {
     const out: Record<string, number> = {};
     for (const sample of samplesOf(metrics, name)) {
-      if (sample.value !== 0) out[sample.labels[label] ?? '?'] = sample.value;
+      const key = sample.labels[label] ?? '?';
+      if (sample.value !== 0) out[key] = (out[key] ?? 0) + sample.value;
     }
     return out;
   };
+  const claims = samplesOf(metrics, 'runwarden_claims_total');
   return {
-    claims: valueOf(metrics, 'runwarden_claims_total') ?? Number.NaN,
+    claims: claims.length > 0 ? claims.reduce((sum, s) => sum + s.value, 0) : Number.NaN,
     failures: byLabel('runwarden_failures_total', 'kind'),
     abandoned: byLabel('runwarden_runs_abandoned_total', 'kind'),
     attempts: byLabel('runwarden_attempt_duration_seconds_count', 'outcome'),

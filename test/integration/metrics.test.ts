@@ -130,7 +130,7 @@ esac`,
     config(['true'], `observe: {metrics_port: ${port}}`);
     const { daemon, url } = await startScrapedDaemon(['--metrics']);
     expect(url).toBe(`http://127.0.0.1:${port}/metrics`);
-    expect(valueOf(await scrape(url), 'runwarden_claims_total')).toBe(0);
+    expect(valueOf(await scrape(url), 'runwarden_claims_total', { stage: 'process' })).toBe(0);
 
     const taken = await sandbox.run(['daemon', '--host', 'second', '--metrics']);
     expect(taken.exitCode).toBe(2);
