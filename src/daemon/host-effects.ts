@@ -371,8 +371,14 @@ export function hostEffects(ctx: DaemonContext, view: () => HostView) {
     };
     try {
       doc = await store.claimNextRun(request);
-      // Nothing eligible: runs another tool inserted may be waiting for their tasks. Staged, they are claimable.
-      if (!doc && (await stageNewRuns()) > 0) doc = await store.claimNextRun(request);
+      // Runs another tool inserted (or a first-wave store's pending runs) get their tasks at every claim, after
+      // it, so a claimed task is never held up; when nothing was eligible, the runs just staged may be.
+      const staged = await stageNewRuns().catch((error: unknown) => {
+        if (!doc) throw error;
+        logger.warn(`runs without tasks not staged this time: ${String(error)}`);
+        return 0;
+      });
+      if (!doc && staged > 0) doc = await store.claimNextRun(request);
     } catch (error) {
       // Another process holds the store's write lock, or the servers are unreachable for now: claim nothing
       // and look again later (issue 12 fault 11); any other error stays fatal (crash-only).
