@@ -15,7 +15,7 @@ import { median, percentile } from './lib/stats.js';
 // that schema, because building it takes longer than measuring it.
 
 /** Bump when the generated contents change, so a cached file from an older generator is not reused. */
-const GENERATOR = 1;
+const GENERATOR = 2;
 /** Pending runs in each store: the claims of one round take them all, and the round puts them back. */
 const POOL = 100;
 const HOST = 'bench-claims';
@@ -62,12 +62,25 @@ async function buildStore(file: string, total: number): Promise<void> {
   db.pragma('synchronous = OFF');
   const c = composition(total);
   const now = Date.now();
-  const insertRun = db.prepare(
-    `INSERT INTO runs (number, name, start, tags, priority, params, outputs, state, host, pid, token, attempt, time,
-                       started, ended, n_failures, reason, next_retry, exit_code)
-     VALUES (@number, @name, @start, @tags, 0, '{}', @outputs, @state, @host, @pid, @token, @attempt, @time,
-             @started, @ended, @n_failures, @reason, @next_retry, @exit_code)`,
+  // Each run with its one `process` task (schema 5), as submit writes them; the task's copies of the run's
+  // priority, start and hold come from the schema's triggers.
+  const insertRunRow = db.prepare(
+    `INSERT INTO runs (number, name, start, tags, priority, params, outputs, staged)
+     VALUES (@number, @name, @start, @tags, 0, '{}', @outputs, 1)`,
   );
+  const insertTask = db.prepare(
+    `INSERT INTO tasks (number, stage, needs, ready, state, host, pid, token, attempt, time, started, ended,
+                        n_failures, reason, next_retry, exit_code)
+     VALUES (@number, 'process', '[]', 1, @state, @host, @pid, @token, @attempt, @time, @started, @ended,
+             @n_failures, @reason, @next_retry, @exit_code)`,
+  );
+  const insertRun = {
+    run: (row: Record<string, unknown>): void => {
+      insertRunRow.run({ number: row.number, name: row.name, start: row.start, tags: row.tags, outputs: row.outputs });
+      const { name: _n, tags: _t, outputs: _o, ...task } = row;
+      insertTask.run(task);
+    },
+  };
   const insertEvent = db.prepare(
     `INSERT INTO run_events (number, time, host, attempt, from_state, to_state, reason, exit_code, duration_ms)
      VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`,
@@ -163,7 +176,7 @@ async function storeFile(total: number, hash: string, into: string): Promise<{ f
   // become eligible since it was built.
   const db = new Database(file);
   try {
-    db.prepare(`UPDATE runs SET next_retry = ? + 3600000 * (1 + number % 24) WHERE state = 'failed'`).run(Date.now());
+    db.prepare(`UPDATE tasks SET next_retry = ? + 3600000 * (1 + number % 24) WHERE state = 'failed'`).run(Date.now());
   } finally {
     db.close();
   }
@@ -194,8 +207,8 @@ async function claimRound(side: Side, expected: number): Promise<number[]> {
     throw new Error(`store of ${side.total} runs: a run outside the pending pool was eligible`);
   }
   const put = side.reset.prepare(
-    `UPDATE runs SET state = NULL, host = NULL, pid = NULL, token = NULL, attempt = NULL, time = NULL,
-            n_failures = NULL WHERE number = ?`,
+    `UPDATE tasks SET state = NULL, host = NULL, pid = NULL, token = NULL, attempt = NULL, time = NULL,
+            n_failures = NULL WHERE number = ? AND stage = 'process'`,
   );
   side.reset.transaction(() => {
     for (const number of numbers) put.run(number);

@@ -143,7 +143,10 @@ retry: {base: 1h, factor: 2, max_exponent: 3, jitter: [0.5, 1.5], max_failures: 
     expect(result.stderr).not.toMatch(/fatal|TypeError|uncaught/i);
 
     // Looked up by the exact number (a BigInt binds exactly; a JavaScript number beyond 2^53 would not).
-    const lookup = db.prepare('SELECT state, reason, name FROM runs WHERE number = ?');
+    // the processing of a run is its process task's (none yet: pending)
+    const lookup = db.prepare(
+      `SELECT t.state, t.reason, r.name FROM runs AS r LEFT JOIN tasks AS t ON t.number = r.number AND t.stage = 'process' WHERE r.number = ?`,
+    );
     const rowOf = (number: number | bigint) => lookup.get(number) as { state: string | null; reason: string | null; name: unknown } | undefined;
 
     const outcomes: Record<string, Record<string, number>> = {};

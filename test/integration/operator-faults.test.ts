@@ -320,7 +320,7 @@ describe('what list, show and top say about a run', () => {
     // Another tool leaves run 4 busy without a lease token or host.
     const db = new Database(join(sandbox.dir, 'runs.db'));
     try {
-      db.prepare(`UPDATE runs SET state = 'busy', attempt = 1, n_failures = 0, time = ?, pid = 7 WHERE number = 4`).run(Date.now());
+      db.prepare(`UPDATE tasks SET state = 'busy', attempt = 1, n_failures = 0, time = ?, pid = 7 WHERE number = 4 AND stage = 'process'`).run(Date.now());
     } finally {
       db.close();
     }

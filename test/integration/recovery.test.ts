@@ -243,7 +243,7 @@ describe('orphans no run record names (found through RUNWARDEN_DAEMON)', () => {
     const { s, busy, leader, grandchild } = await orphanOfKilledDaemon(16);
     // As if the daemon had died before its recordProcessGroup write landed.
     const raw = (s as unknown as { db: import('better-sqlite3').Database }).db;
-    raw.prepare('UPDATE runs SET pgid = NULL, proc_start = NULL WHERE number = 16').run();
+    raw.prepare(`UPDATE tasks SET pgid = NULL, proc_start = NULL WHERE number = 16 AND stage = 'process'`).run();
     expect((await s.getRun(16))!.processing!.pgid).toBeUndefined();
 
     startDaemon();

@@ -46,7 +46,8 @@ timeouts: {check_interval: 0.5s, idle_poll: 1h, signal_escalate: 0.5s, max_busy_
     try {
       for (const [number, columns] of Object.entries(rows)) {
         const names = Object.keys(columns);
-        db.prepare(`UPDATE runs SET ${names.map((c) => `"${c}" = @${c}`).join(', ')} WHERE number = @number`).run({
+        // a run's processing columns are its process task's
+        db.prepare(`UPDATE tasks SET ${names.map((c) => `"${c}" = @${c}`).join(', ')} WHERE number = @number AND stage = 'process'`).run({
           ...columns,
           number: Number(number),
         });

@@ -5,7 +5,16 @@
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 
 import { DuplicateRunError, UsageError } from '../../src/errors.js';
-import { MONITOR_RETENTION_MS, monitorMinute, type ClaimRequest, type RunStore } from '../../src/store/run-store.js';
+import type { RunSelector } from '../../src/config/schema.js';
+import {
+  MONITOR_RETENTION_MS,
+  monitorMinute,
+  type ClaimRequest,
+  type RunStore,
+  type StageClaim,
+  type TaskCounts,
+  type TaskSpec,
+} from '../../src/store/run-store.js';
 import type { HostDoc, MonitorSample, NewRun, RunDoc } from '../../src/store/types.js';
 
 /** One claimer's take in a race: what it claimed, with the token each claim got. */
@@ -26,6 +35,8 @@ export type OpenForTest = () => Promise<{
    */
   race?: (hosts: string[]) => Promise<RaceTake[]>;
   writeProcessing?: WriteProcessing;
+  /** Inserts a run as another tool would (no tasks; not staged). Backends without it skip the cases. */
+  insertUnstaged?: (run: NewRun) => Promise<void>;
 }>;
 
 const HOUR = 3_600_000;
@@ -95,9 +106,10 @@ export function runStoreConformance(name: string, open: OpenForTest, options: Co
     let cleanup: () => Promise<void>;
     let race: ((hosts: string[]) => Promise<RaceTake[]>) | undefined;
     let writeProcessing: WriteProcessing | undefined;
+    let insertUnstaged: ((run: NewRun) => Promise<void>) | undefined;
 
     beforeEach(async () => {
-      ({ store, cleanup, race, writeProcessing } = await open());
+      ({ store, cleanup, race, writeProcessing, insertUnstaged } = await open());
     });
     afterEach(async () => {
       await cleanup();
@@ -1259,6 +1271,350 @@ export function runStoreConformance(name: string, open: OpenForTest, options: Co
       it('refuses a start of the log query that is not a time', async () => {
         await expect(store.listLog({ sinceMs: Number.NaN })).rejects.toBeInstanceOf(UsageError);
         await expect(store.listLog({ sinceMs: 1e20 })).rejects.toBeInstanceOf(UsageError);
+      });
+    });
+
+    // ------------------------------------------------------------------------------------------- tasks
+    describe.skipIf(!options.tasks)('tasks of a pipeline (issue 14)', () => {
+      const FETCH: TaskSpec = { stage: 'fetch', needs: [] };
+      const PROCESS: TaskSpec = { stage: 'process', needs: ['fetch'] };
+      const COMPRESS: TaskSpec = { stage: 'compress', needs: ['process'] };
+      const CHECK: TaskSpec = { stage: 'check', needs: ['fetch'] };
+      /** fetch → process → compress, and check beside process (it needs only fetch). */
+      const PIPELINE = [FETCH, PROCESS, COMPRESS, CHECK];
+      const EVERY: StageClaim[] = [
+        { stage: 'fetch', depth: 0 },
+        { stage: 'process', depth: 1 },
+        { stage: 'compress', depth: 2 },
+        { stage: 'check', depth: 1 },
+      ];
+      const claim = (stages: StageClaim[] = EVERY, host = 'alpha', extra: Partial<ClaimRequest> = {}) =>
+        store.claimNextRun({ ...claimer(host), stages, ...extra });
+      const key = (number: number, stage: string) => ({ number, stage });
+      /** Claims the task `number`/`stage` (it must be what the claim takes), marks it busy and finishes it. */
+      async function complete(number: number, stage: string, stages: StageClaim[] = EVERY): Promise<void> {
+        const doc = await claim(stages);
+        expect([doc?.number, doc?.stage]).toEqual([number, stage]);
+        const token = doc!.processing!.token;
+        expect(await store.markBusy(key(number, stage), token, { started: Date.now() })).toBe(true);
+        expect(await store.finishRun(key(number, stage), token, output(number, 1))).toBe(true);
+      }
+      const pendingCounts = (over: Partial<TaskCounts> = {}): TaskCounts => ({
+        pending: 0, considering: 0, busy: 0, done: 0, failed: 0, abandoned: 0, blocked: 0, ...over,
+      });
+
+      it('inserts a run with its tasks, pending in pipeline order, viewed from process by default or any stage', async () => {
+        const doc = await store.insertRun(run(1), PIPELINE);
+        expect(doc.stage).toBe('process');
+        expect(doc.processing).toBeUndefined();
+        expect(doc.tasks).toEqual(PIPELINE.map((t) => ({ stage: t.stage, needs: t.needs })));
+        expect((await store.getRun(1, 'compress'))!.stage).toBe('compress');
+        // a run without a process task is viewed from its first
+        await store.insertRun(run(2), [{ stage: 'a', needs: [] }, { stage: 'b', needs: ['a'] }]);
+        expect((await store.getRun(2))!.stage).toBe('a');
+        expect((await store.getRun(2, 'nope'))!.stage).toBeUndefined();
+        // insertRuns with a function gives each run its own tasks
+        await store.insertRuns([run(3), run(4)], (r) => (r.number === 3 ? [FETCH] : []));
+        expect((await store.getRun(3))!.tasks).toEqual([{ stage: 'fetch', needs: [] }]);
+        expect((await store.getRun(4))!.tasks).toEqual([]);
+        expect(await store.listUnstagedRuns(10)).toEqual([]);
+      });
+
+      it('never claims a downstream task before every task it needs is done; then the deeper task first', async () => {
+        await store.insertRun(run(1), PIPELINE);
+        const fetch = await claim();
+        expect([fetch!.number, fetch!.stage, fetch!.processing!.state]).toEqual([1, 'fetch', 'considering']);
+        expect(await claim()).toBeNull();
+        expect(await store.failRun(key(1, 'fetch'), fetch!.processing!.token, { reason: 'x', n_failures: 1, next_retry: Date.now() - HOUR })).toBe(true);
+        // failed upstream: downstream simply waits (neither failed nor blocked)
+        expect((await store.getRun(1, 'process'))!.blocked).toBeUndefined();
+        await complete(1, 'fetch');
+        // process (depth 1) goes before check (depth 1, listed later) only by order of the request? No: same
+        // priority, depth and start; either is right. Take both, then compress once process is done.
+        const a = await claim();
+        const b = await claim();
+        expect(new Set([a!.stage, b!.stage])).toEqual(new Set(['process', 'check']));
+        expect(await claim()).toBeNull();
+        const processDoc = a!.stage === 'process' ? a! : b!;
+        expect(await store.finishRun(key(1, 'process'), processDoc.processing!.token, output(1, 1))).toBe(true);
+        const compress = await claim();
+        expect([compress!.number, compress!.stage]).toEqual([1, 'compress']);
+        expect(compress!.tasks!.map((t) => [t.stage, t.processing?.state])).toEqual([
+          ['fetch', 'done'], ['process', 'done'], ['compress', 'considering'], ['check', 'considering'],
+        ]);
+      });
+
+      it('orders by priority, then depth (finish runs before starting new ones), then start per order', async () => {
+        const TWO = [FETCH, { stage: 'process', needs: ['fetch'] }];
+        const stages = EVERY.slice(0, 2);
+        await store.insertRuns([run(1), run(2), run(3), run(4, { priority: 1 })], TWO);
+        await complete(4, 'fetch', stages); // priority first
+        await complete(4, 'process', stages);
+        await complete(3, 'fetch', stages); // newest start among equals
+        await complete(3, 'process', stages); // deeper first: run 3's process before run 2's fetch
+        await complete(2, 'fetch', stages);
+        await complete(2, 'process', stages);
+        // oldest first when asked
+        await store.insertRuns([run(11), run(12)], TWO);
+        const oldest = await claim(stages, 'alpha', { order: 'oldest' });
+        expect([oldest!.number, oldest!.stage]).toEqual([1, 'fetch']);
+        expect(await store.finishRun(key(1, 'fetch'), oldest!.processing!.token, output(1, 1))).toBe(true);
+        const deeper = await claim(stages, 'alpha', { order: 'oldest' });
+        expect([deeper!.number, deeper!.stage]).toEqual([1, 'process']);
+      });
+
+      it('a retry-due failed task competes in the same order as a pending one', async () => {
+        await store.insertRuns([run(1), run(2)], [FETCH, PROCESS]);
+        await complete(2, 'fetch');
+        const process = await claim();
+        expect([process!.number, process!.stage]).toEqual([2, 'process']);
+        expect(await store.failRun(key(2, 'process'), process!.processing!.token, { reason: 'x', n_failures: 1, next_retry: Date.now() - HOUR })).toBe(true);
+        // run 2's failed process task (depth 1) goes before run 1's pending fetch
+        const again = await claim();
+        expect([again!.number, again!.stage, again!.processing!.attempt]).toEqual([2, 'process', 2]);
+        expect(await store.failRun(key(2, 'process'), again!.processing!.token, { reason: 'x', n_failures: 2, next_retry: Date.now() + HOUR })).toBe(true);
+        expect([(await claim())!.number]).toEqual([1]);
+        expect(await store.nextRetryAt(['process'])).toBeGreaterThan(Date.now());
+        expect(await store.nextRetryAt(['fetch'])).toBeNull();
+        expect(await store.nextRetryAt()).toBe(await store.nextRetryAt(['process', 'fetch']));
+      });
+
+      it('claims only the stages asked for', async () => {
+        await store.insertRun(run(1), [FETCH, CHECK]);
+        expect(await claim([{ stage: 'check', depth: 1 }])).toBeNull();
+        expect(await claim([])).toBeNull();
+        await complete(1, 'fetch', [{ stage: 'fetch', depth: 0 }]);
+        expect(await claim([{ stage: 'fetch', depth: 0 }])).toBeNull();
+        expect((await claim([{ stage: 'check', depth: 1 }]))!.stage).toBe('check');
+        // a claim without stages is the first wave's: the process stage only
+        await store.insertRun(run(2), [FETCH]);
+        expect(await store.claimNextRun(claimer())).toBeNull();
+      });
+
+      it('selection: tags, not_tags, modes, number range, params (typed), require_end; all selectors must pass', async () => {
+        await store.insertRuns(
+          [
+            run(1, { tags: ['muon', 'blind'], mode: 'physics', params: { target: 'Al', pass: 2, live: true } }),
+            run(2, { tags: ['muon'], mode: 'calib', params: { target: 'Al', pass: '2' }, end: T0 }),
+            run(3, { tags: [], mode: 'physics', params: { target: 'Ti', live: false }, end: T0 }),
+          ],
+          [FETCH],
+        );
+        const only = async (...select: RunSelector[]): Promise<number[]> => {
+          const taken: number[] = [];
+          for (;;) {
+            const doc = await claim([{ stage: 'fetch', depth: 0, select }]);
+            if (!doc) break;
+            taken.push(doc.number);
+            // put it back for the next question
+            expect(await store.overrideRun(key(doc.number, 'fetch'), { state: 'considering', token: doc.processing!.token }, { to: 'failed', reason: 'back', n_failures: 0, next_retry: Date.now() + HOUR }, { host: 'test' })).toBe(true);
+          }
+          // make them all eligible again
+          for (const n of taken) {
+            const p = (await store.getRun(n, 'fetch'))!.processing!;
+            expect(await store.overrideRun(key(n, 'fetch'), { state: p.state, token: p.token }, { to: 'failed', reason: 'back', n_failures: 0, next_retry: Date.now() - HOUR }, { host: 'test' })).toBe(true);
+          }
+          return taken.sort();
+        };
+        expect(await only({ tags: ['muon'] })).toEqual([1, 2]);
+        expect(await only({ tags: ['muon', 'blind'] })).toEqual([1]);
+        expect(await only({ not_tags: ['blind'] })).toEqual([2, 3]);
+        expect(await only({ modes: ['physics'] })).toEqual([1, 3]);
+        expect(await only({ modes: [] })).toEqual([]);
+        expect(await only({ min_number: 2 })).toEqual([2, 3]);
+        expect(await only({ max_number: 2, min_number: 2 })).toEqual([2]);
+        expect(await only({ params: { target: 'Al' } })).toEqual([1, 2]);
+        expect(await only({ params: { pass: 2 } })).toEqual([1]); // "2" is not 2
+        expect(await only({ params: { pass: '2' } })).toEqual([2]);
+        expect(await only({ params: { live: true } })).toEqual([1]);
+        expect(await only({ params: { live: false } })).toEqual([3]);
+        expect(await only({ params: { target: 'Al', live: true } })).toEqual([1]);
+        expect(await only({ require_end: true })).toEqual([2, 3]);
+        expect(await only({ tags: ['muon'] }, { require_end: true })).toEqual([2]);
+        expect(await only({})).toEqual([1, 2, 3]);
+      });
+
+      it('hold:<stage> holds only that stage’s task; hold holds them all', async () => {
+        await store.insertRun(run(1, { tags: ['hold:check'] }), [FETCH, CHECK, PROCESS]);
+        await complete(1, 'fetch');
+        expect((await claim())!.stage).toBe('process');
+        expect(await claim()).toBeNull();
+        await store.setRunTag(1, 'hold:check', false);
+        await store.setRunTag(1, 'hold', true);
+        await store.insertRun(run(2), [FETCH]);
+        expect((await claim())!.number).toBe(2);
+        await store.setRunTag(1, 'hold', false);
+        expect((await claim())!.stage).toBe('check');
+      });
+
+      it('abandoning a task blocks every task below it that is not finished or live; a retry upstream unblocks them', async () => {
+        await store.insertRun(run(1), PIPELINE);
+        await complete(1, 'fetch');
+        const check = await claim([{ stage: 'check', depth: 1 }]); // live: never blocked
+        const process = await claim();
+        expect(process!.stage).toBe('process');
+        expect(await store.abandonRun(key(1, 'process'), process!.processing!.token, { reason: 'corrupt input', n_failures: 3 })).toBe(true);
+        const compress = (await store.getRun(1, 'compress'))!;
+        expect(compress.blocked).toMatchObject({ stage: 'process', reason: 'corrupt input' });
+        expectNow(compress.blocked!.time);
+        expect(compress.processing).toBeUndefined();
+        expect((await store.getRun(1, 'check'))!.blocked).toBeUndefined();
+        expect((await store.getRun(1, 'fetch'))!.blocked).toBeUndefined();
+        expect(await claim()).toBeNull();
+        expect((await store.listRuns({ state: 'blocked' })).map((r) => [r.number, r.stage])).toEqual([[1, 'compress']]);
+        expect((await store.listRuns({ state: 'pending' })).map((r) => r.stage)).toEqual([]);
+        expect((await store.countTasksByStage()).compress).toEqual(pendingCounts({ blocked: 1 }));
+        // the block is recorded in the abandon's event
+        expect((await store.listRunEvents(1, 'process')).at(-1)).toMatchObject({ to: 'abandoned', detail: { blocked: ['compress'] } });
+        expect(await store.listRunEvents(1, 'compress')).toEqual([]);
+        // an operator's retry of the upstream task clears the block; compress waits for process again
+        const p = (await store.getRun(1, 'process'))!.processing!;
+        expect(await store.overrideRun(key(1, 'process'), { state: 'abandoned', token: p.token }, { to: 'failed', reason: 'retry', n_failures: 0, next_retry: Date.now() - HOUR }, { host: 'ops' })).toBe(true);
+        expect((await store.getRun(1, 'compress'))!.blocked).toBeUndefined();
+        expect((await store.listRunEvents(1, 'process')).at(-1)).toMatchObject({ to: 'failed', detail: { unblocked: ['compress'] } });
+        expect(await store.finishRun(key(1, 'check'), check!.processing!.token, output(1, 1))).toBe(true);
+        await complete(1, 'process');
+        await complete(1, 'compress');
+        expect((await store.getRun(1))!.outputs.map((o) => o.stage)).toEqual(['fetch', 'check', 'process', 'compress']);
+      });
+
+      it('an override to abandoned blocks transitively (also a never-claimed task); a failed task below is blocked too', async () => {
+        await store.insertRuns([run(1), run(2)], PIPELINE);
+        expect(await store.overrideRun(key(1, 'fetch'), { state: null, token: null }, { to: 'abandoned', reason: 'bad run', n_failures: 0 }, { host: 'ops' })).toBe(true);
+        const one = (await store.getRun(1))!;
+        expect(one.tasks!.map((t) => [t.stage, t.blocked?.stage ?? null, t.blocked?.reason ?? null])).toEqual([
+          ['fetch', null, null], ['process', 'fetch', 'bad run'], ['compress', 'fetch', 'bad run'], ['check', 'fetch', 'bad run'],
+        ]);
+        expect(one.blocked).toMatchObject({ stage: 'fetch' });
+        // run 2: process failed (retry due) when compress... no: fetch done, process failed, then fetch abandoned
+        await complete(2, 'fetch');
+        const process = await claim([{ stage: 'process', depth: 1 }]);
+        expect(await store.failRun(key(2, 'process'), process!.processing!.token, { reason: 'x', n_failures: 1, next_retry: Date.now() - HOUR })).toBe(true);
+        const f = (await store.getRun(2, 'fetch'))!.processing!;
+        expect(await store.overrideRun(key(2, 'fetch'), { state: 'done', token: f.token }, { to: 'abandoned', reason: 'recalled', n_failures: 0 }, { host: 'ops' })).toBe(true);
+        expect((await store.getRun(2, 'process'))!.blocked).toMatchObject({ stage: 'fetch', reason: 'recalled' });
+        expect(await claim()).toBeNull();
+        expect(await store.nextRetryAt()).toBeNull();
+        expect(await store.countTasksByStage()).toEqual({
+          fetch: pendingCounts({ abandoned: 2 }),
+          process: pendingCounts({ blocked: 2 }),
+          compress: pendingCounts({ blocked: 2 }),
+          check: pendingCounts({ blocked: 2 }),
+        });
+      });
+
+      it('fenced writes name the task: a token of one stage never writes another stage’s task', async () => {
+        await store.insertRun(run(1), [FETCH, { stage: 'other', needs: [] }]);
+        const a = await claim([{ stage: 'fetch', depth: 0 }]);
+        const b = await claim([{ stage: 'other', depth: 0 }], 'beta');
+        expect([a!.stage, b!.stage]).toEqual(['fetch', 'other']);
+        const ta = a!.processing!.token;
+        const tb = b!.processing!.token;
+        expect(ta).not.toBe(tb);
+        const before = await store.getRun(1, 'other');
+        const now = Date.now();
+        const other = key(1, 'other');
+        expect(await store.heartbeatRun(other, ta)).toBe(false);
+        expect(await store.markBusy(other, ta, { started: now })).toBe(false);
+        expect(await store.recordProcessGroup(other, ta, { pgid: 1 })).toBe(false);
+        expect(await store.finishRun(other, ta, output(1, 1))).toBe(false);
+        expect(await store.failRun(other, ta, { reason: 'z', n_failures: 1, next_retry: now })).toBe(false);
+        expect(await store.abandonRun(other, ta, { reason: 'z', n_failures: 1 })).toBe(false);
+        expect(await store.releaseRun(other, ta, 'z')).toBe(false);
+        expect(await store.overrideRun(other, { state: 'considering', token: ta }, { to: 'failed', reason: 'z', n_failures: 0, next_retry: now }, { host: 'ops' })).toBe(false);
+        // a bare number names the process task, which this run does not have
+        expect(await store.heartbeatRun(1, ta)).toBe(false);
+        expect(await store.getRun(1, 'other')).toEqual(before);
+        expect(await store.listRunEvents(1, 'other')).toHaveLength(1);
+        // each owner writes its own task
+        expect(await store.markBusy(key(1, 'fetch'), ta, { started: now })).toBe(true);
+        expect(await store.markBusy(other, tb, { started: now })).toBe(true);
+        expect(await store.finishRun(other, tb, output(1, 1))).toBe(true);
+        expect((await store.getRun(1, 'fetch'))!.processing!.state).toBe('busy');
+        expect((await store.getRun(1))!.outputs).toEqual([{ ...output(1, 1), stage: 'other' }]);
+        expect((await store.listRunEvents(1, 'fetch')).map((e) => [e.stage, e.to, e.host])).toEqual([
+          ['fetch', 'considering', 'alpha'], ['fetch', 'busy', 'alpha'],
+        ]);
+        expect(await store.maxEventAttempt(key(1, 'other'))).toBe(1);
+        expect(await store.maxEventAttempt(1)).toBe(0);
+      });
+
+      it('concurrent claimers of one run’s two independent stages each get one, never the same', async () => {
+        await store.insertRun(run(1), [FETCH, { stage: 'other', needs: [] }]);
+        const both: StageClaim[] = [{ stage: 'fetch', depth: 0 }, { stage: 'other', depth: 0 }];
+        const docs = await Promise.all([claim(both, 'alpha'), claim(both, 'beta'), claim(both, 'gamma')]);
+        const taken = docs.filter((d) => d !== null);
+        expect(taken.map((d) => d!.stage).sort()).toEqual(['fetch', 'other']);
+        expect(new Set(taken.map((d) => d!.processing!.token)).size).toBe(2);
+        for (const doc of taken) {
+          expect(await store.heartbeatRun(key(1, doc!.stage!), doc!.processing!.token)).toBe(true);
+        }
+      });
+
+      it('exclude: a task names one stage, a bare number the whole run', async () => {
+        await store.insertRun(run(1), [FETCH, { stage: 'other', needs: [] }]);
+        const both: StageClaim[] = [{ stage: 'fetch', depth: 0 }, { stage: 'other', depth: 0 }];
+        expect(await claim(both, 'alpha', { exclude: [1] })).toBeNull();
+        const doc = await claim(both, 'alpha', { exclude: [key(1, 'fetch')] });
+        expect(doc!.stage).toBe('other');
+      });
+
+      it('views and counts: one view per task, filtered by stage, state, host; counts per stage and over all', async () => {
+        await store.insertRuns([run(1), run(2)], [FETCH, PROCESS]);
+        await complete(2, 'fetch');
+        const p2 = await claim([{ stage: 'process', depth: 1 }], 'beta');
+        expect((await store.listRuns()).map((r) => [r.number, r.stage])).toEqual([
+          [2, 'fetch'], [2, 'process'], [1, 'fetch'], [1, 'process'],
+        ]);
+        expect((await store.listRuns({ stage: 'process' })).map((r) => [r.number, r.processing?.state])).toEqual([
+          [2, 'considering'], [1, undefined],
+        ]);
+        expect((await store.listRuns({ state: 'pending' })).map((r) => [r.number, r.stage])).toEqual([[1, 'fetch'], [1, 'process']]);
+        expect((await store.listRuns({ host: 'beta' })).map((r) => [r.number, r.stage])).toEqual([[2, 'process']]);
+        expect((await store.listRuns({ state: 'done', stage: 'fetch' })).map((r) => r.number)).toEqual([2]);
+        expect((await store.listRuns({ limit: 1 })).map((r) => [r.number, r.stage])).toEqual([[2, 'fetch']]);
+        const view = (await store.listRuns({ host: 'beta' }))[0];
+        expect(view.processing!.token).toBe(p2!.processing!.token);
+        expect(view.tasks!.map((t) => t.stage)).toEqual(['fetch', 'process']);
+        expect(await store.countRunsByState()).toEqual({ pending: 2, considering: 1, busy: 0, done: 1, failed: 0, abandoned: 0 });
+        expect(await store.countTasksByStage()).toEqual({
+          fetch: pendingCounts({ pending: 1, done: 1 }),
+          process: pendingCounts({ pending: 1, considering: 1 }),
+        });
+        expect((await store.listStaleRuns({ maxConsideringMs: -HOUR, maxBusyMs: -HOUR })).map((r) => [r.number, r.stage])).toEqual([[2, 'process']]);
+        expect((await store.listRunEvents(2)).map((e) => e.stage)).toEqual(['fetch', 'fetch', 'fetch', 'process']);
+      });
+
+      it('createTasks gives a run its missing tasks once (idempotent), and a task below a done one is ready', async () => {
+        await store.insertRun(run(1), [FETCH]);
+        await complete(1, 'fetch');
+        expect(await store.createTasks(1, [FETCH, PROCESS])).toBe(1);
+        expect(await store.createTasks(1, [FETCH, PROCESS])).toBe(0);
+        expect(await store.createTasks(99, [FETCH])).toBe(0);
+        expect((await store.getRun(1))!.tasks!.map((t) => t.stage)).toEqual(['fetch', 'process']);
+        expect((await claim())!.stage).toBe('process');
+        // a task created below an abandoned one is blocked at once
+        await store.insertRun(run(2), [FETCH]);
+        expect(await store.overrideRun(key(2, 'fetch'), { state: null, token: null }, { to: 'abandoned', reason: 'gone', n_failures: 0 }, { host: 'ops' })).toBe(true);
+        expect(await store.createTasks(2, [FETCH, PROCESS])).toBe(1);
+        expect((await store.getRun(2, 'process'))!.blocked).toMatchObject({ stage: 'fetch', reason: 'gone' });
+      });
+
+      it('runs inserted by another tool are unstaged until tasks are created for them', async (ctx) => {
+        if (!insertUnstaged) return ctx.skip();
+        await insertUnstaged({ number: 5, start: T0 });
+        await insertUnstaged({ number: 3, start: T0 });
+        expect((await store.listUnstagedRuns(10)).map((r) => [r.number, r.tasks])).toEqual([[3, []], [5, []]]);
+        expect((await store.listUnstagedRuns(1)).map((r) => r.number)).toEqual([3]);
+        expect(await store.countRunsByState()).toMatchObject({ pending: 2 });
+        expect((await store.listRuns({ state: 'pending' })).map((r) => [r.number, r.stage])).toEqual([[5, undefined], [3, undefined]]);
+        expect(await claim()).toBeNull();
+        expect(await store.createTasks(3, [FETCH])).toBe(1);
+        expect((await store.listUnstagedRuns(10)).map((r) => r.number)).toEqual([5]);
+        expect((await claim())!.number).toBe(3);
+        // a run given no task at all is staged all the same
+        expect(await store.createTasks(5, [])).toBe(0);
+        expect(await store.listUnstagedRuns(10)).toEqual([]);
       });
     });
 

@@ -12,8 +12,8 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 
 import { StoreUnavailableError, UsageError } from '../../src/errors.js';
 import { openStore } from '../../src/store/open-store.js';
-import { SCHEMA_VERSION } from '../../src/store/sqlite/schema.js';
-import { CLAIM_SQL, openSqliteStore, SqliteRunStore } from '../../src/store/sqlite/sqlite-store.js';
+import { SCHEMA_VERSION, migrate } from '../../src/store/sqlite/schema.js';
+import { NEXT_RETRY_SQL, claimStatement, openSqliteStore, SqliteRunStore } from '../../src/store/sqlite/sqlite-store.js';
 import { startTsxWorker } from '../helpers/tsx-worker.js';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
@@ -60,7 +60,7 @@ describe('SqliteRunStore specifics', () => {
         .map((t) => t.name)
         .filter((n) => !n.startsWith('sqlite_'))
         .sort();
-      expect(tables).toEqual(['hosts', 'log', 'monitor', 'run_events', 'runs']);
+      expect(tables).toEqual(['hosts', 'log', 'monitor', 'run_events', 'runs', 'tasks']);
     } finally {
       db.close();
     }
@@ -76,25 +76,37 @@ describe('SqliteRunStore specifics', () => {
     }
   });
 
-  it('upgrades a file of schema version 3 in place: its runs read n_interruptions 0, and counting works', async () => {
-    await store.insertRun({ number: 1, start: 1 });
-    const claimed = await store.claimNextRun({ host: 'alpha', pid: 1, order: 'newest' });
-    expect(await store.failRun(1, claimed!.processing!.token, { reason: 'x', n_failures: 2, next_retry: 0 })).toBe(true);
-    await store.registerHost({
-      host: 'alpha', pid: 1, token: 't', state: 'idle', time: 1, started: 1, version: 'v', slots: 1, running: [],
-    });
+  /** A file as the first wave (or an earlier release) wrote it: the schema up to `version`, then `fill`. */
+  async function oldFile(version: number, fill: (db: Database.Database) => void): Promise<void> {
     await store.close();
-    // what a runs.db of schema version 3 looks like: no interruption count, no pause reason
+    await fs.rm(dbPath, { force: true });
+    await fs.rm(`${dbPath}-wal`, { force: true });
+    await fs.rm(`${dbPath}-shm`, { force: true });
     const db = raw();
-    db.exec('ALTER TABLE runs DROP COLUMN n_interruptions');
-    db.exec('ALTER TABLE hosts DROP COLUMN paused_reason');
-    db.pragma('user_version = 3');
-    db.close();
+    try {
+      db.pragma('journal_mode = WAL');
+      migrate(db, version);
+      fill(db);
+    } finally {
+      db.close();
+    }
+  }
 
+  it('upgrades a file of schema version 3 in place: its runs read n_interruptions 0, and counting works', async () => {
+    await oldFile(3, (db) => {
+      db.prepare(
+        `INSERT INTO runs (number, start, state, host, pid, token, attempt, time, n_failures, reason, next_retry)
+         VALUES (1, 1, 'failed', 'alpha', 1, 'tok', 1, 5, 2, 'x', 0)`,
+      ).run();
+      db.prepare(
+        `INSERT INTO hosts (host, pid, token, state, time, started, version, slots) VALUES ('alpha', 1, 't', 'idle', 1, 1, 'v', 1)`,
+      ).run();
+    });
     store = await openSqliteStore(dbPath);
     const upgraded = (await store.getRun(1))!.processing!;
     expect(upgraded).toMatchObject({ state: 'failed', n_failures: 2, n_interruptions: 0 });
     expect((await store.getHost('alpha'))!.paused_reason).toBeUndefined();
+    expect(await store.countRunsByState()).toMatchObject({ failed: 1, pending: 0 });
     const again = await store.claimNextRun({ host: 'alpha', pid: 1, order: 'newest' });
     expect(await store.releaseRun(1, again!.processing!.token, 'host stopped')).toBe(true);
     expect((await store.getRun(1))!.processing).toMatchObject({ n_failures: 2, n_interruptions: 1 });
@@ -106,6 +118,117 @@ describe('SqliteRunStore specifics', () => {
     } finally {
       check.close();
     }
+  });
+
+  it('upgrades a first-wave file (schema 4) in place: every processing field and event survives as the process task', async () => {
+    const T = Date.UTC(2024, 0, 1);
+    const draining = { host: 'beta', pid: 9, attempt: 2, pgid: 77, proc_start: 123, until: T + 9_000 };
+    await oldFile(4, (db) => {
+      const insert = db.prepare(
+        `INSERT INTO runs (number, name, start, "end", mode, tags, priority, input, params, outputs, state, host, pid,
+                           pgid, proc_start, token, attempt, time, started, ended, n_failures, n_interruptions,
+                           reason, next_retry, exit_code, signal, targets, resources, draining, draining_until)
+         VALUES (@number, @name, @start, @end, @mode, @tags, @priority, @input, @params, @outputs, @state, @host,
+                 @pid, @pgid, @proc_start, @token, @attempt, @time, @started, @ended, @n_failures,
+                 @n_interruptions, @reason, @next_retry, @exit_code, @signal, @targets, @resources, @draining,
+                 @draining_until)`,
+      );
+      const none = {
+        name: null, end: null, mode: null, tags: '[]', priority: 0, input: null, params: '{}', outputs: '[]',
+        state: null, host: null, pid: null, pgid: null, proc_start: null, token: null, attempt: null, time: null,
+        started: null, ended: null, n_failures: null, n_interruptions: null, reason: null, next_retry: null,
+        exit_code: null, signal: null, targets: null, resources: null, draining: null, draining_until: null,
+      };
+      // 1 failed (due long ago, its previous attempt drained), 2 done, 3 busy, 4 and 5 never processed (5 held)
+      insert.run({
+        ...none, number: 1, name: 'one', start: T + 1, end: T + 2, mode: 'physics', tags: '["x"]', priority: 3,
+        input: '/raw/1', params: '{"a":1}', state: 'failed', host: 'alpha', pid: 11, pgid: 12, proc_start: 13,
+        token: 'tok-1', attempt: 3, time: T + 5, started: T + 3, ended: T + 4, n_failures: 2, n_interruptions: 1,
+        reason: 'exit 1', next_retry: T + 6, exit_code: 1, signal: 'SIGTERM', targets: '["/t"]',
+        resources: '{"cpu":2}', draining: JSON.stringify(draining), draining_until: draining.until,
+      });
+      insert.run({
+        ...none, number: 2, start: T + 2, outputs: JSON.stringify([{ location: '/out/2', host: 'alpha', attempt: 1, at: T }]),
+        state: 'done', host: 'alpha', pid: 11, token: 'tok-2', attempt: 1, time: T + 7, started: T + 6, ended: T + 7,
+        n_failures: 0,
+      });
+      insert.run({
+        ...none, number: 3, start: T + 3, state: 'busy', host: 'alpha', pid: 11, pgid: 31, proc_start: 32,
+        token: 'tok-3', attempt: 1, time: T + 8, started: T + 8, n_failures: 0,
+      });
+      insert.run({ ...none, number: 4, start: T + 4 });
+      insert.run({ ...none, number: 5, start: T + 5, tags: '["hold"]' });
+      const event = db.prepare(
+        `INSERT INTO run_events (number, time, host, attempt, from_state, to_state, reason, exit_code, signal,
+                                 duration_ms, detail)
+         VALUES (?, ?, 'alpha', ?, ?, ?, ?, ?, ?, ?, ?)`,
+      );
+      event.run(1, T + 1, 1, null, 'considering', null, null, null, null, null);
+      event.run(1, T + 2, 1, 'considering', 'busy', null, null, null, null, '{"pgid":12}');
+      event.run(1, T + 3, 1, 'busy', 'failed', 'exit 1', 1, 'SIGTERM', 2000, null);
+      event.run(2, T + 4, 1, 'busy', 'done', null, 0, null, 10, null);
+      db.prepare(`INSERT INTO log (time, host, user, priority, message, number) VALUES (?, 'alpha', 'op', 2, 'note', 1)`).run(T);
+    });
+    const before = raw();
+    const eventsBefore = before.prepare('SELECT * FROM run_events ORDER BY id').all();
+    before.close();
+
+    store = await openSqliteStore(dbPath);
+    expect(await store.getRun(1)).toEqual({
+      number: 1, name: 'one', start: T + 1, end: T + 2, mode: 'physics', tags: ['x'], priority: 3, input: '/raw/1',
+      params: { a: 1 }, outputs: [], stage: 'process',
+      processing: {
+        state: 'failed', host: 'alpha', pid: 11, pgid: 12, proc_start: 13, token: 'tok-1', attempt: 3, time: T + 5,
+        started: T + 3, ended: T + 4, n_failures: 2, n_interruptions: 1, reason: 'exit 1', next_retry: T + 6,
+        exit_code: 1, signal: 'SIGTERM', targets: ['/t'], resources: { cpu: 2 }, draining,
+      },
+      tasks: [{ stage: 'process', needs: [], processing: (await store.getRun(1))!.processing }],
+    });
+    expect((await store.getRun(2))!.outputs).toEqual([{ location: '/out/2', host: 'alpha', attempt: 1, at: T }]);
+    expect((await store.getRun(2))!.processing).toMatchObject({ state: 'done', token: 'tok-2', ended: T + 7 });
+    expect((await store.getRun(3))!.processing).toMatchObject({ state: 'busy', pgid: 31, proc_start: 32, token: 'tok-3' });
+    // never processed: no task yet, each one pending view; a daemon gives them tasks under its stages
+    expect((await store.getRun(4))!.tasks).toEqual([]);
+    expect((await store.listUnstagedRuns(10)).map((r) => r.number)).toEqual([4, 5]);
+    expect(await store.countRunsByState()).toEqual({ pending: 2, considering: 0, busy: 1, done: 1, failed: 1, abandoned: 0 });
+    expect(await store.countTasksByStage()).toEqual({
+      process: { pending: 0, considering: 0, busy: 1, done: 1, failed: 1, abandoned: 0, blocked: 0 },
+    });
+    const events = await store.listRunEvents(1);
+    expect(events.map((e) => [e.from, e.to, e.stage, e.reason, e.exit_code, e.signal, e.duration_ms, e.detail])).toEqual([
+      [null, 'considering', 'process', undefined, undefined, undefined, undefined, undefined],
+      ['considering', 'busy', 'process', undefined, undefined, undefined, undefined, { pgid: 12 }],
+      ['busy', 'failed', 'process', 'exit 1', 1, 'SIGTERM', 2000, undefined],
+    ]);
+    expect(await store.listRunEvents(1, 'process')).toEqual(events);
+    expect(await store.maxEventAttempt(1)).toBe(1);
+    expect((await store.listLog({ number: 1 })).map((l) => l.message)).toEqual(['note']);
+    const after = raw();
+    try {
+      // nothing in the old tables was lost or changed
+      expect(after.prepare('SELECT id, number, time, host, attempt, from_state, to_state, reason, exit_code, signal, duration_ms, detail FROM run_events ORDER BY id').all()).toEqual(eventsBefore.map((e) => { const { stage: _s, ...rest } = e as Record<string, unknown>; return rest; }));
+      expect(after.pragma('user_version', { simple: true })).toBe(SCHEMA_VERSION);
+    } finally {
+      after.close();
+    }
+
+    // first-wave use by number keeps working. Run 1 (priority 3) is due (next_retry long past, its drain over):
+    // claimed again, past its attempt counter. Then the claim gives run 4 its process task (5 is held).
+    const one = await store.claimNextRun({ host: 'alpha', pid: 1, order: 'newest' });
+    expect([one!.number, one!.processing!.attempt, one!.processing!.n_failures]).toEqual([1, 4, 2]);
+    expect(one!.processing!.draining).toBeUndefined();
+    const four = await store.claimNextRun({ host: 'alpha', pid: 1, order: 'newest' });
+    expect([four!.number, four!.stage, four!.processing!.attempt]).toEqual([4, 'process', 1]);
+    expect(await store.markBusy(4, four!.processing!.token, { started: T })).toBe(true);
+    expect(await store.finishRun(4, four!.processing!.token, { location: '/out/4', host: 'alpha', attempt: 1, at: T })).toBe(true);
+    expect((await store.getRun(4))!.outputs).toEqual([{ location: '/out/4', stage: 'process', host: 'alpha', attempt: 1, at: T }]);
+    expect((await store.listRunEvents(4)).map((e) => [e.stage, e.to])).toEqual([
+      ['process', 'considering'],
+      ['process', 'busy'],
+      ['process', 'done'],
+    ]);
+    expect(await store.claimNextRun({ host: 'alpha', pid: 1, order: 'newest' })).toBeNull();
+    expect((await store.listUnstagedRuns(10)).map((r) => r.number)).toEqual([]);
   });
 
   it('refuses a database written by a newer schema', async () => {
@@ -185,8 +308,8 @@ describe('SqliteRunStore specifics', () => {
       // Failed runs due now whose counter is text SQLite cannot convert (run 1) or was reset to 0 (run 2),
       // while their histories know attempts up to 7 and 3.
       const due = Date.now() - HOUR;
-      db.prepare(`UPDATE runs SET state = 'failed', host = 'x', pid = 1, token = 't', attempt = 'seven', n_failures = 1, time = ?, next_retry = ? WHERE number = 1`).run(due, due);
-      db.prepare(`UPDATE runs SET state = 'failed', host = 'x', pid = 1, token = 't', attempt = 0, n_failures = 1, time = ?, next_retry = ? WHERE number = 2`).run(due, due);
+      db.prepare(`UPDATE tasks SET state = 'failed', host = 'x', pid = 1, token = 't', attempt = 'seven', n_failures = 1, time = ?, next_retry = ? WHERE number = 1`).run(due, due);
+      db.prepare(`UPDATE tasks SET state = 'failed', host = 'x', pid = 1, token = 't', attempt = 0, n_failures = 1, time = ?, next_retry = ? WHERE number = 2`).run(due, due);
       const event = db.prepare(`INSERT INTO run_events (number, time, host, attempt, from_state, to_state) VALUES (?, 0, 'x', ?, 'busy', 'failed')`);
       for (let attempt = 1; attempt <= 7; attempt += 1) event.run(1, attempt);
       for (let attempt = 1; attempt <= 3; attempt += 1) event.run(2, attempt);
@@ -272,8 +395,11 @@ describe('SqliteRunStore specifics', () => {
         `INSERT INTO runs (number, start, tags, params, outputs, priority) VALUES (2, 20, 'not json', '{', '[', 0)`,
       ).run();
       db.prepare(
-        `INSERT INTO runs (number, start, tags, params, outputs, state, targets, resources, attempt, n_failures)
-         VALUES (3, 'yesterday', '{"a":1}', '[1,2]', '{"x":1}', 'failed', 'oops', '[', 'two', NULL)`,
+        `INSERT INTO runs (number, start, tags, params, outputs, staged) VALUES (3, 'yesterday', '{"a":1}', '[1,2]', '{"x":1}', 1)`,
+      ).run();
+      db.prepare(
+        `INSERT INTO tasks (number, stage, needs, state, targets, resources, attempt, n_failures)
+         VALUES (3, 'process', 'nope', 'failed', 'oops', '[', 'two', NULL)`,
       ).run();
     } finally {
       db.close();
@@ -286,6 +412,7 @@ describe('SqliteRunStore specifics', () => {
       priority: 0,
       params: {},
       outputs: [],
+      tasks: [],
       invalid: ['tags: not valid JSON (string "not json")', 'params: not valid JSON (string "{")'],
     });
     const three = await store.getRun(3);
@@ -333,27 +460,79 @@ describe('SqliteRunStore specifics', () => {
     expect((await store.claimNextRun({ host: 'h', pid: 1, order: 'newest' }))?.number).toBe(2);
   });
 
-  it('answers the claim and nextRetryAt from partial indexes, without scanning the table', () => {
-    const db = raw();
+  it('answers the claim over three stages and nextRetryAt from partial indexes at 10^6 runs × 3 stages: no scan, no sort', async () => {
+    const RUNS = 1_000_000;
+    await store.close();
+    const bigPath = path.join(dir, 'big.db');
+    const db = new Database(bigPath);
     try {
-      const plan = (q: string, ...params: unknown[]): string =>
-        (db.prepare(`EXPLAIN QUERY PLAN ${q}`).all(...params) as { detail: string }[])
-          .map((r) => r.detail)
-          .join('; ');
+      // Bulk build without a journal, the indexes and triggers put back afterwards (the INSERTs do the
+      // triggers' work themselves): run n has a done `fetch` task, a `process` task that is done
+      // (n % 10 != 0), failed with a retry due (n % 100 == 10) or pending, and a `compress` task needing
+      // process, ready where process is done. Every 1000th run is held.
+      db.pragma('journal_mode = OFF');
+      db.pragma('synchronous = OFF');
+      db.pragma('cache_size = -200000');
+      migrate(db);
+      const rebuilt = db
+        .prepare(`SELECT type, name, sql FROM sqlite_master WHERE type IN ('trigger', 'index') AND sql IS NOT NULL`)
+        .all() as { type: string; name: string; sql: string }[];
+      for (const item of rebuilt) db.exec(`DROP ${item.type.toUpperCase()} ${item.name}`);
+      db.exec(`
+        INSERT INTO runs (number, start, tags, priority, params, outputs, staged)
+          WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n WHERE x < ${RUNS})
+          SELECT x, x * 1000, CASE WHEN x % 1000 = 0 THEN '["hold"]' ELSE '[]' END, x % 3, '{}', '[]', 1 FROM n;
+        INSERT INTO tasks (number, stage, needs, ready, priority, start, held, state, host, attempt, n_failures, next_retry)
+          SELECT number, 'fetch', '[]', 1, priority, start, number % 1000 = 0, 'done', 'h', 1, 0, NULL FROM runs;
+        INSERT INTO tasks (number, stage, needs, ready, priority, start, held, state, host, attempt, n_failures, next_retry)
+          SELECT number, 'process', '["fetch"]', 1, priority, start, number % 1000 = 0,
+                 CASE WHEN number % 100 = 10 THEN 'failed' WHEN number % 10 != 0 THEN 'done' END,
+                 CASE WHEN number % 10 != 0 OR number % 100 = 10 THEN 'h' END,
+                 CASE WHEN number % 10 != 0 OR number % 100 = 10 THEN 1 END, 0,
+                 CASE WHEN number % 100 = 10 THEN 5 END
+            FROM runs;
+        INSERT INTO tasks (number, stage, needs, ready, priority, start, held)
+          SELECT number, 'compress', '["process"]', number % 10 != 0, priority, start, number % 1000 = 0 FROM runs;`);
+      for (const item of rebuilt) db.exec(item.sql);
+      const stages = [
+        { stage: 'fetch', depth: 0 },
+        { stage: 'process', depth: 1, select: [{ not_tags: ['calib'] }] },
+        { stage: 'compress', depth: 2, select: [{ params: { a: 1 }, tags: ['x'] }, { min_number: 5 }] },
+      ];
+      const plan = (text: string, params: Record<string, unknown>): string[] =>
+        (db.prepare(`EXPLAIN QUERY PLAN ${text}`).all(params) as { detail: string }[]).map((r) => r.detail);
       for (const oldest of [false, true]) {
-        const pending = plan(CLAIM_SQL.pending(oldest));
-        expect(pending).toMatch(/USING (COVERING )?INDEX runs_pending_(newest|oldest)/);
-        expect(pending).not.toMatch(/TEMP B-TREE/);
-        expect(plan(CLAIM_SQL.retry(oldest), { now: Date.now(), exclude: '[3]' })).toMatch(/USING INDEX runs_retry/);
+        const { text, params } = claimStatement(stages, oldest, Date.now(), [7, { number: 8, stage: 'process' }]);
+        const lines = plan(text, params);
+        const on = (table: string) => lines.filter((l) => new RegExp(`^(SCAN|SEARCH) ${table}\\b`).test(l));
+        // every candidate comes from its partial index, searched by stage; the run is looked up by number
+        expect(on('t')).toHaveLength(6);
+        for (const line of on('t')) {
+          expect(line).toMatch(new RegExp(`^SEARCH t USING (COVERING )?INDEX tasks_(pending|retry)_${oldest ? 'oldest' : 'newest'} \\(stage=\\?\\)`));
+        }
+        for (const line of on('r')) expect(line).toMatch(/^SEARCH r USING INTEGER PRIMARY KEY \(rowid=\?\)/);
+        // the only sort is of the six candidates (the compound's outer ORDER BY)
+        expect(lines.filter((l) => /TEMP B-TREE/.test(l))).toEqual(['USE TEMP B-TREE FOR ORDER BY']);
+        expect(lines.join('\n')).not.toMatch(/SCAN (t|r|tasks|runs)\b/);
       }
-      expect(plan(CLAIM_SQL.nextRetry)).toMatch(/runs_retry/);
-      // runs waiting for a previous attempt to stop come from their own partial index
-      expect(plan(CLAIM_SQL.nextRetry)).toMatch(/runs_draining/);
-      expect(plan(CLAIM_SQL.nextRetry)).not.toMatch(/SCAN runs(?! USING)/);
+      const next = plan(NEXT_RETRY_SQL, { all: 0, stages: '["process"]' }).join('\n');
+      expect(next).toMatch(/tasks_next_retry/);
+      expect(next).toMatch(/tasks_draining/);
+      expect(next).not.toMatch(/SCAN tasks\b(?! USING)/);
+      expect(next).not.toMatch(/TEMP B-TREE/);
     } finally {
       db.close();
     }
-  });
+    store = await openSqliteStore(bigPath);
+    // and the claim takes what the order says: the deepest stage first among equal priority (2 = max of
+    // number % 3), newest start first; runs 999_999.. hold priorities 0, 2, 1...
+    const claimed = await store.claimNextRun({ host: 'alpha', pid: 1, order: 'newest', stages: [
+      { stage: 'fetch', depth: 0 }, { stage: 'process', depth: 1 }, { stage: 'compress', depth: 2 },
+    ] });
+    expect([claimed!.number, claimed!.stage]).toEqual([999_998, 'compress']);
+    expect(await store.nextRetryAt(['process'])).toBe(5);
+    expect(await store.nextRetryAt(['compress'])).toBeNull();
+  }, 120_000);
 });
 
 describe('openStore', () => {

@@ -41,18 +41,24 @@ runStoreConformance('sqlite', async () => {
   return {
     store,
     race,
-    writeProcessing: async (number, fields) => {
+    // processing fields live in the run's task (its `process` task unless `stage` names another)
+    writeProcessing: async (number, fields, stage = 'process') => {
       for (const [column, value] of Object.entries(fields)) {
         if (!/^[a-z_]+$/.test(column)) throw new Error(`not a column: ${column}`);
-        db.prepare(`UPDATE runs SET "${column}" = ? WHERE number = ?`).run(
+        const info = db.prepare(`UPDATE tasks SET "${column}" = ? WHERE number = ? AND stage = ?`).run(
           value instanceof Date ? value.getTime() : (value as string | number | null),
           number,
+          stage,
         );
+        if (info.changes !== 1) throw new Error(`run ${number} has no ${stage} task`);
       }
+    },
+    insertUnstaged: async (run) => {
+      db.prepare(`INSERT INTO runs (number, start, tags, params, outputs) VALUES (?, ?, '[]', '{}', '[]')`).run(run.number, run.start);
     },
     cleanup: async () => {
       await store.close();
       await fs.rm(dir, { recursive: true, force: true });
     },
   };
-});
+}, { tasks: true });

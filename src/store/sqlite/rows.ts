@@ -11,7 +11,9 @@ import type {
   RunDoc,
   RunEvent,
   RunState,
+  TaskDoc,
 } from '../types.js';
+import { DEFAULT_STAGE } from '../types.js';
 
 import { isDateMs } from '../../time-range.js';
 import {
@@ -26,6 +28,7 @@ import {
   processingFrom,
   put,
   str,
+  stringArray,
 } from '../decode.js';
 
 export type Row = Record<string, unknown>;
@@ -114,9 +117,60 @@ export function runFromRow(row: Row): RunDoc {
   put(doc, 'mode', str(row.mode));
   put(doc, 'input', str(row.input));
 
-  if (row.state !== null && row.state !== undefined) {
-    const p = processingFrom(row, num, parseJson);
-    doc.processing = p;
+  return doc;
+}
+
+/** A row of `tasks` as its TaskDoc; the processing document is absent while the task was never claimed. */
+export function taskFromRow(row: Row): TaskDoc {
+  const task: TaskDoc = {
+    stage: str(row.stage) ?? String(row.stage),
+    needs: stringArray(parseJson(row.needs)) ?? [],
+  };
+  const blocked = parseJson(row.blocked);
+  if (isObject(blocked)) {
+    task.blocked = {
+      stage: str(blocked.stage) ?? '',
+      reason: str(blocked.reason) ?? '',
+      time: num(blocked.time) ?? 0,
+    };
+  }
+  if (row.state !== null && row.state !== undefined) task.processing = processingFrom(row, num, parseJson);
+  return task;
+}
+
+/**
+ * Orders a run's tasks upstream first (pipeline order): each after every task it needs, otherwise as created.
+ */
+export function pipelineOrder(tasks: TaskDoc[]): TaskDoc[] {
+  const placed = new Set<string>();
+  const ordered: TaskDoc[] = [];
+  const present = new Set(tasks.map((t) => t.stage));
+  let rest = tasks;
+  while (rest.length > 0) {
+    const next = rest.find((t) => t.needs.every((need) => placed.has(need) || !present.has(need))) ?? rest[0]!;
+    ordered.push(next);
+    placed.add(next.stage);
+    rest = rest.filter((t) => t !== next);
+  }
+  return ordered;
+}
+
+/**
+ * The run viewed from one task (RunDoc.stage/processing/blocked) with every task in `tasks`: `stage`, else the
+ * `process` task, else the first in pipeline order. Without such a task (a stage the run has no task of, or a
+ * run without tasks) the view has no `stage`.
+ */
+export function runView(run: RunDoc, tasks: TaskDoc[], stage?: string): RunDoc {
+  const ordered = pipelineOrder(tasks);
+  const doc: RunDoc = { ...run, tasks: ordered };
+  const viewed =
+    stage !== undefined
+      ? ordered.find((t) => t.stage === stage)
+      : (ordered.find((t) => t.stage === DEFAULT_STAGE) ?? ordered[0]);
+  if (viewed) {
+    doc.stage = viewed.stage;
+    if (viewed.processing) doc.processing = viewed.processing;
+    if (viewed.blocked) doc.blocked = viewed.blocked;
   }
   return doc;
 }
@@ -130,6 +184,8 @@ export function eventFromRow(row: Row): RunEvent {
     from: row.from_state === null || row.from_state === undefined ? null : (String(row.from_state) as RunState),
     to: String(row.to_state) as RunState,
   };
+  // events of a first-wave store have no stage: they are its `process` task's
+  ev.stage = str(row.stage) ?? DEFAULT_STAGE;
   put(ev, 'reason', str(row.reason));
   put(ev, 'exit_code', num(row.exit_code));
   put(ev, 'signal', str(row.signal));

@@ -28,8 +28,9 @@ import type {
   StateCounts,
   StoreOptions,
 } from '../run-store.js';
-import { MONITOR_RETENTION_MS, excludedNumbers, logSince, monitorMinute, monitorSince } from '../run-store.js';
-import type { TaskCounts, TaskSpec } from '../run-store.js';
+import { MONITOR_RETENTION_MS, PROCESS_ONLY, logSince, monitorMinute, monitorSince } from '../run-store.js';
+import type { StageClaim, TaskCounts, TaskSpec } from '../run-store.js';
+import type { RunSelector } from '../../config/schema.js';
 import type {
   EventNote,
   HostDoc,
@@ -40,8 +41,12 @@ import type {
   RunEvent,
   RunOutput,
   RunState,
+  TaskBlock,
+  TaskDoc,
+  TaskKey,
+  TaskRef,
 } from '../types.js';
-import { RUN_STATES } from '../types.js';
+import { DEFAULT_STAGE, RUN_STATES, taskKeyOf } from '../types.js';
 import {
   eventFromRow,
   hostFromRow,
@@ -49,14 +54,16 @@ import {
   monitorFromRow,
   parseJson,
   runFromRow,
+  runView,
   sql,
+  taskFromRow,
   toJson,
   type Row,
 } from './rows.js';
 import { migrate } from './schema.js';
 import { signalWake, wakeDirFor, watchWake } from './wake.js';
 import { MAX_DATE_MS } from '../../time-range.js';
-import { checkNewRun, countValue } from '../decode.js';
+import { checkNewRun, countValue, stringArray } from '../decode.js';
 
 /** How long a statement waits for another process's write lock before failing with SQLITE_BUSY. */
 const BUSY_TIMEOUT_MS = 10_000;
@@ -68,39 +75,127 @@ const COUNT_ONE_MORE_INTERRUPTION =
 /** States in which an attempt is still running and its owner may write. */
 const LIVE_STATES: readonly string[] = ['considering', 'busy'];
 
-/**
- * The selection queries, exported so a test can check their plans. INDEXED BY pins the partial indexes: the
- * planner has no statistics on a young database and would otherwise search runs_state and sort every
- * pending run. The pending candidate is the first entry of a partial index (no sort at any table size); the
- * retry candidate sorts only failed runs whose next_retry has passed, normally a handful.
- */
 // A number beyond 2^53 (written by another tool) reads back rounded and would address another row, or none:
 // such a run is never claimed (it stays pending, shown by list) instead of crashing every daemon that tries.
-const ADDRESSABLE = `number BETWEEN ${-Number.MAX_SAFE_INTEGER} AND ${Number.MAX_SAFE_INTEGER}`;
+const ADDRESSABLE_RUN = `number BETWEEN ${-Number.MAX_SAFE_INTEGER} AND ${Number.MAX_SAFE_INTEGER}`;
+const ADDRESSABLE = `t.${ADDRESSABLE_RUN}`;
 
-export const CLAIM_SQL = {
-  pending: (oldest: boolean): string =>
-    `SELECT number, priority, start FROM runs INDEXED BY ${oldest ? 'runs_pending_oldest' : 'runs_pending_newest'}
-      WHERE state IS NULL AND held = 0 AND ${ADDRESSABLE}
-      ORDER BY priority DESC, start ${oldest ? 'ASC' : 'DESC'}, number ${oldest ? 'ASC' : 'DESC'}
-      LIMIT 1`,
-  // A run whose previous attempt may still be stopping (draining_until in the future) is not a candidate.
-  retry: (oldest: boolean): string =>
-    `SELECT number, priority, start FROM runs INDEXED BY runs_retry
-      WHERE state = 'failed' AND held = 0 AND next_retry <= @now AND ${ADDRESSABLE}
-        AND (draining_until IS NULL OR draining_until <= @now)
-        AND number NOT IN (SELECT value FROM json_each(@exclude))
-      ORDER BY priority DESC, start ${oldest ? 'ASC' : 'DESC'}, number ${oldest ? 'ASC' : 'DESC'}
-      LIMIT 1`,
-  // The earliest time a failed run may be claimed: its next_retry, or later while a previous attempt drains.
-  nextRetry: `SELECT min(t) AS t FROM (
-      SELECT * FROM (SELECT next_retry AS t FROM runs INDEXED BY runs_retry
-        WHERE state = 'failed' AND held = 0 AND next_retry IS NOT NULL AND draining_until IS NULL
-        ORDER BY next_retry LIMIT 1)
-      UNION ALL
-      SELECT max(next_retry, draining_until) AS t FROM runs INDEXED BY runs_draining
-        WHERE draining_until IS NOT NULL AND state = 'failed' AND held = 0 AND next_retry IS NOT NULL)`,
-} as const;
+/** A run's tags, or none when another tool wrote something that is not a JSON array. */
+const RUN_TAGS = `(CASE WHEN json_valid(r.tags) AND json_type(r.tags) = 'array' THEN r.tags ELSE '[]' END)`;
+const RUN_PARAMS = `(CASE WHEN json_valid(r.params) AND json_type(r.params) = 'object' THEN r.params ELSE '{}' END)`;
+
+/**
+ * SQL conditions on the joined run row `r` for one selector (policy's matchesSelector, in SQL), binding its
+ * values into `params` under names starting with `p`.
+ */
+function selectorConditions(selector: RunSelector, p: string, params: Record<string, unknown>): string[] {
+  const conditions: string[] = [];
+  if (selector.tags !== undefined && selector.tags.length > 0) {
+    params[`${p}tags`] = JSON.stringify(selector.tags);
+    conditions.push(
+      `NOT EXISTS (SELECT 1 FROM json_each(@${p}tags) AS w WHERE w.value NOT IN (SELECT value FROM json_each(${RUN_TAGS})))`,
+    );
+  }
+  if (selector.not_tags !== undefined && selector.not_tags.length > 0) {
+    params[`${p}not_tags`] = JSON.stringify(selector.not_tags);
+    conditions.push(
+      `NOT EXISTS (SELECT 1 FROM json_each(${RUN_TAGS}) AS h WHERE h.value IN (SELECT value FROM json_each(@${p}not_tags)))`,
+    );
+  }
+  if (selector.modes !== undefined) {
+    params[`${p}modes`] = JSON.stringify(selector.modes);
+    conditions.push(`typeof(r.mode) = 'text' AND r.mode IN (SELECT value FROM json_each(@${p}modes))`);
+  }
+  if (selector.min_number !== undefined) {
+    params[`${p}min`] = selector.min_number;
+    conditions.push(`r.number >= @${p}min`);
+  }
+  if (selector.max_number !== undefined) {
+    params[`${p}max`] = selector.max_number;
+    conditions.push(`r.number <= @${p}max`);
+  }
+  Object.entries(selector.params ?? {}).forEach(([key, value], i) => {
+    params[`${p}k${i}`] = key;
+    let match: string;
+    if (typeof value === 'boolean') {
+      match = `q.type = '${value ? 'true' : 'false'}'`;
+    } else {
+      params[`${p}v${i}`] = value;
+      match = `q.type ${typeof value === 'number' ? "IN ('integer', 'real')" : "= 'text'"} AND q.atom = @${p}v${i}`;
+    }
+    conditions.push(`EXISTS (SELECT 1 FROM json_each(${RUN_PARAMS}) AS q WHERE q.key = @${p}k${i} AND ${match})`);
+  });
+  if (selector.require_end) conditions.push(`typeof(r."end") IN ('integer', 'real')`);
+  return conditions;
+}
+
+/**
+ * The claim's one statement and its parameters, exported so a test can check its plan. For every stage asked
+ * for, two candidates: the first pending task and the first retry-due failed task, each the first entry of a
+ * partial index in claim order (INDEXED BY pins them: the planner has no statistics on a young database), the
+ * run joined for the selection; then the best of those few by priority, depth, start. Nothing is sorted but
+ * the candidates themselves. A task whose previous attempt may still be stopping (draining_until in the
+ * future) is not a candidate.
+ */
+export function claimStatement(
+  stages: readonly StageClaim[],
+  oldest: boolean,
+  now: number,
+  exclude: readonly TaskRef[] = [],
+): { text: string; params: Record<string, unknown> } {
+  const dir = oldest ? 'ASC' : 'DESC';
+  const params: Record<string, unknown> = {
+    now,
+    exclude_runs: JSON.stringify(exclude.filter((ref) => typeof ref === 'number')),
+    exclude_tasks: JSON.stringify(
+      exclude.flatMap((ref) => (typeof ref === 'number' ? [] : [`${ref.number}/${ref.stage}`])),
+    ),
+  };
+  const parts: string[] = [];
+  stages.forEach((claim, i) => {
+    params[`s${i}`] = claim.stage;
+    params[`d${i}`] = claim.depth;
+    const selection = (claim.select ?? []).flatMap((selector, j) => selectorConditions(selector, `s${i}x${j}`, params));
+    for (const kind of ['pending', 'retry'] as const) {
+      const index = `tasks_${kind}_${oldest ? 'oldest' : 'newest'}`;
+      const due =
+        kind === 'pending'
+          ? 't.state IS NULL'
+          : `t.state = 'failed' AND t.next_retry <= @now AND (t.draining_until IS NULL OR t.draining_until <= @now)`;
+      const where = [
+        `t.stage = @s${i}`,
+        due,
+        't.held = 0 AND t.ready = 1 AND t.blocked IS NULL',
+        ADDRESSABLE,
+        't.number NOT IN (SELECT value FROM json_each(@exclude_runs))',
+        `(t.number || '/' || t.stage) NOT IN (SELECT value FROM json_each(@exclude_tasks))`,
+        ...selection,
+      ];
+      parts.push(`SELECT * FROM (SELECT t.number, t.stage, t.priority, t.start, @d${i} AS depth
+          FROM tasks AS t INDEXED BY ${index} CROSS JOIN runs AS r ON r.number = t.number
+         WHERE ${where.join('\n           AND ')}
+         ORDER BY t.priority DESC, t.start ${dir}, t.number ${dir} LIMIT 1)`);
+    }
+  });
+  const text = `SELECT number, stage FROM (
+      ${parts.join('\n      UNION ALL\n      ')})
+    ORDER BY priority DESC, depth DESC, start ${dir}, number ${dir} LIMIT 1`;
+  return { text, params };
+}
+
+/**
+ * The earliest time a failed task (of `stages`, or any) may be claimed: its next_retry, or later while a
+ * previous attempt drains. `@stages` is a JSON array; `@all` 1 ignores it.
+ */
+export const NEXT_RETRY_SQL = `SELECT min(t) AS t FROM (
+    SELECT * FROM (SELECT next_retry AS t FROM tasks INDEXED BY tasks_next_retry
+      WHERE state = 'failed' AND held = 0 AND ready = 1 AND blocked IS NULL AND draining_until IS NULL
+        AND next_retry IS NOT NULL AND (@all = 1 OR stage IN (SELECT value FROM json_each(@stages)))
+      ORDER BY next_retry LIMIT 1)
+    UNION ALL
+    SELECT max(next_retry, draining_until) AS t FROM tasks INDEXED BY tasks_draining
+      WHERE draining_until IS NOT NULL AND state = 'failed' AND held = 0 AND ready = 1 AND blocked IS NULL
+        AND next_retry IS NOT NULL AND (@all = 1 OR stage IN (SELECT value FROM json_each(@stages))))`;
 
 /** A whole number ≥ 0 (decode's countValue, apart from digits as text, which SQLite's affinity converts). */
 const isCount = (column: string) =>
@@ -114,26 +209,31 @@ const isText = (column: string) => `(typeof(${column}) = 'text' AND ${column} !=
  * Runs whose processing document is not a valid state (decode's processingProblems, in a repairable or unknown
  * state). The ranges around 'abandoned' and 'done' let the state index skip the final runs, usually nearly all.
  */
-export const INVALID_PROCESSING_SQL = `SELECT * FROM runs INDEXED BY runs_state
+export const INVALID_PROCESSING_SQL = `SELECT number, stage FROM tasks INDEXED BY tasks_state
   WHERE (state < 'abandoned' OR (state > 'abandoned' AND state < 'done') OR state > 'done')
     AND (state NOT IN ('considering', 'busy', 'failed') OR typeof(state) != 'text'
       OR (state IN ('considering', 'busy') AND NOT (${isText('token')} AND ${isText('host')} AND ${isTime('time')}))
       OR (state = 'failed' AND NOT ${isTime('next_retry')})
       OR NOT (${isCount('attempt')} AND ${isCount('n_failures')}))
-  ORDER BY number`;
-
-interface Candidate {
-  number: number;
-  priority: unknown;
-  start: unknown;
-}
+  ORDER BY number, stage`;
 
 interface Lease {
   state: string;
   host: string | null;
   attempt: number | null;
-  outputs: string | null;
 }
+
+/** A run's task as the pipeline writes need it: what it needs, its state, and its block. */
+interface TaskLink {
+  stage: string;
+  needs: string[];
+  state: string | null;
+  reason: string | null;
+  blocked: string | null;
+}
+
+/** States in which a task below an abandoned one is left unblocked: finished, or its attempt still live. */
+const NEVER_BLOCKED: readonly (string | null)[] = ['done', 'abandoned', 'considering', 'busy'];
 
 /** What the drain fence needs of a run's current attempt. */
 interface AttemptRow {
@@ -248,8 +348,8 @@ export class SqliteRunStore implements RunStore {
   private readonly opened: FileIdentity[];
 
   private readonly claimTx: (request: ClaimRequest, now: number) => RunDoc | null;
-  private readonly insertTx: (runs: NewRun[]) => number;
-  private readonly insertOneTx: (run: NewRun) => RunDoc | null;
+  private readonly insertTx: (runs: NewRun[], tasksOf: (run: NewRun) => readonly TaskSpec[]) => number;
+  private readonly insertOneTx: (run: NewRun, tasks: readonly TaskSpec[]) => RunDoc | null;
 
   /** Use openSqliteStore(); the constructor expects an open database with the schema in place. */
   constructor(db: Database.Database, absolutePath: string, options?: StoreOptions) {
@@ -267,11 +367,11 @@ export class SqliteRunStore implements RunStore {
       this.assertSameFiles();
       return claimTx(request, now);
     };
-    this.insertTx = db.transaction((runs: NewRun[]) => {
+    this.insertTx = db.transaction((runs: NewRun[], tasksOf: (run: NewRun) => readonly TaskSpec[]) => {
       const insert = this.stmt(
         'insert-run',
-        `INSERT INTO runs (number, name, start, "end", mode, tags, priority, input, params, outputs)
-         VALUES (@number, @name, @start, @end, @mode, @tags, @priority, @input, @params, '[]')`,
+        `INSERT INTO runs (number, name, start, "end", mode, tags, priority, input, params, outputs, staged)
+         VALUES (@number, @name, @start, @end, @mode, @tags, @priority, @input, @params, '[]', 1)`,
       );
       for (const run of runs) {
         try {
@@ -280,13 +380,14 @@ export class SqliteRunStore implements RunStore {
           if (isPrimaryKeyViolation(error)) throw new DuplicateRunError(run.number);
           throw error;
         }
+        this.insertTasks(run.number, tasksOf(run));
       }
       return runs.length;
     }).immediate;
     // insert and read back in one transaction, so the caller sees the run as inserted, not as claimed by a
     // quicker process a moment later
-    this.insertOneTx = db.transaction((run: NewRun) => {
-      this.insertTx([run]);
+    this.insertOneTx = db.transaction((run: NewRun, tasks: readonly TaskSpec[]) => {
+      this.insertTx([run], () => tasks);
       return this.readRun(run.number);
     }).immediate;
   }
@@ -338,9 +439,36 @@ export class SqliteRunStore implements RunStore {
     return this.db.transaction(fn).immediate();
   }
 
-  private readRun(number: number): RunDoc | null {
-    const row = this.stmt('get-run', 'SELECT * FROM runs WHERE number = ?').get(number) as Row | undefined;
-    return row ? runFromRow(row) : null;
+  // ------------------------------------------------------------------------------------------------ views
+
+  private runRow(number: number): Row | undefined {
+    return this.stmt('get-run', 'SELECT * FROM runs WHERE number = ?').get(number) as Row | undefined;
+  }
+
+  private taskRows(number: number): Row[] {
+    return this.stmt('get-tasks', 'SELECT * FROM tasks WHERE number = ? ORDER BY rowid').all(number) as Row[];
+  }
+
+  /** The run viewed from `stage`'s task (default: its process task, else its first), every task included. */
+  private readRun(number: number, stage?: string): RunDoc | null {
+    const row = this.runRow(number);
+    return row ? runView(runFromRow(row), this.taskRows(number).map(taskFromRow), stage) : null;
+  }
+
+  /** Views of the given (number, stage) pairs, in that order, reading each run once. */
+  private views(keys: ReadonlyArray<{ number: number; stage: string | null }>): RunDoc[] {
+    const runs = new Map<number, { run: RunDoc; tasks: TaskDoc[] } | null>();
+    const docs: RunDoc[] = [];
+    for (const key of keys) {
+      let entry = runs.get(key.number);
+      if (entry === undefined) {
+        const row = this.runRow(key.number);
+        entry = row ? { run: runFromRow(row), tasks: this.taskRows(key.number).map(taskFromRow) } : null;
+        runs.set(key.number, entry);
+      }
+      if (entry) docs.push(runView(entry.run, entry.tasks, key.stage ?? undefined));
+    }
+    return docs;
   }
 
   private newRunRow(run: NewRun): Record<string, unknown> {
@@ -358,22 +486,158 @@ export class SqliteRunStore implements RunStore {
     };
   }
 
+  // --------------------------------------------------------------------------------------- pipeline links
+
+  /**
+   * Creates the tasks in `specs` the run does not have yet (pending; priority, start and held are copied from
+   * the run by a trigger), marks the run staged, and brings readiness and blocks up to date. Inside the
+   * caller's transaction. Returns how many tasks it created.
+   */
+  private insertTasks(number: number, specs: readonly TaskSpec[]): number {
+    const insert = this.stmt(
+      'insert-task',
+      `INSERT OR IGNORE INTO tasks (number, stage, needs, ready) VALUES (@number, @stage, @needs, 0)`,
+    );
+    let created = 0;
+    for (const spec of specs) {
+      if (typeof spec.stage !== 'string' || spec.stage === '') {
+        throw new UsageError(`tasks: a stage name must be a non-empty string, got ${JSON.stringify(spec.stage)}`, 'stage');
+      }
+      created += insert.run({ number, stage: spec.stage, needs: toJson([...spec.needs]) ?? '[]' }).changes;
+    }
+    this.stmt('mark-staged', 'UPDATE runs SET staged = 1 WHERE number = ? AND staged IS NOT 1').run(number);
+    if (created > 0) {
+      this.refreshReady(number);
+      this.applyBlocks(number, this.clock());
+    }
+    return created;
+  }
+
+  /** Sets `ready` on every task of the run to whether every stage it needs has a done task. */
+  private refreshReady(number: number): void {
+    const readiness = `(CASE WHEN json_valid(tasks.needs) THEN NOT EXISTS (
+        SELECT 1 FROM json_each(tasks.needs) AS n
+         WHERE NOT EXISTS (SELECT 1 FROM tasks AS u WHERE u.number = tasks.number AND u.stage = n.value
+                                                       AND u.state = 'done')) ELSE 0 END)`;
+    this.stmt(
+      'refresh-ready',
+      `UPDATE tasks SET ready = ${readiness} WHERE number = ? AND ready IS NOT ${readiness}`,
+    ).run(number);
+  }
+
+  private links(number: number): TaskLink[] {
+    const rows = this.stmt(
+      'task-links',
+      'SELECT stage, needs, state, reason, blocked FROM tasks WHERE number = ? ORDER BY rowid',
+    ).all(number) as Array<Omit<TaskLink, 'needs'> & { needs: unknown }>;
+    return rows.map((row) => ({ ...row, stage: String(row.stage), needs: stringArray(parseJson(row.needs)) ?? [] }));
+  }
+
+  /** Every stage below `stage` in the run (needing it directly or further down). */
+  private static downstream(links: readonly TaskLink[], stage: string): TaskLink[] {
+    const below = new Set<string>([stage]);
+    let grew = true;
+    while (grew) {
+      grew = false;
+      for (const link of links) {
+        if (!below.has(link.stage) && link.needs.some((need) => below.has(need))) {
+          below.add(link.stage);
+          grew = true;
+        }
+      }
+    }
+    return links.filter((link) => link.stage !== stage && below.has(link.stage));
+  }
+
+  /**
+   * Blocks every task below an abandoned task of the run that is not finished or live and not blocked yet,
+   * naming the abandoned stage and its reason. Returns the stages blocked, by the stage that blocks them.
+   */
+  private applyBlocks(number: number, now: number): Map<string, string[]> {
+    const links = this.links(number);
+    const blocked = new Map<string, string[]>();
+    const set = this.stmt(
+      'block-task',
+      'UPDATE tasks SET blocked = @blocked WHERE number = @number AND stage = @stage AND blocked IS NULL',
+    );
+    for (const upstream of links.filter((link) => link.state === 'abandoned')) {
+      for (const below of SqliteRunStore.downstream(links, upstream.stage)) {
+        if (NEVER_BLOCKED.includes(below.state) || below.blocked !== null) continue;
+        const block: TaskBlock = { stage: upstream.stage, reason: upstream.reason ?? 'abandoned', time: now };
+        set.run({ blocked: toJson(block), number, stage: below.stage });
+        below.blocked = toJson(block);
+        blocked.set(upstream.stage, [...(blocked.get(upstream.stage) ?? []), below.stage]);
+      }
+    }
+    return blocked;
+  }
+
+  /**
+   * Clears the blocks `stage` set on the run's tasks (it is no longer abandoned); a task still below another
+   * abandoned task is blocked again by that one. Returns the stages no longer blocked.
+   */
+  private clearBlocks(number: number, stage: string, now: number): string[] {
+    const cleared = (
+      this.stmt(
+        'blocked-by',
+        `SELECT stage FROM tasks WHERE number = @number AND blocked IS NOT NULL
+            AND json_valid(blocked) AND json_extract(blocked, '$.stage') = @stage`,
+      ).all({ number, stage }) as { stage: string }[]
+    ).map((row) => row.stage);
+    if (cleared.length === 0) return [];
+    this.stmt(
+      'unblock',
+      `UPDATE tasks SET blocked = NULL WHERE number = @number AND blocked IS NOT NULL
+          AND json_valid(blocked) AND json_extract(blocked, '$.stage') = @stage`,
+    ).run({ number, stage });
+    const still = new Set([...this.applyBlocks(number, now).values()].flat());
+    return cleared.filter((s) => !still.has(s));
+  }
+
+  /**
+   * What follows a change of a task's state, in its transaction: readiness of the run's other tasks (a task
+   * done, or no longer done), and blocks (abandoned: the tasks below are blocked; failed again after being
+   * abandoned: their blocks go). Returns the event detail that records the blocks set or cleared.
+   */
+  private afterStateChange(key: TaskKey, to: RunState, now: number): Record<string, unknown> | undefined {
+    this.refreshReady(key.number);
+    if (to === 'abandoned') {
+      const blocked = this.applyBlocks(key.number, now).get(key.stage);
+      return blocked && blocked.length > 0 ? { blocked } : undefined;
+    }
+    if (to === 'done') {
+      // an operator's `process --force` of a blocked task: once done it waits for nothing
+      this.stmt('done-unblock', 'UPDATE tasks SET blocked = NULL WHERE number = ? AND stage = ?').run(
+        key.number,
+        key.stage,
+      );
+    }
+    const unblocked = this.clearBlocks(key.number, key.stage, now);
+    return unblocked.length > 0 ? { unblocked } : undefined;
+  }
+
+  // --------------------------------------------------------------------------------------------- history
+
   private appendEvent(
-    number: number,
+    key: TaskKey,
     now: number,
     lease: { host: string | null; attempt: number | null },
     from: RunState | null,
     to: RunState,
     note: EventNote | undefined,
     defaults: EventNote = {},
+    extraDetail?: Record<string, unknown>,
   ): void {
+    const detail = note?.detail ?? defaults.detail;
     this.stmt(
       'insert-event',
       `INSERT INTO run_events
-         (number, time, host, attempt, from_state, to_state, reason, exit_code, signal, duration_ms, detail)
-       VALUES (@number, @time, @host, @attempt, @from, @to, @reason, @exit_code, @signal, @duration_ms, @detail)`,
+         (number, stage, time, host, attempt, from_state, to_state, reason, exit_code, signal, duration_ms, detail)
+       VALUES (@number, @stage, @time, @host, @attempt, @from, @to, @reason, @exit_code, @signal, @duration_ms,
+               @detail)`,
     ).run({
-      number,
+      number: key.number,
+      stage: key.stage,
       time: now,
       host: note?.host ?? lease.host ?? '',
       attempt: lease.attempt ?? 0,
@@ -383,39 +647,42 @@ export class SqliteRunStore implements RunStore {
       exit_code: sql(note?.exit_code ?? defaults.exit_code),
       signal: sql(note?.signal ?? defaults.signal),
       duration_ms: sql(note?.duration_ms ?? defaults.duration_ms),
-      detail: toJson(note?.detail ?? defaults.detail),
+      detail: toJson(extraDetail ? { ...(detail ?? {}), ...extraDetail } : detail),
     });
   }
 
   /** The lease row when `token` is the current attempt's token and the attempt is still live. */
-  private liveLease(number: number, token: string): Lease | null {
+  private liveLease(key: TaskKey, token: string): Lease | null {
     const row = this.stmt(
       'lease',
-      'SELECT state, host, attempt, outputs FROM runs WHERE number = ? AND token = ?',
-    ).get(number, token) as Lease | undefined;
+      'SELECT state, host, attempt FROM tasks WHERE number = ? AND stage = ? AND token = ?',
+    ).get(key.number, key.stage, token) as Lease | undefined;
     if (!row || !LIVE_STATES.includes(row.state)) return null;
     return row;
   }
 
   /**
    * The common shape of a fenced state change: check the lease, apply `update` (which must itself be
-   * conditioned on number and token), append the event. False, writing nothing, when the lease is gone.
+   * conditioned on number, stage and token), bring the run's other tasks up to date, append the event. False,
+   * writing nothing, when the lease is gone.
    */
   private fencedTransition(
-    number: number,
+    task: TaskRef,
     token: string,
     to: RunState,
-    update: (lease: Lease, now: number) => number,
+    update: (key: TaskKey, lease: Lease, now: number) => number,
     note: EventNote | undefined,
     defaults?: EventNote,
   ): boolean {
     if (typeof token !== 'string') return false;
+    const key = taskKeyOf(task);
     const now = this.clock();
     return this.immediate(() => {
-      const lease = this.liveLease(number, token);
+      const lease = this.liveLease(key, token);
       if (!lease) return false;
-      if (update(lease, now) !== 1) return false;
-      this.appendEvent(number, now, lease, lease.state as RunState, to, note, defaults);
+      if (update(key, lease, now) !== 1) return false;
+      const links = this.afterStateChange(key, to, now);
+      this.appendEvent(key, now, lease, lease.state as RunState, to, note, defaults, links);
       return true;
     });
   }
@@ -430,54 +697,72 @@ export class SqliteRunStore implements RunStore {
     if (this.db.open) this.db.close();
   }
 
-  async insertRun(run: NewRun): Promise<RunDoc> {
-    const doc = this.insertOneTx(run);
+  async insertRun(run: NewRun, tasks: readonly TaskSpec[] = PROCESS_ONLY): Promise<RunDoc> {
+    const doc = this.insertOneTx(run, tasks);
     signalWake(this.wakeDir);
     if (!doc) throw new Error(`run ${run.number} vanished right after it was inserted`);
     return doc;
   }
 
-  async insertRuns(runs: NewRun[]): Promise<number> {
+  async insertRuns(
+    runs: NewRun[],
+    tasks: readonly TaskSpec[] | ((run: NewRun) => readonly TaskSpec[]) = PROCESS_ONLY,
+  ): Promise<number> {
     if (runs.length === 0) return 0;
-    const n = this.insertTx(runs);
+    const n = this.insertTx(runs, typeof tasks === 'function' ? tasks : () => tasks);
     signalWake(this.wakeDir);
     return n;
   }
 
-  async getRun(number: number): Promise<RunDoc | null> {
-    return this.readRun(number);
+  async getRun(number: number, stage?: string): Promise<RunDoc | null> {
+    return this.readRun(number, stage);
   }
 
   async listRuns(filter: RunFilter = {}): Promise<RunDoc[]> {
     const where: string[] = [];
     const params: Record<string, unknown> = {};
     if (filter.state === 'pending') {
-      where.push('state IS NULL');
+      where.push('t.state IS NULL AND t.blocked IS NULL');
+    } else if (filter.state === 'blocked') {
+      where.push('t.blocked IS NOT NULL');
     } else if (filter.state !== undefined) {
-      where.push('state = @state');
+      where.push('t.state = @state AND t.blocked IS NULL');
       params.state = filter.state;
     }
+    if (filter.stage !== undefined) {
+      where.push('t.stage = @stage');
+      params.stage = filter.stage;
+    }
     if (filter.host !== undefined) {
-      where.push('host = @host');
+      where.push('t.host = @host');
       params.host = filter.host;
     }
     if (filter.tag !== undefined) {
-      where.push('EXISTS (SELECT 1 FROM json_each(CASE WHEN json_valid(tags) THEN tags END) WHERE value = @tag)');
+      where.push('EXISTS (SELECT 1 FROM json_each(CASE WHEN json_valid(r.tags) THEN r.tags END) WHERE value = @tag)');
       params.tag = filter.tag;
     }
-    if (filter.noOutputs) where.push("(outputs IS NULL OR NOT json_valid(outputs) OR json_array_length(outputs) = 0)");
+    if (filter.noOutputs) {
+      where.push('(r.outputs IS NULL OR NOT json_valid(r.outputs) OR json_array_length(r.outputs) = 0)');
+    }
     params.limit = sqlLimit(filter.limit);
     const clause = where.length ? `WHERE ${where.join(' AND ')}` : '';
-    const rows = this.stmt(
-      `list-runs:${clause}`,
-      `SELECT * FROM runs ${clause} ORDER BY number DESC LIMIT @limit`,
-    ).all(params) as Row[];
-    return rows.map(runFromRow);
+    // A state or host filter names tasks: start from the tasks that match; otherwise from the runs, each with
+    // its tasks (or none).
+    const fromTasks = filter.state !== undefined && filter.state !== 'pending' || filter.host !== undefined;
+    const from = fromTasks
+      ? 'tasks AS t JOIN runs AS r ON r.number = t.number'
+      : 'runs AS r LEFT JOIN tasks AS t ON t.number = r.number';
+    const keys = this.stmt(
+      `list-runs:${from}:${clause}`,
+      `SELECT r.number AS number, t.stage AS stage FROM ${from} ${clause}
+        ORDER BY r.number DESC, t.rowid LIMIT @limit`,
+    ).all(params) as Array<{ number: number; stage: string | null }>;
+    return this.views(keys);
   }
 
   async countRunsByState(): Promise<StateCounts> {
     const counts: StateCounts = { pending: 0, considering: 0, busy: 0, done: 0, failed: 0, abandoned: 0 };
-    const rows = this.stmt('count-runs', 'SELECT state, count(*) AS n FROM runs GROUP BY state').all() as {
+    const rows = this.stmt('count-tasks', 'SELECT state, count(*) AS n FROM tasks GROUP BY state').all() as {
       state: string | null;
       n: number;
     }[];
@@ -486,21 +771,43 @@ export class SqliteRunStore implements RunStore {
       else if ((RUN_STATES as readonly string[]).includes(state)) counts[state as RunState] += n;
       // states written by other tools that runwarden does not know are not counted
     }
+    const taskless = this.stmt(
+      'count-taskless',
+      `SELECT count(*) AS n FROM runs WHERE NOT EXISTS (SELECT 1 FROM tasks WHERE tasks.number = runs.number)`,
+    ).get() as { n: number };
+    counts.pending += taskless.n;
     return counts;
   }
 
-
-  // Tasks of a pipeline (issue 14): being built; a store that cannot do them yet says so.
   async countTasksByStage(): Promise<Record<string, TaskCounts>> {
-    throw new Error('countTasksByStage: not implemented by this store yet');
+    const rows = this.stmt(
+      'count-by-stage',
+      `SELECT stage, CASE WHEN blocked IS NOT NULL THEN 'blocked' ELSE coalesce(state, 'pending') END AS s,
+              count(*) AS n
+         FROM tasks GROUP BY stage, s ORDER BY stage`,
+    ).all() as { stage: string; s: string; n: number }[];
+    const counts: Record<string, TaskCounts> = {};
+    for (const { stage, s, n } of rows) {
+      const of = (counts[stage] ??= {
+        pending: 0, considering: 0, busy: 0, done: 0, failed: 0, abandoned: 0, blocked: 0,
+      });
+      if (Object.hasOwn(of, s)) of[s as keyof TaskCounts] += n;
+    }
+    return counts;
   }
 
-  async listUnstagedRuns(_limit: number): Promise<RunDoc[]> {
-    return [];
+  async listUnstagedRuns(limit: number): Promise<RunDoc[]> {
+    const rows = this.stmt(
+      'list-unstaged',
+      `SELECT number FROM runs INDEXED BY runs_unstaged WHERE staged = 0 AND ${ADDRESSABLE_RUN} ORDER BY number LIMIT ?`,
+    ).all(sqlLimit(limit)) as { number: number }[];
+    return this.views(rows.map((row) => ({ number: row.number, stage: null })));
   }
 
-  async createTasks(_number: number, _tasks: readonly TaskSpec[]): Promise<number> {
-    throw new Error('createTasks: not implemented by this store yet');
+  async createTasks(number: number, tasks: readonly TaskSpec[]): Promise<number> {
+    const created = this.immediate(() => (this.runRow(number) ? this.insertTasks(number, tasks) : 0));
+    if (created > 0) signalWake(this.wakeDir);
+    return created;
   }
 
   // ------------------------------------------------------------------------------------------------ claim
@@ -509,30 +816,36 @@ export class SqliteRunStore implements RunStore {
     return this.claimTx(request, this.clock());
   }
 
-  private claimInTx(request: ClaimRequest, now: number): RunDoc | null {
-    const oldest = request.order === 'oldest';
-    // Two cheap candidates, each from its own partial index; the better one wins.
-    const pending = this.stmt(`claim-pending:${oldest}`, CLAIM_SQL.pending(oldest)).get() as
-      | Candidate
-      | undefined;
-    const retry = this.stmt(`claim-retry:${oldest}`, CLAIM_SQL.retry(oldest)).get({
-      now,
-      exclude: JSON.stringify(excludedNumbers(request.exclude)),
-    }) as
-      | Candidate
-      | undefined;
-    const pick = pending && retry ? (before(pending, retry, oldest) ? pending : retry) : (pending ?? retry);
-    if (!pick) return null;
+  /**
+   * A claim that names no stages comes from a first-wave caller, whose one stage is `process`: runs nobody gave
+   * tasks yet (inserted by another tool) get their process task first, as a daemon with a first-wave config
+   * would give them.
+   */
+  private stageForFirstWave(request: ClaimRequest): void {
+    if (request.stages !== undefined) return;
+    const unstaged = this.stmt(
+      'unstaged-any',
+      `SELECT number FROM runs INDEXED BY runs_unstaged WHERE staged = 0 AND ${ADDRESSABLE_RUN}`,
+    ).all() as { number: number }[];
+    for (const { number } of unstaged) this.insertTasks(number, PROCESS_ONLY);
+  }
 
-    return this.takeRun(pick.number, request, now, undefined);
+  private claimInTx(request: ClaimRequest, now: number): RunDoc | null {
+    this.stageForFirstWave(request);
+    const stages = request.stages ?? [{ stage: DEFAULT_STAGE, depth: 0 }];
+    if (stages.length === 0) return null;
+    const { text, params } = claimStatement(stages, request.order === 'oldest', now, request.exclude);
+    const pick = this.stmt(`claim:${text}`, text).get(params) as { number: number; stage: string } | undefined;
+    if (!pick) return null;
+    return this.takeTask({ number: pick.number, stage: pick.stage }, request, now, undefined);
   }
 
   /**
    * The claim write itself, inside the caller's transaction: considering, fresh token, attempt + 1. A busy
    * attempt taken over (`process N --force`) is kept as draining for `drainMs` after its last heartbeat.
    */
-  private takeRun(
-    number: number,
+  private takeTask(
+    key: TaskKey,
     request: ClaimRequest,
     now: number,
     drainMs: number | undefined,
@@ -541,20 +854,21 @@ export class SqliteRunStore implements RunStore {
     const prev = this.stmt(
       'claim-prev',
       `SELECT state, host, pid, attempt, pgid, proc_start, time, draining, draining_until, n_failures
-         FROM runs WHERE number = ?`,
-    ).get(number) as AttemptRow & { state: RunState | null; n_failures: unknown };
+         FROM tasks WHERE number = ? AND stage = ?`,
+    ).get(key.number, key.stage) as (AttemptRow & { state: RunState | null; n_failures: unknown }) | undefined;
+    if (!prev) return null;
     // Never backwards, whatever another tool left in the counter: past the highest attempt the history knows.
-    const attempt = Math.max(countValue(prev.attempt) ?? 0, this.maxEventAttemptInTx(number)) + 1;
+    const attempt = Math.max(countValue(prev.attempt) ?? 0, this.maxEventAttemptInTx(key)) + 1;
     const nFailures = countValue(prev.n_failures) ?? 0;
     const token = randomUUID();
 
     this.stmt(
       'claim-update',
-      `UPDATE runs SET state = 'considering', host = @host, pid = @pid, token = @token, attempt = @attempt,
+      `UPDATE tasks SET state = 'considering', host = @host, pid = @pid, token = @token, attempt = @attempt,
               time = @now, n_failures = @n_failures, started = NULL, ended = NULL, reason = NULL,
               next_retry = NULL, exit_code = NULL, signal = NULL, pgid = NULL, proc_start = NULL,
               targets = NULL, resources = NULL, draining = @draining, draining_until = @draining_until
-        WHERE number = @number`,
+        WHERE number = @number AND stage = @stage`,
     ).run({
       host: request.host,
       pid: request.pid,
@@ -562,20 +876,23 @@ export class SqliteRunStore implements RunStore {
       attempt,
       now,
       n_failures: nFailures,
-      number,
+      number: key.number,
+      stage: key.stage,
       ...drainingAfter(prev, drainMs, now, true),
     });
-    this.appendEvent(number, now, { host: request.host, attempt }, prev.state, 'considering', note);
-    return this.readRun(number);
+    // a done task claimed again (`process N --force`) no longer lets the tasks below it go
+    if (prev.state === 'done') this.refreshReady(key.number);
+    this.appendEvent(key, now, { host: request.host, attempt }, prev.state, 'considering', note);
+    return this.readRun(key.number, key.stage);
   }
 
-  /** The run's state and token when it still matches what the caller saw; null otherwise. */
-  private matching(number: number, expected: RunExpectation): (Lease & AttemptRow) | null {
+  /** The task's state and token when it still matches what the caller saw; null otherwise. */
+  private matching(key: TaskKey, expected: RunExpectation): (AttemptRow & { token: string | null }) | null {
     const row = this.stmt(
       'expect',
-      `SELECT state, host, pid, attempt, pgid, proc_start, time, draining, draining_until, outputs, token
-         FROM runs WHERE number = ?`,
-    ).get(number) as (Lease & AttemptRow & { token: string | null }) | undefined;
+      `SELECT state, host, pid, attempt, pgid, proc_start, time, draining, draining_until, token
+         FROM tasks WHERE number = ? AND stage = ?`,
+    ).get(key.number, key.stage) as (AttemptRow & { token: string | null }) | undefined;
     if (!row) return null;
     if ((row.state ?? null) !== expected.state) return null;
     if (expected.state !== null && (row.token ?? '') !== (expected.token ?? '')) return null;
@@ -583,31 +900,34 @@ export class SqliteRunStore implements RunStore {
   }
 
   async claimRun(
-    number: number,
+    task: TaskRef,
     request: ClaimRequest,
     expected: RunExpectation,
     options: { drainMs?: number; note?: EventNote } = {},
   ): Promise<RunDoc | null> {
+    const key = taskKeyOf(task);
     const now = this.clock();
-    return this.immediate(() =>
-      this.matching(number, expected) ? this.takeRun(number, request, now, options.drainMs, options.note) : null,
-    );
+    return this.immediate(() => {
+      this.stageForFirstWave(request);
+      return this.matching(key, expected) ? this.takeTask(key, request, now, options.drainMs, options.note) : null;
+    });
   }
 
-  async confirmAttemptGone(number: number, gone: GoneAttempt): Promise<boolean> {
+  async confirmAttemptGone(task: TaskRef, gone: GoneAttempt): Promise<boolean> {
+    const key = taskKeyOf(task);
     const info = this.stmt(
       'confirm-gone',
-      `UPDATE runs SET draining = NULL, draining_until = NULL
-        WHERE number = @number AND draining_until IS NOT NULL AND json_valid(draining)
+      `UPDATE tasks SET draining = NULL, draining_until = NULL
+        WHERE number = @number AND stage = @stage AND draining_until IS NOT NULL AND json_valid(draining)
           AND json_extract(draining, '$.host') = @host AND json_extract(draining, '$.attempt') = @attempt`,
-    ).run({ number, host: gone.host, attempt: gone.attempt });
-    // The run may be eligible now rather than at draining_until: idle daemons should look.
+    ).run({ number: key.number, stage: key.stage, host: gone.host, attempt: gone.attempt });
+    // The task may be eligible now rather than at draining_until: idle daemons should look.
     if (info.changes === 1) signalWake(this.wakeDir);
     return info.changes === 1;
   }
 
   async overrideRun(
-    number: number,
+    task: TaskRef,
     expected: RunExpectation,
     change: RunOverride,
     note: EventNote & { host: string },
@@ -615,18 +935,19 @@ export class SqliteRunStore implements RunStore {
     if (change.to === 'failed' && change.next_retry === undefined) {
       throw new Error('overrideRun: next_retry is required when the run becomes failed');
     }
+    const key = taskKeyOf(task);
     const now = this.clock();
     const done = this.immediate(() => {
-      const row = this.matching(number, expected);
+      const row = this.matching(key, expected);
       if (!row) return false;
       this.stmt(
         'override-run',
-        `UPDATE runs SET state = @to, token = @token, time = @now, ended = @now, reason = @reason,
+        `UPDATE tasks SET state = @to, token = @token, time = @now, ended = @now, reason = @reason,
                 n_failures = @n_failures, n_interruptions = coalesce(@n_interruptions, n_interruptions),
                 next_retry = @next_retry, exit_code = NULL, signal = NULL,
                 host = coalesce(host, @writer), pid = coalesce(pid, 0), attempt = coalesce(@attempt, attempt, 0),
                 draining = @draining, draining_until = @draining_until
-          WHERE number = @number`,
+          WHERE number = @number AND stage = @stage`,
       ).run({
         to: change.to,
         token: randomUUID(),
@@ -637,13 +958,24 @@ export class SqliteRunStore implements RunStore {
         next_retry: change.to === 'failed' ? sql(change.next_retry) : null,
         writer: note.host,
         attempt: sql(change.attempt),
-        number,
+        number: key.number,
+        stage: key.stage,
         ...drainingAfter(row, change.drainMs, now, false),
       });
-      this.appendEvent(number, now, row, expected.state, change.to, note, { reason: change.reason });
+      const links = this.afterStateChange(key, change.to, now);
+      this.appendEvent(
+        key,
+        now,
+        { host: typeof row.host === 'string' ? row.host : null, attempt: finiteNumber(row.attempt) ?? null },
+        expected.state,
+        change.to,
+        note,
+        { reason: change.reason },
+        links,
+      );
       return true;
     });
-    // A run failed by hand or by cleanup may be eligible at once: idle daemons should look now.
+    // A task failed by hand or by cleanup may be eligible at once: idle daemons should look now.
     if (done && change.to === 'failed') signalWake(this.wakeDir);
     return done;
   }
@@ -664,112 +996,122 @@ export class SqliteRunStore implements RunStore {
 
   async listStaleRuns(limits: StaleLimits): Promise<RunDoc[]> {
     const now = this.clock();
-    const rows = this.stmt(
+    const keys = this.stmt(
       'list-stale',
-      `SELECT * FROM runs INDEXED BY runs_state
+      `SELECT number, stage FROM tasks INDEXED BY tasks_state
         WHERE (state = 'considering' AND time < @considering) OR (state = 'busy' AND time < @busy)
-        ORDER BY number`,
-    ).all({ considering: now - limits.maxConsideringMs, busy: now - limits.maxBusyMs }) as Row[];
-    return rows.map(runFromRow);
+        ORDER BY number, stage`,
+    ).all({ considering: now - limits.maxConsideringMs, busy: now - limits.maxBusyMs }) as TaskKey[];
+    return this.views(keys);
   }
 
   async listInvalidRuns(): Promise<RunDoc[]> {
-    const rows = this.stmt('list-invalid', INVALID_PROCESSING_SQL).all() as Row[];
-    return rows.map(runFromRow);
+    return this.views(this.stmt('list-invalid', INVALID_PROCESSING_SQL).all() as TaskKey[]);
   }
 
-  async maxEventAttempt(number: number): Promise<number> {
-    return this.maxEventAttemptInTx(number);
+  async maxEventAttempt(task: TaskRef): Promise<number> {
+    return this.maxEventAttemptInTx(taskKeyOf(task));
   }
 
-  private maxEventAttemptInTx(number: number): number {
-    const row = this.stmt('max-event-attempt', 'SELECT max(attempt) AS a FROM run_events WHERE number = ?').get(
-      number,
-    ) as { a: unknown };
+  private maxEventAttemptInTx(key: TaskKey): number {
+    const row = this.stmt(
+      'max-event-attempt',
+      `SELECT max(attempt) AS a FROM run_events WHERE number = ? AND coalesce(stage, '${DEFAULT_STAGE}') = ?`,
+    ).get(key.number, key.stage) as { a: unknown };
     return countValue(row.a) ?? 0;
   }
 
-  async nextRetryAt(): Promise<number | null> {
-    const row = this.stmt('next-retry', CLAIM_SQL.nextRetry).get() as { t: number | null };
+  async nextRetryAt(stages?: readonly string[]): Promise<number | null> {
+    const row = this.stmt('next-retry', NEXT_RETRY_SQL).get({
+      all: stages === undefined ? 1 : 0,
+      stages: JSON.stringify(stages ?? []),
+    }) as { t: number | null };
     return typeof row.t === 'number' ? row.t : null;
   }
 
   // ----------------------------------------------------------------------------------------- fenced writes
 
-  async heartbeatRun(number: number, token: string): Promise<boolean> {
+  async heartbeatRun(task: TaskRef, token: string): Promise<boolean> {
     this.assertSameFiles();
-    const now = this.clock();
+    const key = taskKeyOf(task);
     const info = this.stmt(
       'heartbeat-run',
-      `UPDATE runs SET time = ? WHERE number = ? AND token = ? AND state IN ('considering', 'busy')`,
-    ).run(now, number, token);
+      `UPDATE tasks SET time = ? WHERE number = ? AND stage = ? AND token = ? AND state IN ('considering', 'busy')`,
+    ).run(this.clock(), key.number, key.stage, token);
     return info.changes === 1;
   }
 
-  async markBusy(number: number, token: string, fields: BusyFields, note?: EventNote): Promise<boolean> {
+  async markBusy(task: TaskRef, token: string, fields: BusyFields, note?: EventNote): Promise<boolean> {
     return this.fencedTransition(
-      number,
+      task,
       token,
       'busy',
-      (_lease, now) =>
+      (key, _lease, now) =>
         this.stmt(
           'mark-busy',
-          `UPDATE runs SET state = 'busy', time = @now, started = @started, targets = @targets,
+          `UPDATE tasks SET state = 'busy', time = @now, started = @started, targets = @targets,
                   resources = @resources
-            WHERE number = @number AND token = @token`,
+            WHERE number = @number AND stage = @stage AND token = @token`,
         ).run({
           now,
           started: sql(fields.started),
           targets: toJson(fields.targets),
           resources: toJson(fields.resources),
-          number,
+          ...key,
           token,
         }).changes,
       note,
     );
   }
 
-  async recordProcessGroup(number: number, token: string, fields: ProcessGroupFields): Promise<boolean> {
+  async recordProcessGroup(task: TaskRef, token: string, fields: ProcessGroupFields): Promise<boolean> {
     this.assertSameFiles();
-    const now = this.clock();
+    const key = taskKeyOf(task);
     const info = this.stmt(
       'record-pgid',
-      `UPDATE runs SET pgid = @pgid, proc_start = @proc_start, time = @now
-        WHERE number = @number AND token = @token AND state IN ('considering', 'busy')`,
-    ).run({ pgid: fields.pgid, proc_start: sql(fields.proc_start), now, number, token });
+      `UPDATE tasks SET pgid = @pgid, proc_start = @proc_start, time = @now
+        WHERE number = @number AND stage = @stage AND token = @token AND state IN ('considering', 'busy')`,
+    ).run({ pgid: fields.pgid, proc_start: sql(fields.proc_start), now: this.clock(), ...key, token });
     return info.changes === 1;
   }
 
-  async finishRun(number: number, token: string, output: RunOutput, note?: EventNote): Promise<boolean> {
-    return this.fencedTransition(
-      number,
+  async finishRun(task: TaskRef, token: string, output: RunOutput, note?: EventNote): Promise<boolean> {
+    const done = this.fencedTransition(
+      task,
       token,
       'done',
-      (lease, now) => {
-        const existing = parseJson(lease.outputs);
-        const outputs = [...(Array.isArray(existing) ? existing : []), output];
+      (key, _lease, now) => {
+        const row = this.stmt('run-outputs', 'SELECT outputs FROM runs WHERE number = ?').get(key.number) as
+          | { outputs: unknown }
+          | undefined;
+        const existing = parseJson(row?.outputs);
+        const outputs = [...(Array.isArray(existing) ? existing : []), { ...output, stage: key.stage }];
+        this.stmt('set-outputs', 'UPDATE runs SET outputs = ? WHERE number = ?').run(toJson(outputs), key.number);
         return this.stmt(
           'finish-run',
-          `UPDATE runs SET state = 'done', time = @now, ended = @now, next_retry = NULL, outputs = @outputs
-            WHERE number = @number AND token = @token`,
-        ).run({ now, outputs: toJson(outputs), number, token }).changes;
+          `UPDATE tasks SET state = 'done', time = @now, ended = @now, next_retry = NULL
+            WHERE number = @number AND stage = @stage AND token = @token`,
+        ).run({ now, ...key, token }).changes;
       },
       note,
     );
+    // tasks below it may be eligible now
+    if (done) signalWake(this.wakeDir);
+    return done;
   }
 
-  async failRun(number: number, token: string, fields: FailureFields, note?: EventNote): Promise<boolean> {
+  async failRun(task: TaskRef, token: string, fields: FailureFields, note?: EventNote): Promise<boolean> {
     return this.fencedTransition(
-      number,
+      task,
       token,
       'failed',
-      (_lease, now) =>
+      (key, _lease, now) =>
         this.stmt(
           'fail-run',
-          `UPDATE runs SET state = 'failed', time = @now, ended = @now, reason = @reason,
+          `UPDATE tasks SET state = 'failed', time = @now, ended = @now, reason = @reason,
                   n_failures = @n_failures, n_interruptions = coalesce(@n_interruptions, n_interruptions),
                   next_retry = @next_retry, exit_code = @exit_code, signal = @signal
-            WHERE number = @number AND token = @token`,
+            WHERE number = @number AND stage = @stage AND token = @token`,
         ).run({
           now,
           reason: fields.reason,
@@ -778,7 +1120,7 @@ export class SqliteRunStore implements RunStore {
           next_retry: fields.next_retry,
           exit_code: sql(fields.exit_code),
           signal: sql(fields.signal),
-          number,
+          ...key,
           token,
         }).changes,
       note,
@@ -786,18 +1128,18 @@ export class SqliteRunStore implements RunStore {
     );
   }
 
-  async abandonRun(number: number, token: string, fields: AbandonFields, note?: EventNote): Promise<boolean> {
+  async abandonRun(task: TaskRef, token: string, fields: AbandonFields, note?: EventNote): Promise<boolean> {
     return this.fencedTransition(
-      number,
+      task,
       token,
       'abandoned',
-      (_lease, now) =>
+      (key, _lease, now) =>
         this.stmt(
           'abandon-run',
-          `UPDATE runs SET state = 'abandoned', time = @now, ended = @now, reason = @reason,
+          `UPDATE tasks SET state = 'abandoned', time = @now, ended = @now, reason = @reason,
                   n_failures = @n_failures, n_interruptions = coalesce(@n_interruptions, n_interruptions),
                   next_retry = NULL, exit_code = @exit_code, signal = @signal
-            WHERE number = @number AND token = @token`,
+            WHERE number = @number AND stage = @stage AND token = @token`,
         ).run({
           now,
           reason: fields.reason,
@@ -805,7 +1147,7 @@ export class SqliteRunStore implements RunStore {
           n_interruptions: sql(fields.n_interruptions),
           exit_code: sql(fields.exit_code),
           signal: sql(fields.signal),
-          number,
+          ...key,
           token,
         }).changes,
       note,
@@ -813,23 +1155,23 @@ export class SqliteRunStore implements RunStore {
     );
   }
 
-  async releaseRun(number: number, token: string, reason: string, note?: EventNote): Promise<boolean> {
+  async releaseRun(task: TaskRef, token: string, reason: string, note?: EventNote): Promise<boolean> {
     return this.fencedTransition(
-      number,
+      task,
       token,
       'failed',
-      (_lease, now) =>
+      (key, _lease, now) =>
         this.stmt(
           'release-run',
-          `UPDATE runs SET state = 'failed', time = @now, ended = @now, next_retry = @now, reason = @reason,
+          `UPDATE tasks SET state = 'failed', time = @now, ended = @now, next_retry = @now, reason = @reason,
                   n_interruptions = ${COUNT_ONE_MORE_INTERRUPTION}, exit_code = @exit_code, signal = @signal
-            WHERE number = @number AND token = @token`,
+            WHERE number = @number AND stage = @stage AND token = @token`,
         ).run({
           now,
           reason,
           exit_code: sql(note?.exit_code),
           signal: sql(note?.signal),
-          number,
+          ...key,
           token,
         }).changes,
       note,
@@ -837,9 +1179,14 @@ export class SqliteRunStore implements RunStore {
     );
   }
 
-  async listRunEvents(number: number): Promise<RunEvent[]> {
-    const rows = this.stmt('list-events', 'SELECT * FROM run_events WHERE number = ? ORDER BY id').all(
-      number,
+  async listRunEvents(number: number, stage?: string): Promise<RunEvent[]> {
+    const rows = (
+      stage === undefined
+        ? this.stmt('list-events', 'SELECT * FROM run_events WHERE number = ? ORDER BY id').all(number)
+        : this.stmt(
+            'list-stage-events',
+            `SELECT * FROM run_events WHERE number = ? AND coalesce(stage, '${DEFAULT_STAGE}') = ? ORDER BY id`,
+          ).all(number, stage)
     ) as Row[];
     return rows.map(eventFromRow);
   }
@@ -1053,17 +1400,6 @@ function sqlLimit(limit: number | undefined): number {
     throw new UsageError(`limit must be a whole number ≥ 0, got ${limit}`, 'limit');
   }
   return limit;
-}
-
-/** True when candidate `a` goes before `b`: priority desc, then start per order, then number likewise. */
-function before(a: Candidate, b: Candidate, oldest: boolean): boolean {
-  const pa = Number(a.priority);
-  const pb = Number(b.priority);
-  if (pa !== pb) return pa > pb;
-  const sa = Number(a.start);
-  const sb = Number(b.start);
-  if (sa !== sb) return oldest ? sa < sb : sa > sb;
-  return oldest ? a.number < b.number : a.number > b.number;
 }
 
 /**
