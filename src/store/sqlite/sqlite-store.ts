@@ -719,45 +719,59 @@ export class SqliteRunStore implements RunStore {
   }
 
   async listRuns(filter: RunFilter = {}): Promise<RunDoc[]> {
-    const where: string[] = [];
+    const taskConditions: string[] = [];
+    const runConditions: string[] = [];
     const params: Record<string, unknown> = {};
     if (filter.state === 'pending') {
-      where.push('t.state IS NULL AND t.blocked IS NULL');
+      taskConditions.push('t.state IS NULL AND t.blocked IS NULL');
     } else if (filter.state === 'blocked') {
-      where.push('t.blocked IS NOT NULL');
+      taskConditions.push('t.blocked IS NOT NULL');
     } else if (filter.state !== undefined) {
-      where.push('t.state = @state AND t.blocked IS NULL');
+      taskConditions.push('t.state = @state AND t.blocked IS NULL');
       params.state = filter.state;
     }
-    if (filter.stage !== undefined) {
-      where.push('t.stage = @stage');
-      params.stage = filter.stage;
-    }
     if (filter.host !== undefined) {
-      where.push('t.host = @host');
+      taskConditions.push('t.host = @host');
       params.host = filter.host;
     }
+    if (filter.stage !== undefined) params.stage = filter.stage;
     if (filter.tag !== undefined) {
-      where.push('EXISTS (SELECT 1 FROM json_each(CASE WHEN json_valid(r.tags) THEN r.tags END) WHERE value = @tag)');
+      runConditions.push(
+        'EXISTS (SELECT 1 FROM json_each(CASE WHEN json_valid(r.tags) THEN r.tags END) WHERE value = @tag)',
+      );
       params.tag = filter.tag;
     }
     if (filter.noOutputs) {
-      where.push('(r.outputs IS NULL OR NOT json_valid(r.outputs) OR json_array_length(r.outputs) = 0)');
+      runConditions.push('(r.outputs IS NULL OR NOT json_valid(r.outputs) OR json_array_length(r.outputs) = 0)');
     }
     params.limit = sqlLimit(filter.limit);
-    const clause = where.length ? `WHERE ${where.join(' AND ')}` : '';
-    // A state or host filter names tasks: start from the tasks that match; otherwise from the runs, each with
-    // its tasks (or none).
-    const fromTasks = filter.state !== undefined && filter.state !== 'pending' || filter.host !== undefined;
-    const from = fromTasks
-      ? 'tasks AS t JOIN runs AS r ON r.number = t.number'
-      : 'runs AS r LEFT JOIN tasks AS t ON t.number = r.number';
-    const keys = this.stmt(
-      `list-runs:${from}:${clause}`,
-      `SELECT r.number AS number, t.stage AS stage FROM ${from} ${clause}
-        ORDER BY r.number DESC, t.rowid LIMIT @limit`,
-    ).all(params) as Array<{ number: number; stage: string | null }>;
-    return this.views(keys);
+    const where = (conditions: string[]): string => (conditions.length ? `WHERE ${conditions.join(' AND ')}` : '');
+    let text: string;
+    if (taskConditions.length > 0) {
+      // A state or host names tasks: walk their index newest number first (no sort); the runs only for tags
+      // and outputs. `pending` also lists the runs nobody gave tasks yet, one view each.
+      if (filter.stage !== undefined) taskConditions.push('t.stage = @stage');
+      const join = runConditions.length > 0 ? 'JOIN runs AS r ON r.number = t.number' : '';
+      text = `SELECT t.number AS number, t.stage AS stage, t.rowid AS k FROM tasks AS t ${join}
+               ${where([...taskConditions, ...runConditions])}`;
+      if (filter.state === 'pending' && filter.host === undefined && filter.stage === undefined) {
+        text += `
+        UNION ALL
+        SELECT r.number AS number, NULL AS stage, 0 AS k FROM runs AS r INDEXED BY runs_unstaged
+         ${where(['r.staged = 0', ...runConditions])}`;
+      }
+      text += '\n ORDER BY number DESC, k DESC LIMIT @limit';
+    } else {
+      // Otherwise the runs newest first, each with its tasks (or, without a stage asked for, none).
+      const join =
+        filter.stage !== undefined
+          ? 'CROSS JOIN tasks AS t ON t.number = r.number AND t.stage = @stage'
+          : 'LEFT JOIN tasks AS t ON t.number = r.number';
+      text = `SELECT r.number AS number, t.stage AS stage, -t.rowid AS k FROM runs AS r ${join}
+               ${where(runConditions)} ORDER BY r.number DESC, k DESC LIMIT @limit`;
+    }
+    const keys = this.stmt(`list-runs:${text}`, text).all(params) as Array<{ number: number; stage: string | null }>;
+    return inPipelineOrder(this.views(keys));
   }
 
   async countRunsByState(): Promise<StateCounts> {
@@ -1400,6 +1414,15 @@ function sqlLimit(limit: number | undefined): number {
     throw new UsageError(`limit must be a whole number ≥ 0, got ${limit}`, 'limit');
   }
   return limit;
+}
+
+/** Views listed newest run first, each run's tasks in pipeline order (as its `tasks` lists them). */
+function inPipelineOrder(docs: RunDoc[]): RunDoc[] {
+  const position = (doc: RunDoc): number => doc.tasks?.findIndex((t) => t.stage === doc.stage) ?? -1;
+  return docs
+    .map((doc, i) => ({ doc, i }))
+    .sort((a, b) => (a.doc.number === b.doc.number ? position(a.doc) - position(b.doc) : a.i - b.i))
+    .map(({ doc }) => doc);
 }
 
 /**
