@@ -473,6 +473,7 @@ describe('SqliteRunStore specifics', () => {
       db.pragma('journal_mode = OFF');
       db.pragma('synchronous = OFF');
       db.pragma('cache_size = -200000');
+      db.pragma('temp_store = MEMORY');
       migrate(db);
       const rebuilt = db
         .prepare(`SELECT type, name, sql FROM sqlite_master WHERE type IN ('trigger', 'index') AND sql IS NOT NULL`)

@@ -785,9 +785,10 @@ export class SqliteRunStore implements RunStore {
       else if ((RUN_STATES as readonly string[]).includes(state)) counts[state as RunState] += n;
       // states written by other tools that runwarden does not know are not counted
     }
+    // runs nobody gave tasks yet, one pending each (from their partial index, not a walk of every run)
     const taskless = this.stmt(
-      'count-taskless',
-      `SELECT count(*) AS n FROM runs WHERE NOT EXISTS (SELECT 1 FROM tasks WHERE tasks.number = runs.number)`,
+      'count-unstaged',
+      'SELECT count(*) AS n FROM runs INDEXED BY runs_unstaged WHERE staged = 0',
     ).get() as { n: number };
     counts.pending += taskless.n;
     return counts;
@@ -921,10 +922,10 @@ export class SqliteRunStore implements RunStore {
   ): Promise<RunDoc | null> {
     const key = taskKeyOf(task);
     const now = this.clock();
-    return this.immediate(() => {
-      this.stageForFirstWave(request);
-      return this.matching(key, expected) ? this.takeTask(key, request, now, options.drainMs, options.note) : null;
-    });
+    // A run without the task (never given tasks) is not claimed here: which tasks it gets is its config's.
+    return this.immediate(() =>
+      this.matching(key, expected) ? this.takeTask(key, request, now, options.drainMs, options.note) : null,
+    );
   }
 
   async confirmAttemptGone(task: TaskRef, gone: GoneAttempt): Promise<boolean> {
