@@ -155,7 +155,9 @@ export function claimStatement(
   stages.forEach((claim, i) => {
     params[`s${i}`] = claim.stage;
     params[`d${i}`] = claim.depth;
-    const selection = (claim.select ?? []).flatMap((selector, j) => selectorConditions(selector, `s${i}x${j}`, params));
+    const selection = (claim.select ?? []).flatMap((selector, j) =>
+      selector ? selectorConditions(selector, `s${i}x${j}`, params) : [],
+    );
     for (const kind of ['pending', 'retry'] as const) {
       const index = `tasks_${kind}_${oldest ? 'oldest' : 'newest'}`;
       const due =
