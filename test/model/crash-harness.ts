@@ -40,10 +40,21 @@ export interface CrashPoint {
   write: string;
   /** 1 for the first such write of the daemon. */
   occurrence: number;
+  /** The stage of the task written, when it is not the first wave's `process` (for the description only). */
+  stage?: string;
 }
 
 export function describePoint(point: CrashPoint): string {
-  return `after ${point.write}#${point.occurrence}`;
+  return `after ${point.write}#${point.occurrence}${point.stage ? ` (${point.stage})` : ''}`;
+}
+
+/** The stage a write names, by its TaskRef argument or the claimed view it returns; undefined for `process`. */
+function stageOfWrite(args: unknown[], out: unknown): string | undefined {
+  const ref = args[0];
+  const fromRef = ref !== null && typeof ref === 'object' && 'stage' in ref ? (ref as { stage?: unknown }).stage : undefined;
+  const fromOut = out !== null && typeof out === 'object' && 'stage' in out ? (out as { stage?: unknown }).stage : undefined;
+  const stage = typeof fromRef === 'string' ? fromRef : typeof fromOut === 'string' ? fromOut : undefined;
+  return stage === undefined || stage === 'process' ? undefined : stage;
 }
 
 export interface CrashableStore {
@@ -103,7 +114,8 @@ export function crashableStore(
           if (out === false || out === null) return out;
           const occurrence = (counts.get(method) ?? 0) + 1;
           counts.set(method, occurrence);
-          state.writes.push({ write: method, occurrence });
+          const stage = stageOfWrite(args, out);
+          state.writes.push({ write: method, occurrence, ...(stage !== undefined ? { stage } : {}) });
           if (method === 'recordProcessGroup') state.pgids.push((args[2] as { pgid: number }).pgid);
           const at = options.crashAt;
           if (at && at.write === method && at.occurrence === occurrence) {
