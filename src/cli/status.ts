@@ -13,10 +13,32 @@ import {
 } from './common.js';
 import { formatHistory, summariseHistory } from './history.js';
 import { printable } from '../policy/terminal-text.js';
+import type { StateCounts, TaskCounts } from '../store/run-store.js';
+import { DEFAULT_STAGE } from '../store/types.js';
+import { stagesOf } from '../policy/pipeline.js';
+import { orderedStages } from './stage-choice.js';
 
 interface StatusArgs extends GlobalArgs {
   history?: boolean;
   since?: string;
+}
+
+const STATE_ORDER = ['pending', 'considering', 'busy', 'done', 'failed', 'abandoned'] as const;
+
+/**
+ * Runs per state for the first wave's one `process` stage (as it always was); tasks per stage and state, with
+ * `blocked`, as soon as the store holds a stage other than process.
+ */
+export function stageCountsTable(counts: StateCounts, stages: Record<string, TaskCounts>, order: readonly string[] = []): string {
+  const names = orderedStages(Object.keys(stages), order);
+  if (names.length === 0 || (names.length === 1 && names[0] === DEFAULT_STAGE)) {
+    return table(['STATE', 'RUNS'], STATE_ORDER.map((state) => [state, String(counts[state] ?? 0)]));
+  }
+  const states = [...STATE_ORDER, 'blocked'] as const;
+  return table(
+    ['STAGE', ...states.map((state) => state.toUpperCase())],
+    names.map((stage) => [printable(stage), ...states.map((state) => String(stages[stage]?.[state] ?? 0))]),
+  );
 }
 
 /** `status --history`: each host's monitor samples over the last `since` (DESIGN §3 monitor). */
@@ -37,7 +59,7 @@ async function printHistory(config: Config, args: StatusArgs): Promise<void> {
 
 export const statusCommand: CommandModule<GlobalArgs, StatusArgs> = {
   command: 'status',
-  describe: 'hosts and the number of runs in each state; --history: the last hour per host',
+  describe: 'hosts and the number of runs (tasks per stage, with stages) in each state; --history: the last hour per host',
   builder: (yargs: Argv<GlobalArgs>) =>
     yargs
       .option('history', {
@@ -56,11 +78,12 @@ export const statusCommand: CommandModule<GlobalArgs, StatusArgs> = {
     runCommand(async () => {
       const config = configFromArgs(args);
       if (args.history) return printHistory(config, args);
-      const { hosts, counts } = await withStore(config, async (store) => ({
+      const { hosts, counts, stages } = await withStore(config, async (store) => ({
         hosts: await store.listHosts(),
         counts: await store.countRunsByState(),
+        stages: await store.countTasksByStage(),
       }));
-      if (args.json) return printJson({ hosts, counts });
+      if (args.json) return printJson({ hosts, counts, stages });
       const now = Date.now();
       const out: string[] = [];
       out.push(
@@ -89,8 +112,7 @@ export const statusCommand: CommandModule<GlobalArgs, StatusArgs> = {
         if (h.state === 'paused') out.push(`host ${printable(h.host)} paused: ${printable(h.paused_reason ?? '?')}`);
       }
       out.push('');
-      const order = ['pending', 'considering', 'busy', 'done', 'failed', 'abandoned'] as const;
-      out.push(table(['STATE', 'RUNS'], order.map((state) => [state, String(counts[state] ?? 0)])));
+      out.push(stageCountsTable(counts, stages, stagesOf(config).map((stage) => stage.name)));
       process.stdout.write(`${out.join('\n')}\n`);
     }),
 };

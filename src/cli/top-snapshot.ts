@@ -4,7 +4,8 @@ import type { Config } from '../config/schema.js';
 import { degradationOf } from '../policy/degradation.js';
 import type { RunStore } from '../store/run-store.js';
 import { DEFAULT_STAGE, type RunDoc } from '../store/types.js';
-import { firstWaveAttemptLogDir, stageNamed } from '../policy/pipeline.js';
+import { firstWaveAttemptLogDir, stageNamed, stagesOf } from '../policy/pipeline.js';
+import { orderedStages } from './stage-choice.js';
 import { lastOutputLine, type TopSnapshot } from './top-view.js';
 
 // One reading of the store for `runwarden top`: hosts, counts per state, busy runs with the last line of
@@ -69,9 +70,10 @@ export async function readTopSnapshot(
   now: () => number = Date.now,
   config?: Config,
 ): Promise<TopSnapshot> {
-  const [hosts, counts, busyRuns, failed, abandoned] = await Promise.all([
+  const [hosts, counts, byStage, busyRuns, failed, abandoned] = await Promise.all([
     store.listHosts(),
     store.countRunsByState(),
+    store.countTasksByStage(),
     store.listRuns({ state: 'busy', limit: BUSY_READ }),
     store.listRuns({ state: 'failed', limit: FAILURES_READ }),
     store.listRuns({ state: 'abandoned', limit: FAILURES_READ }),
@@ -86,5 +88,7 @@ export async function readTopSnapshot(
   const failures = [...failed, ...abandoned]
     .sort((a, b) => (b.processing?.time ?? 0) - (a.processing?.time ?? 0) || b.number - a.number)
     .slice(0, FAILURES_READ);
-  return { hosts, counts, busy, failures, readAt: now() };
+  const order = config ? stagesOf(config).map((stage) => stage.name) : [];
+  const stages = orderedStages(Object.keys(byStage), order).map((stage) => ({ stage, counts: byStage[stage]! }));
+  return { hosts, counts, stages, busy, failures, readAt: now() };
 }

@@ -1,6 +1,6 @@
 import { formatByteSize, formatElapsed } from '../config/duration.js';
-import type { StateCounts } from '../store/run-store.js';
-import { RUN_STATES, type HostDoc, type RunDoc } from '../store/types.js';
+import type { StateCounts, TaskCounts } from '../store/run-store.js';
+import { DEFAULT_STAGE, RUN_STATES, type HostDoc, type RunDoc } from '../store/types.js';
 import { causeFirst } from '../policy/failure-decision.js';
 import { printable } from '../policy/terminal-text.js';
 import { formatRelative, formatTime, table } from './common.js';
@@ -21,6 +21,11 @@ export interface BusyRunView {
 export interface TopSnapshot {
   hosts: HostDoc[];
   counts: StateCounts;
+  /**
+   * Tasks per stage and state (store.countTasksByStage), in pipeline order; absent or only `process`: the
+   * first wave's one line of runs per state.
+   */
+  stages?: Array<{ stage: string; counts: TaskCounts }>;
   /** Busy runs, in the store's order (newest number first). */
   busy: BusyRunView[];
   /** Failed and abandoned runs, most recently written first. */
@@ -67,7 +72,7 @@ export function renderTop(view: TopView, size: ScreenSize, now: number): string[
 
   const snapshot = view.snapshot;
   if (!snapshot) return [title, fitted('waiting for the first reading of the store…'), ...footer];
-  const body = [fitted(countsLine(snapshot.counts))];
+  const body = countsLines(snapshot).map(fitted);
   const sections = [hostSection(snapshot, now), busySection(snapshot, now), failureSection(snapshot, now)];
   const allotted = allotRows(sections.map(wantedRows), room - 1);
   sections.forEach((section, i) => {
@@ -158,13 +163,24 @@ function hostSection(snapshot: TopSnapshot, now: number): Section {
   };
 }
 
+/** True when the store holds a stage other than the first wave's `process`: views name each task's stage. */
+function isStaged(snapshot: TopSnapshot): boolean {
+  return (snapshot.stages ?? []).some(({ stage }) => stage !== DEFAULT_STAGE);
+}
+
+function stageCell(run: RunDoc): string {
+  return cell(run.stage ?? DEFAULT_STAGE, 12);
+}
+
 function busySection(snapshot: TopSnapshot, now: number): Section {
+  const staged = isStaged(snapshot);
   return {
-    headers: ['BUSY', 'ATTEMPT', 'HOST', 'ELAPSED', 'LAST OUTPUT'],
+    headers: ['BUSY', ...(staged ? ['STAGE'] : []), 'ATTEMPT', 'HOST', 'ELAPSED', 'LAST OUTPUT'],
     items: snapshot.busy.map(({ run, lastOutput, degraded }) => {
       const p = run.processing;
       return [
         String(run.number),
+        ...(staged ? [stageCell(run)] : []),
         p ? `${p.attempt}${degraded ? ' (degraded)' : ''}` : '-',
         cell(p?.host, 16),
         p?.started !== undefined ? formatElapsed(now - p.started) : '-',
@@ -172,18 +188,20 @@ function busySection(snapshot: TopSnapshot, now: number): Section {
       ];
     }),
     empty: 'no run is busy',
-    more: (n) => `… ${n} more busy ${n === 1 ? 'run' : 'runs'} (runwarden list --state busy)`,
+    more: (n) => `… ${n} more busy ${staged ? (n === 1 ? 'task' : 'tasks') : n === 1 ? 'run' : 'runs'} (runwarden list --state busy)`,
     total: snapshot.counts.busy ?? 0,
   };
 }
 
 function failureSection(snapshot: TopSnapshot, now: number): Section {
+  const staged = isStaged(snapshot);
   return {
-    headers: ['FAILED', 'STATE', 'FAILS', 'HOST', 'WHEN', 'REASON'],
+    headers: ['FAILED', ...(staged ? ['STAGE'] : []), 'STATE', 'FAILS', 'HOST', 'WHEN', 'REASON'],
     items: snapshot.failures.map((run) => {
       const p = run.processing;
       return [
         String(run.number),
+        ...(staged ? [stageCell(run)] : []),
         failureState(run, now),
         p ? String(p.n_failures) : '-',
         cell(p?.host, 12),
@@ -208,6 +226,16 @@ function failureState(run: RunDoc, now: number): string {
 
 function countsLine(counts: StateCounts): string {
   return `runs  ${['pending' as const, ...RUN_STATES].map((state) => `${state} ${counts[state] ?? 0}`).join('  ')}`;
+}
+
+/** One line of runs per state; with stages, one line of tasks per stage and state (blocked too). */
+function countsLines(snapshot: TopSnapshot): string[] {
+  if (!isStaged(snapshot)) return [countsLine(snapshot.counts)];
+  const width = Math.max(...snapshot.stages!.map(({ stage }) => printable(stage).length));
+  return snapshot.stages!.map(({ stage, counts }) => {
+    const states = (['pending', ...RUN_STATES, 'blocked'] as const).map((state) => `${state} ${counts[state] ?? 0}`);
+    return `${printable(stage).padEnd(width)}  ${states.join('  ')}`;
+  });
 }
 
 function titleLine(location: string, now: number, columns: number): string {

@@ -1,6 +1,9 @@
 import type { Db, MongoClient } from 'mongodb';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { renderRun } from '../../src/cli/show.js';
+import { stageCountsTable } from '../../src/cli/status.js';
+import { readTopSnapshot } from '../../src/cli/top-snapshot.js';
+import { renderTop } from '../../src/cli/top-view.js';
 import { defaultConfig } from '../../src/config/schema.js';
 import {
   abandonRunByOperator,
@@ -20,7 +23,7 @@ import { MingoDb } from '../store/mongo/mingo-db.js';
 // What the faces do with a pipeline run (issue 14 point 8), through the operator actions and a real store
 // class (MongoRunStore on in-memory mingo collections): an abandon blocks the stages below, a retry of the
 // abandoned stage unblocks them, `process` never starts a task before its upstream is done, hold:<stage> holds
-// one task, and show prints each task with its stage.
+// one task, and show/status/top print each task with its stage.
 
 const PIPELINE: TaskSpec[] = [
   { stage: 'process', needs: [] },
@@ -109,5 +112,47 @@ describe('operator actions on the tasks of a pipeline run', () => {
     expect(released.run.tags).toEqual([]);
     await setHoldByOperator(deps(), 9, true);
     expect((await store.getRun(9))!.tags).toEqual(['hold']);
+  });
+});
+
+describe('status and top per stage', () => {
+  it('count tasks per stage and state, and show each busy task with its stage', async () => {
+    await store.insertRun({ number: 10, start: Date.now() }, PIPELINE);
+    await store.insertRun({ number: 11, start: Date.now() - 1000 }, PIPELINE);
+    const p10 = await claimAs(10, 'process');
+    await store.markBusy({ number: 10, stage: 'process' }, p10.processing!.token, { started: Date.now() });
+    const p11 = await claimAs(11, 'process');
+    await store.finishRun({ number: 11, stage: 'process' }, p11.processing!.token, { location: '/o', host: 'daq', attempt: 1, at: Date.now() });
+    const c11 = await claimAs(11, 'compress', 'daq2');
+    await store.markBusy({ number: 11, stage: 'compress' }, c11.processing!.token, { started: Date.now() });
+
+    const config = { ...defaultConfig('/tmp', 'ops') };
+    config.stages = PIPELINE.map((t, depth) => ({ ...config.process, name: t.stage, needs: t.needs, depth, slots: 1, check: [], select: {}, timeouts: { max_processing_time: 1, max_no_output_time: 1 }, retry: config.retry }));
+    const snapshot = await readTopSnapshot(store, '/nonexistent/logs', Date.now, config);
+    expect(snapshot.stages!.map((s) => s.stage)).toEqual(['process', 'compress', 'upload']);
+    const frame = renderTop({ location: 'mingo', snapshot, intervalMs: 1000, live: false }, { columns: 140, rows: 40 }, Date.now()).join('\n');
+    expect(frame).toMatch(/process +pending 0 {2}considering 0 {2}busy 1 {2}done 1 {2}failed 0 {2}abandoned 0 {2}blocked 0/);
+    expect(frame).toMatch(/compress +pending 1 {2}considering 0 {2}busy 1/);
+    expect(frame).toMatch(/upload +pending 2 /);
+    expect(frame).toMatch(/BUSY +STAGE +ATTEMPT/);
+    expect(frame).toMatch(/11 +compress +1 +daq2/);
+    expect(frame).toMatch(/10 +process +1 +daq /);
+
+    const table = stageCountsTable(await store.countRunsByState(), await store.countTasksByStage(), ['process', 'compress', 'upload']);
+    expect(table.split('\n')[0]).toMatch(/^STAGE +PENDING +CONSIDERING +BUSY +DONE +FAILED +ABANDONED +BLOCKED$/);
+    expect(table.split('\n').slice(1).map((l) => l.split(/ +/).slice(0, 5).join(' '))).toEqual([
+      'process 0 0 1 1',
+      'compress 1 0 1 0',
+      'upload 2 0 0 0',
+    ]);
+  });
+
+  it('keep the first wave\'s one line of runs per state for a store of process tasks only', async () => {
+    await store.insertRun({ number: 12, start: Date.now() });
+    const snapshot = await readTopSnapshot(store, '/nonexistent/logs');
+    const frame = renderTop({ location: 'mingo', snapshot, intervalMs: 1000, live: false }, { columns: 120, rows: 30 }, Date.now()).join('\n');
+    expect(frame).toContain('runs  pending 1  considering 0');
+    expect(frame).not.toContain('STAGE');
+    expect(stageCountsTable(await store.countRunsByState(), await store.countTasksByStage())).toMatch(/^STATE +RUNS\npending +1/);
   });
 });
