@@ -79,7 +79,7 @@ export const listCommand: CommandModule<GlobalArgs, ListArgs> = {
               p ? formatRelative(p.time, now) : formatTime(run.start),
               p?.state === 'failed' ? formatRelative(p.next_retry, now) : '-',
               cellText(run.name, 24),
-              cellText(run.blocked ? `blocked: stage ${run.blocked.stage} abandoned: ${run.blocked.reason}` : reasonLine(p?.reason), 60),
+              cellText(run.blocked ? `blocked by ${run.blocked.stage}: ${run.blocked.reason}` : reasonLine(p?.reason), 60),
             ];
           }),
         )}\n`,

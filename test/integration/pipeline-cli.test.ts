@@ -1,11 +1,13 @@
-import { writeFileSync } from 'node:fs';
+import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { writeConfig } from '../helpers/cli.js';
 import { useSandbox } from '../helpers/sandbox.js';
 
-// The faces of a pipeline through the real CLI (issue 14 point 8): submit gives each run a task of every stage
-// whose select matches it.
+// The faces of a pipeline through the real CLI and a real SQLite store (issue 14 point 8): submit gives each run
+// a task of every stage whose select matches it; --stage is needed only for a run of several tasks (exit 2
+// naming the stages otherwise); an abandon blocks the stages below until the abandoned stage is retried; show,
+// list, status and logs name each task's stage.
 
 const sandbox = useSandbox();
 
@@ -62,5 +64,83 @@ describe('submit with stages', () => {
     const result = await sandbox.run(['submit', '7', '--json']);
     expect(JSON.parse(result.stdout)).toEqual({ submitted: [7] });
     expect((await sandbox.run(['submit', '8'])).stdout).toBe('submitted run 8');
+  });
+});
+
+describe('--stage on a run of several tasks', () => {
+  it('is required to change one task, names the stages; abandon blocks below, retry of that stage unblocks', async () => {
+    pipelineConfig();
+    expect((await sandbox.run(['submit', '7', '--mode', 'physics'])).exitCode).toBe(0);
+    expect((await sandbox.run(['submit', '8', '--mode', 'calibration'])).exitCode).toBe(0);
+    const store = await sandbox.openStore();
+    expect((await store.getRun(7))!.tasks!.map((t) => t.stage)).toEqual(['process', 'compress', 'upload']);
+    expect((await store.getRun(8))!.tasks!.map((t) => t.stage)).toEqual(['process']);
+
+    const unnamed = await sandbox.run(['abandon', '7', 'bad', 'calibration']);
+    expect(unnamed.exitCode).toBe(2);
+    expect(unnamed.stderr).toContain('--stage: run 7 has 3 stages (process, compress, upload); name the one to abandon with --stage');
+    const unknown = await sandbox.run(['abandon', '7', '--stage', 'compres']);
+    expect(unknown.exitCode).toBe(2);
+    expect(unknown.stderr).toContain('--stage: run 7 has no stage "compres"; its stages: process, compress, upload');
+    const logsUnnamed = await sandbox.run(['logs', '7']);
+    expect(logsUnnamed.exitCode).toBe(2);
+    expect((await store.getRun(7, 'process'))!.processing).toBeUndefined();
+
+    const abandoned = await sandbox.run(['abandon', '7', '--stage', 'process', 'bad', 'calibration']);
+    expect(abandoned.exitCode, abandoned.stderr).toBe(0);
+    expect(abandoned.stdout).toMatch(/^run 7 stage process: pending → abandoned \(abandoned by \S+: bad calibration\)/);
+    const blocked = await sandbox.run(['list', '--state', 'blocked']);
+    expect(blocked.stdout).toMatch(/^NUMBER +STAGE +STATE/);
+    expect(blocked.stdout).toMatch(/^7 +compress +blocked .*blocked by process: abandoned by \S+: bad/m);
+    expect(blocked.stdout).toMatch(/^7 +upload +blocked/m);
+    expect(blocked.stdout.trim().split('\n')).toHaveLength(3);
+
+    const refused = await sandbox.run(['retry', '7', '--stage', 'compress']);
+    expect(refused.exitCode).toBe(1);
+    expect(refused.stderr).toContain('runwarden retry 7 --stage process unblocks it');
+    const show = await sandbox.run(['show', '7']);
+    expect(show.stdout).toMatch(/task compress \(needs process\)\n {2}blocked {6}stage process was abandoned/);
+    expect(show.stdout).toMatch(/TIME +HOST +STAGE +ATTEMPT/);
+
+    const retried = await sandbox.run(['retry', '7', '--stage', 'process', '--json']);
+    expect(retried.exitCode, retried.stderr).toBe(0);
+    expect(JSON.parse(retried.stdout)).toMatchObject({ action: 'retry', number: 7, stage: 'process', from: 'abandoned', to: 'failed' });
+    expect((await store.getRun(7, 'compress'))!.blocked).toBeUndefined();
+    expect((await store.getRun(7, 'upload'))!.blocked).toBeUndefined();
+
+    // never before its upstream is done, --force or not
+    const early = await sandbox.run(['process', '7', '--stage', 'upload', '--force']);
+    expect(early.exitCode).toBe(1);
+    expect(early.stderr).toContain('cannot process run 7 stage upload: it is pending (never processed); it needs compress (pending) done first');
+    expect((await store.getRun(7, 'upload'))!.processing).toBeUndefined();
+
+    // the run of one task needs no --stage
+    const held = await sandbox.run(['hold', '8']);
+    expect(held.exitCode, held.stderr).toBe(0);
+    const stageHeld = await sandbox.run(['hold', '7', '--stage', 'upload']);
+    expect(stageHeld.stdout).toMatch(/^run 7 stage upload: pending; tags: hold:upload$/m);
+    expect((await store.getRun(7))!.tags).toEqual(['hold:upload']);
+  });
+
+  it('status counts tasks per stage and state; logs reads the stage\'s attempt log', async () => {
+    pipelineConfig();
+    expect((await sandbox.run(['submit', '7', '--mode', 'physics'])).exitCode).toBe(0);
+    expect((await sandbox.run(['submit', '8', '--mode', 'calibration'])).exitCode).toBe(0);
+    const status = await sandbox.run(['status']);
+    expect(status.exitCode, status.stderr).toBe(0);
+    expect(status.stdout).toMatch(/^STAGE +PENDING +CONSIDERING +BUSY +DONE +FAILED +ABANDONED +BLOCKED$/m);
+    expect(status.stdout).toMatch(/^process +2 +0 +0 +0 +0 +0 +0$/m);
+    expect(status.stdout).toMatch(/^compress +1 +0/m);
+    expect(JSON.parse((await sandbox.run(['status', '--json'])).stdout).stages.upload).toMatchObject({ pending: 1 });
+
+    const dir = join(sandbox.dir, 'logs', 'compress', '7');
+    mkdirSync(dir, { recursive: true });
+    writeFileSync(join(dir, 'attempt-1.log'), 'compress says hello\n');
+    const logs = await sandbox.run(['logs', '7', '--stage', 'compress']);
+    expect(logs.exitCode, logs.stderr).toBe(0);
+    expect(logs.stdout).toBe('compress says hello');
+    const none = await sandbox.run(['logs', '7', '--stage', 'upload']);
+    expect(none.exitCode).toBe(1);
+    expect(none.stderr).toMatch(/run 7 stage upload: no log for any attempt in \S+logs\/upload\/7 \(no attempt has logged yet\)/);
   });
 });
