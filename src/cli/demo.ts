@@ -7,12 +7,15 @@ import { describeFatal, exitProcess, onProcessFault, STOP_SIGNALS } from '../dae
 import { UsageError } from '../errors.js';
 import { createLogger } from '../log/logger.js';
 import { openStore } from '../store/open-store.js';
-import type { RunStore, StateCounts } from '../store/run-store.js';
+import { stagesForRun, stagesOf } from '../policy/pipeline.js';
+import type { RunStore, TaskCounts } from '../store/run-store.js';
 import type { NewRun } from '../store/types.js';
 import { integerFlag, printJson, runCommand, table, truncate, type GlobalArgs } from './common.js';
+import { selectable } from './submit.js';
 
-// `runwarden demo`: a fresh store in a new directory, sample runs and a sample processing script, the
-// real daemon in this process, progress while it works, and a summary. Everything it writes stays in
+// `runwarden demo`: a fresh store in a new directory, sample runs and a two-stage pipeline (process, then
+// compress reading process's output), the real daemon in this process, progress while it works, and a summary
+// per run and stage. Everything it writes stays in
 // that directory so the user can look, and rerun `runwarden daemon --config <dir>/runwarden.yaml`.
 
 interface DemoArgs extends GlobalArgs {
@@ -44,14 +47,33 @@ echo "processed events of run $number" > "$out/events.txt"
 echo "run $number: done"
 `;
 
+const COMPRESS_SCRIPT = `#!/bin/sh
+# The second stage: compresses what the process stage wrote. It starts only once that task is done.
+# runwarden runs it as: sh compress-run.sh {number} {upstream.process.output} {output}
+set -eu
+number=$1 in=$2 out=$3
+echo "run $number: compressing $in/events.txt"
+gzip -c "$in/events.txt" > "$out/events.txt.gz"
+echo "run $number: compressed to $out/events.txt.gz"
+`;
+
+/** The demo's stages, upstream first. */
+const DEMO_STAGES = ['process', 'compress'] as const;
+
 function demoConfigYaml(dir: string, slots: number): string {
   return `# Written by runwarden demo. Rerun with: runwarden daemon --config ${join(dir, 'runwarden.yaml')}
 store: sqlite:./runwarden.db
 slots: ${slots}
-process:
-  command: ["sh", "./process-run.sh", "{number}", "{output}", "{attempt}", "{params.behaviour}", "{params.seconds}"]
+process:                 # what every stage shares
   output_root: ./processed
   log_dir: ./logs
+stages:
+  process:
+    command: ["sh", "./process-run.sh", "{number}", "{output}", "{attempt}", "{params.behaviour}", "{params.seconds}"]
+  compress:
+    needs: [process]     # starts once the run's process task is done; never for an abandoned one (blocked)
+    command: ["sh", "./compress-run.sh", "{number}", "{upstream.process.output}", "{output}"]
+    slots: ${Math.max(1, Math.floor(slots / 2))}
 timeouts:
   check_interval: 1s
   idle_poll: 1s
@@ -90,40 +112,85 @@ function defaultDemoDir(): string {
   return `runwarden-demo-${stamp}`;
 }
 
-function progressLine(counts: StateCounts, total: number, elapsedMs: number): string {
-  const finished = counts.done + counts.abandoned;
+/** Tasks of every stage added up by state. */
+function sumCounts(byStage: Record<string, TaskCounts>): TaskCounts {
+  const sum: TaskCounts = { pending: 0, considering: 0, busy: 0, done: 0, failed: 0, abandoned: 0, blocked: 0 };
+  for (const counts of Object.values(byStage)) {
+    for (const state of Object.keys(sum) as Array<keyof TaskCounts>) sum[state] += counts[state] ?? 0;
+  }
+  return sum;
+}
+
+/** A task is finished for the demo once done, abandoned, or blocked by an abandoned stage above it. */
+function progressLine(byStage: Record<string, TaskCounts>, total: number, elapsedMs: number): string {
+  const counts = sumCounts(byStage);
+  const finished = counts.done + counts.abandoned + counts.blocked;
   const width = 20;
   const filled = Math.round((finished / total) * width);
   return (
-    `[${'#'.repeat(filled)}${'.'.repeat(width - filled)}] ${finished}/${total}  ` +
-    `done ${counts.done}  abandoned ${counts.abandoned}  busy ${counts.busy + counts.considering}  ` +
-    `failed ${counts.failed}  pending ${counts.pending}  ${(elapsedMs / 1000).toFixed(1)}s`
+    `[${'#'.repeat(filled)}${'.'.repeat(width - filled)}] ${finished}/${total} tasks  ` +
+    `done ${counts.done}  abandoned ${counts.abandoned}  blocked ${counts.blocked}  ` +
+    `busy ${counts.busy + counts.considering}  failed ${counts.failed}  pending ${counts.pending}  ` +
+    `${(elapsedMs / 1000).toFixed(1)}s`
   );
 }
 
+interface TaskSummary {
+  state: string;
+  attempts: number;
+  failures: number;
+  reason: string;
+}
+
+/** Each run: its process task's figures (as the one-stage demo had them) and every task's, with the history's span. */
 async function summary(store: RunStore, numbers: number[]) {
   const rows = [];
   for (const number of numbers) {
-    const run = await store.getRun(number);
+    const tasks: Record<string, TaskSummary> = {};
+    let name = '';
+    for (const stage of DEMO_STAGES) {
+      const run = await store.getRun(number, stage);
+      name = run?.name ?? name;
+      const p = run?.processing;
+      tasks[stage] = {
+        state: run?.blocked ? 'blocked' : (p?.state ?? 'pending'),
+        attempts: p?.attempt ?? 0,
+        failures: p?.n_failures ?? 0,
+        reason: run?.blocked ? `blocked: stage ${run.blocked.stage} was abandoned` : (p?.reason ?? ''),
+      };
+    }
     const events = await store.listRunEvents(number);
     const first = events[0]?.time;
     const last = events.at(-1)?.time;
+    const process = tasks.process!;
     rows.push({
       number,
-      name: run?.name ?? '',
-      state: run?.processing?.state ?? 'pending',
-      attempts: run?.processing?.attempt ?? 0,
-      failures: run?.processing?.n_failures ?? 0,
+      name,
+      state: process.state,
+      attempts: process.attempts,
+      failures: process.failures,
       duration_ms: first !== undefined && last !== undefined ? last - first : 0,
-      reason: run?.processing?.reason ?? '',
+      reason: process.reason,
+      tasks,
     });
   }
   return rows;
 }
 
+/** `process: 19 done, 1 abandoned; compress: 19 done, 1 blocked` */
+function stageSummary(rows: Array<{ tasks: Record<string, TaskSummary> }>): string {
+  return DEMO_STAGES.map((stage) => {
+    const counts = new Map<string, number>();
+    for (const row of rows) counts.set(row.tasks[stage]!.state, (counts.get(row.tasks[stage]!.state) ?? 0) + 1);
+    const order = ['done', 'abandoned', 'blocked', 'failed', 'busy', 'considering', 'pending'];
+    const parts = order.filter((state) => counts.has(state)).map((state) => `${counts.get(state)} ${state}`);
+    return `${stage}: ${parts.join(', ')}`;
+  }).join('; ');
+}
+
 export const demoCommand: CommandModule<GlobalArgs, DemoArgs> = {
   command: 'demo',
-  describe: 'process 20 sample runs in a fresh directory with a fresh SQLite store, and show how it went',
+  describe: 'process 20 sample runs through a two-stage pipeline in a fresh directory and SQLite store, and show how it went',
   builder: (yargs: Argv<GlobalArgs>) =>
     yargs
       .option('dir', { type: 'string', describe: 'directory to create (default runwarden-demo-<time>)' })
@@ -141,6 +208,7 @@ export const demoCommand: CommandModule<GlobalArgs, DemoArgs> = {
       }
       mkdirSync(dir, { recursive: true });
       writeFileSync(join(dir, 'process-run.sh'), SAMPLE_SCRIPT, { mode: 0o755 });
+      writeFileSync(join(dir, 'compress-run.sh'), COMPRESS_SCRIPT, { mode: 0o755 });
       writeFileSync(join(dir, 'runwarden.yaml'), demoConfigYaml(dir, slots));
       const config = loadConfig({
         file: join(dir, 'runwarden.yaml'),
@@ -149,6 +217,7 @@ export const demoCommand: CommandModule<GlobalArgs, DemoArgs> = {
         flags: { ...(args.host ? { host: args.host } : {}) },
       });
       config.process.cwd = dir;
+      for (const stage of stagesOf(config)) stage.cwd = dir;
       const now = Date.now();
       const runs = sampleRuns(total, now);
       writeFileSync(join(dir, 'runs.jsonl'), runs.map((r) => JSON.stringify(r)).join('\n') + '\n');
@@ -159,14 +228,18 @@ export const demoCommand: CommandModule<GlobalArgs, DemoArgs> = {
       };
       say(`runwarden demo in ${dir}`);
       say(`  store      ${config.store}`);
-      say(`  command    ${config.process.command.join(' ')}`);
-      say(`  runs       ${total} (every fifth fails once, run 1006 always fails), ${slots} slots`);
-      say(`  logs       ${join(dir, 'daemon.log')} and ${config.process.log_dir}/<number>/attempt-<k>.log`);
+      for (const stage of stagesOf(config)) {
+        const needs = stage.needs.length > 0 ? `  (needs ${stage.needs.join(', ')}; ${stage.slots} slots)` : `  (${stage.slots} slots)`;
+        say(`  ${`stage ${stage.name}`.padEnd(15)}${stage.command.join(' ')}${needs}`);
+      }
+      say(`  runs       ${total} (every fifth fails once, run 1006 always fails: its compress is blocked), ${slots} slots`);
+      say(`  logs       ${join(dir, 'daemon.log')} and ${config.process.log_dir}/<stage>/<number>/attempt-<k>.log`);
       say('');
 
       const store = await openStore(config.store);
       try {
-        await store.insertRuns(runs);
+        await store.insertRuns(runs, (run) => stagesForRun(config, selectable(run)));
+        const totalTasks = total * DEMO_STAGES.length;
         const logStream = createWriteStream(join(dir, 'daemon.log'), { flags: 'a' });
         const logger = createLogger({ level: 'info', host: config.host, store, json: false, stream: logStream });
         const daemon = startDaemon({ config, store, logger, handleSignals: false, ownsProcess: false });
@@ -186,13 +259,14 @@ export const demoCommand: CommandModule<GlobalArgs, DemoArgs> = {
         });
         const deadline = started + 5 * 60_000;
         while (daemonExit === undefined) {
-          const counts = await store.countRunsByState();
-          const line = progressLine(counts, total, Date.now() - started);
+          const byStage = await store.countTasksByStage();
+          const counts = sumCounts(byStage);
+          const line = progressLine(byStage, totalTasks, Date.now() - started);
           const body = line.replace(/\s+[\d.]+s$/, '');
           if (tty) out.write(`\r${line.slice(0, Math.max(20, (out.columns ?? 80) - 1))}\x1b[K`);
           else if (body !== lastLine) say(line);
           lastLine = body;
-          if (counts.done + counts.abandoned === total && !finished) {
+          if (counts.done + counts.abandoned + counts.blocked === totalTasks && !finished) {
             finished = true;
             daemon.stop();
           }
@@ -212,32 +286,39 @@ export const demoCommand: CommandModule<GlobalArgs, DemoArgs> = {
         }
 
         const rows = await summary(store, runs.map((r) => r.number));
-        const allSettled = rows.every((r) => r.state === 'done' || r.state === 'abandoned');
+        const allSettled = rows.every((r) =>
+          Object.values(r.tasks).every((t) => t.state === 'done' || t.state === 'abandoned' || t.state === 'blocked'),
+        );
         if (args.json) {
           printJson({ dir, store: config.store, runs: rows, daemon_exit: daemonExit });
         } else {
           say('');
-          // The other columns take about 55 characters; the reason gets what the terminal has left.
-          const reasonWidth = Math.max(30, (out.isTTY ? (out.columns ?? 100) : 120) - 56);
+          // The other columns take about 65 characters; the reason gets what the terminal has left.
+          const reasonWidth = Math.max(30, (out.isTTY ? (out.columns ?? 100) : 120) - 66);
+          // A task's cell: its state, and its attempts when it took more than one.
+          const taskCell = (t: TaskSummary) => (t.attempts > 1 ? `${t.state} (${t.attempts})` : t.state);
           say(
             table(
-              ['NUMBER', 'NAME', 'STATE', 'ATTEMPTS', 'DURATION', 'REASON'],
-              rows.map((r) => [
-                String(r.number),
-                r.name,
-                r.state,
-                String(r.attempts),
-                `${(r.duration_ms / 1000).toFixed(1)}s`,
-                r.state === 'done' ? '' : truncate(r.reason, reasonWidth),
-              ]),
+              ['NUMBER', 'NAME', ...DEMO_STAGES.map((stage) => stage.toUpperCase()), 'DURATION', 'REASON'],
+              rows.map((r) => {
+                const unfinished = DEMO_STAGES.map((stage) => r.tasks[stage]!).find((t) => t.state !== 'done');
+                return [
+                  String(r.number),
+                  r.name,
+                  ...DEMO_STAGES.map((stage) => taskCell(r.tasks[stage]!)),
+                  `${(r.duration_ms / 1000).toFixed(1)}s`,
+                  unfinished ? truncate(unfinished.reason, reasonWidth) : '',
+                ];
+              }),
             ),
           );
-          const done = rows.filter((r) => r.state === 'done').length;
-          const abandoned = rows.filter((r) => r.state === 'abandoned').length;
+          const done = rows.filter((r) => Object.values(r.tasks).every((t) => t.state === 'done')).length;
           say('');
-          say(`${done} done, ${abandoned} abandoned, ${total - done - abandoned} unfinished in ${((Date.now() - started) / 1000).toFixed(1)}s`);
+          say(`${stageSummary(rows)}`);
+          say(`${done} of ${total} runs done through every stage in ${((Date.now() - started) / 1000).toFixed(1)}s`);
           const cli = process.argv[1] ? `node ${process.argv[1]}` : 'runwarden';
           say(`look closer:  ${cli} show 1006 --store sqlite:${join(dir, 'runwarden.db')}`);
+          say(`              ${cli} logs 1002 --stage compress --store sqlite:${join(dir, 'runwarden.db')} --config ${join(dir, 'runwarden.yaml')}`);
         }
         if (daemonExit !== 0) {
           // Explicitly: a host actor that crashed leaves its children's timers holding the event loop.

@@ -154,7 +154,7 @@ export const submitCommand: CommandModule<GlobalArgs, SubmitArgs> = {
 };
 
 /** The fields a stage's selection looks at. */
-function selectable(run: NewRun): SelectableRun {
+export function selectable(run: NewRun): SelectableRun {
   return {
     number: run.number,
     ...(run.mode !== undefined ? { mode: run.mode } : {}),
