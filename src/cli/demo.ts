@@ -230,7 +230,7 @@ export const demoCommand: CommandModule<GlobalArgs, DemoArgs> = {
       say(`  store      ${config.store}`);
       for (const stage of stagesOf(config)) {
         const needs = stage.needs.length > 0 ? `  (needs ${stage.needs.join(', ')}; ${stage.slots} slots)` : `  (${stage.slots} slots)`;
-        say(`  ${`stage ${stage.name}`.padEnd(15)}${stage.command.join(' ')}${needs}`);
+        say(`  ${`stage ${stage.name}`.padEnd(16)}${stage.command.join(' ')}${needs}`);
       }
       say(`  runs       ${total} (every fifth fails once, run 1006 always fails: its compress is blocked), ${slots} slots`);
       say(`  logs       ${join(dir, 'daemon.log')} and ${config.process.log_dir}/<stage>/<number>/attempt-<k>.log`);
