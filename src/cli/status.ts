@@ -25,13 +25,18 @@ interface StatusArgs extends GlobalArgs {
 
 const STATE_ORDER = ['pending', 'considering', 'busy', 'done', 'failed', 'abandoned'] as const;
 
+/** True when the store holds a stage other than the first wave's `process`. */
+function isStagedStore(stages: Record<string, TaskCounts>): boolean {
+  return Object.keys(stages).some((stage) => stage !== DEFAULT_STAGE);
+}
+
 /**
  * Runs per state for the first wave's one `process` stage (as it always was); tasks per stage and state, with
  * `blocked`, as soon as the store holds a stage other than process.
  */
 export function stageCountsTable(counts: StateCounts, stages: Record<string, TaskCounts>, order: readonly string[] = []): string {
   const names = orderedStages(Object.keys(stages), order);
-  if (names.length === 0 || (names.length === 1 && names[0] === DEFAULT_STAGE)) {
+  if (!isStagedStore(stages)) {
     return table(['STATE', 'RUNS'], STATE_ORDER.map((state) => [state, String(counts[state] ?? 0)]));
   }
   const states = [...STATE_ORDER, 'blocked'] as const;
@@ -78,13 +83,21 @@ export const statusCommand: CommandModule<GlobalArgs, StatusArgs> = {
     runCommand(async () => {
       const config = configFromArgs(args);
       if (args.history) return printHistory(config, args);
-      const { hosts, counts, stages } = await withStore(config, async (store) => ({
-        hosts: await store.listHosts(),
-        counts: await store.countRunsByState(),
-        stages: await store.countTasksByStage(),
-      }));
+      const { hosts, counts, stages, live } = await withStore(config, async (store) => {
+        const stages = await store.countTasksByStage();
+        // With stages, each host's RUNNING names its tasks (`7/compress`): the host document holds only numbers.
+        const live = isStagedStore(stages)
+          ? [...(await store.listRuns({ state: 'considering' })), ...(await store.listRuns({ state: 'busy' }))]
+          : [];
+        return { hosts: await store.listHosts(), counts: await store.countRunsByState(), stages, live };
+      });
       if (args.json) return printJson({ hosts, counts, stages });
       const now = Date.now();
+      const tasksOn = (host: string): string[] =>
+        live
+          .filter((run) => run.processing?.host === host)
+          .sort((a, b) => a.number - b.number)
+          .map((run) => `${run.number}/${printable(run.stage ?? DEFAULT_STAGE)}`);
       const out: string[] = [];
       out.push(
         hosts.length === 0
@@ -93,7 +106,8 @@ export const statusCommand: CommandModule<GlobalArgs, StatusArgs> = {
               ['HOST', 'STATE', 'PID', 'HEARTBEAT', 'SLOTS', 'RUNNING', 'DISK', 'VERSION'],
               hosts.map((h) => {
                 // A stopped or dead host runs nothing, whatever an older document still lists.
-                const running = h.state === 'stopped' || h.state === 'dead' ? [] : h.running;
+                const running: Array<number | string> =
+                  h.state === 'stopped' || h.state === 'dead' ? [] : live.length > 0 ? tasksOn(h.host) : h.running;
                 return [
                   printable(h.host),
                   printable(h.state),

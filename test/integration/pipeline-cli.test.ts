@@ -126,10 +126,14 @@ describe('--stage on a run of several tasks', () => {
     pipelineConfig();
     expect((await sandbox.run(['submit', '7', '--mode', 'physics'])).exitCode).toBe(0);
     expect((await sandbox.run(['submit', '8', '--mode', 'calibration'])).exitCode).toBe(0);
+    const store = await sandbox.openStore();
+    const claimed = await store.claimNextRun({ host: 'h1', pid: 1, order: 'newest', stages: [{ stage: 'process', depth: 0 }] });
+    await store.registerHost({ host: 'h1', pid: 1, token: 't', state: 'busy', time: Date.now(), started: Date.now(), version: 'x', slots: 2, running: [claimed!.number] });
     const status = await sandbox.run(['status']);
     expect(status.exitCode, status.stderr).toBe(0);
     expect(status.stdout).toMatch(/^STAGE +PENDING +CONSIDERING +BUSY +DONE +FAILED +ABANDONED +BLOCKED$/m);
-    expect(status.stdout).toMatch(/^process +2 +0 +0 +0 +0 +0 +0$/m);
+    expect(status.stdout).toMatch(/^h1 +busy +1 .* 1\/2 +8\/process /m);
+    expect(status.stdout).toMatch(/^process +1 +1 +0 +0 +0 +0 +0$/m);
     expect(status.stdout).toMatch(/^compress +1 +0/m);
     expect(JSON.parse((await sandbox.run(['status', '--json'])).stdout).stages.upload).toMatchObject({ pending: 1 });
 
