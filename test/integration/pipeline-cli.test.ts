@@ -148,3 +148,41 @@ describe('--stage on a run of several tasks', () => {
     expect(none.stderr).toMatch(/run 7 stage upload: no log for any attempt in \S+logs\/upload\/7 \(no attempt has logged yet\)/);
   });
 });
+
+describe('process N --stage S', () => {
+  it('runs each task in the foreground in pipeline order, the downstream one on its upstream output', async () => {
+    writeConfig(
+      sandbox.dir,
+      `store: sqlite:./runs.db
+host: testhost
+process:
+  output_root: ./out
+  log_dir: ./logs
+timeouts: {check_interval: 1s, signal_escalate: 500ms}
+stages:
+  process:
+    command: ["sh", "-c", "echo events of $0 > \\"$1/events.txt\\"", "{number}", "{output}"]
+  compress:
+    needs: [process]
+    command: ["sh", "-c", "gzip -c \\"$0/events.txt\\" > \\"$1/events.txt.gz\\"; echo compressed", "{upstream.process.output}", "{output}"]
+    check: ["test", "-s", "{output}/events.txt.gz"]
+`,
+    );
+    expect((await sandbox.run(['submit', '7'])).exitCode).toBe(0);
+    const early = await sandbox.run(['process', '7', '--stage', 'compress']);
+    expect(early.exitCode).toBe(1);
+    expect(early.stderr).toContain('it needs process (pending) done first');
+
+    const upstream = await sandbox.run(['process', '7', '--stage', 'process']);
+    expect(upstream.exitCode, upstream.stderr).toBe(0);
+    expect(upstream.stdout).toMatch(/^run 7 stage process done \(attempt 1\)/m);
+    const downstream = await sandbox.run(['process', '7', '--stage', 'compress', '--json']);
+    expect(downstream.exitCode, downstream.stderr).toBe(0);
+    expect(JSON.parse(downstream.stdout)).toMatchObject({ number: 7, stage: 'compress', outcome: 'done' });
+    const logs = await sandbox.run(['logs', '7', '--stage', 'compress']);
+    expect(logs.stdout).toContain('compressed');
+    const store = await sandbox.openStore();
+    expect((await store.getRun(7, 'compress'))!.processing!.state).toBe('done');
+    expect((await store.listRunEvents(7, 'compress')).map((e) => e.to)).toContain('done');
+  });
+});
