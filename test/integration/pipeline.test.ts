@@ -1,8 +1,10 @@
+import Database from 'better-sqlite3';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { waitFor, writeConfig } from '../helpers/cli.js';
 import { useSandbox } from '../helpers/sandbox.js';
+import { migrate } from '../../src/store/sqlite/schema.js';
 
 // A pipeline of two stages (process → compress) through the real CLI, a real daemon, real commands and a real
 // SQLite file. What the commands did is read from their own journal (one line per start and end, with a
@@ -268,5 +270,52 @@ describe('a two-stage pipeline under a real daemon', () => {
         }
       }
     }
+  });
+
+  it('a first-wave store file (schema 4) is upgraded in place: its pending runs get every stage and are processed, its done run stays done', async () => {
+    const db = new Database(join(sandbox.dir, 'runs.db'));
+    db.pragma('journal_mode = WAL');
+    migrate(db, 4);
+    const T = Date.now() - 60_000;
+    const insert = db.prepare(
+      `INSERT INTO runs (number, start, tags, params, outputs, state, host, pid, token, attempt, time, n_failures)
+       VALUES (?, ?, '[]', '{}', ?, ?, ?, ?, ?, ?, ?, ?)`,
+    );
+    const oldOutput = JSON.stringify([{ location: '/old/000001', host: 'oldhost', attempt: 1, at: T }]);
+    insert.run(1, T, oldOutput, 'done', 'oldhost', 1, 'tok-1', 1, T, 0);
+    insert.run(2, T + 1, '[]', null, null, null, null, null, null, null);
+    insert.run(3, T + 2, '[]', null, null, null, null, null, null, null);
+    db.close();
+    config();
+    await once();
+    const s = await sandbox.openStore();
+    for (const n of [2, 3]) {
+      expect((await s.getRun(n))!.tasks!.map((t) => [t.stage, t.processing?.state])).toEqual([
+        ['process', 'done'],
+        ['compress', 'done'],
+      ]);
+    }
+    expect((await s.getRun(1))!.processing).toMatchObject({ state: 'done', token: 'tok-1', host: 'oldhost' });
+    expect((await s.getRun(1))!.outputs.map((o) => o.location)).toEqual(['/old/000001']);
+    expect(journal().filter((x) => x.number === 1)).toEqual([]);
+    expect(downstreamStartedEarly(journal())).toEqual([]);
+  });
+
+  it('runs another tool inserted without tasks get them from the daemon; a bad run document is logged, never fatal', async () => {
+    config();
+    const s = await sandbox.openStore();
+    await s.insertRun({ number: 1, start: Date.now() }); // staged by the store: a process task only
+    const raw = (s as unknown as { db: Database.Database }).db;
+    raw.prepare(`INSERT INTO runs (number, start, tags, params, outputs) VALUES (7, ?, '[]', '{}', '[]')`).run(Date.now());
+    raw.prepare(`INSERT INTO runs (number, start, tags, params, outputs) VALUES (8, ?, 'not json', '{}', '[]')`).run(Date.now());
+    expect((await s.listUnstagedRuns(10)).map((r) => r.number)).toEqual([7, 8]);
+    const result = await once();
+    expect((await s.getRun(7))!.tasks!.map((t) => [t.stage, t.processing?.state])).toEqual([
+      ['process', 'done'],
+      ['compress', 'done'],
+    ]);
+    expect((await s.getRun(1))!.tasks!.map((t) => [t.stage, t.processing?.state])).toEqual([['process', 'done']]);
+    expect(result.exitCode).toBe(0);
+    expect(await s.getHost('testhost')).toMatchObject({ state: 'stopped' });
   });
 });
