@@ -318,4 +318,22 @@ describe('a two-stage pipeline under a real daemon', () => {
     expect(result.exitCode).toBe(0);
     expect(await s.getHost('testhost')).toMatchObject({ state: 'stopped' });
   });
+
+  it('process N --stage S runs one task in the foreground, refused before its upstream is done', async () => {
+    config();
+    await submit(3);
+    const early = await sandbox.run(['process', '3', '--stage', 'compress']);
+    expect(early.exitCode).not.toBe(0);
+    expect(early.stderr).toMatch(/compress/);
+    expect(early.stderr).toMatch(/process/);
+    const upstream = await sandbox.run(['process', '3', '--stage', 'process']);
+    expect(upstream.exitCode, upstream.stderr).toBe(0);
+    const downstream = await sandbox.run(['process', '3', '--stage', 'compress']);
+    expect(downstream.exitCode, downstream.stderr).toBe(0);
+    expect(downstream.stdout).toContain(join(sandbox.dir, 'logs', 'compress', '3', 'attempt-1.log'));
+    const s = await sandbox.openStore();
+    expect((await s.getRun(3, 'compress'))?.processing?.state).toBe('done');
+    expect(readFileSync(join(out('compress', 3), 'data'), 'utf8')).toContain(`from ${out('process', 3)}`);
+    expect(journal().map((x) => x.stage)).toEqual(['process', 'compress']);
+  });
 });
