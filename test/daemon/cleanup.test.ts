@@ -346,3 +346,48 @@ async function expectRepairedOnce(s: RunStore, numbers: number[], reports: Clean
   expect(reports.flatMap((r) => r.deadHosts.map((h) => h.host)).sort()).toEqual(['ghost0', 'ghost1', 'ghost2']);
   expect(reports.flatMap((r) => r.errors)).toEqual([]);
 }
+
+describe('cleanupPass on a pipeline', () => {
+  it("repairs a stale task by itself, under its stage's retry policy, leaving the run's other tasks alone", async () => {
+    const now = await open();
+    const hourAgo = await openPast(HOUR);
+    const tasks = [
+      { stage: 'process', needs: [] },
+      { stage: 'compress', needs: ['process'] },
+    ];
+    await now.insertRun({ number: 1, start: 1 }, tasks);
+    // process done by a host that is gone now; its compress task then stale in busy on that host
+    const p = (await now.claimRun(1, { host: 'ghost', pid: 4_000_000, order: 'newest' }, { state: null, token: null }))!;
+    expect(await now.markBusy(1, p.processing!.token, { started: Date.now() })).toBe(true);
+    expect(
+      await now.finishRun(1, p.processing!.token, { location: '/out/process/000001', host: 'ghost', attempt: 1, at: Date.now() }),
+    ).toBe(true);
+    const compress = { number: 1, stage: 'compress' };
+    const c = (await hourAgo.claimRun(compress, { host: 'ghost', pid: 4_000_000, order: 'newest' }, { state: null, token: null }))!;
+    expect(c.stage).toBe('compress');
+    expect(await hourAgo.markBusy(compress, c.processing!.token, { started: Date.now() - HOUR })).toBe(true);
+
+    const staged = (cfg: Config) => {
+      const base = { ...cfg.process, cwd: dir, env: {}, check: [], select: {} };
+      cfg.stages = [
+        { ...base, name: 'process', needs: [], depth: 0, slots: 1, timeouts: { ...cfg.timeouts }, retry: { ...cfg.retry } },
+        {
+          ...base,
+          name: 'compress',
+          needs: ['process'],
+          depth: 1,
+          slots: 1,
+          timeouts: { ...cfg.timeouts },
+          retry: { ...cfg.retry, max_interruptions: 1 },
+        },
+      ];
+    };
+    const report = await cleanupPass(deps(now, 'cleaner', staged));
+    expect(report.repairs.map((r) => [r.number, r.stage, r.kind, r.to])).toEqual([[1, 'compress', 'stale', 'abandoned']]);
+    expect(report.repairs[0]!.reason).toMatch(/host ghost said it was busy/);
+    // the stage's own max_interruptions (1) gave it up; the process task is untouched
+    expect((await now.getRun(1, 'compress'))!.processing).toMatchObject({ state: 'abandoned', n_interruptions: 1 });
+    expect((await now.getRun(1, 'process'))!.processing).toMatchObject({ state: 'done', token: p.processing!.token });
+    expect((await now.listRunEvents(1, 'compress')).at(-1)).toMatchObject({ stage: 'compress', to: 'abandoned', host: 'cleaner' });
+  });
+});
