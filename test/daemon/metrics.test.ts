@@ -238,3 +238,52 @@ describe('the /metrics endpoint', () => {
     await expect(fetch(served.url)).rejects.toThrow();
   });
 });
+
+describe('daemon metrics of a pipeline', () => {
+  it("label each run and attempt metric with the task's stage, count a check's failure, not its duration, and show tasks per stage", async () => {
+    const work = sandbox.script('work.sh', 'echo working; echo result > "$1/result"');
+    const check = sandbox.script('check.sh', '[ "$1" != 2 ] || { echo "bad sum" >&2; exit 1; }');
+    const file = join(sandbox.dir, 'pipeline.yaml');
+    const { writeFileSync } = await import('node:fs');
+    writeFileSync(
+      file,
+      `store: sqlite:${join(sandbox.dir, 'runs.db')}
+host: metered
+slots: 2
+process: {output_root: ./out, log_dir: ./logs}
+timeouts: {check_interval: 0.2s, idle_poll: 1h, signal_escalate: 0.5s}
+retry: {base: 1h}
+stages:
+  process: {command: [sh, ${JSON.stringify(work)}, "{output}"]}
+  compress: {needs: [process], command: [sh, ${JSON.stringify(work)}, "{output}"], check: [sh, ${JSON.stringify(check)}, "{number}"]}
+`,
+    );
+    const config = loadConfig({ file, cwd: sandbox.dir, env: {}, flags: {} });
+    const tasks = [
+      { stage: 'process', needs: [] },
+      { stage: 'compress', needs: ['process'] },
+    ];
+    for (const number of [1, 2]) await store.insertRun({ number, start: number }, tasks);
+    const metrics = createDaemonMetrics({ config, store, logger, diskProbe: () => DISK });
+    const daemon = startDaemon({ config, store, logger, inspectors: [metrics.inspector] });
+    try {
+      await waitFor(async () => {
+        const counts = await store.countTasksByStage();
+        return counts.compress?.done === 1 && counts.compress?.failed === 1 && (await store.getHost('metered'))?.running.length === 0;
+      }, 'both runs through both stages');
+      const exposition = parsePrometheusText(await metrics.render());
+      for (const stage of ['process', 'compress']) {
+        expect(valueOf(exposition, 'runwarden_claims_total', { stage }), stage).toBe(2);
+        expect(valueOf(exposition, 'runwarden_attempt_duration_seconds_count', { stage, outcome: 'success' }), stage).toBe(2);
+      }
+      expect(valueOf(exposition, 'runwarden_failures_total', { stage: 'compress', kind: 'check' })).toBe(1);
+      expect(valueOf(exposition, 'runwarden_failures_total', { stage: 'process', kind: 'check' })).toBe(0);
+      expect(valueOf(exposition, 'runwarden_tasks', { stage: 'process', state: 'done' })).toBe(2);
+      expect(valueOf(exposition, 'runwarden_tasks', { stage: 'compress', state: 'done' })).toBe(1);
+      expect(valueOf(exposition, 'runwarden_tasks', { stage: 'compress', state: 'failed' })).toBe(1);
+    } finally {
+      daemon.stop();
+      expect(await daemon.done).toBe(0);
+    }
+  });
+});
