@@ -655,9 +655,14 @@ export function claimRunUpdate(
   return [...claimUpdate(request, token, drainMs, minAttempt, stage), RECOMPUTE_READY];
 }
 
-/** The task when it is still as the caller saw it (state and, for a processed task, token). */
+/**
+ * The task when it is still as the caller saw it (state and, for a processed task, token). A run without that
+ * task matches nothing: which tasks a run gets is its config's (createTasks), never an operator write's.
+ */
 export function expectationFilter(number: number, expected: RunExpectation, stage = DEFAULT_STAGE): Filter {
-  if (expected.state === null) return { number, [taskPath(stage, 'state')]: null };
+  if (expected.state === null) {
+    return { number, [taskPath(stage)]: { $type: 'object' }, [taskPath(stage, 'state')]: null };
+  }
   const token = expected.token ?? '';
   // SQLite compares tokens with null read as '': a processed task without a token matches an empty one
   return {

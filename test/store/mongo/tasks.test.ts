@@ -341,6 +341,11 @@ describe('MongoDB tasks (MongoRunStore on mingo collections)', () => {
     expect((await store.listRuns({ state: 'pending' })).map((r) => [r.number, r.stage])).toEqual([[5, undefined]]);
     expect(await store.countRunsByState()).toMatchObject({ pending: 1 });
     expect(task(await store.claimNextRun(claimer(['process'])))).toBe('none');
+    // an operator's write never gives a run a task (its config does)
+    const change = { to: 'abandoned' as const, reason: 'no', n_failures: 0 };
+    expect(await store.overrideRun({ number: 5, stage: 'fetch' }, { state: null, token: null }, change, { host: 'ops' })).toBe(false);
+    expect(await store.claimRun(5, claimer(['process']), { state: null, token: null })).toBeNull();
+    expect((await store.getRun(5))?.tasks).toEqual([]);
     expect(await store.createTasks(5, [{ stage: 'fetch', needs: [] }])).toBe(1);
     expect(await store.createTasks(5, [{ stage: 'fetch', needs: [] }])).toBe(0);
     expect(await store.listUnstagedRuns(10)).toEqual([]);
