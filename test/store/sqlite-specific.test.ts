@@ -352,6 +352,52 @@ describe('SqliteRunStore specifics', () => {
     }
   });
 
+  it('two OS processes claiming the tasks of a pipeline take each task once, never one before its needs are done', async () => {
+    const total = 60;
+    // a, then b and c (independent of each other), each needing a
+    const pipeline = [
+      { stage: 'a', needs: [] },
+      { stage: 'b', needs: ['a'] },
+      { stage: 'c', needs: ['a'] },
+    ];
+    await store.insertRuns(Array.from({ length: total }, (_, i) => ({ number: i + 1, start: i })), pipeline);
+    const stages = JSON.stringify([{ stage: 'a', depth: 0 }, { stage: 'b', depth: 1 }, { stage: 'c', depth: 1 }]);
+    const goFile = path.join(dir, 'go-tasks');
+    const workers = ['w1', 'w2'].map((host) => startTsxWorker(claimWorker, [dbPath, host, goFile, stages]));
+    await waitFor(() => workers.every((w) => w.lines.includes('ready')), 'both workers ready');
+    await fs.writeFile(goFile, 'go');
+    const codes = await Promise.all(workers.map((w) => w.done));
+    expect(codes, workers.map((w) => w.stderr.join('')).join('\n')).toEqual([0, 0]);
+
+    const lists = workers.map((w) => JSON.parse(w.lines.at(-1)!) as string[]);
+    const all = lists.flat();
+    expect(all).toHaveLength(total * 3);
+    expect(new Set(all).size).toBe(total * 3);
+    expect(lists[0].length).toBeGreaterThan(0);
+    expect(lists[1].length).toBeGreaterThan(0);
+    expect(await store.countTasksByStage()).toEqual(
+      Object.fromEntries(['a', 'b', 'c'].map((s) => [s, { pending: 0, considering: 0, busy: 0, done: total, failed: 0, abandoned: 0, blocked: 0 }])),
+    );
+    // One file, one sequence of events: every claim of b or c comes after a's done, whoever claimed which.
+    const db = raw();
+    try {
+      const events = db.prepare('SELECT id, number, stage, to_state FROM run_events ORDER BY id').all() as {
+        id: number; number: number; stage: string; to_state: string;
+      }[];
+      for (let n = 1; n <= total; n += 1) {
+        const of = events.filter((e) => e.number === n);
+        const aDone = of.find((e) => e.stage === 'a' && e.to_state === 'done')!.id;
+        for (const stage of ['b', 'c']) {
+          const claimed = of.filter((e) => e.stage === stage && e.to_state === 'considering');
+          expect(claimed, `run ${n} ${stage}`).toHaveLength(1);
+          expect(claimed[0].id, `run ${n}: ${stage} claimed before a was done`).toBeGreaterThan(aDone);
+        }
+      }
+    } finally {
+      db.close();
+    }
+  });
+
   it('wakes a watcher in this process when another process inserts a run', async () => {
     let calls = 0;
     const stop = store.watchNewRuns(() => {
