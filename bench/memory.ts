@@ -61,7 +61,7 @@ export async function memory(options: BenchOptions): Promise<BenchResult> {
     const base = Date.now();
     await store.insertRuns(Array.from({ length: total }, (_, i) => ({ number: i + 1, start: base - i * 1000 })));
     const db = new Database(join(workspace.dir, 'runs.db'), { readonly: true });
-    const countDone = db.prepare(`SELECT count(*) AS n FROM runs WHERE state = 'done'`);
+    const countDone = db.prepare(`SELECT count(*) AS n FROM tasks WHERE state = 'done'`);
     try {
       await waitFor(
         () => {

@@ -64,7 +64,7 @@ async function daemonRun(cli: string, runs: number): Promise<number> {
     if (exit.code !== 0) throw new Error(`the daemon exited with ${exit.code ?? exit.signal}; see ${daemon.logFile}`);
     const db = new Database(join(workspace.dir, 'runs.db'), { readonly: true });
     try {
-      const done = db.prepare(`SELECT count(*) AS n FROM runs WHERE state = 'done'`).get() as { n: number };
+      const done = db.prepare(`SELECT count(*) AS n FROM tasks WHERE state = 'done'`).get() as { n: number };
       if (done.n !== runs) throw new Error(`only ${done.n} of ${runs} runs are done; see ${daemon.logFile}`);
       const span = db
         .prepare(
