@@ -506,6 +506,36 @@ describe('SqliteRunStore specifics', () => {
     expect((await store.claimNextRun({ host: 'h', pid: 1, order: 'newest' }))?.number).toBe(2);
   });
 
+  it('plain-SQL edits of a run’s tags (hold:<stage>), priority and start reach its tasks’ claim order at once', async () => {
+    const pipeline = [{ stage: 'a', needs: [] }, { stage: 'b', needs: [] }];
+    await store.insertRuns([{ number: 1, start: 1 }, { number: 2, start: 2 }], pipeline);
+    const stages = [{ stage: 'a', depth: 0 }, { stage: 'b', depth: 0 }];
+    const take = async () => {
+      const doc = await store.claimNextRun({ host: 'h', pid: 1, order: 'newest', stages });
+      return doc ? `${doc.number}/${doc.stage}` : null;
+    };
+    const sqlOf = (text: string) => {
+      const db = raw();
+      try {
+        db.prepare(text).run();
+      } finally {
+        db.close();
+      }
+    };
+    // run 2 is newest; another tool holds its stage a and all of run 1, then raises run 1 above it
+    sqlOf(`UPDATE runs SET tags = '["hold:a"]' WHERE number = 2`);
+    sqlOf(`UPDATE runs SET tags = '["x", "hold"]' WHERE number = 1`);
+    expect(await take()).toBe('2/b');
+    expect(await take()).toBeNull();
+    sqlOf(`UPDATE runs SET tags = '[]', priority = 5 WHERE number = 1`);
+    expect(await take()).toBe('1/a');
+    // an older start moves run 1 below run 2 at equal priority
+    sqlOf(`UPDATE runs SET priority = 0, start = 0 WHERE number = 1`);
+    sqlOf(`UPDATE runs SET tags = '[]' WHERE number = 2`);
+    expect(await take()).toBe('2/a');
+    expect(await take()).toBe('1/b');
+  });
+
   it('answers the claim over three stages and nextRetryAt from partial indexes at 10^6 runs × 3 stages: no scan, no sort', async () => {
     const RUNS = 1_000_000;
     await store.close();
