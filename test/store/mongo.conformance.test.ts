@@ -19,6 +19,18 @@ const open: OpenForTest = async () => {
   const store = await openMongoStore(url);
   return {
     store,
+    // a run as another tool writes it: no tasks, not staged
+    insertUnstaged: async (run) => {
+      const client = new MongoClient(url, { serverSelectionTimeoutMS: 5_000 });
+      try {
+        await client
+          .db(database)
+          .collection('runs')
+          .insertOne({ number: run.number, start: new Date(run.start), tags: [], priority: 0, params: {} });
+      } finally {
+        await client.close();
+      }
+    },
     cleanup: async () => {
       await store.close();
       const client = new MongoClient(url, { serverSelectionTimeoutMS: 5_000 });

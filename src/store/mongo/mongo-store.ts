@@ -467,6 +467,9 @@ export class MongoRunStore implements RunStore {
    * that task (the whole eligibility filter again); another claimer having won it, pick again.
    */
   async claimNextRun(request: ClaimRequest): Promise<RunDoc | null> {
+    // a claim that names no stages comes from a first-wave caller, whose one stage is `process`: runs nobody
+    // gave tasks yet (inserted by another tool) get their process task first, as a first-wave daemon would
+    if (request.stages === undefined) await this.runs.updateMany(UNSTAGED_FILTER, createTasksUpdate(PROCESS_ONLY));
     const stages = MongoRunStore.stagesOf(request);
     if (stages.length === 0) return null;
     await this.ensureStageIndexes(stages.map((s) => s.stage));

@@ -366,6 +366,17 @@ describe('MongoDB tasks (MongoRunStore on mingo collections)', () => {
     expect(await store.createTasks(99, PIPELINE)).toBe(0);
   });
 
+  it('a claim naming no stages (a first-wave caller) gives runs without tasks their process task and takes one', async () => {
+    const runs = db.collection('runs');
+    await runs.insertOne({ number: 7, start: new Date(T0), tags: [], priority: 0, params: {} });
+    await runs.insertOne({ number: 8, start: new Date(T0 + 1), tags: ['hold'], priority: 0, params: {} });
+    expect(task(await store.claimNextRun(claimer(['fetch'])))).toBe('none'); // a staged claim leaves them be
+    expect(await store.listUnstagedRuns(10)).toHaveLength(2);
+    expect(task(await store.claimNextRun({ host: 'a', pid: 1, order: 'newest' }))).toBe('7/process');
+    expect(await store.listUnstagedRuns(10)).toEqual([]);
+    expect((await store.getRun(8))?.tasks).toEqual([{ stage: 'process', needs: [] }]);
+  });
+
   it('upgrades a first-wave store in place: processing becomes the process task, once', async () => {
     const runs = db.collection('runs');
     const events = db.collection('run_events');
@@ -394,7 +405,7 @@ describe('MongoDB tasks (MongoRunStore on mingo collections)', () => {
     expect((await store.listRunEvents(2, 'process')).map((e) => `${e.stage}:${e.to}`)).toEqual(['process:failed']);
     expect(await store.maxEventAttempt(2)).toBe(2);
     expect(await store.maxEventAttempt({ number: 2, stage: 'fetch' })).toBe(0);
-    const claimed = await store.claimNextRun({ host: 'b', pid: 2, order: 'newest' });
+    const claimed = await store.claimNextRun({ ...claimer(['process']), host: 'b' });
     expect(claimed).toMatchObject({ number: 2, stage: 'process', processing: { attempt: 3, n_failures: 2 } });
   });
 
