@@ -3,6 +3,7 @@ import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import type { SnapshotFrom } from 'xstate';
 import type { Config, StageConfig } from '../../src/config/schema.js';
+import { cleanupPass } from '../../src/daemon/cleanup.js';
 import { createDaemonContext, type DaemonContext } from '../../src/daemon/context.js';
 import { stagesForRun, stagesOf } from '../../src/policy/pipeline.js';
 import { groupAlive } from '../../src/process/kill-group.js';
@@ -35,6 +36,7 @@ import { checkRunHistory, checkStaleTokenRefused } from './invariants.js';
 // command finds first's result, and starts after first's command ended).
 
 const HOST = 'h1';
+const OTHER_HOST = 'h2';
 const NUMBER = 9;
 const STAGES = ['first', 'second'] as const;
 type Stage = (typeof STAGES)[number];
@@ -178,13 +180,18 @@ async function standings(store: RunStore): Promise<Record<Stage, string>> {
   };
 }
 
-/** Moves the shared clock to a failed task's next_retry, so the host's due-retry wake-up finds it eligible. */
-async function letRetriesComeDue(store: RunStore, clock: TestClock): Promise<void> {
+/**
+ * Moves the shared clock to a failed task's next_retry (or the end of its drain fence), and wakes the host as
+ * its own timer would once that time came (the host sleeps on the real clock).
+ */
+async function letRetriesComeDue(store: RunStore, clock: TestClock, host: { send(event: { type: 'WAKE' }): void }): Promise<void> {
+  const before = clock.now;
   for (const stage of STAGES) {
     const p = (await store.getRun(NUMBER, stage))?.processing;
     if (p?.state === 'failed' && p.next_retry !== undefined && p.next_retry > clock.now) clock.advance(p.next_retry - clock.now);
     if (p?.state === 'failed' && p.draining !== undefined && p.draining.until > clock.now) clock.advance(p.draining.until - clock.now);
   }
+  if (clock.now !== before) host.send({ type: 'WAKE' });
 }
 
 /** Runs a daemon on the scenario until both tasks settle as `mode` designs (a crash-free one), or it crashes. */
@@ -200,7 +207,7 @@ async function runUntilSettled(
   try {
     await waitFor(
       async () => {
-        await letRetriesComeDue(store, s.clock);
+        await letRetriesComeDue(store, s.clock, host);
         const now = await standings(store);
         return now.first === SETTLES[mode].first && now.second === SETTLES[mode].second;
       },
@@ -220,8 +227,15 @@ interface Outcome {
   problems: string[];
 }
 
-/** One scenario: a first daemon dying right after `crashAt` (none: the reference), then a newcomer finishing. */
-async function crashAndRecover(mode: Mode, crashAt: CrashPoint | undefined): Promise<Outcome> {
+/** How the dead daemon's tasks are recovered: its host restarts, or another host's cleanup takes them over. */
+type Recovery = 'restart' | 'cleanup';
+
+/**
+ * One scenario: a first daemon dying right after `crashAt` (none: the reference), then a newcomer finishing: on
+ * the same host (restart), or on another after its cleanup found the dead daemon's tasks silent past
+ * max_busy_time (it cannot reach the orphans: the drain fence keeps their tasks from starting meanwhile).
+ */
+async function crashAndRecover(mode: Mode, crashAt: CrashPoint | undefined, recovery: Recovery = 'restart'): Promise<Outcome> {
   const s = await scenario(mode);
   const real = await s.open();
   const pid = await deadPid();
@@ -251,7 +265,7 @@ async function crashAndRecover(mode: Mode, crashAt: CrashPoint | undefined): Pro
   await waitFor(
     async () => {
       if (crashable.crashed) return true;
-      await letRetriesComeDue(real, s.clock);
+      await letRetriesComeDue(real, s.clock, host);
       const now = await standings(real);
       return now.first === SETTLES[mode].first && now.second === SETTLES[mode].second;
     },
@@ -274,9 +288,18 @@ async function crashAndRecover(mode: Mode, crashAt: CrashPoint | undefined): Pro
   if (crashable.crashed) {
     // The newcomer on the same host: recovery, then processing to the end.
     const store = await s.open();
-    const next = createDaemonContext({ config: s.config, store, logger: silentLogger(HOST), clock: s.clock.read });
+    const host = recovery === 'restart' ? HOST : OTHER_HOST;
+    const config = { ...s.config, host };
+    if (recovery === 'cleanup') {
+      const { max_busy_time: busy, max_considering_time: considering } = config.timeouts;
+      s.clock.advance(Math.max(busy, considering) + 1);
+      await cleanupPass({ store, config, host, random: () => 0.5, clock: s.clock.read });
+    }
+    const next = createDaemonContext({ config, store, logger: silentLogger(host), clock: s.clock.read });
     await runUntilSettled(s, store, mode, next).catch((error: unknown) => problems.push(String(error)));
-    for (const pgid of orphans) if (groupAlive(pgid)) problems.push(`the orphaned process group ${pgid} survived the restart`);
+    if (recovery === 'restart') {
+      for (const pgid of orphans) if (groupAlive(pgid)) problems.push(`the orphaned process group ${pgid} survived the restart`);
+    }
   }
 
   // Every task valid, as designed; the dead daemon's tokens refused on every task.
@@ -323,7 +346,7 @@ describe('a pipeline of two stages, crash injection with real effects, SQLite an
   // `fail-once` takes every write a successful pipeline makes (first's second attempt and second succeed) and
   // first's failure before them; `abandon` takes the block of second.
   for (const mode of ['fail-once', 'abandon'] as const) {
-    it(`first ${mode === 'fail-once' ? 'fails once, then both succeed' : 'is abandoned, second blocked'}: a crash after every write, then a restart`, async () => {
+    it(`first ${mode === 'fail-once' ? 'fails once, then both succeed' : 'is abandoned, second blocked'}: a crash after every write, then a restart or another host's cleanup`, async () => {
       const reference = await crashAndRecover(mode, undefined);
       expect(reference.problems).toEqual([]);
       // The first daemon's writes, in order: every one is a crash point.
@@ -332,18 +355,28 @@ describe('a pipeline of two stages, crash injection with real effects, SQLite an
       const broken: string[] = [];
       const states: string[] = [];
       let orphans = 0;
+      // Another host's cleanup has something to take over only where the dead daemon held a live task.
+      const holding = new Set(['claimNextRun', 'markBusy', 'recordProcessGroup']);
+      let cleanups = 0;
       for (const point of points) {
-        const outcome = await crashAndRecover(mode, point);
-        states.push(`${describePoint(point)} (${outcome.state})`);
-        orphans += outcome.orphans;
-        for (const p of outcome.problems) broken.push(`${describePoint(point)}: ${p}`);
+        for (const recovery of holding.has(point.write) ? (['restart', 'cleanup'] as const) : (['restart'] as const)) {
+          if (recovery === 'cleanup') cleanups += 1;
+          const outcome = await crashAndRecover(mode, point, recovery);
+          if (recovery === 'restart') {
+            states.push(`${describePoint(point)} (${outcome.state})`);
+            orphans += outcome.orphans;
+          }
+          for (const p of outcome.problems) broken.push(`${describePoint(point)}, ${recovery}: ${p}`);
+        }
       }
       console.log(
-        `pipeline crash injection (${mode}): ${points.length} crash points, each followed by a restart; crashed ` +
+        `pipeline crash injection (${mode}): ${points.length} crash points, each followed by a restart, and ${cleanups} ` +
+          `where the dead daemon held a live task also by another host's cleanup; crashed ` +
           `${states.join(', ')}; ${orphans} orphaned command(s) killed by restarts`,
       );
       expect(broken).toEqual([]);
       expect(states).toEqual(CRASHES[mode]);
+      expect(cleanups).toBe(mode === 'abandon' ? 3 : 9);
       // A command alive at its daemon's death (crashed after its process group was recorded) is killed by the
       // restart; a quick one may have ended by itself first.
       expect(orphans).toBeLessThanOrEqual(CRASHES[mode].filter((c) => c.includes('recordProcessGroup')).length);
