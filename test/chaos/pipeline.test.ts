@@ -118,13 +118,13 @@ it(
     const expectedSettled = RUNS * STAGES.length;
 
     let daemon = sandbox.start(['daemon']);
-    await waitFor(async () => (await doneTasks(s)) >= KILL_AFTER_DONE, `${KILL_AFTER_DONE} tasks done`, { timeoutMs: 60_000 });
+    await waitFor(async () => (await doneTasks(s)) >= KILL_AFTER_DONE, `${KILL_AFTER_DONE} tasks done`, { timeoutMs: 90_000 });
     const busyAtKill = Object.values(await s.countTasksByStage()).reduce((sum, c) => sum + c.busy + c.considering, 0);
     daemon.kill('SIGKILL');
     await daemon;
     daemon = sandbox.start(['daemon']);
     await waitFor(async () => (await settledTasks(s)) === expectedSettled, `all ${expectedSettled} tasks settled`, {
-      timeoutMs: 60_000,
+      timeoutMs: 90_000,
     });
     daemon.kill('SIGTERM');
     expect(((await daemon) as { exitCode?: number }).exitCode, 'the second daemon stops cleanly').toBe(0);
@@ -237,5 +237,6 @@ it(
       })}`,
     );
   },
-  120_000,
+  // Deadlines for a loaded machine, not a timing claim: it takes 20–40 s on the shared 2-core machine.
+  200_000,
 );
