@@ -10,8 +10,8 @@ import type { RunStore } from '../store/run-store.js';
 import type { RunDoc } from '../store/types.js';
 import { createDaemonContext } from './context.js';
 import { provideRunMachine } from './daemon.js';
-import { runInputFor, stageConfigFor } from './run-input.js';
-import { attemptLogDir } from '../policy/pipeline.js';
+import { runInputFor } from './run-input.js';
+import { attemptLogDir, stageNamed, stagesOf } from '../policy/pipeline.js';
 import { DEFAULT_STAGE } from '../store/types.js';
 
 // `runwarden process N`: one attempt of one already-claimed run in the foreground, with the same run machine
@@ -79,8 +79,9 @@ export function processOneRun(deps: ProcessOneDeps, claimed: RunDoc): ProcessOne
     throw new Error(`internal: run ${claimed.number} must be claimed (considering) before processOneRun`);
   }
   const { config } = deps;
-  // Throws naming the stage when this configuration has none of that name (the caller checks it before claiming).
-  const stage = stageConfigFor(config, claimed.stage ?? DEFAULT_STAGE);
+  // A stage this configuration lacks: the attempt's preflight fails the task naming it (its log would be here).
+  const stageName = claimed.stage ?? DEFAULT_STAGE;
+  const stage = stageNamed(config, stageName) ?? { ...stagesOf(config)[0]!, name: stageName };
   // The same context and machine a daemon uses; the context's host token is unused without a host actor.
   const leaseGuard = deps.leaseGuard ?? startCommandGuard({ ...config, host: deps.host }, deps.store.location);
   const ctx = createDaemonContext({ ...deps, config: { ...config, host: deps.host }, leaseGuard });

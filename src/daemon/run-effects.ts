@@ -17,7 +17,7 @@ import { DEFAULT_STAGE, type DrainingAttempt, type RunDoc, type TaskRef } from '
 import type { StageConfig } from '../config/schema.js';
 import { stageOfRun } from '../../machines/run.machine.js';
 import { stageConfigFor, taskLabel, taskRefOf } from './run-input.js';
-import { attemptLogDir, taskOutputDir, upstreamOutputs } from '../policy/pipeline.js';
+import { attemptLogDir, stageNamed, stagesOf, taskOutputDir, upstreamOutputs } from '../policy/pipeline.js';
 import { leaseClock } from './command-leases.js';
 import type { DaemonContext } from './context.js';
 import { formatDuration } from '../config/duration.js';
@@ -181,8 +181,14 @@ export function runEffects(ctx: DaemonContext) {
    */
   const renewedAt = new Map<string, number>();
   const attemptKey = (run: ClaimedRun) => `${run.number}/${stageOfRun(run)}/${run.attempt}`;
-  /** The task's stage as configured; throws naming the stage when this daemon's config lacks it. */
-  const stageOf = (run: ClaimedRun): StageConfig => stageConfigFor(config, stageOfRun(run));
+  /** The task's stage as configured; throws naming the stage when this daemon's config lacks it (preflight). */
+  const configuredStageOf = (run: ClaimedRun): StageConfig => stageConfigFor(config, stageOfRun(run));
+  /**
+   * The stage whose policy records the attempt's end: its own, or for a task of a stage this config lacks (its
+   * preflight failed naming it) the first stage's, so recording never fails and never ends the daemon.
+   */
+  const stageOf = (run: ClaimedRun): StageConfig =>
+    stageNamed(config, stageOfRun(run)) ?? { ...stagesOf(config)[0]!, name: stageOfRun(run) };
   const lastRenewal = (run: ClaimedRun): number => {
     const key = attemptKey(run);
     let at = renewedAt.get(key);
@@ -298,7 +304,7 @@ export function runEffects(ctx: DaemonContext) {
     lastRenewal(run);
     if (!(await waitForPreviousAttempt(run, signal))) return { ok: false };
     const doc = docOf(run);
-    const stage = stageOf(run);
+    const stage = configuredStageOf(run);
     // A field decoding already reported is not reported twice.
     const decoded = doc.invalid ?? [];
     const reported = (problem: string) => decoded.some((d) => d.split(':')[0] === problem.split(':')[0]);
