@@ -2,6 +2,7 @@ import { userInfo } from 'node:os';
 import type { Config } from '../config/schema.js';
 import { ChangedMeanwhileError, RefusedError, RunNotFoundError } from '../errors.js';
 import { drainLimitMs } from '../policy/lease-limits.js';
+import { stagesForRun } from '../policy/pipeline.js';
 import { retryDelay } from '../policy/retry-delay.js';
 import type { RunExpectation, RunOverride, RunStore } from '../store/run-store.js';
 import { DEFAULT_STAGE, taskKeyOf, type LogPriority, type RunDoc, type RunState, type TaskRef } from '../store/types.js';
@@ -329,6 +330,27 @@ export function unmetNeeds(run: RunDoc): string[] {
 }
 
 /**
+ * A run no daemon or submit has given tasks yet (another tool inserted it) gets them now, under this
+ * configuration's stages, as a daemon meeting it would (createTasks is idempotent: a daemon doing the same at
+ * once creates nothing twice). A run that matches none of the stages is refused, naming why.
+ */
+async function giveTasksIfNone(deps: OperatorDeps, task: TaskRef): Promise<void> {
+  const { number } = taskKeyOf(task);
+  const run = await deps.store.getRun(number);
+  if (!run) throw new RunNotFoundError(number);
+  if ((run.tasks?.length ?? 0) > 0) return;
+  const specs = stagesForRun(deps.config, run);
+  if (specs.length > 0) await deps.store.createTasks(number, specs);
+  const after = await deps.store.getRun(number);
+  if ((after?.tasks?.length ?? 0) === 0) {
+    throw new RefusedError(
+      number,
+      `run ${number} has no task: it matches the selection (select:) of none of this configuration's stages`,
+    );
+  }
+}
+
+/**
  * The claim behind `process N`: refused for considering, busy and done runs unless `force` (which takes the run
  * away from its owner: it loses its lease and kills its command). Held, abandoned, failed and pending runs are
  * claimed as asked: the request is explicit. A task whose upstream tasks are not all done is refused even with
@@ -341,6 +363,7 @@ export async function claimForProcessing(
 ): Promise<ProcessClaim> {
   const { number } = taskKeyOf(task);
   const name = taskName(task);
+  await giveTasksIfNone(deps, task);
   for (let round = 0; round < 2; round++) {
     const before = await readRun(deps.store, task);
     const p = before.processing;

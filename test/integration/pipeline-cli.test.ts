@@ -1,4 +1,5 @@
 import { mkdirSync, writeFileSync } from 'node:fs';
+import Database from 'better-sqlite3';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { writeConfig } from '../helpers/cli.js';
@@ -184,5 +185,42 @@ stages:
     const store = await sandbox.openStore();
     expect((await store.getRun(7, 'compress'))!.processing!.state).toBe('done');
     expect((await store.listRunEvents(7, 'compress')).map((e) => e.to)).toContain('done');
+  });
+});
+
+describe('process N on a run another tool inserted', () => {
+  it('gives the run its tasks under the configuration, then processes it; a run matching no stage is refused', async () => {
+    writeConfig(
+      sandbox.dir,
+      `store: sqlite:./runs.db
+host: testhost
+process:
+  output_root: ./out
+  log_dir: ./logs
+stages:
+  process:
+    command: ["sh", "-c", "echo ok > \\"$0/out\\"", "{output}"]
+    select: {not_tags: [skip]}
+`,
+    );
+    expect((await sandbox.run(['submit', '1'])).exitCode).toBe(0); // creates the store
+    const store = await sandbox.openStore();
+    // as the acquisition system would: a plain row in the runs table, no tasks, never staged
+    const db = new Database(join(sandbox.dir, 'runs.db'));
+    try {
+      db.prepare(`INSERT INTO runs (number, start, tags) VALUES (5, 1000, '[]'), (6, 1000, '["skip"]')`).run();
+    } finally {
+      db.close();
+    }
+    expect((await store.getRun(5))!.tasks).toEqual([]);
+
+    const processed = await sandbox.run(['process', '5']);
+    expect(processed.exitCode, processed.stderr).toBe(0);
+    expect((await store.getRun(5, 'process'))!.processing!.state).toBe('done');
+
+    const refused = await sandbox.run(['process', '6']);
+    expect(refused.exitCode).toBe(1);
+    expect(refused.stderr).toContain("run 6 has no task: it matches the selection (select:) of none of this configuration's stages");
+    expect((await store.getRun(6))!.tasks).toEqual([]);
   });
 });
