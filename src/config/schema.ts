@@ -79,21 +79,8 @@ export interface Config {
   slots: number;
   order: SelectionOrder;
   log_level: LogLevel;
-  process: {
-    command: string[];
-    cwd: string;
-    env: Record<string, string>;
-    output_root: string;
-    log_dir: string;
-    require_output: boolean;
-    clean_output: boolean;
-    /** Bytes of command output an attempt log keeps; later output is discarded after one marker line. */
-    max_log_bytes: number;
-    no_retry_exit_codes: number[];
-    targets: string[];
-    drop_targets_after: Record<string, number>;
-    minimal_targets: string[];
-    resources: Record<string, ResourceRule>;
+  /** The first wave's one command, and with `stages:` what every stage inherits. */
+  process: CommandSection & {
     /**
      * Runs in a row that fail before their command could start, for a reason of the host (the executable
      * missing, the output or log directory not writable): at this many the host pauses claiming.

@@ -23,11 +23,6 @@ export interface TaskSpec {
   needs: string[];
 }
 
-/** The run numbers of a claim's `exclude` (a store that keeps one task per run excludes the whole run). */
-export function excludedNumbers(exclude: readonly TaskRef[] = []): number[] {
-  return exclude.map((ref) => (typeof ref === 'number' ? ref : ref.number));
-}
-
 /** The first wave's pipeline: one stage, `process`, needing nothing. */
 export const PROCESS_ONLY: readonly TaskSpec[] = [{ stage: 'process', needs: [] }];
 
@@ -52,8 +47,9 @@ export interface ClaimRequest {
   /** After priority (desc): `newest` takes the latest `start` first (bootstrax), `oldest` the earliest. */
   order: SelectionOrder;
   /**
-   * Runs the claimer still has an actor for (claimNextRun never takes them): a run failed by hand while its
-   * attempt is still stopping on this host is not claimed again here until that attempt has ended.
+   * Tasks the claimer still has an actor for (claimNextRun never takes them): a task failed by hand while its
+   * attempt is still stopping on this host is not claimed again here until that attempt has ended. Unlike
+   * elsewhere, a bare number here excludes every task of that run (the first wave's callers meant the run).
    */
   exclude?: readonly TaskRef[];
 }
