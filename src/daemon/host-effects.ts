@@ -12,7 +12,8 @@ import { LeaseObservations } from './lease-observations.js';
 import { displacePreviousDaemon } from './displace.js';
 import { recoverOwnRuns } from './recover-own-runs.js';
 import { runInputFor, taskRefOf } from './run-input.js';
-import { stagesForRun, stagesOf } from '../policy/pipeline.js';
+import { stagesOf } from '../policy/pipeline.js';
+import { stageRun } from './staging.js';
 import type { StageClaim } from '../store/run-store.js';
 import type { DaemonContext } from './context.js';
 import { isDateMs, isoTimeOrInvalid } from '../time-range.js';
@@ -311,7 +312,7 @@ export function hostEffects(ctx: DaemonContext, view: () => HostView) {
 
   /**
    * Runs inserted by another tool (or pending in a first-wave store being upgraded) have no tasks yet: give each
-   * the tasks of the stages whose selection it matches (policy/pipeline stagesForRun). Idempotent in the store,
+   * the tasks of the stages whose selection it matches (stageRun). Idempotent in the store,
    * so two daemons meeting the same run agree. A run that cannot be staged is logged and left for the next pass.
    */
   const stageNewRuns = async (): Promise<number> => {
@@ -319,18 +320,11 @@ export function hostEffects(ctx: DaemonContext, view: () => HostView) {
     let staged = 0;
     for (const run of runs) {
       try {
-        const tasks = stagesForRun(config, {
-          number: run.number,
-          tags: Array.isArray(run.tags) ? run.tags : [],
-          params: run.params !== null && typeof run.params === 'object' ? run.params : {},
-          ...(typeof run.mode === 'string' ? { mode: run.mode } : {}),
-          ...(typeof run.end === 'number' ? { end: run.end } : {}),
-        });
-        const created = await store.createTasks(run.number, tasks);
+        const { specs, created } = await stageRun(store, config, run);
         staged += created;
         if (created > 0) {
           logger.info(
-            `run ${run.number}: created ${created} task(s) for stage(s) ${tasks.map((t) => t.stage).join(', ') || '(none)'}`,
+            `run ${run.number}: created ${created} task(s) for stage(s) ${specs.map((t) => t.stage).join(', ') || '(none)'}`,
             { number: run.number },
           );
         }

@@ -2,8 +2,8 @@ import { userInfo } from 'node:os';
 import type { Config } from '../config/schema.js';
 import { ChangedMeanwhileError, RefusedError, RunNotFoundError } from '../errors.js';
 import { drainLimitMs } from '../policy/lease-limits.js';
-import { stagesForRun } from '../policy/pipeline.js';
 import { retryDelay } from '../policy/retry-delay.js';
+import { stageRun } from './staging.js';
 import type { RunExpectation, RunOverride, RunStore } from '../store/run-store.js';
 import { DEFAULT_STAGE, taskKeyOf, type LogPriority, type RunDoc, type RunState, type TaskRef } from '../store/types.js';
 
@@ -339,10 +339,8 @@ async function giveTasksIfNone(deps: OperatorDeps, task: TaskRef): Promise<void>
   const run = await deps.store.getRun(number);
   if (!run) throw new RunNotFoundError(number);
   if ((run.tasks?.length ?? 0) > 0) return;
-  const specs = stagesForRun(deps.config, run);
-  if (specs.length > 0) await deps.store.createTasks(number, specs);
-  const after = await deps.store.getRun(number);
-  if ((after?.tasks?.length ?? 0) === 0) {
+  const { specs } = await stageRun(deps.store, deps.config, run);
+  if (specs.length === 0) {
     throw new RefusedError(
       number,
       `run ${number} has no task: it matches the selection (select:) of none of this configuration's stages`,
