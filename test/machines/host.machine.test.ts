@@ -1,6 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { createActor, fromCallback, fromPromise, sendTo, setup, SimulatedClock, type EventObject } from 'xstate';
 import {
+  stagesWithRoom,
   hostMachine,
   type ClaimInput,
   type ClaimOutput,
@@ -356,5 +357,26 @@ describe('host machine', () => {
     expect(t.claims).toHaveLength(40);
     expect([...childIds].filter((id) => id.startsWith('run')).sort()).toEqual(['run-slot-0', 'run-slot-1']);
     expect(t.actor.getSnapshot().context.running).toEqual([]);
+  });
+});
+
+describe('stagesWithRoom: which stages a claim is offered', () => {
+  const stages = [
+    { name: 'fetch', slots: 1 },
+    { name: 'process', slots: 3 },
+    { name: 'compress', slots: 2 },
+  ];
+  const running = (...names: string[]) => names.map((stage, number) => ({ number, stage }));
+
+  it("offers every stage whose share is not full while the daemon has a free slot, so a stage with nothing eligible never idles another's", () => {
+    // fetch is at its share; process and compress are offered together, so whichever has work takes the slot
+    expect(stagesWithRoom({ stages, slots: 4, tasks: running('fetch') })).toEqual(['process', 'compress']);
+    // nothing of fetch or compress runs: process may take every slot up to its share, not only its "part"
+    expect(stagesWithRoom({ stages, slots: 4, tasks: running('process', 'process') })).toEqual(['fetch', 'process', 'compress']);
+    expect(stagesWithRoom({ stages, slots: 4, tasks: running('process', 'process', 'process') })).toEqual(['fetch', 'compress']);
+  });
+
+  it("offers nothing once the daemon's slots are all taken, whatever the shares", () => {
+    expect(stagesWithRoom({ stages, slots: 2, tasks: running('process', 'compress') })).toEqual([]);
   });
 });
